@@ -1,0 +1,42 @@
+"""ext4gen: synthesize a read-only ext4 filesystem on the fly from a manifest.
+
+Typical use::
+
+    from ext4gen import load, plan
+    tree, options = load("manifest.toml")
+    image = plan(tree, options)
+    image.read(1024, 1024)  # the superblock, rendered on demand
+"""
+
+from __future__ import annotations
+
+from .errors import Ext4genError, ManifestError, SourceError
+from .image import Image
+from .manifest import load_manifest, parse_manifest
+from .options import ImageOptions
+from .planner import Plan, plan_tree
+from .sources import HostFileSource, InlineSource, Source, ZeroSource
+from .tree import Meta, Node, Tree
+
+__version__ = "0.1.0"
+
+
+def plan(tree: Tree, options: ImageOptions | None = None) -> Image:
+    """Plan the whole layout of ``tree`` and return the lazily generated image."""
+    return Image(plan_tree(tree, options))
+
+
+def load(source: str, **overrides: object) -> tuple[Tree, ImageOptions]:
+    """Load a SOURCE (a manifest file today) into a tree and its image options."""
+    tree, options = load_manifest(source)
+    for k, v in overrides.items():
+        if v is not None:
+            setattr(options, k, v)
+    return tree, options
+
+
+__all__ = [
+    "Ext4genError", "HostFileSource", "Image", "ImageOptions", "InlineSource", "ManifestError",
+    "Meta", "Node", "Plan", "Source", "SourceError", "Tree", "ZeroSource", "load",
+    "load_manifest", "parse_manifest", "plan", "plan_tree",
+]

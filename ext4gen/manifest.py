@@ -1,0 +1,252 @@
+"""Manifest files (TOML or JSON, one schema) → :class:`Tree` + :class:`ImageOptions`.
+
+Every complaint names the manifest key that caused it; see docs/manifest.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import tomllib
+import uuid as uuid_mod
+from typing import Any
+
+from . import times
+from .errors import ManifestError
+from .options import DEDUP_MODES, ImageOptions
+from .sources import HostFileSource, InlineSource, ZeroSource
+from .tree import DIR, FILE, SYMLINK, SYMLINK_MAX, Meta, Node, Tree
+
+TOP_KEYS = {"image", "defaults"}
+IMAGE_KEYS = {"label", "uuid", "hash_seed", "dedup"}
+DEFAULT_KEYS = {"uid", "gid", "mode", "dir_mode", "mtime"}
+ENTRY_KEYS = {
+    "type", "mode", "uid", "gid", "mtime", "atime", "ctime", "crtime",
+    "text", "base64", "source", "size", "target",
+}
+CONTENT_KEYS = ("text", "base64", "source", "size")
+ENTRY_TYPES = (FILE, DIR, SYMLINK, "hardlink")
+UINT32 = (1 << 32) - 1
+MAX_FILE_SIZE = (1 << 32) * 4096  # 2^32 blocks of 4 KiB with extents
+
+
+def load_manifest(path: str, *, epoch_env: str | None = None) -> tuple[Tree, ImageOptions]:
+    """Read a manifest file; ``.json`` is JSON, anything else TOML."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ManifestError(path, f"cannot read manifest: {e.strerror}") from None
+    try:
+        if path.endswith(".json"):
+            doc = json.loads(raw)
+        else:
+            doc = tomllib.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ManifestError(path, f"not valid {'JSON' if path.endswith('.json') else 'TOML'}: {e}") from None
+    if not isinstance(doc, dict):
+        raise ManifestError(path, "the manifest must be a table/object")
+    base_dir = os.path.dirname(os.path.abspath(path))
+    try:
+        return parse_manifest(doc, base_dir=base_dir, epoch_env=epoch_env)
+    except ManifestError as e:
+        raise ManifestError(e.key, e.message, origin=path) from None
+
+
+def parse_manifest(doc: dict[str, Any], *, base_dir: str = ".",
+                   epoch_env: str | None = None) -> tuple[Tree, ImageOptions]:
+    """Turn a parsed manifest document into a tree; relative sources use ``base_dir``."""
+    if epoch_env is None:
+        epoch_env = os.environ.get("SOURCE_DATE_EPOCH")
+    for k in doc:
+        if k not in TOP_KEYS and not k.startswith("/"):
+            raise ManifestError(k, "unknown top-level key (entries must be absolute paths)")
+    opts = _parse_image(_table(doc.get("image", {}), "image"))
+    defaults = _table(doc.get("defaults", {}), "defaults")
+    _no_unknown(defaults, DEFAULT_KEYS, "defaults")
+    if epoch_env is not None:
+        try:
+            epoch_ns = int(epoch_env) * times.NS
+        except ValueError:
+            raise ManifestError("SOURCE_DATE_EPOCH", "must be an integer number of seconds") from None
+    else:
+        epoch_ns = 0
+    default_time = _time(defaults["mtime"], "defaults.mtime") if "mtime" in defaults else epoch_ns
+    opts.epoch_ns = epoch_ns if epoch_env is not None else default_time
+    d_uid = _uint32(defaults.get("uid", 0), "defaults.uid")
+    d_gid = _uint32(defaults.get("gid", 0), "defaults.gid")
+    d_mode = _mode(defaults.get("mode", 0o644), "defaults.mode")
+    d_dir_mode = _mode(defaults.get("dir_mode", 0o755), "defaults.dir_mode")
+
+    def meta_for(entry: dict[str, Any], key: str, default_perm: int) -> Meta:
+        mtime = _time(entry["mtime"], f"{key}.mtime") if "mtime" in entry else default_time
+        return Meta(
+            perm=_mode(entry["mode"], f"{key}.mode") if "mode" in entry else default_perm,
+            uid=_uint32(entry["uid"], f"{key}.uid") if "uid" in entry else d_uid,
+            gid=_uint32(entry["gid"], f"{key}.gid") if "gid" in entry else d_gid,
+            atime=_time(entry["atime"], f"{key}.atime") if "atime" in entry else mtime,
+            mtime=mtime,
+            ctime=_time(entry["ctime"], f"{key}.ctime") if "ctime" in entry else mtime,
+            crtime=_time(entry["crtime"], f"{key}.crtime") if "crtime" in entry else mtime,
+        )
+
+    dir_default = Meta(d_dir_mode, d_uid, d_gid, default_time, default_time, default_time, default_time)
+    tree = Tree(dir_default)
+    for path, entry in doc.items():
+        if not path.startswith("/"):
+            continue
+        key = json.dumps(path, ensure_ascii=False)
+        entry = _table(entry, key)
+        _no_unknown(entry, ENTRY_KEYS, key)
+        kind = _entry_type(entry, key)
+        if kind == "hardlink":
+            extra = set(entry) - {"type", "target"}
+            if extra:
+                raise ManifestError(f"{key}.{sorted(extra)[0]}", "a hard link shares its target's "
+                                    "inode and cannot set its own metadata or content")
+            target = _str(entry.get("target"), f"{key}.target")
+            tree.add_hardlink(path, target, key)
+            continue
+        if kind == DIR:
+            _only(entry, key, set(), "directory")
+            tree.add(path, Node(DIR, meta_for(entry, key, d_dir_mode), key=key))
+        elif kind == SYMLINK:
+            _only(entry, key, {"target"}, "symlink")
+            target = _str(entry.get("target"), f"{key}.target").encode("utf-8", "surrogateescape")
+            if not target:
+                raise ManifestError(f"{key}.target", "a symlink target must not be empty")
+            if len(target) > SYMLINK_MAX:
+                raise ManifestError(f"{key}.target", f"symlink target is {len(target)} bytes, "
+                                    f"over the {SYMLINK_MAX}-byte limit")
+            if b"\0" in target:
+                raise ManifestError(f"{key}.target", "symlink target must not contain NUL")
+            tree.add(path, Node(SYMLINK, meta_for(entry, key, 0o777), key=key, target=target))
+        else:
+            _only(entry, key, set(CONTENT_KEYS), "file")
+            source = _content(entry, key, base_dir)
+            tree.add(path, Node(FILE, meta_for(entry, key, d_mode), key=key, source=source))
+    tree.resolve_links()
+    return tree, opts
+
+
+def _parse_image(table: dict[str, Any]) -> ImageOptions:
+    _no_unknown(table, IMAGE_KEYS, "image")
+    opts = ImageOptions()
+    if "label" in table:
+        label = _str(table["label"], "image.label")
+        if len(label.encode()) > 16:
+            raise ManifestError("image.label", "the volume label is at most 16 bytes")
+        opts.label = label
+    for name in ("uuid", "hash_seed"):
+        if name in table:
+            try:
+                value = uuid_mod.UUID(_str(table[name], f"image.{name}")).bytes
+            except ValueError:
+                raise ManifestError(f"image.{name}", "not a UUID") from None
+            setattr(opts, name, value)
+    if "dedup" in table:
+        dedup = _str(table["dedup"], "image.dedup")
+        if dedup not in DEDUP_MODES:
+            raise ManifestError("image.dedup", f"must be one of {', '.join(DEDUP_MODES)}")
+        opts.dedup = dedup
+    return opts
+
+
+def _entry_type(entry: dict[str, Any], key: str) -> str:
+    if "type" in entry:
+        kind = _str(entry["type"], f"{key}.type")
+        if kind not in ENTRY_TYPES:
+            raise ManifestError(f"{key}.type", f"unknown type {kind!r} (expected one of "
+                                f"{', '.join(ENTRY_TYPES)})")
+        return kind
+    if any(k in entry for k in CONTENT_KEYS):
+        return FILE
+    if "target" in entry:
+        raise ManifestError(key, "'target' needs type = \"symlink\" or \"hardlink\"")
+    return DIR
+
+
+def _only(entry: dict[str, Any], key: str, allowed: set[str], what: str) -> None:
+    specific = set(CONTENT_KEYS) | {"target"}
+    for k in entry:
+        if k in specific and k not in allowed:
+            raise ManifestError(f"{key}.{k}", f"not valid for a {what}")
+
+
+def _content(entry: dict[str, Any], key: str, base_dir: str) -> HostFileSource | InlineSource | ZeroSource:
+    given = [k for k in CONTENT_KEYS if k in entry]
+    if len(given) > 1:
+        raise ManifestError(f"{key}.{given[1]}", f"conflicts with {given[0]}: give one content key")
+    if not given:
+        return InlineSource(b"")
+    k = given[0]
+    v = entry[k]
+    if k == "text":
+        return InlineSource(_str(v, f"{key}.text").encode("utf-8"))
+    if k == "base64":
+        try:
+            return InlineSource(base64.b64decode(_str(v, f"{key}.base64"), validate=True))
+        except binascii.Error:
+            raise ManifestError(f"{key}.base64", "invalid base64") from None
+    if k == "size":
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ManifestError(f"{key}.size", "must be a non-negative integer")
+        if v > MAX_FILE_SIZE:
+            raise ManifestError(f"{key}.size", "larger than ext4's 16 TiB file limit")
+        return ZeroSource(v)
+    path = os.path.join(base_dir, _str(v, f"{key}.source"))
+    try:
+        src = HostFileSource(path)
+    except FileNotFoundError:
+        raise ManifestError(f"{key}.source", f"source file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ManifestError(f"{key}.source", f"source {path} is not a regular file") from None
+    except OSError as e:
+        raise ManifestError(f"{key}.source", f"cannot read source {path}: {e.strerror}") from None
+    if src.size > MAX_FILE_SIZE:
+        raise ManifestError(f"{key}.source", "larger than ext4's 16 TiB file limit")
+    return src
+
+
+def _table(v: Any, key: str) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        raise ManifestError(key, "must be a table/object")
+    return v
+
+
+def _no_unknown(table: dict[str, Any], allowed: set[str], key: str) -> None:
+    for k in table:
+        if k not in allowed:
+            raise ManifestError(f"{key}.{k}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
+
+
+def _str(v: Any, key: str) -> str:
+    if not isinstance(v, str):
+        raise ManifestError(key, "must be a string")
+    return v
+
+
+def _uint32(v: Any, key: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= UINT32:
+        raise ManifestError(key, "must be an integer from 0 to 4294967295")
+    return v
+
+
+def _mode(v: Any, key: str) -> int:
+    if isinstance(v, str):
+        try:
+            v = int(v, 8)
+        except ValueError:
+            raise ManifestError(key, "must be an octal string like \"0755\" or an integer") from None
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 0o7777:
+        raise ManifestError(key, "permission bits must be between 0 and 07777")
+    return v
+
+
+def _time(v: Any, key: str) -> int:
+    try:
+        return times.parse_time(v)
+    except ValueError as e:
+        raise ManifestError(key, str(e)) from None

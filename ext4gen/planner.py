@@ -1,0 +1,349 @@
+"""Turn a :class:`Tree` into a complete block layout before any byte is produced.
+
+The image is laid out as::
+
+    block 0           boot area + superblock (sparse_super2, no backups)
+    1 .. gdt          group descriptors
+    G blocks          block bitmaps, one per group
+    G blocks          inode bitmaps, one per group
+    G * itb blocks    inode tables (UNINIT groups' tables are served as zeros)
+    dir blocks        every directory's leaf blocks, in inode order
+    tree blocks       extent index/leaf blocks of fragmented files
+    data blocks       unique file data, in inode order; shared blocks appear once
+
+Metadata never shares blocks (the kernel's system zone and e2fsck forbid it);
+data blocks may be shared (RO_COMPAT_SHARED_BLOCKS).  Everything is allocated:
+the filesystem is exactly as large as its content, with exact free counters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from . import dirents
+from .dedup import DataAllocator, DedupStats, Extent, ExtentBuilder, Run
+from .errors import ManifestError
+from .extents import ExtentTree, tree_levels
+from .ondisk import (
+    BLOCK_SIZE,
+    BLOCKS_PER_GROUP,
+    DESCS_PER_BLOCK,
+    EXT4_EXTENTS_FL,
+    EXT4_LINK_MAX,
+    FIRST_INO,
+    FT_BLKDEV,
+    FT_CHRDEV,
+    FT_DIR,
+    FT_FIFO,
+    FT_REG_FILE,
+    FT_SOCK,
+    FT_SYMLINK,
+    INODES_PER_BLOCK,
+    ROOT_INO,
+    S_IFBLK,
+    S_IFCHR,
+    S_IFDIR,
+    S_IFIFO,
+    S_IFLNK,
+    S_IFREG,
+    S_IFSOCK,
+)
+from .options import ImageOptions
+from .sources import InlineSource
+from .tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Meta, Node, Tree
+
+FAST_SYMLINK_MAX = 59  # targets shorter than i_block (60 bytes) live in the inode
+LOST_FOUND = b"lost+found"
+
+TYPE_BITS = {FILE: (S_IFREG, FT_REG_FILE), DIR: (S_IFDIR, FT_DIR), SYMLINK: (S_IFLNK, FT_SYMLINK),
+             CHARDEV: (S_IFCHR, FT_CHRDEV), BLOCKDEV: (S_IFBLK, FT_BLKDEV), FIFO: (S_IFIFO, FT_FIFO),
+             SOCKET: (S_IFSOCK, FT_SOCK)}
+
+
+@dataclass(slots=True, eq=False)
+class InodePlan:
+    """Everything needed to generate one inode and the blocks it owns."""
+
+    ino: int
+    node: Node
+    mode: int
+    links: int = 0
+    size: int = 0
+    flags: int = 0
+    extents: list[Extent] = field(default_factory=list)  # physical blocks relative to area
+    in_data_area: bool = True  # False for directories (their blocks are metadata)
+    tree: ExtentTree | None = None
+    tree_rel: int = 0  # first tree block, relative to the tree area
+    n_tree_blocks: int = 0
+    blocks_4k: int = 0  # data + tree blocks, for i_blocks
+    entries: list[dirents.DirEntry] | None = None  # directories
+    block_starts: list[int] | None = None  # directories: first entry index per block
+    generation: int = 0
+
+
+@dataclass
+class Geometry:
+    groups: int
+    inodes_per_group: int
+    itable_blocks_per_group: int
+    gdt_blocks: int
+    blocks_count: int
+    used_blocks: int
+    block_bitmap_start: int
+    inode_bitmap_start: int
+    inode_table_start: int
+    dir_start: int
+    tree_start: int
+    data_start: int
+    log_groups_per_flex: int
+
+    @property
+    def inodes_count(self) -> int:
+        return self.groups * self.inodes_per_group
+
+    @property
+    def free_blocks(self) -> int:
+        return self.blocks_count - self.used_blocks
+
+    def group_block_range(self, g: int) -> tuple[int, int]:
+        start = g * BLOCKS_PER_GROUP
+        return start, min(start + BLOCKS_PER_GROUP, self.blocks_count)
+
+
+@dataclass
+class Plan:
+    """The complete layout.  Immutable once returned by :func:`plan_tree`."""
+
+    options: ImageOptions
+    uuid: bytes
+    hash_seed: bytes
+    geometry: Geometry
+    inodes: list[InodePlan | None]  # index = inode number; None = unused/reserved
+    last_ino: int
+    dir_block_owner: list[tuple[InodePlan, int]]  # per dir-area block: (dir, block index)
+    tree_block_owner: list[tuple[InodePlan, int]]  # per tree-area block: (inode, tree block index)
+    runs: list[Run]  # data runs; .block relative to data_start
+    shared_blocks: bool
+    dedup_stats: DedupStats
+    used_dirs_per_group: list[int]
+    used_inodes_per_group: list[int]
+    last_used_index_per_group: list[int]  # -1 when the group has no used inode
+
+
+def plan_tree(tree: Tree, options: ImageOptions | None = None) -> Plan:
+    options = options or ImageOptions()
+    tree.resolve_links()
+    inodes, root = _number_inodes(tree, options)
+    allocator = DataAllocator(options.dedup)
+    dir_blocks = 0
+    dir_block_owner: list[tuple[InodePlan, int]] = []
+    for ip in inodes:
+        if ip is None:
+            continue
+        node = ip.node
+        if node.kind == DIR:
+            starts = dirents.split_blocks(ip.entries or [])
+            ip.block_starts = starts
+            ip.in_data_area = False
+            ip.size = len(starts) * BLOCK_SIZE
+            builder = ExtentBuilder()
+            builder.add(0, dir_blocks, len(starts))
+            ip.extents = builder.finish()
+            dir_block_owner.extend((ip, i) for i in range(len(starts)))
+            dir_blocks += len(starts)
+        elif node.kind == FILE:
+            assert node.source is not None
+            ip.size = node.source.size
+            ip.extents = allocator.allocate(node.source)
+        elif node.kind == SYMLINK:
+            ip.size = len(node.target)
+            if ip.size > FAST_SYMLINK_MAX:
+                ip.extents = allocator.allocate(InlineSource(node.target))
+    allocator.finish()
+
+    tree_blocks = 0
+    tree_block_owner: list[tuple[InodePlan, int]] = []
+    for ip in inodes:
+        if ip is None:
+            continue
+        data = sum(e[1] for e in ip.extents)
+        if ip.node.kind in (FILE, DIR) or (ip.node.kind == SYMLINK and ip.extents):
+            ip.flags |= EXT4_EXTENTS_FL
+            levels = tree_levels(len(ip.extents))
+            n = sum(levels)
+            if n:
+                ip.tree_rel = tree_blocks
+                ip.n_tree_blocks = n
+                tree_block_owner.extend((ip, i) for i in range(n))
+                tree_blocks += n
+            ip.tree = ExtentTree(ip.extents, levels, [])
+        ip.blocks_4k = data + ip.n_tree_blocks
+
+    last_ino = len(inodes) - 1
+    geo = _solve_geometry(last_ino, dir_blocks, tree_blocks, allocator.next_block)
+    for ip in inodes:
+        if ip is None or ip.tree is None:
+            continue
+        base = geo.data_start if ip.in_data_area else geo.dir_start
+        extents = [(lb, n, base + p) for lb, n, p in ip.extents]
+        ip.extents = extents
+        ip.tree.extents = extents
+        ip.tree.blocks = [geo.tree_start + ip.tree_rel + i for i in range(ip.n_tree_blocks)]
+
+    ipg = geo.inodes_per_group
+    dirs = [0] * geo.groups
+    used = [0] * geo.groups
+    last_idx = [-1] * geo.groups
+    for ino in range(1, last_ino + 1):
+        g, idx = divmod(ino - 1, ipg)
+        ip = inodes[ino]
+        if ino < FIRST_INO or ip is not None:
+            used[g] += 1
+            last_idx[g] = idx
+            if ip is not None and ip.node.kind == DIR:
+                dirs[g] += 1
+
+    seed = _identity_digest(tree, options, inodes)
+    return Plan(
+        options=options,
+        uuid=options.uuid or _uuid_from(seed[:16]),
+        hash_seed=options.hash_seed or _uuid_from(seed[16:32]),
+        geometry=geo,
+        inodes=inodes,
+        last_ino=last_ino,
+        dir_block_owner=dir_block_owner,
+        tree_block_owner=tree_block_owner,
+        runs=allocator.runs,
+        shared_blocks=allocator.shared,
+        dedup_stats=allocator.stats,
+        used_dirs_per_group=dirs,
+        used_inodes_per_group=used,
+        last_used_index_per_group=last_idx,
+    )
+
+
+def _number_inodes(tree: Tree, options: ImageOptions) -> tuple[list[InodePlan | None], InodePlan]:
+    """Assign inode numbers: root 2, lost+found 11, then each directory's children
+    consecutively in name order (depth-first), so `ls -l` touches few itable blocks."""
+    root_node = tree.root
+    assert root_node.children is not None
+    lf = root_node.children.get(LOST_FOUND)
+    if lf is None:
+        m = root_node.meta
+        lf = Node(DIR, Meta(0o700, 0, 0, m.mtime, m.mtime, m.mtime, m.mtime), key="/lost+found",
+                  children={})
+        root_node.children[LOST_FOUND] = lf
+    elif lf.kind != DIR:
+        raise ManifestError(lf.key, "/lost+found must be a directory (e2fsck requires one)")
+
+    inodes: list[InodePlan | None] = [None] * FIRST_INO
+    by_node: dict[int, InodePlan] = {}
+
+    def make(node: Node, ino: int) -> InodePlan:
+        type_bits, _ft = TYPE_BITS[node.kind]
+        ip = InodePlan(ino=ino, node=node, mode=type_bits | node.meta.perm)
+        by_node[id(node)] = ip
+        return ip
+
+    root = make(root_node, ROOT_INO)
+    inodes[ROOT_INO] = root
+    inodes.append(make(lf, FIRST_INO))
+
+    stack: list[tuple[InodePlan, InodePlan]] = [(root, root)]
+    while stack:
+        dir_ip, parent_ip = stack.pop()
+        node = dir_ip.node
+        assert node.children is not None
+        entries: list[dirents.DirEntry] = [(b".", dir_ip.ino, FT_DIR), (b"..", parent_ip.ino, FT_DIR)]
+        subdirs: list[InodePlan] = []
+        for name in sorted(node.children):
+            child = node.children[name]
+            ip = by_node.get(id(child))
+            if ip is None:
+                ip = make(child, len(inodes))
+                inodes.append(ip)
+            if child.kind == DIR:  # directories have one name; lost+found is pre-numbered
+                subdirs.append(ip)
+            ip.links += 1
+            entries.append((name, ip.ino, TYPE_BITS[child.kind][1]))
+        dir_ip.entries = entries
+        dir_ip.links += 1 + len(subdirs)  # "." plus each subdirectory's ".."
+        for sub in reversed(subdirs):
+            stack.append((sub, dir_ip))
+    root.links += 1  # the root's ".." names itself
+    for ip in inodes:
+        if ip is None:
+            continue
+        if ip.node.kind == DIR:
+            if ip.links > EXT4_LINK_MAX:
+                ip.links = 1  # dir_nlink: "too many to count"
+        elif ip.links > EXT4_LINK_MAX:
+            raise ManifestError(ip.node.key, f"{ip.links} hard links, over ext4's {EXT4_LINK_MAX}")
+    return inodes, root
+
+
+def _solve_geometry(last_ino: int, dir_blocks: int, tree_blocks: int, data_blocks: int) -> Geometry:
+    """Smallest group count whose metadata plus content fits; pad only if forced."""
+
+    def layout(groups: int) -> tuple[int, int, int, int]:
+        itb = max(1, _ceil_div(_ceil_div(last_ino, groups), INODES_PER_BLOCK))
+        ipg = itb * INODES_PER_BLOCK
+        gdt = _ceil_div(groups, DESCS_PER_BLOCK)
+        used = 1 + gdt + 2 * groups + groups * itb + dir_blocks + tree_blocks + data_blocks
+        return ipg, itb, gdt, used
+
+    groups = max(1, _ceil_div(last_ino, BLOCKS_PER_GROUP))
+    while True:
+        ipg, itb, gdt, used = layout(groups)
+        need = _ceil_div(used, BLOCKS_PER_GROUP)
+        if need <= groups:
+            break
+        groups += 1
+    if used >= 1 << 48:
+        raise ManifestError("/", "the image would exceed ext4's 2^48-block limit")
+    # Every group must hold at least one block; pad the last one if the fit is loose.
+    blocks_count = max(used, (groups - 1) * BLOCKS_PER_GROUP + 1)
+    bb = 1 + gdt
+    ib = bb + groups
+    it = ib + groups
+    dir_start = it + groups * itb
+    flex = max(4, (groups - 1).bit_length())
+    return Geometry(
+        groups=groups, inodes_per_group=ipg, itable_blocks_per_group=itb, gdt_blocks=gdt,
+        blocks_count=blocks_count, used_blocks=used, block_bitmap_start=bb,
+        inode_bitmap_start=ib, inode_table_start=it, dir_start=dir_start,
+        tree_start=dir_start + dir_blocks, data_start=dir_start + dir_blocks + tree_blocks,
+        log_groups_per_flex=min(flex, 31),
+    )
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _identity_digest(tree: Tree, options: ImageOptions, inodes: list[InodePlan | None]) -> bytes:
+    """A digest of everything that defines the image, for the default UUID and hash seed."""
+    h = hashlib.sha256(b"ext4gen-1\0")
+    h.update(options.label.encode() + b"\0" + options.dedup.encode() + b"\0")
+    h.update(options.epoch_ns.to_bytes(16, "little", signed=True))
+    for ip in inodes:
+        if ip is None:
+            continue
+        n = ip.node
+        m = n.meta
+        h.update(repr((ip.ino, ip.mode, m.uid, m.gid, m.atime, m.mtime, m.ctime, m.crtime,
+                       n.size, n.target, n.rdev, sorted(n.xattrs.items()),
+                       n.source.describe() if n.source is not None else "")).encode())
+        if ip.entries:
+            for name, ino, _ft in ip.entries:
+                h.update(name + b"\0" + ino.to_bytes(4, "little"))
+    return h.digest()
+
+
+def _uuid_from(raw: bytes) -> bytes:
+    """Shape 16 bytes as an RFC 4122 version-4-style UUID (deterministic here)."""
+    b = bytearray(raw)
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    return bytes(b)

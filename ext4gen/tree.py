@@ -1,0 +1,167 @@
+"""The filesystem tree to synthesize: what the manifest, a directory or the API describe.
+
+The tree is pure description (names, metadata, content sources); it knows
+nothing of blocks or inodes.  A node reachable under several names is a hard
+link: the planner gives it one inode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import ManifestError
+from .sources import Source
+
+NAME_MAX = 255
+SYMLINK_MAX = 4095
+
+FILE, DIR, SYMLINK = "file", "dir", "symlink"
+CHARDEV, BLOCKDEV, FIFO, SOCKET = "chardev", "blockdev", "fifo", "socket"
+KINDS = (FILE, DIR, SYMLINK, CHARDEV, BLOCKDEV, FIFO, SOCKET)
+
+
+@dataclass(eq=False, slots=True)
+class Meta:
+    """Ownership, permission bits (incl. setuid/setgid/sticky) and times in ns."""
+
+    perm: int
+    uid: int
+    gid: int
+    atime: int
+    mtime: int
+    ctime: int
+    crtime: int
+
+
+@dataclass(eq=False, slots=True)
+class Node:
+    kind: str
+    meta: Meta
+    key: str = ""  # where the node was declared, for error messages
+    source: Source | None = None  # FILE
+    target: bytes = b""  # SYMLINK
+    rdev: tuple[int, int] = (0, 0)  # CHARDEV/BLOCKDEV (major, minor)
+    xattrs: dict[bytes, bytes] = field(default_factory=dict)
+    children: dict[bytes, Node] | None = None  # DIR
+    implied: bool = False  # DIR created only because a descendant was declared
+
+    @property
+    def size(self) -> int:
+        if self.kind == FILE:
+            assert self.source is not None
+            return self.source.size
+        if self.kind == SYMLINK:
+            return len(self.target)
+        return 0
+
+
+def split_path(path: str | bytes, key: str) -> list[bytes]:
+    """Validate an absolute image path and return its components as bytes."""
+    raw = path if isinstance(path, bytes) else path.encode("utf-8", "surrogateescape")
+    if not raw.startswith(b"/"):
+        raise ManifestError(key, "path must be absolute (start with '/')")
+    parts = [p for p in raw.split(b"/") if p]
+    for p in parts:
+        if p in (b".", b".."):
+            raise ManifestError(key, "path must not contain '.' or '..' components")
+        if b"\0" in p:
+            raise ManifestError(key, "path must not contain NUL bytes")
+        if len(p) > NAME_MAX:
+            raise ManifestError(key, f"name {p[:32]!r}... is {len(p)} bytes, over ext4's {NAME_MAX}")
+    return parts
+
+
+class Tree:
+    """A rooted tree of nodes with implied parents and deferred hard links."""
+
+    def __init__(self, root_meta: Meta, implied_dir_meta: Meta | None = None) -> None:
+        self.root = Node(DIR, root_meta, key="/", children={}, implied=True)
+        self._implied_meta = implied_dir_meta or root_meta
+        self._links: list[tuple[list[bytes], list[bytes], str]] = []
+        self._resolved = False
+
+    def _parent(self, parts: list[bytes], key: str) -> Node:
+        node = self.root
+        for i, name in enumerate(parts[:-1]):
+            assert node.children is not None
+            child = node.children.get(name)
+            if child is None:
+                m = self._implied_meta
+                child = Node(DIR, Meta(m.perm, m.uid, m.gid, m.atime, m.mtime, m.ctime, m.crtime),
+                             key=key, children={}, implied=True)
+                node.children[name] = child
+            elif child.kind != DIR:
+                where = "/" + b"/".join(parts[: i + 1]).decode("utf-8", "replace")
+                raise ManifestError(key, f"parent {where} is a {child.kind}, not a directory")
+            node = child
+        return node
+
+    def add(self, path: str | bytes, node: Node) -> Node:
+        """Place ``node`` at ``path``; an explicit directory may refine an implied one."""
+        key = node.key or str(path)
+        parts = split_path(path, key)
+        if node.kind == DIR and node.children is None:
+            node.children = {}
+        if not parts:
+            if node.kind != DIR:
+                raise ManifestError(key, "'/' must be a directory")
+            if not self.root.implied:
+                raise ManifestError(key, "duplicate path '/'")
+            node.children = self.root.children
+            self.root = node
+            return node
+        parent = self._parent(parts, key)
+        assert parent.children is not None
+        old = parent.children.get(parts[-1])
+        if old is not None:
+            if old.implied and node.kind == DIR:
+                node.children = old.children
+            else:
+                raise ManifestError(key, f"duplicate path (already declared by {old.key})")
+        parent.children[parts[-1]] = node
+        return node
+
+    def add_hardlink(self, path: str | bytes, target: str | bytes, key: str) -> None:
+        """Make ``path`` another name of ``target``; resolved when planning."""
+        parts = split_path(path, key)
+        if not parts:
+            raise ManifestError(key, "'/' cannot be a hard link")
+        self._parent(parts, key)
+        self._links.append((parts, split_path(target, key + ".target"), key))
+
+    def lookup(self, parts: list[bytes]) -> Node | None:
+        node: Node | None = self.root
+        for name in parts:
+            if node is None or node.children is None:
+                return None
+            node = node.children.get(name)
+        return node
+
+    def resolve_links(self) -> None:
+        """Attach deferred hard links; links to links follow to the final node."""
+        if self._resolved:
+            return
+        pending = list(self._links)
+        while pending:
+            progress = False
+            rest = []
+            for parts, target, key in pending:
+                node = self.lookup(target)
+                if node is None:
+                    rest.append((parts, target, key))
+                    continue
+                if node.kind == DIR:
+                    raise ManifestError(key + ".target", "hard links to directories are not allowed")
+                parent = self._parent(parts, key)
+                assert parent.children is not None
+                if parts[-1] in parent.children:
+                    old = parent.children[parts[-1]]
+                    raise ManifestError(key, f"duplicate path (already declared by {old.key})")
+                parent.children[parts[-1]] = node
+                progress = True
+            if not progress and rest:
+                _parts, target, key = rest[0]
+                shown = "/" + b"/".join(target).decode("utf-8", "replace")
+                raise ManifestError(key + ".target", f"hard link target {shown} does not exist")
+            pending = rest
+        self._resolved = True
