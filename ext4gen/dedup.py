@@ -57,7 +57,7 @@ class DedupStats:
 class ExtentBuilder:
     """Merges (logical, physical) block pairs into maximal extents."""
 
-    __slots__ = ("extents", "_l", "_p", "_n")
+    __slots__ = ("_l", "_n", "_p", "extents")
 
     def __init__(self) -> None:
         self.extents: list[Extent] = []
@@ -122,7 +122,6 @@ class DataAllocator:
     def _allocate_content(self, source: Source) -> list[Extent]:
         size = source.size
         stats = self.stats
-        by_hash = self._by_hash
         zero_key = block_hash(ZERO_BLOCK)
         builder = ExtentBuilder()
         buf = bytearray(min(READ_CHUNK, -(-size // BLOCK_SIZE) * BLOCK_SIZE))

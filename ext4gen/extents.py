@@ -37,7 +37,7 @@ class ExtentTree:
     first then each index level; ``extents`` carry absolute physical blocks.
     """
 
-    __slots__ = ("extents", "levels", "blocks")
+    __slots__ = ("blocks", "extents", "levels")
 
     def __init__(self, extents: list[Extent], levels: list[int], blocks: list[int]) -> None:
         self.extents = extents

@@ -134,7 +134,7 @@ class Plan:
 def plan_tree(tree: Tree, options: ImageOptions | None = None) -> Plan:
     options = options or ImageOptions()
     tree.resolve_links()
-    inodes, root = _number_inodes(tree, options)
+    inodes = _number_inodes(tree, options)
     allocator = DataAllocator(options.dedup)
     dir_blocks = 0
     dir_block_owner: list[tuple[InodePlan, int]] = []
@@ -223,7 +223,7 @@ def plan_tree(tree: Tree, options: ImageOptions | None = None) -> Plan:
     )
 
 
-def _number_inodes(tree: Tree, options: ImageOptions) -> tuple[list[InodePlan | None], InodePlan]:
+def _number_inodes(tree: Tree, options: ImageOptions) -> list[InodePlan | None]:
     """Assign inode numbers: root 2, lost+found 11, then each directory's children
     consecutively in name order (depth-first), so `ls -l` touches few itable blocks."""
     root_node = tree.root
@@ -280,7 +280,7 @@ def _number_inodes(tree: Tree, options: ImageOptions) -> tuple[list[InodePlan | 
                 ip.links = 1  # dir_nlink: "too many to count"
         elif ip.links > EXT4_LINK_MAX:
             raise ManifestError(ip.node.key, f"{ip.links} hard links, over ext4's {EXT4_LINK_MAX}")
-    return inodes, root
+    return inodes
 
 
 def _solve_geometry(last_ino: int, dir_blocks: int, tree_blocks: int, data_blocks: int) -> Geometry:

@@ -58,8 +58,8 @@ def _parse_rfc3339(text: str) -> int:
 
 def _datetime_ns(dt: _dt.datetime) -> int:
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=_dt.timezone.utc)
-    delta = dt - _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+        dt = dt.replace(tzinfo=_dt.UTC)
+    delta = dt - _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
     return (delta.days * 86400 + delta.seconds) * NS + delta.microseconds * 1000
 
 

@@ -1,0 +1,184 @@
+"""Proof that an image is right: e2fsck's verdict and a kernel read-back against the tree.
+
+Used by ``ext4gen check`` and by the test suite, so the check users run is the
+one CI runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from collections.abc import Iterator
+
+from .planner import LOST_FOUND
+from .tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node, Tree
+
+_KIND_OF_MODE = {stat.S_IFREG: FILE, stat.S_IFDIR: DIR, stat.S_IFLNK: SYMLINK,
+                 stat.S_IFCHR: CHARDEV, stat.S_IFBLK: BLOCKDEV, stat.S_IFIFO: FIFO,
+                 stat.S_IFSOCK: SOCKET}
+_E2FSCK_OK_PREFIXES = ("e2fsck ", "Pass 1:", "Pass 2:", "Pass 3:", "Pass 4:", "Pass 5:")
+
+
+def e2fsck(image: str) -> tuple[int, list[str]]:
+    """Run ``e2fsck -fn``; return its exit code and every line that is a complaint."""
+    proc = subprocess.run(["e2fsck", "-fn", image], capture_output=True, text=True,
+                          errors="replace", check=False)
+    lines = (proc.stdout + proc.stderr).splitlines()
+    complaints = []
+    for i, line in enumerate(lines):
+        if not line.strip() or line.startswith(_E2FSCK_OK_PREFIXES):
+            continue
+        if " files (" in line and " blocks" in line and i >= len(lines) - 2:
+            continue  # the summary line "LABEL: 12/32 files (0.0% non-contiguous), 13/13 blocks"
+        complaints.append(line)
+    return proc.returncode, complaints
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+@contextlib.contextmanager
+def loop_mount(image: str, mountpoint: str | None = None, *, options: str = "ro") -> Iterator[str]:
+    """Mount ``image`` through a loop device; always unmount and detach afterwards."""
+    own_dir = mountpoint is None
+    mnt = mountpoint or tempfile.mkdtemp(prefix="ext4gen-mnt-")
+    try:
+        subprocess.run(["mount", "-t", "ext4", "-o", f"loop,{options}", image, mnt],
+                       check=True, capture_output=True, text=True)
+        try:
+            yield mnt
+        finally:
+            _umount(mnt)
+    finally:
+        if own_dir:
+            with contextlib.suppress(OSError):
+                os.rmdir(mnt)
+
+
+def _umount(mnt: str) -> None:
+    """Unmount; the loop device was set up with autoclear by mount(8)."""
+    for args in (["umount", mnt], ["umount", "-l", mnt]):
+        if subprocess.run(args, capture_output=True, check=False).returncode == 0:
+            return
+
+
+def compare_tree(tree: Tree, root: str, *, check_content: bool = True) -> list[str]:
+    """Differences between ``tree`` and the mounted filesystem at ``root`` (empty = equal)."""
+    diffs: list[str] = []
+    inode_of: dict[int, int] = {}
+    names_of: dict[int, int] = {}
+    birth_checks: list[tuple[str, str, int]] = []
+
+    def walk(node: Node, path: bytes, shown: str) -> None:
+        try:
+            st = os.lstat(path)
+        except OSError as e:
+            diffs.append(f"{shown}: missing ({e.strerror})")
+            return
+        kind = _KIND_OF_MODE.get(stat.S_IFMT(st.st_mode))
+        if kind != node.kind:
+            diffs.append(f"{shown}: is a {kind}, expected {node.kind}")
+            return
+        m = node.meta
+        expect = {"mode": m.perm, "uid": m.uid, "gid": m.gid, "mtime_ns": m.mtime,
+                  "ctime_ns": m.ctime, "atime_ns": m.atime}
+        got = {"mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid,
+               "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "atime_ns": st.st_atime_ns}
+        if node.kind == SYMLINK and m.perm == 0o777:
+            got["mode"] = 0o777
+        for k, v in expect.items():
+            if got[k] != v:
+                diffs.append(f"{shown}: {k} is {got[k]!r}, expected {v!r}")
+        birth_checks.append((path.decode("utf-8", "surrogateescape"), shown, m.crtime))
+        if node.kind != DIR:
+            prev = inode_of.setdefault(id(node), st.st_ino)
+            if prev != st.st_ino:
+                diffs.append(f"{shown}: inode {st.st_ino}, expected a hard link to inode {prev}")
+            names_of[id(node)] = names_of.get(id(node), 0) + 1
+            node_links[id(node)] = (node, st.st_nlink, shown)
+        if node.kind == FILE:
+            if st.st_size != node.size:
+                diffs.append(f"{shown}: size {st.st_size}, expected {node.size}")
+            elif check_content:
+                diff = _compare_content(node, path)
+                if diff:
+                    diffs.append(f"{shown}: {diff}")
+        elif node.kind == SYMLINK:
+            target = os.readlink(path)
+            if target != node.target:
+                diffs.append(f"{shown}: symlink target {target!r}, expected {node.target!r}")
+        elif node.kind in (CHARDEV, BLOCKDEV):
+            got_rdev = (os.major(st.st_rdev), os.minor(st.st_rdev))
+            if got_rdev != tuple(node.rdev):
+                diffs.append(f"{shown}: device {got_rdev}, expected {tuple(node.rdev)}")
+        elif node.kind == DIR:
+            assert node.children is not None
+            on_disk = set(os.listdir(path))
+            expected = set(node.children)
+            if path == root_b and LOST_FOUND not in expected:
+                on_disk.discard(LOST_FOUND)
+            for name in sorted(on_disk - expected):
+                diffs.append(f"{shown}: unexpected entry {name!r}")
+            subdirs = sum(1 for c in node.children.values() if c.kind == DIR)
+            if path == root_b and LOST_FOUND not in expected:
+                subdirs += 1
+            want_links = 2 + subdirs if 2 + subdirs <= 65000 else 1
+            if st.st_nlink != want_links:
+                diffs.append(f"{shown}: nlink {st.st_nlink}, expected {want_links}")
+            for name in sorted(expected):
+                child_shown = shown.rstrip("/") + "/" + name.decode("utf-8", "replace")
+                walk(node.children[name], os.path.join(path, name), child_shown)
+
+    node_links: dict[int, tuple[Node, int, str]] = {}
+    root_b = os.fsencode(root)
+    walk(tree.root, root_b, "/")
+    for key, (_node, nlink, shown) in node_links.items():
+        if nlink != names_of[key]:
+            diffs.append(f"{shown}: nlink {nlink}, expected {names_of[key]}")
+    diffs.extend(_compare_birth_times(birth_checks))
+    return diffs
+
+
+def _compare_content(node: Node, path: bytes) -> str | None:
+    assert node.source is not None
+    chunk = 1 << 20
+    want = bytearray(chunk)
+    with open(path, "rb", buffering=0) as f:
+        offset = 0
+        while offset < node.size:
+            n = min(chunk, node.size - offset)
+            mv = memoryview(want)[:n]
+            node.source.readinto(mv, offset)
+            got = f.read(n)
+            if got != mv:
+                for i in range(min(len(got), n)):
+                    if got[i] != mv[i]:
+                        return f"content differs at byte {offset + i}"
+                return f"content is short at byte {offset + len(got)}"
+            offset += n
+    return None
+
+
+def _compare_birth_times(checks: list[tuple[str, str, int]]) -> list[str]:
+    """os.stat has no birth time on Linux; coreutils stat(1) reads it through statx."""
+    if not checks or shutil.which("stat") is None:
+        return []
+    diffs = []
+    batch = 500
+    for i in range(0, len(checks), batch):
+        part = checks[i : i + batch]
+        proc = subprocess.run(["stat", "--printf", "%.9W\\n", "--", *(p for p, _s, _c in part)],
+                              capture_output=True, text=True, check=False)
+        values = proc.stdout.splitlines()
+        for (_p, shown, crtime), value in zip(part, values, strict=False):
+            sec, _, frac = value.partition(".")
+            got = int(sec) * 1_000_000_000 + (int(frac.ljust(9, "0")) if not sec.startswith("-")
+                                              else -int(frac.ljust(9, "0")))
+            if got != crtime:
+                diffs.append(f"{shown}: crtime_ns is {got}, expected {crtime}")
+    return diffs
