@@ -120,7 +120,8 @@ class Image:
             self._add_meta(first, n, lambda k, g=g: meta.inode_table_block(g, k))
             self._add_zero(first + n, itb - n)
         self._add_meta(geo.dir_start, geo.tree_start - geo.dir_start, meta.dir_block)
-        self._add_meta(geo.tree_start, geo.data_start - geo.tree_start, meta.tree_block)
+        self._add_meta(geo.tree_start, geo.xattr_start - geo.tree_start, meta.tree_block)
+        self._add_meta(geo.xattr_start, geo.data_start - geo.xattr_start, meta.xattr_block)
         for run in plan.runs:
             start = (geo.data_start + run.block) * BLOCK_SIZE
             self._add(start, start + run.nbytes, DATA, self._data_filler(run))
@@ -235,7 +236,8 @@ class Image:
             "bitmaps": 2 * geo.groups,
             "inode_tables": geo.groups * geo.itable_blocks_per_group,
             "directories": geo.tree_start - geo.dir_start,
-            "extent_tree": geo.data_start - geo.tree_start,
+            "extent_tree": geo.xattr_start - geo.tree_start,
+            "xattr": geo.data_start - geo.xattr_start,
             "data": geo.used_blocks - geo.data_start,
             "free": geo.free_blocks,
         }

@@ -17,17 +17,20 @@ from . import times
 from .errors import ManifestError
 from .options import DEDUP_MODES, ImageOptions
 from .sources import HostFileSource, InlineSource, ZeroSource
-from .tree import DIR, FILE, SYMLINK, SYMLINK_MAX, Meta, Node, Tree
+from .tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, SYMLINK_MAX, Meta, Node, Tree
+from .xattrs import ACL_ACCESS, ACL_DEFAULT, XattrError, normalize_vfs_acl, parse_acl_text, split_name
 
 TOP_KEYS = {"image", "defaults"}
 IMAGE_KEYS = {"label", "uuid", "hash_seed", "dedup"}
 DEFAULT_KEYS = {"uid", "gid", "mode", "dir_mode", "mtime"}
 ENTRY_KEYS = {
     "type", "mode", "uid", "gid", "mtime", "atime", "ctime", "crtime",
-    "text", "base64", "source", "size", "target",
+    "text", "base64", "source", "size", "target", "major", "minor",
+    "xattrs", "acl", "default_acl",
 }
 CONTENT_KEYS = ("text", "base64", "source", "size")
-ENTRY_TYPES = (FILE, DIR, SYMLINK, "hardlink")
+ENTRY_TYPES = (FILE, DIR, SYMLINK, "hardlink", CHARDEV, BLOCKDEV, FIFO, SOCKET)
+DEVICE_KEYS = ("major", "minor")
 UINT32 = (1 << 32) - 1
 MAX_FILE_SIZE = (1 << 32) * 4096  # 2^32 blocks of 4 KiB with extents
 
@@ -109,9 +112,22 @@ def parse_manifest(doc: dict[str, Any], *, base_dir: str = ".",
             target = _str(entry.get("target"), f"{key}.target")
             tree.add_hardlink(path, target, key)
             continue
+        xattrs = _xattrs(entry, key, kind)
         if kind == DIR:
             _only(entry, key, set(), "directory")
-            tree.add(path, Node(DIR, meta_for(entry, key, d_dir_mode), key=key))
+            tree.add(path, Node(DIR, meta_for(entry, key, d_dir_mode), key=key, xattrs=xattrs))
+        elif kind in (CHARDEV, BLOCKDEV, FIFO, SOCKET):
+            is_dev = kind in (CHARDEV, BLOCKDEV)
+            _only(entry, key, set(DEVICE_KEYS) if is_dev else set(), kind)
+            rdev = (0, 0)
+            if is_dev:
+                for k in DEVICE_KEYS:
+                    if k not in entry:
+                        raise ManifestError(f"{key}.{k}", f"a {kind} needs major and minor numbers")
+                rdev = (_bounded(entry["major"], f"{key}.major", 0xFFF),
+                        _bounded(entry["minor"], f"{key}.minor", 0xFFFFF))
+            tree.add(path, Node(kind, meta_for(entry, key, 0o644 if is_dev else d_mode), key=key,
+                                rdev=rdev, xattrs=xattrs))
         elif kind == SYMLINK:
             _only(entry, key, {"target"}, "symlink")
             target = _str(entry.get("target"), f"{key}.target").encode("utf-8", "surrogateescape")
@@ -122,11 +138,13 @@ def parse_manifest(doc: dict[str, Any], *, base_dir: str = ".",
                                     f"over the {SYMLINK_MAX}-byte limit")
             if b"\0" in target:
                 raise ManifestError(f"{key}.target", "symlink target must not contain NUL")
-            tree.add(path, Node(SYMLINK, meta_for(entry, key, 0o777), key=key, target=target))
+            tree.add(path, Node(SYMLINK, meta_for(entry, key, 0o777), key=key, target=target,
+                                xattrs=xattrs))
         else:
             _only(entry, key, set(CONTENT_KEYS), "file")
             source = _content(entry, key, base_dir)
-            tree.add(path, Node(FILE, meta_for(entry, key, d_mode), key=key, source=source))
+            tree.add(path, Node(FILE, meta_for(entry, key, d_mode), key=key, source=source,
+                                xattrs=xattrs))
     tree.resolve_links()
     return tree, opts
 
@@ -168,8 +186,54 @@ def _entry_type(entry: dict[str, Any], key: str) -> str:
     return DIR
 
 
+def _xattrs(entry: dict[str, Any], key: str, kind: str) -> dict[bytes, bytes]:
+    """``xattrs`` (name → string, or {base64=…}/{hex=…}) plus ``acl``/``default_acl`` text."""
+    out: dict[bytes, bytes] = {}
+    for name, value in _table(entry.get("xattrs", {}), f"{key}.xattrs").items():
+        k = f"{key}.xattrs.{json.dumps(name)}"
+        raw_name = name.encode("utf-8")
+        if isinstance(value, str):
+            data = value.encode("utf-8")
+        elif isinstance(value, dict) and len(value) == 1 and ("base64" in value or "hex" in value):
+            try:
+                if "base64" in value:
+                    data = base64.b64decode(_str(value["base64"], k + ".base64"), validate=True)
+                else:
+                    data = bytes.fromhex(_str(value["hex"], k + ".hex"))
+            except (binascii.Error, ValueError):
+                raise ManifestError(k, "invalid base64/hex value") from None
+        else:
+            raise ManifestError(k, "value must be a string or a table {base64 = \"…\"} / {hex = \"…\"}")
+        try:
+            split_name(raw_name)
+            if raw_name in (ACL_ACCESS, ACL_DEFAULT):
+                data = normalize_vfs_acl(data)
+        except XattrError as e:
+            raise ManifestError(k, str(e)) from None
+        out[raw_name] = data
+    for field_name, xname in (("acl", ACL_ACCESS), ("default_acl", ACL_DEFAULT)):
+        if field_name not in entry:
+            continue
+        k = f"{key}.{field_name}"
+        if xname == ACL_DEFAULT and kind != DIR:
+            raise ManifestError(k, "only directories have a default ACL")
+        if xname in out:
+            raise ManifestError(k, f"conflicts with xattrs.{xname.decode()}")
+        try:
+            out[xname] = parse_acl_text(_str(entry[field_name], k))
+        except XattrError as e:
+            raise ManifestError(k, str(e)) from None
+    return out
+
+
+def _bounded(v: Any, key: str, limit: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= limit:
+        raise ManifestError(key, f"must be an integer from 0 to {limit}")
+    return v
+
+
 def _only(entry: dict[str, Any], key: str, allowed: set[str], what: str) -> None:
-    specific = set(CONTENT_KEYS) | {"target"}
+    specific = set(CONTENT_KEYS) | {"target"} | set(DEVICE_KEYS)
     for k in entry:
         if k in specific and k not in allowed:
             raise ManifestError(f"{key}.{k}", f"not valid for a {what}")

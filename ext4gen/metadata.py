@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from functools import lru_cache
 
-from . import dirents, times
+from . import dirents, times, xattrs
 from .csum import crc32c_raw, fs_csum_seed, inode_csum_seed
 from .extents import EXTENT_TAIL_OFFSET
 from .ondisk import (
@@ -301,14 +301,17 @@ class MetadataGenerator:
         mtime, mtime_x = times.encode(m.mtime)
         crtime, crtime_x = times.encode(m.crtime)
         sectors = ip.blocks_4k * (BLOCK_SIZE // 512)
+        acl_block = self.geo.xattr_start + ip.xattr_block if ip.xattr_block >= 0 else 0
         raw = bytearray(INODE_SIZE)
         INODE.pack_into(
             raw, 0,
             ip.mode, m.uid & 0xFFFF, ip.size & 0xFFFFFFFF, atime, ctime, mtime, 0,
             m.gid & 0xFFFF, ip.links, sectors & 0xFFFFFFFF, ip.flags, 0, i_block,
-            ip.generation, 0, ip.size >> 32, 0,
-            sectors >> 32, 0, m.uid >> 16, m.gid >> 16, 0, 0,
+            ip.generation, acl_block & 0xFFFFFFFF, ip.size >> 32, 0,
+            sectors >> 32, acl_block >> 32, m.uid >> 16, m.gid >> 16, 0, 0,
             EXTRA_ISIZE, 0, ctime_x, mtime_x, atime_x, crtime, crtime_x, 0, 0)
+        if ip.xattr_inode:
+            raw[INODE.size :] = xattrs.ibody_bytes(ip.xattr_inode)
         csum = crc32c_raw(inode_csum_seed(self.fs_seed, ip.ino, ip.generation), raw)
         _U16.pack_into(raw, INODE_CSUM_LO_OFFSET, csum & 0xFFFF)
         _U16.pack_into(raw, INODE_CSUM_HI_OFFSET, csum >> 16)
@@ -324,6 +327,10 @@ class MetadataGenerator:
         seed = inode_csum_seed(self.fs_seed, ip.ino, ip.generation)
         _U32.pack_into(buf, BLOCK_SIZE - 4, crc32c_raw(seed, memoryview(buf)[: dirents.USABLE]))
         return bytes(buf)
+
+    def xattr_block(self, index: int) -> bytes:
+        xb = self.plan.xattr_blocks[index]
+        return xattrs.block_bytes(xb.entries, xb.refcount, self.geo.xattr_start + index, self.fs_seed)
 
     def tree_block(self, index: int) -> bytes:
         ip, k = self.plan.tree_block_owner[index]

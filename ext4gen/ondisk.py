@@ -316,6 +316,41 @@ ext4_dir_entry_tail = Struct(
 DIR_TAIL_SIZE = 12
 
 
+# Extended attributes: struct ext4_xattr_header (external block) and
+# struct ext4_xattr_entry (name follows, padded to 4 bytes).
+EXT4_XATTR_MAGIC = 0xEA020000
+ext4_xattr_header = Struct(
+    "h_magic" / Int32ul,
+    "h_refcount" / Int32ul,
+    "h_blocks" / Int32ul,
+    "h_hash" / Int32ul,
+    "h_checksum" / Int32ul,
+    "h_reserved" / Bytes(12),
+)
+ext4_xattr_ibody_header = Struct("h_magic" / Int32ul)
+ext4_xattr_entry = Struct(
+    "e_name_len" / Int8ul,
+    "e_name_index" / Int8ul,
+    "e_value_offs" / Int16ul,
+    "e_value_inum" / Int32ul,
+    "e_value_size" / Int32ul,
+    "e_hash" / Int32ul,
+)
+XATTR_HEADER_SIZE = 32
+XATTR_BLOCK_CSUM_OFFSET = 16
+XATTR_REFCOUNT_MAX = 1024  # the kernel stops sharing a block beyond this
+INODE_XATTR_SPACE = INODE_SIZE - GOOD_OLD_INODE_SIZE - EXTRA_ISIZE  # 96 bytes after i_projid
+
+# POSIX ACLs: the kernel's VFS xattr form (version 2) and ext4's compact on-disk
+# form (version 1, 4-byte entries for the owner/group/mask/other tags).
+POSIX_ACL_XATTR_VERSION = 2
+EXT4_ACL_VERSION = 1
+ACL_USER_OBJ, ACL_USER, ACL_GROUP_OBJ, ACL_GROUP, ACL_MASK, ACL_OTHER = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+ACL_UNDEFINED_ID = 0xFFFFFFFF
+posix_acl_xattr_entry = Struct("e_tag" / Int16ul, "e_perm" / Int16ul, "e_id" / Int32ul)
+ext4_acl_entry = Struct("e_tag" / Int16ul, "e_perm" / Int16ul, "e_id" / Int32ul)
+ext4_acl_entry_short = Struct("e_tag" / Int16ul, "e_perm" / Int16ul)
+
 class FastPacker:
     """A ``struct.Struct`` derived from a construct ``Struct`` of fixed-size fields.
 
@@ -366,6 +401,10 @@ EXTENT = FastPacker(ext4_extent)
 EXTENT_IDX = FastPacker(ext4_extent_idx)
 DIR_ENTRY = FastPacker(ext4_dir_entry_2)
 DIR_TAIL = FastPacker(ext4_dir_entry_tail)
+XATTR_HEADER = FastPacker(ext4_xattr_header)
+XATTR_ENTRY = FastPacker(ext4_xattr_entry)
+ACL_ENTRY = FastPacker(ext4_acl_entry)
+ACL_ENTRY_SHORT = FastPacker(ext4_acl_entry_short)
 
 assert ext4_super_block.sizeof() == 1024
 assert GROUP_DESC.size == DESC_SIZE

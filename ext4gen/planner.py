@@ -9,6 +9,7 @@ The image is laid out as::
     G * itb blocks    inode tables (UNINIT groups' tables are served as zeros)
     dir blocks        every directory's leaf blocks, in inode order
     tree blocks       extent index/leaf blocks of fragmented files
+    xattr blocks      external xattr blocks, each shared by inodes with equal sets
     data blocks       unique file data, in inode order; shared blocks appear once
 
 Metadata never shares blocks (the kernel's system zone and e2fsck forbid it);
@@ -48,10 +49,12 @@ from .ondisk import (
     S_IFLNK,
     S_IFREG,
     S_IFSOCK,
+    XATTR_REFCOUNT_MAX,
 )
 from .options import ImageOptions
 from .sources import InlineSource
 from .tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Meta, Node, Tree
+from .xattrs import DiskXattr, XattrError, split_placement, to_disk
 
 FAST_SYMLINK_MAX = 59  # targets shorter than i_block (60 bytes) live in the inode
 LOST_FOUND = b"lost+found"
@@ -80,6 +83,8 @@ class InodePlan:
     entries: list[dirents.DirEntry] | None = None  # directories
     block_starts: list[int] | None = None  # directories: first entry index per block
     generation: int = 0
+    xattr_inode: list[DiskXattr] = field(default_factory=list)  # in the inode's spare bytes
+    xattr_block: int = -1  # index into Plan.xattr_blocks, -1 = none
 
 
 @dataclass
@@ -95,6 +100,7 @@ class Geometry:
     inode_table_start: int
     dir_start: int
     tree_start: int
+    xattr_start: int
     data_start: int
     log_groups_per_flex: int
 
@@ -123,6 +129,7 @@ class Plan:
     last_ino: int
     dir_block_owner: list[tuple[InodePlan, int]]  # per dir-area block: (dir, block index)
     tree_block_owner: list[tuple[InodePlan, int]]  # per tree-area block: (inode, tree block index)
+    xattr_blocks: list[XattrBlock]
     runs: list[Run]  # data runs; .block relative to data_start
     shared_blocks: bool
     dedup_stats: DedupStats
@@ -180,8 +187,9 @@ def plan_tree(tree: Tree, options: ImageOptions | None = None) -> Plan:
             ip.tree = ExtentTree(ip.extents, levels, [])
         ip.blocks_4k = data + ip.n_tree_blocks
 
+    xattr_blocks = _place_xattrs(inodes)
     last_ino = len(inodes) - 1
-    geo = _solve_geometry(last_ino, dir_blocks, tree_blocks, allocator.next_block)
+    geo = _solve_geometry(last_ino, dir_blocks, tree_blocks, len(xattr_blocks), allocator.next_block)
     for ip in inodes:
         if ip is None or ip.tree is None:
             continue
@@ -214,6 +222,7 @@ def plan_tree(tree: Tree, options: ImageOptions | None = None) -> Plan:
         last_ino=last_ino,
         dir_block_owner=dir_block_owner,
         tree_block_owner=tree_block_owner,
+        xattr_blocks=xattr_blocks,
         runs=allocator.runs,
         shared_blocks=allocator.shared,
         dedup_stats=allocator.stats,
@@ -283,14 +292,16 @@ def _number_inodes(tree: Tree, options: ImageOptions) -> list[InodePlan | None]:
     return inodes
 
 
-def _solve_geometry(last_ino: int, dir_blocks: int, tree_blocks: int, data_blocks: int) -> Geometry:
+def _solve_geometry(last_ino: int, dir_blocks: int, tree_blocks: int, xattr_blocks: int,
+                    data_blocks: int) -> Geometry:
     """Smallest group count whose metadata plus content fits; pad only if forced."""
 
     def layout(groups: int) -> tuple[int, int, int, int]:
         itb = max(1, _ceil_div(_ceil_div(last_ino, groups), INODES_PER_BLOCK))
         ipg = itb * INODES_PER_BLOCK
         gdt = _ceil_div(groups, DESCS_PER_BLOCK)
-        used = 1 + gdt + 2 * groups + groups * itb + dir_blocks + tree_blocks + data_blocks
+        used = (1 + gdt + 2 * groups + groups * itb + dir_blocks + tree_blocks + xattr_blocks
+                + data_blocks)
         return ipg, itb, gdt, used
 
     groups = max(1, _ceil_div(last_ino, BLOCKS_PER_GROUP))
@@ -313,9 +324,41 @@ def _solve_geometry(last_ino: int, dir_blocks: int, tree_blocks: int, data_block
         groups=groups, inodes_per_group=ipg, itable_blocks_per_group=itb, gdt_blocks=gdt,
         blocks_count=blocks_count, used_blocks=used, block_bitmap_start=bb,
         inode_bitmap_start=ib, inode_table_start=it, dir_start=dir_start,
-        tree_start=dir_start + dir_blocks, data_start=dir_start + dir_blocks + tree_blocks,
+        tree_start=dir_start + dir_blocks, xattr_start=dir_start + dir_blocks + tree_blocks,
+        data_start=dir_start + dir_blocks + tree_blocks + xattr_blocks,
         log_groups_per_flex=min(flex, 31),
     )
+
+
+@dataclass(slots=True, eq=False)
+class XattrBlock:
+    entries: list[DiskXattr]
+    refcount: int
+
+
+def _place_xattrs(inodes: list[InodePlan | None]) -> list[XattrBlock]:
+    """Split each inode's xattrs between its spare bytes and a shared external block."""
+    blocks: list[XattrBlock] = []
+    by_content: dict[tuple[DiskXattr, ...], int] = {}
+    for ip in inodes:
+        if ip is None or not ip.node.xattrs:
+            continue
+        try:
+            in_inode, in_block = split_placement(to_disk(ip.node.xattrs))
+        except XattrError as e:
+            raise ManifestError(ip.node.key + ".xattrs", str(e)) from None
+        ip.xattr_inode = in_inode
+        if in_block:
+            key = tuple(in_block)
+            index = by_content.get(key)
+            if index is None or blocks[index].refcount >= XATTR_REFCOUNT_MAX:
+                index = len(blocks)
+                blocks.append(XattrBlock(in_block, 0))
+                by_content[key] = index
+            blocks[index].refcount += 1
+            ip.xattr_block = index
+            ip.blocks_4k += 1
+    return blocks
 
 
 def _ceil_div(a: int, b: int) -> int:

@@ -95,6 +95,7 @@ def compare_tree(tree: Tree, root: str, *, check_content: bool = True) -> list[s
             if got[k] != v:
                 diffs.append(f"{shown}: {k} is {got[k]!r}, expected {v!r}")
         birth_checks.append((path.decode("utf-8", "surrogateescape"), shown, m.crtime))
+        diffs.extend(_compare_xattrs(node, path, shown))
         if node.kind != DIR:
             prev = inode_of.setdefault(id(node), st.st_ino)
             if prev != st.st_ino:
@@ -141,6 +142,21 @@ def compare_tree(tree: Tree, root: str, *, check_content: bool = True) -> list[s
         if nlink != names_of[key]:
             diffs.append(f"{shown}: nlink {nlink}, expected {names_of[key]}")
     diffs.extend(_compare_birth_times(birth_checks))
+    return diffs
+
+
+def _compare_xattrs(node: Node, path: bytes, shown: str) -> list[str]:
+    try:
+        names = {os.fsencode(n) for n in os.listxattr(path, follow_symlinks=False)}
+    except OSError as e:
+        return [f"{shown}: listxattr failed ({e.strerror})"]
+    diffs = []
+    if names != set(node.xattrs):
+        diffs.append(f"{shown}: xattrs {sorted(names)}, expected {sorted(node.xattrs)}")
+    for name in sorted(names & set(node.xattrs)):
+        value = os.getxattr(path, name, follow_symlinks=False)
+        if value != node.xattrs[name]:
+            diffs.append(f"{shown}: xattr {name!r} is {value!r}, expected {node.xattrs[name]!r}")
     return diffs
 
 

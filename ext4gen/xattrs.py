@@ -1,0 +1,284 @@
+"""Extended attributes: name prefixes, POSIX ACL encodings, and their on-disk placement.
+
+Trees hold xattrs as the kernel's VFS hands them out (``os.getxattr``), so a
+read-back compares equal; this module converts to ext4's on-disk forms.  An
+inode's xattrs go into its 96 spare bytes first and the rest into one external
+block, which inodes with identical remainders share (``h_refcount``).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from .csum import crc32c_raw
+from .ondisk import (
+    ACL_ENTRY,
+    ACL_ENTRY_SHORT,
+    ACL_GROUP,
+    ACL_GROUP_OBJ,
+    ACL_MASK,
+    ACL_OTHER,
+    ACL_UNDEFINED_ID,
+    ACL_USER,
+    ACL_USER_OBJ,
+    BLOCK_SIZE,
+    EXT4_ACL_VERSION,
+    EXT4_XATTR_MAGIC,
+    INODE_XATTR_SPACE,
+    POSIX_ACL_XATTR_VERSION,
+    XATTR_BLOCK_CSUM_OFFSET,
+    XATTR_ENTRY,
+    XATTR_HEADER,
+    XATTR_HEADER_SIZE,
+)
+
+ACL_ACCESS = b"system.posix_acl_access"
+ACL_DEFAULT = b"system.posix_acl_default"
+SYSTEM_DATA = b"system.data"
+# (prefix, e_name_index); exact names first, longest prefixes before shorter ones.
+_EXACT = {ACL_ACCESS: 2, ACL_DEFAULT: 3}
+_PREFIXES = ((b"user.", 1), (b"trusted.", 4), (b"security.", 6), (b"system.", 7))
+_INDEX_PREFIX = {1: b"user.", 2: ACL_ACCESS, 3: ACL_DEFAULT, 4: b"trusted.", 6: b"security.",
+                 7: b"system."}
+_SHORT_TAGS = (ACL_USER_OBJ, ACL_GROUP_OBJ, ACL_MASK, ACL_OTHER)
+_TAG_ORDER = {ACL_USER_OBJ: 0, ACL_USER: 1, ACL_GROUP_OBJ: 2, ACL_GROUP: 3, ACL_MASK: 4, ACL_OTHER: 5}
+_U32 = struct.Struct("<I")
+_ACL_VFS_ENTRY = struct.Struct("<HHI")
+
+
+class XattrError(ValueError):
+    """An attribute that ext4 cannot store; the caller adds the manifest key."""
+
+
+def split_name(name: bytes) -> tuple[int, bytes]:
+    """(e_name_index, suffix) for a full attribute name such as ``b"user.mime"``."""
+    if name in _EXACT:
+        return _EXACT[name], b""
+    for prefix, index in _PREFIXES:
+        if name.startswith(prefix) and len(name) > len(prefix):
+            suffix = name[len(prefix) :]
+            if index == 7 and name in (SYSTEM_DATA,):
+                raise XattrError(f"{name.decode()} is reserved for inline data")
+            if b"\0" in suffix:
+                raise XattrError("attribute names must not contain NUL")
+            if len(suffix) > 255:
+                raise XattrError("attribute name longer than 255 bytes")
+            return index, suffix
+    raise XattrError(f"unsupported attribute namespace in {name!r} (user., trusted., "
+                     "security., system.posix_acl_access/default)")
+
+
+def full_name(index: int, suffix: bytes) -> bytes:
+    return _INDEX_PREFIX[index] + suffix
+
+
+# -- POSIX ACLs ---------------------------------------------------------------
+def parse_acl_text(text: str) -> bytes:
+    """``"u::rwx,u:1000:r-x,g::r-x,m::r-x,o::---"`` → the kernel's VFS xattr value."""
+    entries = []
+    for item in text.replace("\n", ",").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        parts = item.split(":")
+        if len(parts) != 3:
+            raise XattrError(f"bad ACL entry {item!r} (expected tag:qualifier:perms)")
+        tag_s, qual, perm_s = parts
+        tag_s = {"user": "u", "group": "g", "mask": "m", "other": "o"}.get(tag_s, tag_s)
+        perm = _parse_perm(perm_s, item)
+        if tag_s in ("u", "g"):
+            if qual == "":
+                tag, qid = (ACL_USER_OBJ if tag_s == "u" else ACL_GROUP_OBJ), ACL_UNDEFINED_ID
+            else:
+                if not qual.isdigit() or int(qual) >= ACL_UNDEFINED_ID:
+                    raise XattrError(f"ACL entry {item!r}: qualifier must be a numeric id")
+                tag, qid = (ACL_USER if tag_s == "u" else ACL_GROUP), int(qual)
+        elif tag_s in ("m", "o") and qual == "":
+            tag, qid = (ACL_MASK if tag_s == "m" else ACL_OTHER), ACL_UNDEFINED_ID
+        else:
+            raise XattrError(f"bad ACL entry {item!r}")
+        entries.append((tag, perm, qid))
+    return _vfs_acl(entries)
+
+
+def _parse_perm(s: str, item: str) -> int:
+    if s.isdigit() and len(s) == 1 and int(s) < 8:
+        return int(s)
+    perm = 0
+    for ch in s:
+        if ch == "r":
+            perm |= 4
+        elif ch == "w":
+            perm |= 2
+        elif ch == "x":
+            perm |= 1
+        elif ch != "-":
+            raise XattrError(f"bad permissions in ACL entry {item!r}")
+    return perm
+
+
+def _vfs_acl(entries: list[tuple[int, int, int]]) -> bytes:
+    """Validate like the kernel's posix_acl_valid and return the canonical VFS form."""
+    entries = sorted(entries, key=lambda e: (_TAG_ORDER[e[0]], e[2] if e[0] in (ACL_USER, ACL_GROUP) else 0))
+    tags = [e[0] for e in entries]
+    for t in (ACL_USER_OBJ, ACL_GROUP_OBJ, ACL_OTHER):
+        if tags.count(t) != 1:
+            raise XattrError("an ACL needs exactly one owner (u::), group (g::) and other (o::) entry")
+    if tags.count(ACL_MASK) > 1:
+        raise XattrError("an ACL has at most one mask entry")
+    if (ACL_USER in tags or ACL_GROUP in tags) and ACL_MASK not in tags:
+        raise XattrError("an ACL with named user or group entries needs a mask (m::)")
+    seen = set()
+    for tag, _perm, qid in entries:
+        if tag in (ACL_USER, ACL_GROUP):
+            if (tag, qid) in seen:
+                raise XattrError("duplicate named entry in ACL")
+            seen.add((tag, qid))
+    out = [_U32.pack(POSIX_ACL_XATTR_VERSION)]
+    for tag, perm, qid in entries:
+        out.append(_ACL_VFS_ENTRY.pack(tag, perm, qid if tag in (ACL_USER, ACL_GROUP) else ACL_UNDEFINED_ID))
+    return b"".join(out)
+
+
+def normalize_vfs_acl(value: bytes) -> bytes:
+    """Validate an ACL in VFS form (e.g. from ``os.getxattr``) and canonicalize it."""
+    if len(value) < 4 or (len(value) - 4) % 8 or _U32.unpack_from(value)[0] != POSIX_ACL_XATTR_VERSION:
+        raise XattrError("not a POSIX ACL in the kernel's xattr format (version 2)")
+    entries = [_ACL_VFS_ENTRY.unpack_from(value, off) for off in range(4, len(value), 8)]
+    for tag, perm, _qid in entries:
+        if tag not in _TAG_ORDER or perm > 7:
+            raise XattrError("unknown tag or permission bits in ACL")
+    return _vfs_acl(entries)
+
+
+def acl_to_disk(value: bytes) -> bytes:
+    """VFS ACL → ext4's compact on-disk ACL."""
+    out = [_U32.pack(EXT4_ACL_VERSION)]
+    for off in range(4, len(value), 8):
+        tag, perm, qid = _ACL_VFS_ENTRY.unpack_from(value, off)
+        if tag in _SHORT_TAGS:
+            out.append(ACL_ENTRY_SHORT.pack_tuple(tag, perm))
+        else:
+            out.append(ACL_ENTRY.pack_tuple(tag, perm, qid))
+    return b"".join(out)
+
+
+def acl_from_disk(value: bytes) -> bytes:
+    """ext4's compact ACL → VFS form (used by tests and inspection)."""
+    out = [_U32.pack(POSIX_ACL_XATTR_VERSION)]
+    off = 4
+    while off < len(value):
+        tag, perm = struct.unpack_from("<HH", value, off)
+        if tag in _SHORT_TAGS:
+            out.append(_ACL_VFS_ENTRY.pack(tag, perm, ACL_UNDEFINED_ID))
+            off += 4
+        else:
+            out.append(_ACL_VFS_ENTRY.pack(tag, perm, _U32.unpack_from(value, off + 4)[0]))
+            off += 8
+    return b"".join(out)
+
+
+# -- on-disk entries ------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class DiskXattr:
+    index: int
+    suffix: bytes
+    value: bytes  # on-disk value (ACLs already compact)
+
+    @property
+    def entry_size(self) -> int:
+        return (16 + len(self.suffix) + 3) & ~3
+
+    @property
+    def value_size(self) -> int:
+        return (len(self.value) + 3) & ~3
+
+    @property
+    def sort_key(self) -> tuple[int, int, bytes]:
+        return (self.index, len(self.suffix), self.suffix)
+
+    def hash(self) -> int:
+        """ext4_xattr_hash_entry over the name and the zero-padded value words."""
+        h = 0
+        for c in self.suffix:
+            h = ((h << 5) & 0xFFFFFFFF) ^ (h >> 27) ^ c
+        padded = self.value + b"\0" * (-len(self.value) % 4)
+        for (word,) in struct.iter_unpack("<I", padded):
+            h = ((h << 16) & 0xFFFFFFFF) ^ (h >> 16) ^ word
+        return h
+
+
+def to_disk(xattrs: dict[bytes, bytes]) -> list[DiskXattr]:
+    """Sorted on-disk entries (ext4 keeps block entries sorted by index, length, name)."""
+    out = []
+    for name, value in xattrs.items():
+        index, suffix = split_name(name)
+        if index in (2, 3):
+            value = acl_to_disk(normalize_vfs_acl(value))
+        out.append(DiskXattr(index, suffix, value))
+    return sorted(out, key=lambda x: x.sort_key)
+
+
+def split_placement(entries: list[DiskXattr], inode_space: int = INODE_XATTR_SPACE
+                    ) -> tuple[list[DiskXattr], list[DiskXattr]]:
+    """Greedy in sorted order: what fits the inode stays there, the rest goes to the block."""
+    room = inode_space - 4 - 4  # ibody magic and the 4-byte end marker
+    inode, block = [], []
+    for x in entries:
+        need = x.entry_size + x.value_size
+        if not block and need <= room:
+            inode.append(x)
+            room -= need
+        else:
+            block.append(x)
+    if block:
+        need = XATTR_HEADER_SIZE + 4 + sum(x.entry_size + x.value_size for x in block)
+        if need > BLOCK_SIZE:
+            raise XattrError(f"extended attributes need {need} bytes beyond the inode, more than "
+                             f"one {BLOCK_SIZE}-byte block holds")
+    return inode, block
+
+
+def ibody_bytes(entries: list[DiskXattr], space: int = INODE_XATTR_SPACE) -> bytes:
+    """The in-inode xattr area: magic, entries, end marker, values packed at the end."""
+    if not entries:
+        return bytes(space)
+    buf = bytearray(space)
+    _U32.pack_into(buf, 0, EXT4_XATTR_MAGIC)
+    _pack_entries(buf, entries, first=4, end=space, offs_base=4)
+    return bytes(buf)
+
+
+def block_bytes(entries: list[DiskXattr], refcount: int, blocknr: int, fs_seed: int) -> bytes:
+    buf = bytearray(BLOCK_SIZE)
+    hashes = _pack_entries(buf, entries, first=XATTR_HEADER_SIZE, end=BLOCK_SIZE, offs_base=0)
+    h = 0
+    for eh in hashes:
+        h = ((h << 16) & 0xFFFFFFFF) ^ (h >> 16) ^ eh
+    XATTR_HEADER.pack_into(buf, 0, EXT4_XATTR_MAGIC, refcount, 1, h, 0, bytes(12))
+    csum = crc32c_raw(fs_seed, struct.pack("<Q", blocknr))
+    csum = crc32c_raw(csum, buf)
+    _U32.pack_into(buf, XATTR_BLOCK_CSUM_OFFSET, csum)
+    return bytes(buf)
+
+
+def _pack_entries(buf: bytearray, entries: list[DiskXattr], *, first: int, end: int,
+                  offs_base: int) -> list[int]:
+    pos = first
+    value_end = end
+    hashes = []
+    for x in entries:
+        if x.value:
+            value_end -= x.value_size
+            buf[value_end : value_end + len(x.value)] = x.value
+            offs = value_end - offs_base
+        else:
+            offs = 0
+        eh = x.hash()
+        hashes.append(eh)
+        XATTR_ENTRY.pack_into(buf, pos, len(x.suffix), x.index, offs, 0, len(x.value), eh)
+        buf[pos + 16 : pos + 16 + len(x.suffix)] = x.suffix
+        pos += x.entry_size
+    assert pos + 4 <= value_end, "xattr entries overlap values"
+    return hashes
