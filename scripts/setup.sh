@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Set up a fresh Debian 12 machine for ext4gen: Debian packages + the project venv.
+#
+# Idempotent and fast on a second run: it installs only what is missing, and
+# re-runs `pip install` only when pyproject.toml (or the interpreter) changed
+# since the last successful run, or the venv no longer works.  Run as root
+# (apt-get needs it); without root it still works when every Debian package is there.
+#
+# Why Debian's /usr/bin/python3 and --system-site-packages: nbdkit's python
+# plugin embeds Debian's libpython 3.11, so the compiled wheels (xxhash, crc32c)
+# must be built for that interpreter; and the NBD client bindings (`import nbd`)
+# exist only as the Debian package python3-libnbd in /usr/lib/python3/dist-packages.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV="$ROOT/.venv"
+PY=/usr/bin/python3
+STAMP="$VENV/.ext4gen-setup"
+
+# Debian packages the library, the CLI, the plugin and the test suite use.
+PACKAGES=(
+    python3 python3-venv python3-pip  # the interpreter nbdkit embeds, and venv/pip for it
+    e2fsprogs                         # e2fsck -fn (ext4gen check, tests), mkfs.ext4 (bench)
+    nbdkit nbdkit-plugin-python       # the NBD server and its embedded Python
+    libnbd-bin python3-libnbd         # nbdfuse, nbdcopy, nbdinfo; `import nbd`
+    fuse3                             # nbdfuse needs fusermount3 and /dev/fuse
+    util-linux mount procps           # mount, losetup, findmnt, flock; pgrep
+    ca-certificates                   # pip over https
+)
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+missing_packages() {
+    local p status
+    for p in "${PACKAGES[@]}"; do
+        status=$(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null || true)
+        [[ $status == ii* ]] || printf '%s\n' "$p"
+    done
+}
+
+install_packages() {
+    local missing
+    mapfile -t missing < <(missing_packages)
+    ((${#missing[@]} > 0)) || return 0
+    [[ $(id -u) -eq 0 ]] || die "missing Debian packages (${missing[*]}); run this script as root"
+    log "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    local apt_opts=(-q -o DPkg::Lock::Timeout=600 -o Dpkg::Use-Pty=0)
+    apt-get "${apt_opts[@]}" update </dev/null
+    apt-get "${apt_opts[@]}" install -y --no-install-recommends "${missing[@]}" </dev/null
+    mapfile -t missing < <(missing_packages)
+    ((${#missing[@]} == 0)) || die "Debian packages still missing after apt-get: ${missing[*]}"
+}
+
+# What a successful venv set-up depended on; a change forces `pip install` again
+# (e.g. a new dependency or entry point in pyproject.toml).
+stamp_value() {
+    {
+        printf 'root=%s\n' "$ROOT"
+        "$PY" -c 'import sys; print(sys.version)'
+        sha256sum <"$ROOT/pyproject.toml"
+    } | sha256sum | cut -d' ' -f1
+}
+
+# The interpreter behind a python (a venv's python is a symlink chain to it).
+base_python() {
+    "$1" -c 'import os, sys; print(os.path.realpath(getattr(sys, "_base_executable", sys.executable)))'
+}
+
+venv_interpreter_ok() {
+    [[ -x $VENV/bin/python ]] && [[ $(base_python "$VENV/bin/python" 2>/dev/null) == "$(base_python "$PY")" ]]
+}
+
+venv_sees_system_packages() {
+    grep -qx 'include-system-site-packages = true' "$VENV/pyvenv.cfg" 2>/dev/null
+}
+
+# True when the venv holds everything: the editable ext4gen of this checkout, its
+# dependencies, the test tools, and Debian's `nbd` module.
+venv_works() {
+    venv_interpreter_ok && venv_sees_system_packages || return 1
+    [[ -x $VENV/bin/ext4gen && -x $VENV/bin/ruff && -x $VENV/bin/pytest ]] || return 1
+    "$VENV/bin/python" - "$ROOT" >/dev/null 2>&1 <<'PYEOF'
+import os, sys
+import construct, crc32c, hypothesis, nbd, pytest, xxhash  # noqa: F401
+import ext4gen
+assert os.path.dirname(os.path.dirname(os.path.abspath(ext4gen.__file__))) == sys.argv[1]
+PYEOF
+}
+
+setup_venv() {
+    local want
+    want=$(stamp_value)
+    if [[ -f $STAMP && $(<"$STAMP") == "$want" ]] && venv_works; then
+        return 0
+    fi
+    rm -f "$STAMP"
+    if [[ -e $VENV ]] && ! venv_interpreter_ok; then
+        log "$VENV is not a venv of $PY; recreating it"
+        rm -rf "$VENV"
+    fi
+    if [[ ! -e $VENV ]]; then
+        log "creating $VENV with $PY"
+        # A venv that fails half-way is removed, so the next run starts clean.
+        trap 'rm -rf "$VENV"' EXIT
+        "$PY" -m venv --system-site-packages "$VENV"
+    elif ! venv_sees_system_packages; then
+        # Same interpreter: flip the switch in place and keep what is installed
+        # (other shells may be using this venv right now).
+        log "enabling system site-packages in $VENV"
+        "$PY" -m venv --system-site-packages "$VENV"
+    fi
+    log "installing ext4gen (editable) with its test dependencies into $VENV"
+    PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+        "$VENV/bin/python" -m pip install -q -e "$ROOT[test]" </dev/null
+    venv_works || die "$VENV was installed, but ext4gen, its dependencies or nbd do not import"
+    trap - EXIT
+    printf '%s\n' "$want" >"$STAMP"
+}
+
+main() {
+    command -v dpkg-query >/dev/null || die "this script is for Debian (dpkg-query not found)"
+    # The demo and the tests may run set-up at the same time: take turns.
+    local lock
+    lock="/tmp/ext4gen-setup-$(printf '%s' "$ROOT" | sha256sum | cut -c1-12).lock"
+    exec 9>"$lock"
+    if command -v flock >/dev/null; then
+        flock 9
+    fi
+    install_packages
+    setup_venv
+    exec 9>&-
+    log "ready: $VENV (Python $("$VENV/bin/python" -c 'import platform; print(platform.python_version())'))"
+}
+
+main "$@"
