@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""Benchmark input trees, generated once into a cache outside the repository.
+
+The trees come from the shared seeded generator (``gentree.py``, default seed)
+so every run and every developer benchmarks the same bytes.  A tree is only
+generated when its directory is missing; a half-written tree (interrupted run)
+is detected by the absence of the ``.done`` marker next to it and regenerated.
+
+Usage: ``bench/trees.py [t1|t2|t1x10 ...]`` prints the path of each tree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+GENTREE = Path(os.environ.get("EXT4GEN_GENTREE", "/work/shared/bench/gentree.py"))
+CACHE = Path(os.environ.get("EXT4GEN_BENCH_CACHE", "/var/tmp/ext4gen-bench"))
+PRESETS = ("t1", "t2")
+
+
+def _marker(path: Path) -> Path:
+    return path.with_name(path.name + ".done")
+
+
+def ensure_tree(name: str) -> Path:
+    """Return the directory of tree ``name`` (T1, T2 or T1x10), generating it if needed."""
+    name = name.lower()
+    if name == "t1x10":
+        return ensure_sparse_x10(ensure_tree("t1"))
+    if name not in PRESETS:
+        raise SystemExit(f"unknown tree {name!r} (choose from t1, t2, t1x10)")
+    path = CACHE / name.upper()
+    done = _marker(path)
+    if done.exists() and path.is_dir():
+        return path
+    if path.exists():
+        shutil.rmtree(path)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    out = subprocess.run([sys.executable, str(GENTREE), name, str(path)], check=True,
+                         capture_output=True, text=True).stdout
+    summary = out.strip().splitlines()[-1]
+    done.write_text(summary + "\n")
+    return path
+
+
+def summary(path: Path) -> dict:
+    """The generator's one-line JSON summary for a cached tree."""
+    return json.loads(_marker(path).read_text())
+
+
+def ensure_sparse_x10(t1: Path) -> Path:
+    """T1's shape (same paths, modes, times) with every file 10x larger and fully sparse.
+
+    Sparse host files cost no disk and no read I/O, so planning this tree with
+    dedup=none measures whether planning depends on data size at all.
+    """
+    path = CACHE / "T1x10"
+    done = _marker(path)
+    if done.exists() and path.is_dir():
+        return path
+    if path.exists():
+        shutil.rmtree(path)
+    nfiles = total = 0
+    for root, dirs, files in os.walk(t1):
+        rel = os.path.relpath(root, t1)
+        dst_root = path / rel
+        dst_root.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            st = os.lstat(os.path.join(root, f))
+            dst = dst_root / f
+            with open(dst, "wb") as fh:
+                fh.truncate(st.st_size * 10)
+            os.chmod(dst, st.st_mode & 0o7777)
+            os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+            nfiles += 1
+            total += st.st_size * 10
+        del dirs
+    for root, _dirs, _files in os.walk(t1, topdown=False):
+        st = os.lstat(root)
+        dst = path / os.path.relpath(root, t1)
+        os.chmod(dst, st.st_mode & 0o7777)
+        os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+    done.write_text(json.dumps({"preset": "t1x10-sparse", "files": nfiles, "bytes": total}) + "\n")
+    return path
+
+
+if __name__ == "__main__":
+    for arg in sys.argv[1:] or ["t1", "t2"]:
+        p = ensure_tree(arg)
+        print(p, _marker(p).read_text().strip())
+
+
+def duplicate_stats(path: Path) -> dict:
+    """Which files are byte copies of an earlier file, and the non-zero blocks they hold.
+
+    ``dup_blocks`` is what a file-level dedup (and the issue's target "mkfs.ext4
+    -d minus the duplicates") can save: mkfs.ext4 -d already skips all-zero
+    blocks, so only non-zero 4 KiB blocks of the duplicate copies count.
+    Cached next to the tree because it reads every byte.
+    """
+    cache = path.with_name(path.name + ".dups.json")
+    if cache.exists() and cache.stat().st_mtime >= _marker(path).stat().st_mtime:
+        return json.loads(cache.read_text())
+    zero = bytes(4096)
+    seen: set[bytes] = set()
+    files = dup_files = dup_blocks = nonzero_blocks = dup_bytes = 0
+    for root, dirs, names in os.walk(path):
+        dirs.sort()
+        for name in sorted(names):
+            with open(os.path.join(root, name), "rb") as f:
+                data = f.read()
+            files += 1
+            nz = sum(1 for o in range(0, len(data), 4096) if data[o:o + 4096] != zero[:len(data[o:o + 4096])])
+            nonzero_blocks += nz
+            digest = hashlib.sha256(data).digest()
+            if digest in seen:
+                dup_files += 1
+                dup_blocks += nz
+                dup_bytes += len(data)
+            else:
+                seen.add(digest)
+    out = {"files": files, "nonzero_blocks": nonzero_blocks, "dup_files": dup_files,
+           "dup_bytes": dup_bytes, "dup_blocks": dup_blocks}
+    cache.write_text(json.dumps(out) + "\n")
+    return out
