@@ -138,12 +138,9 @@ _EXTRA_COMMANDS: list[tuple[str, Callable[[argparse._SubParsersAction], None]]] 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        from . import serve_cli
+    from . import serve_cli
 
-        _EXTRA_COMMANDS[:] = serve_cli.COMMANDS
-    except ImportError:
-        pass
+    _EXTRA_COMMANDS[:] = serve_cli.COMMANDS
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -6,6 +6,9 @@ that metadata_csum requires, and the last real entry's rec_len stretches to it.
 
 from __future__ import annotations
 
+import struct
+
+from .csum import crc32c_raw
 from .ondisk import BLOCK_SIZE, DIR_ENTRY, DIR_TAIL, DIR_TAIL_SIZE, EXT4_FT_DIR_CSUM
 
 DirEntry = tuple[bytes, int, int]  # (name, inode, file_type)
@@ -42,3 +45,8 @@ def block_bytes(entries: list[DirEntry]) -> bytearray:
         pos += length
     DIR_TAIL.pack_into(buf, USABLE, 0, DIR_TAIL_SIZE, 0, EXT4_FT_DIR_CSUM, 0)
     return buf
+
+
+def set_checksum(buf: bytearray, csum_seed: int) -> None:
+    """Fill det_checksum: crc32c of everything before the tail, seeded per inode."""
+    struct.pack_into("<I", buf, BLOCK_SIZE - 4, crc32c_raw(csum_seed, memoryview(buf)[:USABLE]))

@@ -16,6 +16,7 @@ from .extents import EXTENT_TAIL_OFFSET
 from .ondisk import (
     BLOCK_SIZE,
     BLOCKS_PER_GROUP,
+    COMPAT_DIR_INDEX,
     COMPAT_EXT_ATTR,
     COMPAT_SPARSE_SUPER2,
     DESC_SIZE,
@@ -38,6 +39,7 @@ from .ondisk import (
     INCOMPAT_EXTENTS,
     INCOMPAT_FILETYPE,
     INCOMPAT_FLEX_BG,
+    INCOMPAT_LARGEDIR,
     INODE,
     INODE_CSUM_HI_OFFSET,
     INODE_CSUM_LO_OFFSET,
@@ -62,7 +64,7 @@ ZERO_BLOCK = bytes(BLOCK_SIZE)
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 
-COMPAT = COMPAT_EXT_ATTR | COMPAT_SPARSE_SUPER2
+COMPAT = COMPAT_EXT_ATTR | COMPAT_SPARSE_SUPER2 | COMPAT_DIR_INDEX
 INCOMPAT = INCOMPAT_FILETYPE | INCOMPAT_EXTENTS | INCOMPAT_64BIT | INCOMPAT_FLEX_BG
 RO_COMPAT = (RO_COMPAT_SPARSE_SUPER | RO_COMPAT_LARGE_FILE | RO_COMPAT_HUGE_FILE
              | RO_COMPAT_DIR_NLINK | RO_COMPAT_EXTRA_ISIZE | RO_COMPAT_METADATA_CSUM
@@ -153,7 +155,7 @@ class MetadataGenerator:
             "s_inode_size": INODE_SIZE,
             "s_block_group_nr": 0,
             "s_feature_compat": COMPAT,
-            "s_feature_incompat": INCOMPAT,
+            "s_feature_incompat": INCOMPAT | (INCOMPAT_LARGEDIR if plan.large_dir else 0),
             "s_feature_ro_compat": self.ro_compat,
             "s_uuid": plan.uuid,
             "s_volume_name": plan.options.label.encode().ljust(16, b"\0"),
@@ -320,12 +322,13 @@ class MetadataGenerator:
     # -- directory and extent-tree blocks ----------------------------------
     def dir_block(self, index: int) -> bytes:
         ip, k = self.plan.dir_block_owner[index]
-        assert ip.entries is not None and ip.block_starts is not None
-        starts = ip.block_starts
-        end = starts[k + 1] if k + 1 < len(starts) else len(ip.entries)
-        buf = dirents.block_bytes(ip.entries[starts[k] : end])
+        assert ip.entries is not None
         seed = inode_csum_seed(self.fs_seed, ip.ino, ip.generation)
-        _U32.pack_into(buf, BLOCK_SIZE - 4, crc32c_raw(seed, memoryview(buf)[: dirents.USABLE]))
+        if ip.htree is not None:
+            return ip.htree.block_bytes(k, ip.ino, ip.entries[1][1], seed)
+        assert k == 0, "linear directories have one block"
+        buf = dirents.block_bytes(ip.entries)
+        dirents.set_checksum(buf, seed)
         return bytes(buf)
 
     def xattr_block(self, index: int) -> bytes:

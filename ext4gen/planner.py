@@ -24,13 +24,16 @@ from dataclasses import dataclass, field
 
 from . import dirents
 from .dedup import DataAllocator, DedupStats, Extent, ExtentBuilder, Run
+from .dirhash import seed_words
 from .errors import ManifestError
 from .extents import ExtentTree, tree_levels
+from .htree import DirectoryTooLarge, Htree
 from .ondisk import (
     BLOCK_SIZE,
     BLOCKS_PER_GROUP,
     DESCS_PER_BLOCK,
     EXT4_EXTENTS_FL,
+    EXT4_INDEX_FL,
     EXT4_LINK_MAX,
     FIRST_INO,
     FT_BLKDEV,
@@ -80,8 +83,8 @@ class InodePlan:
     tree_rel: int = 0  # first tree block, relative to the tree area
     n_tree_blocks: int = 0
     blocks_4k: int = 0  # data + tree blocks, for i_blocks
-    entries: list[dirents.DirEntry] | None = None  # directories
-    block_starts: list[int] | None = None  # directories: first entry index per block
+    entries: list[dirents.DirEntry] | None = None  # directories, in name order
+    htree: Htree | None = None  # directories of more than one block
     generation: int = 0
     xattr_inode: list[DiskXattr] = field(default_factory=list)  # in the inode's spare bytes
     xattr_block: int = -1  # index into Plan.xattr_blocks, -1 = none
@@ -124,6 +127,7 @@ class Plan:
     options: ImageOptions
     uuid: bytes
     hash_seed: bytes
+    large_dir: bool
     geometry: Geometry
     inodes: list[InodePlan | None]  # index = inode number; None = unused/reserved
     last_ino: int
@@ -142,23 +146,36 @@ def plan_tree(tree: Tree, options: ImageOptions | None = None) -> Plan:
     options = options or ImageOptions()
     tree.resolve_links()
     inodes = _number_inodes(tree, options)
+    seed = _identity_digest(tree, options, inodes)
+    uuid = options.uuid or _uuid_from(seed[:16])
+    hash_seed = options.hash_seed or _uuid_from(seed[16:32])
+    hash_words = seed_words(hash_seed)
     allocator = DataAllocator(options.dedup)
     dir_blocks = 0
     dir_block_owner: list[tuple[InodePlan, int]] = []
+    large_dir = False
     for ip in inodes:
         if ip is None:
             continue
         node = ip.node
         if node.kind == DIR:
-            starts = dirents.split_blocks(ip.entries or [])
-            ip.block_starts = starts
+            assert ip.entries is not None
+            nblocks = 1
+            if len(dirents.split_blocks(ip.entries)) > 1:
+                try:
+                    ip.htree = Htree(ip.entries[2:], hash_words)
+                except DirectoryTooLarge as e:
+                    raise ManifestError(node.key, str(e)) from None
+                ip.flags |= EXT4_INDEX_FL
+                nblocks = ip.htree.nblocks
+                large_dir = large_dir or ip.htree.indirect_levels > 1
             ip.in_data_area = False
-            ip.size = len(starts) * BLOCK_SIZE
+            ip.size = nblocks * BLOCK_SIZE
             builder = ExtentBuilder()
-            builder.add(0, dir_blocks, len(starts))
+            builder.add(0, dir_blocks, nblocks)
             ip.extents = builder.finish()
-            dir_block_owner.extend((ip, i) for i in range(len(starts)))
-            dir_blocks += len(starts)
+            dir_block_owner.extend((ip, i) for i in range(nblocks))
+            dir_blocks += nblocks
         elif node.kind == FILE:
             assert node.source is not None
             ip.size = node.source.size
@@ -212,11 +229,11 @@ def plan_tree(tree: Tree, options: ImageOptions | None = None) -> Plan:
             if ip is not None and ip.node.kind == DIR:
                 dirs[g] += 1
 
-    seed = _identity_digest(tree, options, inodes)
     return Plan(
         options=options,
-        uuid=options.uuid or _uuid_from(seed[:16]),
-        hash_seed=options.hash_seed or _uuid_from(seed[16:32]),
+        uuid=uuid,
+        hash_seed=hash_seed,
+        large_dir=large_dir,
         geometry=geo,
         inodes=inodes,
         last_ino=last_ino,

@@ -1,0 +1,135 @@
+"""Hash-indexed (dir_index) directories: layout at plan time, bytes on demand.
+
+A directory needing more than one block becomes an htree: logical block 0 is
+the dx_root, then index nodes (top level first), then leaf blocks holding the
+entries in (hash, minor hash, name) order, fully packed.  A leaf whose first
+hash equals the previous leaf's last hash gets the collision bit (hash | 1) in
+its index entry, as the kernel expects when a hash run spans leaves.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from . import dirents
+from .csum import crc32c_raw
+from .dirhash import half_md4
+from .ondisk import BLOCK_SIZE, DIR_ENTRY, DX_HASH_HALF_MD4, FT_DIR
+
+DX_ROOT_ENTRIES_OFFSET = 32  # ".", ".." and dx_root_info
+DX_NODE_ENTRIES_OFFSET = 8  # the fake empty dirent
+DX_TAIL_SIZE = 8
+DX_ROOT_LIMIT = (BLOCK_SIZE - DX_ROOT_ENTRIES_OFFSET - DX_TAIL_SIZE) // 8  # 507
+DX_NODE_LIMIT = (BLOCK_SIZE - DX_NODE_ENTRIES_OFFSET - DX_TAIL_SIZE) // 8  # 510
+MAX_INDIRECT_LEVELS = 2  # 3 levels of index need large_dir
+_ENTRY = struct.Struct("<II")
+_COUNTLIMIT = struct.Struct("<HHI")  # limit, count, block of entry 0
+_ROOT_INFO = struct.Struct("<IBBBB")
+
+
+class DirectoryTooLarge(ValueError):
+    pass
+
+
+class Htree:
+    """The index of one directory.
+
+    ``levels[0]`` lists the leaves as (first hash incl. collision bit, entry start);
+    each higher level lists (first hash, first child index) of its nodes.
+    """
+
+    __slots__ = ("entries", "first_leaf_block", "leaf_hashes", "leaf_starts", "levels", "node_blocks")
+
+    def __init__(self, entries: list[dirents.DirEntry], seed: tuple[int, int, int, int]) -> None:
+        keyed = sorted((half_md4(name, seed), name, ino, ft) for name, ino, ft in entries)
+        self.entries: list[dirents.DirEntry] = [(name, ino, ft) for _h, name, ino, ft in keyed]
+        hashes = [h[0] for h, _n, _i, _f in keyed]
+        self.leaf_starts = dirents.split_blocks(self.entries)
+        self.leaf_hashes = []
+        for i, start in enumerate(self.leaf_starts):
+            h = hashes[start]
+            if i and hashes[start - 1] == h:
+                h |= 1
+            self.leaf_hashes.append(h)
+        # levels of index nodes below the root, bottom-up; each node holds <= DX_NODE_LIMIT children
+        counts = [len(self.leaf_starts)]
+        while counts[-1] > DX_ROOT_LIMIT:
+            if len(counts) > MAX_INDIRECT_LEVELS:
+                raise DirectoryTooLarge("directory too large even for a 3-level htree")
+            counts.append(-(-counts[-1] // DX_NODE_LIMIT))
+        self.levels = counts  # counts[0] = leaves, counts[k] = nodes at indirect level k
+        self.node_blocks = sum(counts[1:])
+        self.first_leaf_block = 1 + self.node_blocks
+
+    @property
+    def indirect_levels(self) -> int:
+        return len(self.levels) - 1
+
+    @property
+    def nblocks(self) -> int:
+        return self.first_leaf_block + len(self.leaf_starts)
+
+    def _level_first_block(self, level: int) -> int:
+        """Logical block of the first node at ``level`` (top level right after the root)."""
+        if level == 0:
+            return self.first_leaf_block
+        return 1 + sum(self.levels[level + 1 :])
+
+    def _children(self, level: int, first: int, count: int) -> list[tuple[int, int]]:
+        """(hash, logical block) of children ``first..first+count`` at ``level``."""
+        base = self._level_first_block(level)
+        out = []
+        for i in range(first, first + count):
+            out.append((self._first_hash(level, i), base + i))
+        return out
+
+    def _first_hash(self, level: int, index: int) -> int:
+        while level > 0:
+            index *= DX_NODE_LIMIT
+            level -= 1
+        return self.leaf_hashes[index]
+
+    def block_bytes(self, k: int, dir_ino: int, parent_ino: int, csum_seed: int) -> bytes:
+        """Logical block ``k`` of the directory, checksummed with the inode's seed."""
+        if k >= self.first_leaf_block:
+            leaf = k - self.first_leaf_block
+            starts = self.leaf_starts
+            end = starts[leaf + 1] if leaf + 1 < len(starts) else len(self.entries)
+            buf = dirents.block_bytes(self.entries[starts[leaf] : end])
+            dirents.set_checksum(buf, csum_seed)
+            return bytes(buf)
+        if k == 0:
+            top = self.indirect_levels
+            children = self._children(top, 0, self.levels[top])
+            buf = bytearray(BLOCK_SIZE)
+            DIR_ENTRY.pack_into(buf, 0, dir_ino, 12, 1, FT_DIR)
+            buf[8:9] = b"."
+            DIR_ENTRY.pack_into(buf, 12, parent_ino, BLOCK_SIZE - 12, 2, FT_DIR)
+            buf[20:22] = b".."
+            _ROOT_INFO.pack_into(buf, 24, 0, DX_HASH_HALF_MD4, 8, top, 0)
+            return _finish_index(buf, DX_ROOT_ENTRIES_OFFSET, DX_ROOT_LIMIT, children, csum_seed)
+        # an index node: find its level and position
+        rel = k - 1
+        level = self.indirect_levels
+        while rel >= self.levels[level]:
+            rel -= self.levels[level]
+            level -= 1
+        below = self.levels[level - 1]
+        first = rel * DX_NODE_LIMIT
+        children = self._children(level - 1, first, min(DX_NODE_LIMIT, below - first))
+        buf = bytearray(BLOCK_SIZE)
+        DIR_ENTRY.pack_into(buf, 0, 0, BLOCK_SIZE, 0, 0)
+        return _finish_index(buf, DX_NODE_ENTRIES_OFFSET, DX_NODE_LIMIT, children, csum_seed)
+
+
+def _finish_index(buf: bytearray, offset: int, limit: int, children: list[tuple[int, int]],
+                  csum_seed: int) -> bytes:
+    _COUNTLIMIT.pack_into(buf, offset, limit, len(children), children[0][1])
+    for i, (h, block) in enumerate(children[1:], start=1):
+        _ENTRY.pack_into(buf, offset + 8 * i, h, block)
+    tail = offset + 8 * limit
+    # ext4_dx_csum: the used entries, then dt_reserved, then a zero checksum field
+    csum = crc32c_raw(csum_seed, memoryview(buf)[: offset + 8 * len(children)])
+    csum = crc32c_raw(csum, bytes(8))
+    struct.pack_into("<II", buf, tail, 0, csum)
+    return bytes(buf)
