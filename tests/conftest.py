@@ -1,0 +1,205 @@
+"""Shared proof machinery: every feature test ends in the same three verdicts.
+
+An image is only "right" when e2fsck -fn finds nothing, the kernel shows
+exactly the tree it was planned from, and the kernel will not let anyone
+write to it.  ``prove`` runs all three, so a feature test only has to build
+its tree.  The kernel half needs root (loop mounts); CI runs as root, so the
+skip below only ever triggers on a developer's unprivileged machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import ext4gen
+from ext4gen.image import Image
+from ext4gen.ondisk import ext4_super_block
+from ext4gen.options import ImageOptions
+from ext4gen.tree import Tree
+from ext4gen.verify import compare_tree, e2fsck, is_root, loop_mount
+
+ROOT_REASON = "needs root for loop mounts (CI runs as root, where this test must run)"
+requires_root = pytest.mark.skipif(not is_root(), reason=ROOT_REASON)
+HASH_IMAGE_LIMIT = 256 << 20  # rw-refusal check hashes images up to this size
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``@pytest.mark.root`` skip with a visible reason when not root."""
+    if is_root():
+        return
+    skip = pytest.mark.skip(reason=ROOT_REASON)
+    for item in items:
+        if "root" in item.keywords:
+            item.add_marker(skip)
+
+
+# -- reading what was built ----------------------------------------------------
+
+
+def superblock(image: Image | str | os.PathLike[str]) -> Any:
+    """The parsed superblock of an Image or an image file."""
+    if isinstance(image, Image):
+        raw = image.read(1024, 1024)
+    else:
+        with open(image, "rb") as f:
+            f.seek(1024)
+            raw = f.read(1024)
+    return ext4_super_block.parse(raw)
+
+
+def dumpe2fs(path: str | os.PathLike[str]) -> tuple[dict[str, str], list[str]]:
+    """dumpe2fs's header as a dict, plus its per-group lines (an independent reader)."""
+    proc = subprocess.run(["dumpe2fs", str(path)], capture_output=True, text=True, check=True)
+    header: dict[str, str] = {}
+    lines = proc.stdout.splitlines()
+    groups_at = len(lines)
+    for i, line in enumerate(lines):
+        if line.startswith("Group 0:"):
+            groups_at = i
+            break
+        key, sep, value = line.partition(":")
+        if sep:
+            header[key.strip()] = value.strip()
+    return header, lines[groups_at:]
+
+
+def mounted_targets() -> set[str]:
+    with open("/proc/self/mountinfo") as f:
+        return {line.split()[4] for line in f}
+
+
+def loop_backing_files() -> list[str]:
+    proc = subprocess.run(["losetup", "-a", "-n", "-O", "BACK-FILE"], capture_output=True,
+                          text=True, check=False)
+    return [line.strip() for line in proc.stdout.splitlines() if line.strip()]
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def mounted(path: str | os.PathLike[str], options: str = "ro") -> Iterator[str]:
+    """``verify.loop_mount`` plus a check that the mount really went away."""
+    mnt = ""
+    try:
+        with loop_mount(str(path), options=options) as mnt:
+            yield mnt
+    finally:
+        if mnt and mnt in mounted_targets():
+            subprocess.run(["umount", "-l", mnt], check=False, capture_output=True)
+            pytest.fail(f"{mnt} was still mounted after loop_mount exited")
+
+
+def assert_rw_mount_refused(path: Path) -> None:
+    """``mount -o loop`` (rw) must fail, or give a mount the kernel forced read-only."""
+    before = _digest(path) if path.stat().st_size <= HASH_IMAGE_LIMIT else None
+    try:
+        cm = mounted(path, options="rw")
+        mnt = cm.__enter__()
+    except subprocess.CalledProcessError:
+        pass  # refused outright (e.g. shared_blocks): fine
+    else:
+        try:
+            opts = subprocess.run(["findmnt", "-n", "-o", "OPTIONS", "--mountpoint", mnt],
+                                  capture_output=True, text=True, check=True).stdout.strip()
+            assert "ro" in opts.split(","), f"rw mount gave options {opts}"
+            with pytest.raises(OSError) as exc:
+                os.mkdir(os.path.join(mnt, "ext4gen-write-probe"))
+            assert exc.value.errno == errno.EROFS, exc.value
+        finally:
+            cm.__exit__(None, None, None)
+    if before is not None:
+        assert _digest(path) == before, "the rw mount attempt modified the image file"
+
+
+# -- the proof -----------------------------------------------------------------
+
+
+@dataclass
+class Proof:
+    image: Image
+    tree: Tree
+    path: Path  # the written image file
+
+
+Subject = Tree | tuple[Tree, ImageOptions] | dict[str, Any] | str | os.PathLike[str]
+
+
+def build(subject: Subject, tmp_path: Path, *, options: ImageOptions | None = None,
+          dedup: str | None = None) -> tuple[Tree, Image, Path]:
+    """Plan ``subject`` (tree, manifest document or manifest file) and write the image."""
+    if isinstance(subject, tuple):
+        tree, options = subject
+    elif isinstance(subject, Tree):
+        tree = subject
+    else:
+        if isinstance(subject, dict):
+            manifest = tmp_path / "manifest.json"
+            manifest.write_text(json.dumps(subject))
+            subject = manifest
+        tree, options = ext4gen.load(str(subject))
+    options = options or ImageOptions()
+    if dedup is not None:
+        options.dedup = dedup
+    image = ext4gen.plan(tree, options)
+    path = tmp_path / "image.ext4"
+    image.write(path)
+    return tree, image, path
+
+
+def prove(subject: Subject, tmp_path: Path, *, options: ImageOptions | None = None,
+          dedup: str | None = None, check_content: bool = True, check_rw: bool = True,
+          while_mounted: Callable[[str], None] | None = None) -> Proof:
+    """Plan, write, e2fsck, and (as root) compare the kernel's view with the tree.
+
+    ``while_mounted(mountpoint)`` runs extra checks against the read-only mount.
+    Without root the kernel half is skipped with a visible reason, after
+    e2fsck has passed.
+    """
+    tree, image, path = build(subject, tmp_path, options=options, dedup=dedup)
+    rc, complaints = e2fsck(str(path))
+    assert rc == 0 and complaints == [], f"e2fsck -fn exit {rc}:\n" + "\n".join(complaints)
+    if not is_root():
+        pytest.skip(ROOT_REASON)
+    with mounted(path) as mnt:
+        diffs = compare_tree(tree, mnt, check_content=check_content)
+        assert diffs == [], "kernel view differs:\n" + "\n".join(diffs[:40])
+        if while_mounted is not None:
+            while_mounted(mnt)
+    if check_rw:
+        assert_rw_mount_refused(path)
+    return Proof(image, tree, path)
+
+
+@pytest.fixture(name="prove")
+def prove_fixture() -> Callable[..., Proof]:
+    """``prove(subject, tmp_path, **kw)``; see :func:`prove`."""
+    return prove
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_leaked_mounts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Fail loudly if an image under this session's temp dir is still attached.
+
+    Only our own images count: other sessions may be mounting theirs right now.
+    """
+    base = str(tmp_path_factory.getbasetemp())
+    yield
+    leaked = [f for f in loop_backing_files() if f.startswith(base)]
+    assert not leaked, f"leaked loop devices (still mounted or attached): {leaked}"
