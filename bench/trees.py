@@ -129,3 +129,28 @@ def duplicate_stats(path: Path) -> dict:
            "dup_bytes": dup_bytes, "dup_blocks": dup_blocks}
     cache.write_text(json.dumps(out) + "\n")
     return out
+
+
+def source_snapshot(rev: str = "HEAD", repo: Path | None = None) -> tuple[Path, str]:
+    """Export ``rev``'s ext4gen/ and plugins/ to the cache; returns (dir, short sha).
+
+    Benchmarks run the committed code through PYTHONPATH, not the shared working
+    tree, because other developers edit the working tree while a run is going:
+    figures must belong to one known commit.
+    """
+    repo = repo or Path(__file__).resolve().parent.parent
+    sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short=12", rev], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    dest = CACHE / f"src-{sha}"
+    if not (dest / "ext4gen" / "__init__.py").exists():
+        tmp = CACHE / f"src-{sha}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        paths = subprocess.run(["git", "-C", str(repo), "ls-tree", "--name-only", rev],
+                               check=True, capture_output=True, text=True).stdout.split()
+        wanted = [p for p in ("ext4gen", "plugins") if p in paths]
+        archive = subprocess.run(["git", "-C", str(repo), "archive", rev, *wanted], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
+        tmp.rename(dest)
+    return dest, sha

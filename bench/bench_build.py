@@ -1,0 +1,385 @@
+#!/usr/bin/env python3
+"""Planning and build benchmark: ext4gen against ``mkfs.ext4 -d`` on the T1/T2 trees.
+
+Everything in one run, so the figures in docs/PERFORMANCE.md are comparable:
+
+* planning (tree → ``Image`` ready) through the Python API, dedup ``none`` and
+  ``content``, warm page cache (best of N) and cold (caches dropped once);
+* the same for a sparse copy of T1 with every file 10x larger (T1x10), to show
+  that planning with dedup ``none`` does not depend on data size;
+* the CLI path: JSON manifest generation, ``ext4gen build`` to a sparse file
+  (plan + write, then the fsync that mkfs does itself), e2fsck -fn of the result;
+* ``mkfs.ext4 -d`` with ext4gen's features as far as mkfs allows, timed the
+  same way, and used blocks of both images.
+
+Each measurement runs in a fresh process, so ``ru_maxrss`` is that
+measurement's own peak memory.  Usage (root, for drop_caches)::
+
+    .venv/bin/python bench/bench_build.py [--trees t1,t2] [--repeat 3] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import trees  # noqa: E402
+
+REPO = HERE.parent
+PY = sys.executable
+# Set by main(): the ext4gen source under test (a snapshot of one commit by default).
+SRC: Path = REPO
+WORK = trees.CACHE / "work"
+MKFS_OPTS = ["-q", "-F", "-b", "4096", "-I", "256", "-m", "0",
+             "-O", "^has_journal,^resize_inode,sparse_super2",
+             "-E", "num_backup_sb=0,lazy_itable_init=0"]
+
+
+# -- worker: one planning measurement in its own process ----------------------------------
+def worker(tree_dir: str, dedup: str, via: str) -> None:
+    t0 = time.perf_counter()
+    from tree_manifest import tree_from_dir
+
+    import ext4gen
+
+    t_import = time.perf_counter() - t0
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    if via == "api":
+        tree = tree_from_dir(tree_dir)
+        opts = ext4gen.ImageOptions(dedup=dedup)
+    else:
+        tree, opts = ext4gen.load(tree_dir, dedup=dedup)
+    t1 = time.perf_counter()
+    image = ext4gen.plan(tree, opts)
+    t2 = time.perf_counter()
+    image.read(1024, 1024)  # the superblock: must cost nothing beyond planning
+    t3 = time.perf_counter()
+    geo = image.plan.geometry
+    ds = image.plan.dedup_stats
+    out = {
+        "import_s": t_import, "load_s": t1 - t0, "plan_s": t2 - t1, "total_s": t2 - t0,
+        "superblock_read_s": t3 - t2,
+        "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "import_rss_kb": base_rss,
+        "size": image.size, "blocks_count": geo.blocks_count, "used_blocks": geo.used_blocks,
+        "block_counts": image.block_counts(),
+        "dedup": {k: getattr(ds, k) for k in vars(ds)} if ds is not None else None,
+        "data_bytes_read_by_superblock": image.stats.bytes_data,
+        "ext4gen_file": ext4gen.__file__,
+    }
+    print(json.dumps(out))
+
+
+# -- helpers --------------------------------------------------------------------------------
+def drop_caches() -> None:
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def child_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": f"{SRC}:{HERE}"}
+
+
+def run_rusage(cmd: list[str]) -> dict:
+    """Run ``cmd``: wall time and the child's own rusage (peak RSS, CPU) via wait4."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env(),
+                         cwd=SRC)
+    # Drain stderr in a thread so neither pipe can fill up; reap with wait4 for rusage.
+    errs: list[bytes] = []
+    t = threading.Thread(target=lambda: errs.append(p.stderr.read()))  # type: ignore[union-attr]
+    t.start()
+    out = p.stdout.read()  # type: ignore[union-attr]
+    t.join()
+    err = errs[0]
+    _pid, status, ru = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)
+    return {"rc": p.returncode, "wall_s": wall, "maxrss_kb": ru.ru_maxrss, "user_s": ru.ru_utime,
+            "sys_s": ru.ru_stime, "stdout": out.decode(errors="replace"),
+            "stderr": err.decode(errors="replace")}
+
+
+def plan_once(tree_dir: Path | str, dedup: str, via: str, cold: bool) -> dict:
+    if cold:
+        drop_caches()
+    r = run_rusage([PY, __file__, "--worker", str(tree_dir), dedup, via])
+    if r["rc"] != 0:
+        raise SystemExit(f"planning worker failed: {r['stderr']}")
+    res = json.loads(r["stdout"].strip().splitlines()[-1])
+    res["process_wall_s"] = r["wall_s"]
+    res["maxrss_kb"] = r["maxrss_kb"]
+    return res
+
+
+def best(runs: list[dict], key: str) -> dict:
+    vals = [r[key] for r in runs]
+    return {"min": min(vals), "median": statistics.median(vals), "all": vals}
+
+
+def fsync_time(path: Path) -> float:
+    t0 = time.perf_counter()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return time.perf_counter() - t0
+
+
+def dumpe2fs(path: Path) -> dict:
+    out = subprocess.run(["dumpe2fs", "-h", str(path)], capture_output=True, text=True).stdout
+    fields = {}
+    for key in ("Block count", "Free blocks", "Inode count", "Free inodes", "Filesystem features"):
+        m = re.search(rf"^{key}:\s+(.*)$", out, re.M)
+        if m:
+            fields[key] = m.group(1).strip()
+    bc, fb = int(fields["Block count"]), int(fields["Free blocks"])
+    return {"blocks_count": bc, "free_blocks": fb, "used_blocks": bc - fb,
+            "inodes_count": int(fields["Inode count"]), "features": fields.get("Filesystem features")}
+
+
+def count_entries(path: Path) -> int:
+    n = 1
+    for _root, dirs, files in os.walk(path):
+        n += len(dirs) + len(files)
+    return n
+
+
+def du_kib(path: Path) -> int:
+    out = subprocess.run(["du", "-c", "-k", "-s", str(path)], capture_output=True, text=True,
+                         check=True).stdout
+    return int(out.strip().splitlines()[-1].split()[0])
+
+
+def mkfs_cmd(tree_dir: Path, img: Path, size_kib: int, inodes: int | None) -> list[str]:
+    img.unlink(missing_ok=True)
+    with open(img, "wb") as f:
+        f.truncate(size_kib * 1024)
+    cmd = ["mkfs.ext4", *MKFS_OPTS]
+    if inodes is not None:
+        cmd += ["-N", str(inodes)]
+    return [*cmd, "-d", str(tree_dir), str(img)]
+
+
+def mkfs_once(tree_dir: Path, img: Path, size_kib: int, inodes: int | None, cold: bool) -> dict:
+    cmd = mkfs_cmd(tree_dir, img, size_kib, inodes)
+    if cold:
+        drop_caches()
+    r = run_rusage(cmd)
+    r["cmd"] = " ".join(cmd)
+    if r["rc"] == 0:
+        r["fs"] = dumpe2fs(img)
+    return r
+
+
+def build_once(manifest: Path, img: Path, dedup: str, cold: bool) -> dict:
+    img.unlink(missing_ok=True)
+    cmd = [PY, "-m", "ext4gen.cli", "build", str(manifest), "--dedup", dedup, "-o", str(img)]
+    if cold:
+        drop_caches()
+    r = run_rusage(cmd)
+    if r["rc"] != 0:
+        raise SystemExit(f"ext4gen build failed: {r['stderr']}")
+    m = re.search(r"planned in ([\d.]+) s, written in ([\d.]+) s", r["stderr"])
+    r["cmd"] = " ".join(cmd)
+    r["planned_s"], r["written_s"] = (float(m.group(1)), float(m.group(2))) if m else (None, None)
+    r["fsync_s"] = fsync_time(img)
+    r["allocated_kib"] = os.stat(img).st_blocks // 2
+    return r
+
+
+def e2fsck_clean(img: Path) -> dict:
+    r = subprocess.run(["e2fsck", "-fn", str(img)], capture_output=True, text=True)
+    return {"rc": r.returncode, "tail": r.stdout.strip().splitlines()[-1:]}
+
+
+# -- the benchmark ------------------------------------------------------------------------------
+def bench_tree(name: str, repeat: int, cold: bool, log) -> dict:
+    tree_dir = trees.ensure_tree(name)
+    res: dict = {"tree": name, "path": str(tree_dir), "summary": trees.summary(tree_dir)}
+    res["duplicates"] = trees.duplicate_stats(tree_dir)
+    entries = count_entries(tree_dir)
+    res["entries"] = entries
+    WORK.mkdir(parents=True, exist_ok=True)
+
+    # Planning through the API.
+    res["plan"] = {}
+    for dedup in ("none", "content"):
+        plan_once(tree_dir, dedup, "api", cold=False)  # warm-up: page cache, .pyc
+        warm = [plan_once(tree_dir, dedup, "api", cold=False) for _ in range(repeat)]
+        entry = {"warm_plan_s": best(warm, "plan_s"), "warm_load_s": best(warm, "load_s"),
+                 "warm_total_s": best(warm, "total_s"), "maxrss_kb": max(r["maxrss_kb"] for r in warm),
+                 "import_rss_kb": warm[0]["import_rss_kb"], "used_blocks": warm[0]["used_blocks"],
+                 "blocks_count": warm[0]["blocks_count"], "block_counts": warm[0]["block_counts"],
+                 "dedup_stats": warm[0]["dedup"], "superblock_read_s": warm[0]["superblock_read_s"],
+                 "superblock_data_bytes": warm[0]["data_bytes_read_by_superblock"]}
+        if cold:
+            c = plan_once(tree_dir, dedup, "api", cold=True)
+            entry["cold"] = {k: c[k] for k in ("load_s", "plan_s", "total_s", "maxrss_kb")}
+        res["plan"][dedup] = entry
+        log(f"{name} plan dedup={dedup}: warm plan {entry['warm_plan_s']['min']:.3f} s "
+            f"(load {entry['warm_load_s']['min']:.3f} s)"
+            + (f", cold load+plan {entry['cold']['total_s']:.3f} s" if cold else "")
+            + f", rss {entry['maxrss_kb'] // 1024} MiB")
+
+    # The CLI path: JSON manifest, then ext4gen build.
+    manifest = WORK / f"{name}.json"
+    t0 = time.perf_counter()
+    gen = run_rusage([PY, str(HERE / "tree_manifest.py"), str(tree_dir)])
+    res["manifest_gen_s"] = time.perf_counter() - t0
+    manifest.write_text(gen["stdout"])
+    res["manifest_bytes"] = manifest.stat().st_size
+    plan_once(manifest, "none", "json", cold=False)
+    json_runs = [plan_once(manifest, "none", "json", cold=False) for _ in range(repeat)]
+    res["plan_via_json_none"] = {"warm_load_s": best(json_runs, "load_s"),
+                                 "warm_plan_s": best(json_runs, "plan_s"),
+                                 "maxrss_kb": max(r["maxrss_kb"] for r in json_runs)}
+    img = WORK / f"{name}.ext4gen.img"
+    res["build"] = {}
+    for dedup in ("none", "content"):
+        b = build_once(manifest, img, dedup, cold=False)
+        b["warm_again"] = build_once(manifest, img, dedup, cold=False)["wall_s"]
+        if cold:
+            b["cold"] = {k: v for k, v in build_once(manifest, img, dedup, cold=True).items()
+                         if k in ("wall_s", "planned_s", "written_s", "fsync_s", "maxrss_kb")}
+        b["e2fsck"] = e2fsck_clean(img)
+        b["fs"] = dumpe2fs(img)
+        b.pop("stdout")
+        res["build"][dedup] = b
+        log(f"{name} ext4gen build dedup={dedup}: {min(b['wall_s'], b['warm_again']):.2f} s warm "
+            f"(+fsync {b['fsync_s']:.2f}), e2fsck rc {b['e2fsck']['rc']}, used {b['fs']['used_blocks']}")
+    img.unlink(missing_ok=True)
+
+    # mkfs.ext4 -d: sized like nbdkit-linuxdisk (du x 6/5), inodes = entries + reserved.
+    mk = WORK / f"{name}.mkfs.img"
+    size_kib = max(1024, du_kib(tree_dir) * 6 // 5)
+    inodes = entries + 16
+    res["mkfs"] = {"size_kib": size_kib, "inodes_arg": inodes}
+    mkfs_once(tree_dir, mk, size_kib, inodes, cold=False)  # warm-up
+    warm = [mkfs_once(tree_dir, mk, size_kib, inodes, cold=False) for _ in range(repeat)]
+    for r in warm:
+        if r["rc"] != 0:
+            raise SystemExit(f"mkfs.ext4 failed: {r['stderr']}")
+    res["mkfs"].update({"cmd": warm[0]["cmd"], "warm_s": best(warm, "wall_s"),
+                        "maxrss_kb": max(r["maxrss_kb"] for r in warm), "fs": warm[0]["fs"],
+                        "user_s": warm[0]["user_s"], "sys_s": warm[0]["sys_s"]})
+    if cold:
+        c = mkfs_once(tree_dir, mk, size_kib, inodes, cold=True)
+        res["mkfs"]["cold_s"] = c["wall_s"]
+    # What nbdkit-linuxdisk itself would do (no -N): does it even fit?
+    ld = mkfs_once(tree_dir, mk, size_kib, None, cold=False)
+    res["mkfs_linuxdisk_default_inodes"] = {"rc": ld["rc"], "fs": ld.get("fs"),
+                                           "error": ld["stderr"].strip().splitlines()[-1:]}
+    mk.unlink(missing_ok=True)
+    log(f"{name} mkfs.ext4 -d: warm {res['mkfs']['warm_s']['min']:.2f} s"
+        + (f", cold {res['mkfs']['cold_s']:.2f} s" if cold else "")
+        + f", used {res['mkfs']['fs']['used_blocks']}")
+    return res
+
+
+def bench_x10(repeat: int, cold: bool, log) -> dict:
+    tree_dir = trees.ensure_tree("t1x10")
+    plan_once(tree_dir, "none", "api", cold=False)
+    warm = [plan_once(tree_dir, "none", "api", cold=False) for _ in range(repeat)]
+    res = {"summary": trees.summary(tree_dir), "warm_plan_s": best(warm, "plan_s"),
+           "warm_load_s": best(warm, "load_s"), "maxrss_kb": max(r["maxrss_kb"] for r in warm),
+           "size": warm[0]["size"], "superblock_read_s": warm[0]["superblock_read_s"],
+           "superblock_data_bytes": warm[0]["data_bytes_read_by_superblock"]}
+    if cold:
+        c = plan_once(tree_dir, "none", "api", cold=True)
+        res["cold"] = {k: c[k] for k in ("load_s", "plan_s", "total_s")}
+    log(f"t1x10 plan dedup=none: warm plan {res['warm_plan_s']['min']:.3f} s, image {res['size'] >> 20} MiB")
+    return res
+
+
+def ratios(r: dict) -> dict:
+    out: dict = {}
+    for name, t in r["trees"].items():
+        mk = t["mkfs"]["warm_s"]["min"]
+        pn = t["plan"]["none"]
+        out[name] = {
+            "plan_none_over_mkfs_warm": pn["warm_plan_s"]["min"] / mk,
+            "load_plus_plan_none_over_mkfs_warm": pn["warm_total_s"]["min"] / mk,
+            "plan_content_over_mkfs_warm": t["plan"]["content"]["warm_plan_s"]["min"] / mk,
+            "build_content_over_mkfs_warm": (min(t["build"]["content"]["wall_s"],
+                                                 t["build"]["content"]["warm_again"])
+                                             + t["build"]["content"]["fsync_s"]) / mk,
+            "used_blocks_ext4gen_content": t["plan"]["content"]["used_blocks"],
+            "used_blocks_ext4gen_none": t["plan"]["none"]["used_blocks"],
+            "used_blocks_mkfs": t["mkfs"]["fs"]["used_blocks"],
+            "used_blocks_target": t["mkfs"]["fs"]["used_blocks"] - t["duplicates"]["dup_blocks"],
+        }
+        if "cold" in pn and "cold_s" in t["mkfs"]:
+            out[name]["load_plus_plan_none_cold_over_mkfs_cold"] = pn["cold"]["total_s"] / t["mkfs"]["cold_s"]
+    if "t1x10" in r and "t1" in r["trees"]:
+        out["t1x10_over_t1_plan_none"] = (r["t1x10"]["warm_plan_s"]["min"]
+                                          / r["trees"]["t1"]["plan"]["none"]["warm_plan_s"]["min"])
+    return out
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        worker(*sys.argv[2:5])
+        return
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--trees", default="t1,t2")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--no-cold", action="store_true", help="skip runs with dropped caches")
+    ap.add_argument("--json", default=str(REPO / "bench" / "out" / "build.json"))
+    ap.add_argument("--rev", default="HEAD", help="commit to benchmark (exported to the cache)")
+    ap.add_argument("--worktree", action="store_true",
+                    help="benchmark the working tree as it is instead of a commit")
+    a = ap.parse_args()
+    global SRC
+    if a.worktree:
+        SRC, sha = REPO, "worktree"
+    else:
+        SRC, sha = trees.source_snapshot(a.rev)
+    cold = not a.no_cold
+    if cold and os.geteuid() != 0:
+        raise SystemExit("cold-cache runs need root (drop_caches); use --no-cold")
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    names = [n.strip().lower() for n in a.trees.split(",") if n.strip()]
+    result: dict = {
+        "when": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
+                    "python": platform.python_version(),
+                    "mkfs": subprocess.run(["mkfs.ext4", "-V"], capture_output=True,
+                                           text=True).stderr.splitlines()[0]},
+        "ext4gen_commit": sha, "src": str(SRC),
+        "repeat": a.repeat, "trees": {},
+    }
+    try:
+        for n in names:
+            result["trees"][n] = bench_tree(n, a.repeat, cold, log)
+        if "t1" in names:
+            result["t1x10"] = bench_x10(a.repeat, cold, log)
+    finally:
+        shutil.rmtree(WORK, ignore_errors=True)
+    result["ratios"] = ratios(result)
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result["ratios"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
