@@ -15,7 +15,7 @@ from .image import Image
 from .manifest import load_manifest, parse_manifest
 from .options import ImageOptions
 from .planner import Plan, plan_tree
-from .sources import HostFileSource, InlineSource, Source, ZeroSource
+from .sources import CallableSource, HostFileSource, InlineSource, Source, ZeroSource
 from .tree import Meta, Node, Tree
 
 __version__ = "0.1.0"
@@ -27,8 +27,24 @@ def plan(tree: Tree, options: ImageOptions | None = None) -> Image:
 
 
 def load(source: str, **overrides: object) -> tuple[Tree, ImageOptions]:
-    """Load a SOURCE (a manifest file today) into a tree and its image options."""
-    tree, options = load_manifest(source)
+    """Load a SOURCE (manifest file, host directory or tar archive) into a tree and options."""
+    import os
+
+    from .manifest import import_source
+    from .tarinput import is_tar
+
+    if os.path.isdir(source) or is_tar(source):
+        epoch = os.environ.get("SOURCE_DATE_EPOCH")
+        try:
+            epoch_ns = int(epoch) * 1_000_000_000 if epoch else 0
+        except ValueError:
+            raise ManifestError("SOURCE_DATE_EPOCH", "must be an integer number of seconds") from None
+        tree = Tree(Meta(0o755, 0, 0, epoch_ns, epoch_ns, epoch_ns, epoch_ns))
+        import_source(tree, source, "/", key=source)
+        tree.resolve_links()
+        options = ImageOptions(epoch_ns=epoch_ns)
+    else:
+        tree, options = load_manifest(source)
     for k, v in overrides.items():
         if v is not None:
             setattr(options, k, v)
@@ -36,7 +52,7 @@ def load(source: str, **overrides: object) -> tuple[Tree, ImageOptions]:
 
 
 __all__ = [
-    "Ext4genError", "HostFileSource", "Image", "ImageOptions", "InlineSource", "ManifestError",
-    "Meta", "Node", "Plan", "Source", "SourceError", "Tree", "ZeroSource", "load",
+    "CallableSource", "Ext4genError", "HostFileSource", "Image", "ImageOptions", "InlineSource",
+    "ManifestError", "Meta", "Node", "Plan", "Source", "SourceError", "Tree", "ZeroSource", "load",
     "load_manifest", "parse_manifest", "plan", "plan_tree",
 ]

@@ -84,33 +84,70 @@ class ExtentBuilder:
         return self.extents
 
 
+def block_spans(ranges: list[tuple[int, int]] | None, size: int) -> list[tuple[int, int]]:
+    """(first block, count) of the blocks that may hold data, merged and in order."""
+    nblocks = -(-size // BLOCK_SIZE)
+    if ranges is None:
+        return [(0, nblocks)] if nblocks else []
+    spans: list[tuple[int, int]] = []
+    for start, end in ranges:
+        if end <= start:
+            continue
+        first, last = start // BLOCK_SIZE, min(nblocks, -(-end // BLOCK_SIZE))
+        if spans and first <= spans[-1][0] + spans[-1][1]:
+            f0, n0 = spans[-1]
+            spans[-1] = (f0, max(n0, last - f0))
+        elif last > first:
+            spans.append((first, last - first))
+    return spans
+
+
 @dataclass
 class DataAllocator:
     mode: str = "content"
     next_block: int = 0
     runs: list[Run] = field(default_factory=list)
     stats: DedupStats = field(default_factory=DedupStats)
+    shared: bool = False  # some physical block is referenced more than once
     _run_starts: list[int] = field(default_factory=list)
     _by_hash: dict[bytes, int | list[int]] = field(default_factory=dict)
-    _shared: set[int] = field(default_factory=set)
-
-    @property
-    def shared(self) -> bool:
-        return bool(self._shared)
+    _by_identity: dict[tuple[object, int], list[Extent]] = field(default_factory=dict)
 
     def allocate(self, source: Source) -> list[Extent]:
         """Give every non-hole block of ``source`` a physical block; return its extents."""
         if source.size == 0 or source.all_zero:
             return []
+        spans = block_spans(source.data_ranges(), source.size)
+        if not source.plan_readable:
+            return self._allocate_by_identity(source, spans)
         if self.mode == "none":
-            n = -(-source.size // BLOCK_SIZE)
-            start = self._new_run(source, 0, n, source.size)
+            return self._allocate_plain(source, spans)
+        return self._allocate_content(source, spans)
+
+    def _allocate_by_identity(self, source: Source, spans: list[tuple[int, int]]) -> list[Extent]:
+        """Dynamic content is never read at plan time: equal declared identities share blocks."""
+        key = (source.identity, source.size)
+        if source.identity is not None and key in self._by_identity:
+            extents = self._by_identity[key]
+            n = sum(e[1] for e in extents)
+            self.stats.data_blocks_referenced += n
+            self.stats.shared_references += n
+            self.shared = self.shared or n > 0
+            return list(extents)
+        extents = self._allocate_plain(source, spans)
+        if source.identity is not None:
+            self._by_identity[key] = extents
+        return extents
+
+    def _allocate_plain(self, source: Source, spans: list[tuple[int, int]]) -> list[Extent]:
+        builder = ExtentBuilder()
+        for first, n in spans:
+            offset = first * BLOCK_SIZE
+            start = self._new_run(source, offset, n, min(n * BLOCK_SIZE, source.size - offset))
             self.stats.data_blocks_referenced += n
             self.stats.unique_blocks += n
-            b = ExtentBuilder()
-            b.add(0, start, n)
-            return b.finish()
-        return self._allocate_content(source)
+            builder.add(first, start, n)
+        return builder.finish()
 
     def _new_run(self, source: Source, offset: int, nblocks: int, nbytes: int) -> int:
         start = self.next_block
@@ -119,51 +156,53 @@ class DataAllocator:
         self.next_block += nblocks
         return start
 
-    def _allocate_content(self, source: Source) -> list[Extent]:
+    def _allocate_content(self, source: Source, spans: list[tuple[int, int]]) -> list[Extent]:
         size = source.size
         stats = self.stats
         zero_key = block_hash(ZERO_BLOCK)
         builder = ExtentBuilder()
         buf = bytearray(min(READ_CHUNK, -(-size // BLOCK_SIZE) * BLOCK_SIZE))
         mv = memoryview(buf)
-        run: Run | None = None  # the run new blocks of this file extend
-        offset = 0
-        while offset < size:
-            n = min(len(buf), size - offset)
-            source.readinto(mv[:n], offset)
-            if n % BLOCK_SIZE:
-                pad = -n % BLOCK_SIZE
-                mv[n : n + pad] = ZERO_BLOCK[:pad]
-            stats.bytes_hashed += n
-            for pos in range(0, n, BLOCK_SIZE):
-                block = mv[pos : pos + BLOCK_SIZE]
-                logical = (offset + pos) // BLOCK_SIZE
-                key = block_hash(block)
-                if key == zero_key and block == ZERO_BLOCK:
-                    stats.zero_blocks += 1
-                    run = None
-                    continue
-                stats.data_blocks_referenced += 1
-                phys = self._find_equal(key, block)
-                if phys is not None:
-                    stats.shared_references += 1
-                    self._shared.add(phys)
+        for first, nspan in spans:
+            run: Run | None = None  # the run new blocks of this file extend
+            offset = first * BLOCK_SIZE
+            span_end = min(size, (first + nspan) * BLOCK_SIZE)
+            while offset < span_end:
+                n = min(len(buf), span_end - offset)
+                source.readinto(mv[:n], offset)
+                if n % BLOCK_SIZE:
+                    pad = -n % BLOCK_SIZE
+                    mv[n : n + pad] = ZERO_BLOCK[:pad]
+                stats.bytes_hashed += n
+                for pos in range(0, n, BLOCK_SIZE):
+                    block = mv[pos : pos + BLOCK_SIZE]
+                    logical = (offset + pos) // BLOCK_SIZE
+                    key = block_hash(block)
+                    if key == zero_key and block == ZERO_BLOCK:
+                        stats.zero_blocks += 1
+                        run = None
+                        continue
+                    stats.data_blocks_referenced += 1
+                    phys = self._find_equal(key, block)
+                    if phys is not None:
+                        stats.shared_references += 1
+                        self.shared = True
+                        builder.add(logical, phys)
+                        continue
+                    nbytes = min(BLOCK_SIZE, size - offset - pos)
+                    if (run is not None and run.block + run.nblocks == self.next_block
+                            and run.offset + run.nblocks * BLOCK_SIZE == offset + pos):
+                        run.nblocks += 1
+                        run.nbytes += nbytes
+                        phys = self.next_block
+                        self.next_block += 1
+                    else:
+                        phys = self._new_run(source, offset + pos, 1, nbytes)
+                        run = self.runs[-1]
+                    stats.unique_blocks += 1
+                    self._remember(key, phys)
                     builder.add(logical, phys)
-                    continue
-                nbytes = min(BLOCK_SIZE, size - offset - pos)
-                if (run is not None and run.block + run.nblocks == self.next_block
-                        and run.offset + run.nblocks * BLOCK_SIZE == offset + pos):
-                    run.nblocks += 1
-                    run.nbytes += nbytes
-                    phys = self.next_block
-                    self.next_block += 1
-                else:
-                    phys = self._new_run(source, offset + pos, 1, nbytes)
-                    run = self.runs[-1]
-                stats.unique_blocks += 1
-                self._remember(key, phys)
-                builder.add(logical, phys)
-            offset += n
+                offset += n
         return builder.finish()
 
     def _find_equal(self, key: bytes, block: memoryview) -> int | None:
@@ -195,5 +234,6 @@ class DataAllocator:
         return bytes(buf)
 
     def finish(self) -> None:
-        """Drop the hash table: it is only needed while allocating."""
+        """Drop the lookup tables: they are only needed while allocating."""
         self._by_hash = {}
+        self._by_identity = {}

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import importlib
 import json
 import os
+import sys
 import tomllib
 import uuid as uuid_mod
 from typing import Any
@@ -16,19 +18,21 @@ from typing import Any
 from . import times
 from .errors import ManifestError
 from .options import DEDUP_MODES, ImageOptions
-from .sources import HostFileSource, InlineSource, ZeroSource
+from .sources import CallableSource, HostFileSource, InlineSource, Source, ZeroSource
 from .tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, SYMLINK_MAX, Meta, Node, Tree
 from .xattrs import ACL_ACCESS, ACL_DEFAULT, XattrError, normalize_vfs_acl, parse_acl_text, split_name
 
-TOP_KEYS = {"image", "defaults"}
+TOP_KEYS = {"image", "defaults", "import"}
+IMPORT_KEYS = {"source", "target"}
 IMAGE_KEYS = {"label", "uuid", "hash_seed", "dedup"}
 DEFAULT_KEYS = {"uid", "gid", "mode", "dir_mode", "mtime"}
 ENTRY_KEYS = {
     "type", "mode", "uid", "gid", "mtime", "atime", "ctime", "crtime",
     "text", "base64", "source", "size", "target", "major", "minor",
-    "xattrs", "acl", "default_acl",
+    "xattrs", "acl", "default_acl", "generator", "args", "identity",
 }
-CONTENT_KEYS = ("text", "base64", "source", "size")
+CONTENT_KEYS = ("text", "base64", "source", "size", "generator")
+GENERATOR_KEYS = ("args", "identity")
 ENTRY_TYPES = (FILE, DIR, SYMLINK, "hardlink", CHARDEV, BLOCKDEV, FIFO, SOCKET)
 DEVICE_KEYS = ("major", "minor")
 UINT32 = (1 << 32) - 1
@@ -97,6 +101,16 @@ def parse_manifest(doc: dict[str, Any], *, base_dir: str = ".",
 
     dir_default = Meta(d_dir_mode, d_uid, d_gid, default_time, default_time, default_time, default_time)
     tree = Tree(dir_default)
+    imports = doc.get("import", [])
+    if not isinstance(imports, list):
+        raise ManifestError("import", "must be an array of tables ([[import]])")
+    for i, imp in enumerate(imports):
+        k = f"import[{i}]"
+        imp = _table(imp, k)
+        _no_unknown(imp, IMPORT_KEYS, k)
+        host = os.path.join(base_dir, _str(imp.get("source"), f"{k}.source"))
+        target = _str(imp.get("target", "/"), f"{k}.target")
+        import_source(tree, host, target, key=f"{k}.source")
     for path, entry in doc.items():
         if not path.startswith("/"):
             continue
@@ -141,7 +155,7 @@ def parse_manifest(doc: dict[str, Any], *, base_dir: str = ".",
             tree.add(path, Node(SYMLINK, meta_for(entry, key, 0o777), key=key, target=target,
                                 xattrs=xattrs))
         else:
-            _only(entry, key, set(CONTENT_KEYS), "file")
+            _only(entry, key, set(CONTENT_KEYS) | set(GENERATOR_KEYS), "file")
             source = _content(entry, key, base_dir)
             tree.add(path, Node(FILE, meta_for(entry, key, d_mode), key=key, source=source,
                                 xattrs=xattrs))
@@ -239,7 +253,27 @@ def _only(entry: dict[str, Any], key: str, allowed: set[str], what: str) -> None
             raise ManifestError(f"{key}.{k}", f"not valid for a {what}")
 
 
-def _content(entry: dict[str, Any], key: str, base_dir: str) -> HostFileSource | InlineSource | ZeroSource:
+def import_source(tree: Tree, host: str, target: str, *, key: str) -> None:
+    """Import a host directory or a tar archive under ``target``."""
+    from .hostdir import import_directory
+    from .tarinput import import_tar, is_tar
+
+    if os.path.isdir(host):
+        import_directory(tree, host, target, key=key)
+    elif is_tar(host):
+        import_tar(tree, host, target, key=key)
+    elif not os.path.exists(host):
+        raise ManifestError(key, f"{host} does not exist")
+    else:
+        raise ManifestError(key, f"{host} is neither a directory nor a tar archive")
+
+
+def _content(entry: dict[str, Any], key: str, base_dir: str) -> Source:
+    if "generator" in entry:
+        return _generator(entry, key, base_dir)
+    for k in GENERATOR_KEYS:
+        if k in entry:
+            raise ManifestError(f"{key}.{k}", "only valid with generator")
     given = [k for k in CONTENT_KEYS if k in entry]
     if len(given) > 1:
         raise ManifestError(f"{key}.{given[1]}", f"conflicts with {given[0]}: give one content key")
@@ -272,6 +306,42 @@ def _content(entry: dict[str, Any], key: str, base_dir: str) -> HostFileSource |
     if src.size > MAX_FILE_SIZE:
         raise ManifestError(f"{key}.source", "larger than ext4's 16 TiB file limit")
     return src
+
+
+def _generator(entry: dict[str, Any], key: str, base_dir: str) -> CallableSource:
+    """``generator = "module:function"``: called as ``function(offset, length, **args)``.
+
+    The manifest's directory is importable, so a generator can live beside it.
+    """
+    spec = _str(entry["generator"], f"{key}.generator")
+    for k in ("text", "base64", "source"):
+        if k in entry:
+            raise ManifestError(f"{key}.{k}", "conflicts with generator")
+    if "size" not in entry:
+        raise ManifestError(f"{key}.size", "a generator needs its size declared up front")
+    size = entry["size"]
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_FILE_SIZE:
+        raise ManifestError(f"{key}.size", "must be a non-negative integer up to 16 TiB")
+    args = _table(entry.get("args", {}), f"{key}.args")
+    module_name, _, func_name = spec.partition(":")
+    if not module_name or not func_name:
+        raise ManifestError(f"{key}.generator", "expected \"module:function\"")
+    if base_dir not in sys.path:
+        sys.path.insert(0, base_dir)
+    try:
+        func = getattr(importlib.import_module(module_name), func_name)
+    except Exception as e:  # import errors of user code are input errors
+        raise ManifestError(f"{key}.generator", f"cannot load {spec}: {e}") from None
+    if not callable(func):
+        raise ManifestError(f"{key}.generator", f"{spec} is not callable")
+    identity = entry.get("identity")
+    if identity is not None:
+        identity = ("manifest-identity", _str(identity, f"{key}.identity"))
+
+    def read(offset: int, length: int) -> bytes:
+        return func(offset, length, **args)
+
+    return CallableSource(size, read, identity=identity, name=spec)
 
 
 def _table(v: Any, key: str) -> dict[str, Any]:

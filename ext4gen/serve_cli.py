@@ -108,7 +108,9 @@ def runtime_dir() -> Path:
 def pid_alive(pid: int, name: str | None = None) -> bool:
     """True if ``pid`` runs (not a zombie) and, when ``name`` is given, is that program.
 
-    The name check keeps a recycled pid from a stale state file from being killed.
+    ``name`` matches the program's basename or any argument (``ext4gen.cli`` for
+    ``python -m ext4gen.cli``).  The check keeps a recycled pid from a stale
+    state file from being signalled.
     """
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)  # reap our own children so they do not linger as zombies
@@ -120,8 +122,8 @@ def pid_alive(pid: int, name: str | None = None) -> bool:
         if name is None:
             return True
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv0 = f.read().split(b"\0", 1)[0]
-        return os.path.basename(argv0).decode(errors="replace") == name
+            argv = f.read().decode(errors="replace").split("\0")
+        return os.path.basename(argv[0]) == name or name in argv[1:]
     except (OSError, IndexError):
         return False
 
@@ -152,49 +154,19 @@ def read_pidfile(path: str) -> int | None:
         text = Path(path).read_text()
     except OSError:
         return None
-    return int(text) if text.endswith("\n") and text.strip().isdigit() else None
+    text = text.strip()
+    return int(text) if text.isdigit() else None
 
 
-# -- nbdkit ------------------------------------------------------------------------
-
-@dataclass
-class Server:
-    """A running nbdkit and the files it owns."""
-
-    pid: int
-    uri: str
-    pidfile: str
-    socket: str | None = None
-    port: int | None = None
-    log: str | None = None
-    private_dir: str | None = None
-    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
-
-    def to_json(self) -> dict[str, object]:
-        d = asdict(self)
-        d.pop("proc")
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict[str, object]) -> Server:
-        return cls(**{k: v for k, v in d.items() if k in _SERVER_FIELDS})  # type: ignore[arg-type]
-
-    def stop(self) -> None:
-        """Stop nbdkit and remove what it leaves behind (nbdkit keeps its socket)."""
-        stop_pid(self.pid, "nbdkit")
-        if self.proc is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=1)
-        for p in (self.socket, self.pidfile):
-            if p:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(p)
-        if self.private_dir:
-            shutil.rmtree(self.private_dir, ignore_errors=True)
-
-
-_SERVER_FIELDS = ("pid", "uri", "pidfile", "socket", "port", "log", "private_dir")
-
+# -- nbdkit under a supervisor ------------------------------------------------------
+#
+# nbdkit 1.32 as packaged here arms PR_SET_PDEATHSIG whenever it runs in the
+# foreground, so it dies with its parent; and in its own daemon mode it sends
+# stderr (our error lines and the stats summary) to /dev/null.  So nbdkit
+# always runs as the child of an ext4gen process that stays for its lifetime:
+# the CLI itself with --foreground, or in background mode a detached
+# `python -m ext4gen.cli serve --foreground` whose stderr is the log file.
+# Stopping that supervisor (SIGTERM) stops nbdkit and removes its socket.
 
 @dataclass
 class ServeOptions:
@@ -209,6 +181,22 @@ class ServeOptions:
     verbose: bool = False
     pidfile: str | None = None
     log: str | None = None
+    workdir: str | None = None
+
+    def check(self) -> None:
+        if self.threads < 1:
+            raise ServeError("--threads must be at least 1")
+        for p in self.params:
+            if "=" not in p:
+                raise ServeError(f"--param {p}: expected KEY=VALUE")
+        if self.port is not None and not 0 < self.port < 65536:
+            raise ServeError(f"--port {self.port}: not a TCP port")
+
+    def uri(self, sock: str | None) -> str:
+        if sock is not None:
+            return f"nbd+unix:///?socket={sock}"
+        host = f"[{self.bind}]" if ":" in self.bind else self.bind
+        return f"nbd://{host}:{self.port}"
 
 
 def validate_source(source: str, dedup: str | None) -> None:
@@ -236,11 +224,9 @@ def remove_stale_socket(path: str) -> None:
     raise ServeError(f"{path}: a server is already listening on this socket")
 
 
-def nbdkit_command(opts: ServeOptions, sock: str | None, pidfile: str, foreground_child: bool) -> list[str]:
-    cmd = ["nbdkit", "--foreground", "--log=stderr", "--pidfile", pidfile,
-           "--threads", str(opts.threads)]
-    if foreground_child:
-        cmd.append("--exit-with-parent")
+def nbdkit_command(opts: ServeOptions, sock: str | None, pidfile: str) -> list[str]:
+    cmd = ["nbdkit", "--foreground", "--exit-with-parent", "--log=stderr",
+           "--pidfile", pidfile, "--threads", str(opts.threads)]
     if opts.verbose:
         cmd.append("--verbose")
     for f in opts.filters:
@@ -256,72 +242,173 @@ def nbdkit_command(opts: ServeOptions, sock: str | None, pidfile: str, foregroun
     return cmd
 
 
-def start_server(opts: ServeOptions, *, foreground: bool, timeout: float = READY_TIMEOUT) -> Server:
-    """Start nbdkit and return once it accepts connections.
+def _wait_for_pid(pidfile: str, proc: subprocess.Popen[bytes], what: str, timeout: float,
+                  log: str | None = None) -> int:
+    """Wait until ``pidfile`` names a pid (the program's 'ready' signal) or ``proc`` exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pid = read_pidfile(pidfile)
+        if pid is not None:
+            return pid
+        rc = proc.poll()
+        if rc is not None:
+            raise ServeError(f"{what} exited with status {rc} before serving{_last_line(log)}")
+        if time.monotonic() > deadline:
+            raise ServeError(f"{what} did not start serving within {timeout:.0f} s")
+        time.sleep(0.02)
 
-    nbdkit always runs with --foreground under us: in background mode we
-    detach it ourselves (new session, stderr to a log file) so we know its pid
-    and keep its messages, which nbdkit's own daemon mode would send to syslog.
+
+def _last_line(log: str | None) -> str:
+    if not log:
+        return ""
+    try:
+        lines = [ln for ln in Path(log).read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return ": " + lines[-1].removeprefix("ext4gen: ") if lines else ""
+
+
+def supervise(opts: ServeOptions, *, ready: Callable[[str, int], None] | None = None,
+              timeout: float = READY_TIMEOUT) -> int:
+    """Run nbdkit as our child until it exits or we get SIGINT/SIGTERM/SIGHUP.
+
+    Prints the URI on stdout once nbdkit accepts connections, then writes
+    ``opts.pidfile`` (our pid: the process to signal).  Always removes the
+    socket, the pidfile and the work directory on the way out.
     """
     if shutil.which("nbdkit") is None:
         raise ServeError("nbdkit is not installed (Debian: apt install nbdkit nbdkit-plugin-python)")
-    for p in opts.params:
-        if "=" not in p:
-            raise ServeError(f"--param {p}: expected KEY=VALUE")
-    private = None
-    if opts.socket is None and opts.port is None:
-        private = tempfile.mkdtemp(prefix="serve-", dir=runtime_dir())
-        sock: str | None = os.path.join(private, "nbd.sock")
-    else:
-        sock = os.path.abspath(opts.socket) if opts.socket else None
-    if sock is not None:
-        remove_stale_socket(sock)
-    base = private or str(runtime_dir())
-    tag = "" if private else "-" + hashlib.sha256((sock or str(opts.port)).encode()).hexdigest()[:12]
-    pidfile = os.path.abspath(opts.pidfile) if opts.pidfile else os.path.join(base, f"nbdkit{tag}.pid")
-    log = None
-    if not foreground:
-        log = os.path.abspath(opts.log) if opts.log else os.path.join(base, f"nbdkit{tag}.log")
+    workdir = opts.workdir or tempfile.mkdtemp(prefix="serve-", dir=runtime_dir())
+    sock = None
+    if opts.port is None:
+        sock = os.path.abspath(opts.socket) if opts.socket else os.path.join(workdir, "nbd.sock")
+    nbdkit_pidfile = os.path.join(workdir, "nbdkit.pid")
+    stopping: list[int] = []
+    proc: subprocess.Popen[bytes] | None = None
+    serving = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopping.append(signum)
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        if not serving:
+            raise KeyboardInterrupt  # abandon the start-up; `finally` reaps nbdkit
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        if sock is not None:
+            remove_stale_socket(sock)
+        cmd = nbdkit_command(opts, sock, nbdkit_pidfile)
+        proc = subprocess.Popen(cmd, env=child_env(), stdin=subprocess.DEVNULL)
+        nbdkit_pid = _wait_for_pid(nbdkit_pidfile, proc, "nbdkit", timeout)
+        serving = True
+        uri = opts.uri(sock)
+        with contextlib.suppress(BrokenPipeError):
+            print(uri, flush=True)
+        Path(workdir, "server.json").write_text(json.dumps(
+            {"uri": uri, "socket": sock, "port": opts.port, "supervisor_pid": os.getpid(),
+             "nbdkit_pid": nbdkit_pid, "source": os.path.abspath(opts.source)}))
+        if opts.pidfile:
+            _write_atomic(opts.pidfile, f"{os.getpid()}\n")
+        if ready:
+            ready(uri, nbdkit_pid)
+        rc = proc.wait()
+    except KeyboardInterrupt:
+        return 130 if stopping and stopping[0] == signal.SIGINT else 143
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for p in (sock, opts.pidfile):
+            if p:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(p)
+        shutil.rmtree(workdir, ignore_errors=True)
+    if stopping:
+        return 0
+    return rc if rc >= 0 else 1
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+@dataclass
+class Background:
+    """A detached supervisor (and its nbdkit), as ``ext4gen serve`` leaves it."""
+
+    pid: int
+    nbdkit_pid: int
+    uri: str
+    pidfile: str
+    log: str
+    workdir: str
+    socket: str | None = None
+
+    def stop(self) -> None:
+        """SIGTERM the supervisor (it stops nbdkit and cleans up); then make sure."""
+        stop_pid(self.pid, SUPERVISOR)
+        stop_pid(self.nbdkit_pid, "nbdkit")  # only if the supervisor was killed hard
+        for p in (self.socket, self.pidfile):
+            if p:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(p)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+SUPERVISOR = "ext4gen.cli"
+
+
+def start_background(opts: ServeOptions, timeout: float = READY_TIMEOUT) -> Background:
+    """Start a detached supervisor; return once nbdkit serves (or raise with its last log line)."""
+    workdir = tempfile.mkdtemp(prefix="serve-", dir=runtime_dir())
+    # The work directory goes when serving stops; the log stays for its summary.
+    pidfile = os.path.abspath(opts.pidfile) if opts.pidfile else workdir + ".pid"
+    log = os.path.abspath(opts.log) if opts.log else workdir + ".log"
+    sock = None
+    if opts.port is None:
+        sock = os.path.abspath(opts.socket) if opts.socket else os.path.join(workdir, "nbd.sock")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(pidfile)
-    cmd = nbdkit_command(opts, sock, pidfile, foreground)
-    uri = f"nbd+unix:///?socket={sock}" if sock else f"nbd://{_uri_host(opts.bind)}:{opts.port}"
-    logf = open(log, "ab") if log else None
+    cmd = [sys.executable, "-m", SUPERVISOR, "serve", os.path.abspath(opts.source), "--foreground",
+           "--no-validate", "--workdir", workdir, "--pidfile", pidfile,
+           "--threads", str(opts.threads), "--bind", opts.bind]
+    cmd += ["--socket", sock] if sock else ["--port", str(opts.port)]
+    for f in opts.filters:
+        cmd += ["--filter", f]
+    for p in opts.params:
+        cmd += ["--param", p]
+    if opts.dedup:
+        cmd += ["--dedup", opts.dedup]
+    if opts.verbose:
+        cmd.append("--verbose")
+    with open(log, "ab") as logf:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=logf, start_new_session=True, cwd="/")
     try:
-        proc = subprocess.Popen(cmd, env=child_env(), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL if logf else None,
-                                stderr=logf, start_new_session=not foreground)
-    finally:
-        if logf:
-            logf.close()
-    server = Server(pid=proc.pid, uri=uri, pidfile=pidfile, socket=sock, port=opts.port,
-                    log=log, private_dir=private, proc=proc)
-    try:
-        _wait_ready(server, proc, timeout)
+        pid = _wait_for_pid(pidfile, proc, "ext4gen serve", timeout, log)
+        info = json.loads(Path(workdir, "server.json").read_text())
     except BaseException:
-        server.stop()
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=STOP_TIMEOUT)
+        if proc.poll() is None:
+            proc.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
         raise
-    return server
-
-
-def _uri_host(bind: str) -> str:
-    return f"[{bind}]" if ":" in bind else bind
-
-
-def _wait_ready(server: Server, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while read_pidfile(server.pidfile) is None:
-        rc = proc.poll()
-        if rc is not None:
-            detail = ""
-            if server.log:
-                lines = [ln for ln in Path(server.log).read_text(errors="replace").splitlines()
-                         if ln.strip()]
-                detail = ": " + lines[-1].removeprefix("ext4gen: ") if lines else ""
-            raise ServeError(f"nbdkit exited with status {rc} before serving{detail}")
-        if time.monotonic() > deadline:
-            raise ServeError(f"nbdkit did not start serving within {timeout:.0f} s")
-        time.sleep(0.02)
+    return Background(pid=pid, nbdkit_pid=int(info["nbdkit_pid"]), uri=str(info["uri"]),
+                      pidfile=pidfile, log=log, workdir=workdir, socket=sock)
 
 
 # -- ext4gen serve -----------------------------------------------------------------
@@ -330,47 +417,23 @@ def _serve_options(args: argparse.Namespace) -> ServeOptions:
     return ServeOptions(source=args.source, socket=args.socket, port=args.port, bind=args.bind,
                         filters=list(args.filter or []), params=list(args.param or []),
                         threads=args.threads, dedup=args.dedup, verbose=args.verbose,
-                        pidfile=args.pidfile, log=args.log)
+                        pidfile=args.pidfile, log=args.log, workdir=args.workdir)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     opts = _serve_options(args)
-    if opts.threads < 1:
-        raise ServeError("--threads must be at least 1")
-    validate_source(opts.source, opts.dedup)
-    if not args.foreground:
-        server = start_server(opts, foreground=False)
-        print(server.uri, flush=True)
-        print(f"pid {server.pid} (pidfile {server.pidfile}, log {server.log}); "
-              f"stop with: kill {server.pid}", file=sys.stderr)
-        return 0
-    running: list[Server] = []
-    stopping: list[int] = []
-
-    def forward(signum: int, _frame: object) -> None:
-        stopping.append(signum)
-        if not running:
-            raise KeyboardInterrupt  # still starting: start_server stops nbdkit
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(running[0].pid, signal.SIGTERM)
-
-    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    try:
-        running.append(start_server(opts, foreground=True))
-        print(running[0].uri, flush=True)
-        proc = running[0].proc
-        assert proc is not None
-        rc = proc.wait()
-    except KeyboardInterrupt:
-        return 130 if stopping and stopping[0] == signal.SIGINT else 143
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-        if running:
-            running[0].stop()
-    if stopping:
-        return 0
-    return rc if rc >= 0 else 1
+    opts.check()
+    if not args.no_validate:
+        validate_source(opts.source, opts.dedup)
+    if args.foreground:
+        if opts.log:
+            raise ServeError("--log is for background mode; in the foreground nbdkit logs to stderr")
+        return supervise(opts)
+    bg = start_background(opts)
+    print(bg.uri, flush=True)
+    print(f"ext4gen: serving in the background: pid {bg.pid} (pidfile {bg.pidfile}, "
+          f"log {bg.log}); stop with: kill {bg.pid}", file=sys.stderr)
+    return 0
 
 
 def _add_serve_args(sp: argparse.ArgumentParser) -> None:
@@ -380,8 +443,8 @@ def _add_serve_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--param", action="append", metavar="KEY=VALUE",
                     help="extra nbdkit parameter, e.g. for a filter: cache-max-size=1G")
     sp.add_argument("-t", "--threads", type=int, default=DEFAULT_THREADS,
-                    help=f"nbdkit worker threads per connection (default {DEFAULT_THREADS}; "
-                    "more only adds GIL contention)")
+                    help=f"nbdkit worker threads (default {DEFAULT_THREADS}; the plugin holds "
+                    "the GIL, so more threads mostly add contention)")
     sp.add_argument("-v", "--verbose", action="store_true",
                     help="nbdkit -v: debug output, including per-connection read statistics")
 
@@ -397,8 +460,12 @@ def register_serve(sub: argparse._SubParsersAction) -> None:
                     help="address for --port (default localhost)")
     sp.add_argument("--foreground", action="store_true",
                     help="stay attached; stop nbdkit on SIGINT/SIGTERM")
-    sp.add_argument("--pidfile", metavar="PATH", help="where nbdkit writes its pid")
-    sp.add_argument("--log", metavar="PATH", help="nbdkit's stderr in background mode")
+    sp.add_argument("--pidfile", metavar="PATH",
+                    help="write the pid to signal (SIGTERM stops serving) once ready")
+    sp.add_argument("--log", metavar="PATH", help="background mode: where stderr goes "
+                    "(default: next to the socket in the runtime directory)")
+    sp.add_argument("--no-validate", action="store_true", help=argparse.SUPPRESS)
+    sp.add_argument("--workdir", help=argparse.SUPPRESS)
     _add_serve_args(sp)
     sp.set_defaults(func=cmd_serve)
 
@@ -481,20 +548,20 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if is_mountpoint(mnt):
         raise ServeError(f"{mnt}: something is already mounted there")
     opts = _serve_options(args)
-    opts.socket, opts.port, opts.pidfile, opts.log = None, None, None, None
+    opts.check()
     validate_source(opts.source, opts.dedup)
     shutil.rmtree(sdir, ignore_errors=True)
     sdir.mkdir(mode=0o700, parents=True)
     fuse_dir = sdir / "fuse"
     fuse_dir.mkdir()
     opts.socket = str(sdir / "nbd.sock")
-    opts.pidfile = str(sdir / "nbdkit.pid")
-    opts.log = str(sdir / "nbdkit.log")
+    opts.pidfile = str(sdir / "serve.pid")
+    opts.log = str(sdir / "serve.log")
     state = MountState(mountpoint=mnt, source=os.path.abspath(opts.source), dir=str(sdir),
                        disk=str(fuse_dir / "disk"), server={})
     try:
-        server = start_server(opts, foreground=False)
-        state.server = server.to_json()
+        server = start_background(opts)
+        state.server = asdict(server)
         _save_state(state)
         state.nbdfuse_pid = _start_nbdfuse(state, opts.socket)
         _save_state(state)
@@ -530,12 +597,13 @@ def _start_nbdfuse(state: MountState, sock: str) -> int:
     return proc.pid
 
 
-def teardown(state: MountState, *, lazy: bool = False) -> None:
+def teardown(state: MountState, *, lazy: bool = False) -> list[str]:
     """Undo a mount in reverse order: filesystem, loop device, nbdfuse, nbdkit, files.
 
     Each step runs only if its piece exists, so this also cleans up after a
     ``mount`` that failed halfway.  A busy filesystem stops the teardown
     (unless ``lazy``), because the layers under it must outlive its users.
+    Returns the server's shutdown summary lines (its log goes with the state).
     """
     if is_mountpoint(state.mountpoint):
         r = _run(["umount", state.mountpoint])
@@ -560,14 +628,21 @@ def teardown(state: MountState, *, lazy: bool = False) -> None:
             time.sleep(0.1)
     if state.nbdfuse_pid and not wait_gone(state.nbdfuse_pid, STOP_TIMEOUT, "nbdfuse"):
         stop_pid(state.nbdfuse_pid, "nbdfuse")
+    summary: list[str] = []
     if state.server:
-        Server.from_json(state.server).stop()
+        bg = Background(**state.server)  # type: ignore[arg-type]
+        bg.stop()
+        with contextlib.suppress(OSError):
+            summary = [ln for ln in Path(bg.log).read_text(errors="replace").splitlines()
+                       if ln.startswith("ext4gen: served ")]
     shutil.rmtree(state.dir, ignore_errors=True)
+    return summary
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
     state = load_state(args.mountpoint)
-    teardown(state, lazy=args.lazy)
+    for line in teardown(state, lazy=args.lazy):
+        print(line, file=sys.stderr)
     print(f"{state.mountpoint}: unmounted; nbdfuse and nbdkit stopped")
     return 0
 
@@ -577,7 +652,8 @@ def register_mount(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("source", metavar="SOURCE", help="a manifest (.toml or .json)")
     sp.add_argument("mountpoint", metavar="MOUNTPOINT")
     _add_serve_args(sp)
-    sp.set_defaults(func=cmd_mount, socket=None, port=None, bind="localhost", pidfile=None, log=None)
+    sp.set_defaults(func=cmd_mount, socket=None, port=None, bind="localhost", pidfile=None, log=None,
+                    workdir=None)
 
 
 def register_umount(sub: argparse._SubParsersAction) -> None:

@@ -13,6 +13,7 @@ import os
 import stat as stat_mod
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import NamedTuple
 
 from .errors import SourceError
@@ -22,10 +23,21 @@ class Source:
     """Base class: ``size`` bytes, readable at any offset."""
 
     size: int = 0
+    #: False for sources that must not be read at plan time (dynamic content).
+    plan_readable: bool = True
+    #: Sources with equal non-None identities have equal content (dedup without reading).
+    identity: object = None
 
     def readinto(self, buf: memoryview, offset: int) -> None:
         """Fill ``buf`` completely with bytes ``[offset, offset+len(buf))``."""
         raise NotImplementedError
+
+    def data_ranges(self) -> list[tuple[int, int]] | None:
+        """Byte ranges that may hold data, or None when the whole file may.
+
+        Everything outside them reads as zeros and is stored as holes.
+        """
+        return None
 
     def describe(self) -> str:
         return type(self).__name__
@@ -49,6 +61,9 @@ class ZeroSource(Source):
     def all_zero(self) -> bool:
         return True
 
+    def data_ranges(self) -> list[tuple[int, int]]:
+        return []
+
     def describe(self) -> str:
         return f"zeros({self.size})"
 
@@ -68,6 +83,40 @@ class InlineSource(Source):
         return f"inline({self.size} bytes)"
 
 
+class CallableSource(Source):
+    """Dynamic content: ``fn(offset, length) -> bytes`` runs only when a client reads.
+
+    The size is declared up front; the function must be deterministic (the same
+    bytes for the same range every time), since the kernel may read a block more
+    than once.  It is never called at plan time; ``identity`` lets equal
+    generators share blocks.
+    """
+
+    plan_readable = False
+
+    def __init__(self, size: int, fn: Callable[[int, int], bytes], *, identity: object = None,
+                 name: str = "") -> None:
+        self.size = size
+        self.fn = fn
+        self.identity = identity
+        self.name = name or getattr(fn, "__qualname__", "callable")
+
+    def readinto(self, buf: memoryview, offset: int) -> None:
+        n = len(buf)
+        try:
+            data = self.fn(offset, n)
+        except Exception as e:  # a generator bug must cost one request, not the server
+            raise SourceError(f"generator {self.name} failed at offset {offset}: {e!r}") from e
+        if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) != n:
+            got = len(data) if isinstance(data, (bytes, bytearray, memoryview)) else type(data).__name__
+            raise SourceError(f"generator {self.name} returned {got} bytes for a {n}-byte read "
+                              f"at offset {offset}")
+        buf[:] = data
+
+    def describe(self) -> str:
+        return f"generator({self.name}, {self.size} bytes, identity={self.identity!r})"
+
+
 class Pin(NamedTuple):
     """What must still be true of a host file for its bytes to be served."""
 
@@ -81,6 +130,59 @@ class Pin(NamedTuple):
         return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+class HostFile:
+    """One pinned host file; several sources (tar members) may read from it."""
+
+    __slots__ = ("__weakref__", "path", "pin")
+
+    def __init__(self, path: str, st: os.stat_result | None = None) -> None:
+        self.path = path
+        if st is None:
+            st = os.stat(path)
+        if not stat_mod.S_ISREG(st.st_mode):
+            raise IsADirectoryError(f"{path} is not a regular file")
+        self.pin = Pin.of(st)
+
+    def open_pinned(self) -> int:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise SourceError(f"{self.path}: cannot open source: {e.strerror}") from e
+        try:
+            self.check(os.fstat(fd))
+        except SourceError:
+            os.close(fd)
+            raise
+        return fd
+
+    def check(self, st: os.stat_result) -> None:
+        if Pin.of(st) != self.pin:
+            raise SourceError(f"{self.path}: source changed since the image was planned")
+        if st.st_nlink == 0:
+            raise SourceError(f"{self.path}: source was deleted since the image was planned")
+
+    def readinto(self, buf: memoryview, offset: int) -> None:
+        """pread exactly ``len(buf)`` bytes, then re-check the pin (no stale bytes)."""
+        fd = FD_CACHE.acquire(self)
+        try:
+            want = len(buf)
+            got = os.preadv(fd, [buf], offset)
+            while got < want:
+                n = os.preadv(fd, [buf[got:]], offset + got)
+                if n <= 0:
+                    raise SourceError(f"{self.path}: source is shorter than planned")
+                got += n
+            self.check(os.fstat(fd))
+        except SourceError:
+            FD_CACHE.release(self, broken=True)
+            raise
+        except OSError as e:
+            FD_CACHE.release(self, broken=True)
+            raise SourceError(f"{self.path}: read failed: {e.strerror}") from e
+        else:
+            FD_CACHE.release(self)
+
+
 class _FdCache:
     """A bounded set of open host-file descriptors shared by all sources.
 
@@ -92,40 +194,37 @@ class _FdCache:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._lock = threading.Lock()
-        self._fds: OrderedDict[HostFileSource, list[int]] = OrderedDict()  # src -> [fd, users]
+        self._fds: OrderedDict[HostFile, list[int]] = OrderedDict()  # file -> [fd, users]
 
-    def acquire(self, src: HostFileSource) -> int:
+    def acquire(self, hf: HostFile) -> int:
         with self._lock:
-            entry = self._fds.get(src)
+            entry = self._fds.get(hf)
             if entry is not None:
-                self._fds.move_to_end(src)
+                self._fds.move_to_end(hf)
                 entry[1] += 1
                 return entry[0]
-        fd = src.open_pinned()
+        fd = hf.open_pinned()
         with self._lock:
-            entry = self._fds.get(src)
+            entry = self._fds.get(hf)
             if entry is not None:  # another thread opened it meanwhile
                 os.close(fd)
                 entry[1] += 1
                 return entry[0]
-            self._fds[src] = [fd, 1]
+            self._fds[hf] = [fd, 1]
             self._evict()
             return fd
 
-    def release(self, src: HostFileSource) -> None:
+    def release(self, hf: HostFile, *, broken: bool = False) -> None:
+        """Return a descriptor; a broken one (pin failed) is closed once unused."""
         with self._lock:
-            entry = self._fds.get(src)
-            if entry is not None:
-                entry[1] -= 1
-            self._evict()
-
-    def drop(self, src: HostFileSource) -> None:
-        """Forget a descriptor whose file no longer matches its pin."""
-        with self._lock:
-            entry = self._fds.get(src)
-            if entry is not None and entry[1] == 0:
-                del self._fds[src]
+            entry = self._fds.get(hf)
+            if entry is None:
+                return
+            entry[1] -= 1
+            if broken and entry[1] == 0:
+                del self._fds[hf]
                 os.close(entry[0])
+            self._evict()
 
     def _evict(self) -> None:
         if len(self._fds) <= self.limit:
@@ -159,57 +258,83 @@ FD_CACHE = _FdCache(_fd_limit())
 
 
 class HostFileSource(Source):
-    """A regular file on the host, read lazily and pinned at plan time."""
+    """A byte range of a pinned host file (a whole file, or a member inside a tar).
 
-    def __init__(self, path: str | os.PathLike[str], *, base_offset: int = 0,
-                 size: int | None = None, st: os.stat_result | None = None) -> None:
-        self.path = os.fspath(path)
-        if st is None:
-            st = os.stat(self.path)
-        if not stat_mod.S_ISREG(st.st_mode):
-            raise IsADirectoryError(f"{self.path} is not a regular file")
-        self.pin = Pin.of(st)
+    ``segments`` describes sparse content: (file offset, length, offset in the
+    host file) runs; bytes outside them are zeros.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | HostFile, *, base_offset: int = 0,
+                 size: int | None = None, st: os.stat_result | None = None,
+                 segments: list[tuple[int, int, int]] | None = None,
+                 detect_holes: bool = False) -> None:
+        self.file = path if isinstance(path, HostFile) else HostFile(os.fspath(path), st)
+        self.path = self.file.path
         self.base_offset = base_offset
-        self.size = st.st_size - base_offset if size is None else size
+        self.size = self.file.pin.st_size - base_offset if size is None else size
+        self.segments = segments
+        if detect_holes and segments is None and self.size:
+            self.segments = _seek_data_segments(self.path, self.size)
+
+    @property
+    def pin(self) -> Pin:
+        return self.file.pin
 
     def describe(self) -> str:
+        if self.base_offset or self.segments is not None:
+            return f"{self.path}@{self.base_offset}+{self.size}"
         return self.path
 
-    def open_pinned(self) -> int:
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as e:
-            raise SourceError(f"{self.path}: cannot open source: {e.strerror}") from e
-        try:
-            self._check(os.fstat(fd))
-        except SourceError:
-            os.close(fd)
-            raise
-        return fd
-
-    def _check(self, st: os.stat_result) -> None:
-        if Pin.of(st) != self.pin:
-            raise SourceError(f"{self.path}: source changed since the image was planned")
-        if st.st_nlink == 0:
-            raise SourceError(f"{self.path}: source was deleted since the image was planned")
+    def data_ranges(self) -> list[tuple[int, int]] | None:
+        if self.segments is None:
+            return None
+        return [(start, start + length) for start, length, _src in self.segments]
 
     def readinto(self, buf: memoryview, offset: int) -> None:
-        fd = FD_CACHE.acquire(self)
-        try:
-            want = len(buf)
-            got = os.preadv(fd, [buf], self.base_offset + offset)
-            while got < want:
-                n = os.preadv(fd, [buf[got:]], self.base_offset + offset + got)
-                if n <= 0:
-                    raise SourceError(f"{self.path}: source is shorter than planned")
-                got += n
-            self._check(os.fstat(fd))
-        except SourceError:
-            FD_CACHE.release(self)
-            FD_CACHE.drop(self)
-            raise
-        except OSError as e:
-            FD_CACHE.release(self)
-            raise SourceError(f"{self.path}: read failed: {e.strerror}") from e
-        else:
-            FD_CACHE.release(self)
+        if self.segments is None:
+            self.file.readinto(buf, self.base_offset + offset)
+            return
+        end = offset + len(buf)
+        pos = offset
+        for start, length, src in self.segments:
+            seg_end = start + length
+            if seg_end <= pos:
+                continue
+            if start >= end:
+                break
+            if start > pos:
+                buf[pos - offset : start - offset] = bytes(start - pos)
+                pos = start
+            stop = min(end, seg_end)
+            self.file.readinto(buf[pos - offset : stop - offset], src + (pos - start))
+            pos = stop
+        if pos < end:
+            buf[pos - offset :] = bytes(end - pos)
+
+
+def _seek_data_segments(path: str, size: int) -> list[tuple[int, int, int]] | None:
+    """(offset, length, offset) data runs found with SEEK_DATA/SEEK_HOLE; None if dense."""
+    segments = []
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        pos = 0
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:
+                break  # ENXIO: only a hole remains
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            if end <= start:
+                break
+            segments.append((start, end - start, start))
+            pos = end
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if len(segments) == 1 and segments[0][0] == 0 and segments[0][1] == size:
+        return None
+    return segments

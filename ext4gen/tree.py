@@ -44,6 +44,7 @@ class Node:
     xattrs: dict[bytes, bytes] = field(default_factory=dict)
     children: dict[bytes, Node] | None = None  # DIR
     implied: bool = False  # DIR created only because a descendant was declared
+    imported: bool = False  # from a directory or tar import: later declarations override it
 
     @property
     def size(self) -> int:
@@ -105,7 +106,7 @@ class Tree:
         if not parts:
             if node.kind != DIR:
                 raise ManifestError(key, "'/' must be a directory")
-            if not self.root.implied:
+            if not (self.root.implied or self.root.imported):
                 raise ManifestError(key, "duplicate path '/'")
             node.children = self.root.children
             self.root = node
@@ -114,8 +115,10 @@ class Tree:
         assert parent.children is not None
         old = parent.children.get(parts[-1])
         if old is not None:
-            if old.implied and node.kind == DIR:
-                node.children = old.children
+            if (old.implied or old.imported) and node.kind == DIR and old.kind == DIR:
+                node.children = old.children  # refine an implied/imported directory, keep its entries
+            elif old.imported and old.kind != DIR:
+                pass  # a later import or an explicit entry overrides an imported non-directory
             else:
                 raise ManifestError(key, f"duplicate path (already declared by {old.key})")
         parent.children[parts[-1]] = node

@@ -1,0 +1,108 @@
+"""Import a host directory tree: every file type, owners, modes, times, xattrs, hard links.
+
+Symlinks are recorded as links and never followed, so nothing outside the
+directory is read.  File contents stay on the host (pinned, read lazily);
+sparse files are recognised with SEEK_DATA/SEEK_HOLE so holes stay holes.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from .errors import ManifestError
+from .sources import HostFileSource
+from .tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Meta, Node, Tree, split_path
+from .xattrs import ACL_ACCESS, ACL_DEFAULT, XattrError, normalize_vfs_acl, split_name
+
+_KINDS = {stat.S_IFREG: FILE, stat.S_IFDIR: DIR, stat.S_IFLNK: SYMLINK, stat.S_IFCHR: CHARDEV,
+          stat.S_IFBLK: BLOCKDEV, stat.S_IFIFO: FIFO, stat.S_IFSOCK: SOCKET}
+
+
+def meta_from_stat(st: os.stat_result) -> Meta:
+    """Metadata of a host inode.  Python cannot read the birth time on Linux, so crtime = ctime."""
+    return Meta(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_atime_ns, st.st_mtime_ns,
+                st.st_ctime_ns, st.st_ctime_ns)
+
+
+def read_xattrs(path: bytes, shown: str) -> dict[bytes, bytes]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return {}
+        raise ManifestError(shown, f"cannot list xattrs: {e.strerror}") from None
+    out = {}
+    for name in names:
+        raw = os.fsencode(name)
+        try:
+            split_name(raw)
+        except XattrError as e:
+            raise ManifestError(shown, f"xattr {name}: {e}") from None
+        try:
+            value = os.getxattr(path, name, follow_symlinks=False)
+        except OSError as e:
+            raise ManifestError(shown, f"cannot read xattr {name}: {e.strerror}") from None
+        if raw in (ACL_ACCESS, ACL_DEFAULT):
+            try:
+                value = normalize_vfs_acl(value)
+            except XattrError as e:
+                raise ManifestError(shown, f"xattr {name}: {e}") from None
+        out[raw] = value
+    return out
+
+
+def import_directory(tree: Tree, host_dir: str, target: str = "/", *, key: str = "") -> None:
+    """Add the contents of ``host_dir`` under ``target`` in ``tree``."""
+    key = key or host_dir
+    top = os.fsencode(host_dir)
+    try:
+        st = os.lstat(top)
+    except OSError as e:
+        raise ManifestError(key, f"cannot read directory {host_dir}: {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ManifestError(key, f"{host_dir} is not a directory")
+    target_parts = split_path(target, key)
+    links: dict[tuple[int, int], Node] = {}
+    tree.add(target, Node(DIR, meta_from_stat(st), key=key, xattrs=read_xattrs(top, host_dir),
+                          imported=True))
+    stack = [(top, target_parts)]
+    while stack:
+        host, parts = stack.pop()
+        try:
+            entries = sorted(os.scandir(host), key=lambda e: e.name)
+        except OSError as e:
+            raise ManifestError(os.fsdecode(host), f"cannot list directory: {e.strerror}") from None
+        for entry in entries:
+            path = entry.path
+            shown = os.fsdecode(path)
+            child_parts = [*parts, entry.name]
+            image_path = b"/" + b"/".join(child_parts)
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError as e:
+                raise ManifestError(shown, f"cannot stat: {e.strerror}") from None
+            kind = _KINDS[stat.S_IFMT(st.st_mode)]
+            if kind != DIR and st.st_nlink > 1:
+                known = links.get((st.st_dev, st.st_ino))
+                if known is not None:
+                    tree.add(image_path, known)
+                    continue
+            node = Node(kind, meta_from_stat(st), key=shown, xattrs=read_xattrs(path, shown),
+                        imported=True)
+            if kind == FILE:
+                sparse = st.st_blocks * 512 < st.st_size
+                try:
+                    node.source = HostFileSource(os.fsdecode(path), st=st, detect_holes=sparse)
+                except OSError as e:
+                    raise ManifestError(shown, f"cannot read: {e.strerror}") from None
+            elif kind == SYMLINK:
+                node.target = os.readlink(path)
+            elif kind in (CHARDEV, BLOCKDEV):
+                node.rdev = (os.major(st.st_rdev), os.minor(st.st_rdev))
+            tree.add(image_path, node)
+            if kind != DIR and st.st_nlink > 1:
+                links[(st.st_dev, st.st_ino)] = node
+            if kind == DIR:
+                stack.append((path, child_parts))
