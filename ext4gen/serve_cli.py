@@ -252,20 +252,24 @@ def _wait_for_pid(pidfile: str, proc: subprocess.Popen[bytes], what: str, timeou
             return pid
         rc = proc.poll()
         if rc is not None:
-            raise ServeError(f"{what} exited with status {rc} before serving{_last_line(log)}")
+            raise ServeError(f"{what} exited with status {rc} before serving{_first_error(log)}")
         if time.monotonic() > deadline:
             raise ServeError(f"{what} did not start serving within {timeout:.0f} s")
         time.sleep(0.02)
 
 
-def _last_line(log: str | None) -> str:
+def _first_error(log: str | None) -> str:
+    """The root cause from a log: its first ext4gen/nbdkit message, else its last line."""
     if not log:
         return ""
     try:
         lines = [ln for ln in Path(log).read_text(errors="replace").splitlines() if ln.strip()]
     except OSError:
         return ""
-    return ": " + lines[-1].removeprefix("ext4gen: ") if lines else ""
+    for ln in lines:
+        if ln.startswith(("ext4gen: ", "nbdkit: ")) and ": debug: " not in ln:
+            return ": " + ln.removeprefix("ext4gen: ")
+    return ": " + lines[-1] if lines else ""
 
 
 def supervise(opts: ServeOptions, *, ready: Callable[[str, int], None] | None = None,
