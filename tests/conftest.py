@@ -60,7 +60,8 @@ def superblock(image: Image | str | os.PathLike[str]) -> Any:
 
 def dumpe2fs(path: str | os.PathLike[str]) -> tuple[dict[str, str], list[str]]:
     """dumpe2fs's header as a dict, plus its per-group lines (an independent reader)."""
-    proc = subprocess.run(["dumpe2fs", str(path)], capture_output=True, text=True, check=True)
+    proc = subprocess.run(["dumpe2fs", str(path)], capture_output=True, text=True, check=True,
+                          env=dict(os.environ, TZ="UTC"))
     header: dict[str, str] = {}
     lines = proc.stdout.splitlines()
     groups_at = len(lines)
