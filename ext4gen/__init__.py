@@ -26,14 +26,22 @@ def plan(tree: Tree, options: ImageOptions | None = None) -> Image:
     return Image(plan_tree(tree, options))
 
 
-def load(source: str, **overrides: object) -> tuple[Tree, ImageOptions]:
-    """Load a SOURCE (manifest file, host directory or tar archive) into a tree and options."""
+def load(source: str, *, source_root: str | None = None,
+         **overrides: object) -> tuple[Tree, ImageOptions]:
+    """Load a SOURCE (manifest file or ``-``, host directory, tar archive) into a tree and options.
+
+    ``overrides`` set :class:`ImageOptions` fields (None leaves the source's choice).
+    """
     import os
 
     from .manifest import import_source
     from .tarinput import is_tar
 
-    if os.path.isdir(source) or is_tar(source):
+    if source != "-" and (os.path.isdir(source) or is_tar(source)):
+        if source_root is not None:
+            from .manifest import HostPaths
+
+            source = HostPaths(os.getcwd(), source_root).resolve(source, source)
         epoch = os.environ.get("SOURCE_DATE_EPOCH")
         try:
             epoch_ns = int(epoch) * 1_000_000_000 if epoch else 0
@@ -44,7 +52,7 @@ def load(source: str, **overrides: object) -> tuple[Tree, ImageOptions]:
         tree.resolve_links()
         options = ImageOptions(epoch_ns=epoch_ns)
     else:
-        tree, options = load_manifest(source)
+        tree, options = load_manifest(source, source_root=source_root)
     for k, v in overrides.items():
         if v is not None:
             setattr(options, k, v)

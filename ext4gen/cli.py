@@ -14,20 +14,24 @@ from collections.abc import Callable, Sequence
 
 from . import __version__
 from .errors import Ext4genError
+from .identity import IdentityMap
 from .image import Image
 from .inspect import describe_image_file, describe_plan
 from .options import DEDUP_MODES
+from .planner import identity_map
 from .verify import compare_tree, e2fsck, is_root, loop_mount
 
 EXIT_USAGE = 2
 SUBCOMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 
-def load_image(source: str, dedup: str | None = None) -> tuple[Image, object]:
-    """Plan SOURCE (a manifest file) into an Image; returns (image, tree)."""
+def load_image(args: argparse.Namespace) -> tuple[Image, object]:
+    """Plan the SOURCE named by the command line into an Image; returns (image, tree)."""
     from . import load, plan
 
-    tree, options = load(source, dedup=dedup)
+    base_map = IdentityMap.load(args.base_map) if getattr(args, "base_map", None) else None
+    tree, options = load(args.source, source_root=getattr(args, "source_root", None),
+                         dedup=getattr(args, "dedup", None), base_map=base_map)
     return plan(tree, options), tree
 
 
@@ -42,10 +46,13 @@ def is_image_file(path: str) -> bool:
 
 def cmd_build(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    image, _tree = load_image(args.source, args.dedup)
+    image, _tree = load_image(args)
     t1 = time.perf_counter()
     image.write(args.output)
     t2 = time.perf_counter()
+    if args.write_map:
+        with open(args.write_map, "w", encoding="utf-8") as f:
+            f.write(identity_map(image.plan).to_json())
     if not args.quiet:
         print(f"{args.output}: {image.size} bytes, planned in {t1 - t0:.3f} s, "
               f"written in {t2 - t1:.3f} s", file=sys.stderr)
@@ -58,7 +65,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         path = args.source
         tmp = None
     else:
-        image, tree = load_image(args.source, args.dedup)
+        image, tree = load_image(args)
         import tempfile
 
         fd, tmp = tempfile.mkstemp(prefix="ext4gen-check-", suffix=".img")
@@ -94,9 +101,20 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if is_image_file(args.source):
         print(describe_image_file(args.source))
     else:
-        image, _tree = load_image(args.source, args.dedup)
+        image, _tree = load_image(args)
         print(describe_plan(image))
     return 0
+
+
+def add_source_arguments(sp: argparse.ArgumentParser, what: str = "SOURCE") -> None:
+    """The SOURCE argument and the options that shape the planned image (shared with serve)."""
+    sp.add_argument("source", metavar=what, help="a manifest (.toml/.json, or - for stdin), a host "
+                    "directory or a tar archive" + (", or an ext4 image file" if what != "SOURCE" else ""))
+    sp.add_argument("--dedup", choices=DEDUP_MODES, help="override the manifest's image.dedup")
+    sp.add_argument("--base-map", metavar="FILE", help="keep the inode numbers and generations "
+                    "recorded by an earlier `build --write-map`")
+    sp.add_argument("--source-root", metavar="DIR", help="refuse host paths outside DIR (and "
+                    "generators); a manifest on stdin defaults to the current directory")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,13 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def source_args(sp: argparse.ArgumentParser, what: str = "SOURCE") -> None:
-        sp.add_argument("source", metavar=what, help="a manifest (.toml or .json)"
-                        + (" or an ext4 image file" if what != "SOURCE" else ""))
-        sp.add_argument("--dedup", choices=DEDUP_MODES, help="override the manifest's image.dedup")
+        add_source_arguments(sp, what)
 
     b = sub.add_parser("build", help="write the image to a sparse file")
     source_args(b)
     b.add_argument("-o", "--output", required=True, metavar="IMAGE")
+    b.add_argument("--write-map", metavar="FILE",
+                   help="write the identity map (path -> inode, generation) for a later --base-map")
     b.add_argument("-q", "--quiet", action="store_true")
     b.set_defaults(func=cmd_build)
 

@@ -39,32 +39,45 @@ UINT32 = (1 << 32) - 1
 MAX_FILE_SIZE = (1 << 32) * 4096  # 2^32 blocks of 4 KiB with extents
 
 
-def load_manifest(path: str, *, epoch_env: str | None = None) -> tuple[Tree, ImageOptions]:
-    """Read a manifest file; ``.json`` is JSON, anything else TOML."""
+def load_manifest(path: str, *, epoch_env: str | None = None,
+                  source_root: str | None = None) -> tuple[Tree, ImageOptions]:
+    """Read a manifest file (``-`` = stdin); ``.json`` or a leading ``{`` is JSON, else TOML.
+
+    A manifest from stdin may only name host files below the current directory
+    unless ``source_root`` says otherwise: its author is unknown.
+    """
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        if path == "-":
+            raw = sys.stdin.buffer.read()
+            base_dir = os.getcwd()
+            source_root = source_root or base_dir
+        else:
+            with open(path, "rb") as f:
+                raw = f.read()
+            base_dir = os.path.dirname(os.path.abspath(path))
     except OSError as e:
         raise ManifestError(path, f"cannot read manifest: {e.strerror}") from None
+    is_json = path.endswith(".json") or raw.lstrip()[:1] == b"{"
     try:
-        if path.endswith(".json"):
-            doc = json.loads(raw)
-        else:
-            doc = tomllib.loads(raw.decode("utf-8"))
+        doc = json.loads(raw) if is_json else tomllib.loads(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
-        raise ManifestError(path, f"not valid {'JSON' if path.endswith('.json') else 'TOML'}: {e}") from None
+        raise ManifestError(path, f"not valid {'JSON' if is_json else 'TOML'}: {e}") from None
     if not isinstance(doc, dict):
         raise ManifestError(path, "the manifest must be a table/object")
-    base_dir = os.path.dirname(os.path.abspath(path))
     try:
-        return parse_manifest(doc, base_dir=base_dir, epoch_env=epoch_env)
+        return parse_manifest(doc, base_dir=base_dir, epoch_env=epoch_env, source_root=source_root)
     except ManifestError as e:
         raise ManifestError(e.key, e.message, origin=path) from None
 
 
-def parse_manifest(doc: dict[str, Any], *, base_dir: str = ".",
-                   epoch_env: str | None = None) -> tuple[Tree, ImageOptions]:
-    """Turn a parsed manifest document into a tree; relative sources use ``base_dir``."""
+def parse_manifest(doc: dict[str, Any], *, base_dir: str = ".", epoch_env: str | None = None,
+                   source_root: str | None = None) -> tuple[Tree, ImageOptions]:
+    """Turn a parsed manifest document into a tree; relative sources use ``base_dir``.
+
+    With ``source_root``, every host path must resolve (symlinks and ``..``
+    included) inside it, and generators (which run code) are refused.
+    """
+    host = HostPaths(base_dir, source_root)
     if epoch_env is None:
         epoch_env = os.environ.get("SOURCE_DATE_EPOCH")
     for k in doc:
@@ -108,9 +121,9 @@ def parse_manifest(doc: dict[str, Any], *, base_dir: str = ".",
         k = f"import[{i}]"
         imp = _table(imp, k)
         _no_unknown(imp, IMPORT_KEYS, k)
-        host = os.path.join(base_dir, _str(imp.get("source"), f"{k}.source"))
+        path = host.resolve(_str(imp.get("source"), f"{k}.source"), f"{k}.source")
         target = _str(imp.get("target", "/"), f"{k}.target")
-        import_source(tree, host, target, key=f"{k}.source")
+        import_source(tree, path, target, key=f"{k}.source")
     for path, entry in doc.items():
         if not path.startswith("/"):
             continue
@@ -156,7 +169,7 @@ def parse_manifest(doc: dict[str, Any], *, base_dir: str = ".",
                                 xattrs=xattrs))
         else:
             _only(entry, key, set(CONTENT_KEYS) | set(GENERATOR_KEYS), "file")
-            source = _content(entry, key, base_dir)
+            source = _content(entry, key, host)
             tree.add(path, Node(FILE, meta_for(entry, key, d_mode), key=key, source=source,
                                 xattrs=xattrs))
     tree.resolve_links()
@@ -268,9 +281,28 @@ def import_source(tree: Tree, host: str, target: str, *, key: str) -> None:
         raise ManifestError(key, f"{host} is neither a directory nor a tar archive")
 
 
-def _content(entry: dict[str, Any], key: str, base_dir: str) -> Source:
+class HostPaths:
+    """Resolves manifest-relative host paths and enforces ``--source-root``."""
+
+    def __init__(self, base_dir: str, source_root: str | None) -> None:
+        self.base_dir = base_dir
+        self.root = os.path.realpath(source_root) if source_root else None
+
+    def resolve(self, rel: str, key: str) -> str:
+        path = os.path.join(self.base_dir, rel)
+        if self.root is not None:
+            real = os.path.realpath(path)
+            if real != self.root and not real.startswith(self.root.rstrip("/") + "/"):
+                raise ManifestError(key, f"{path} is outside the source root {self.root}")
+        return path
+
+
+def _content(entry: dict[str, Any], key: str, host: HostPaths) -> Source:
     if "generator" in entry:
-        return _generator(entry, key, base_dir)
+        if host.root is not None:
+            raise ManifestError(f"{key}.generator", "generators run code and are refused with a "
+                                "source root (untrusted manifest)")
+        return _generator(entry, key, host.base_dir)
     for k in GENERATOR_KEYS:
         if k in entry:
             raise ManifestError(f"{key}.{k}", "only valid with generator")
@@ -294,7 +326,7 @@ def _content(entry: dict[str, Any], key: str, base_dir: str) -> Source:
         if v > MAX_FILE_SIZE:
             raise ManifestError(f"{key}.size", "larger than ext4's 16 TiB file limit")
         return ZeroSource(v)
-    path = os.path.join(base_dir, _str(v, f"{key}.source"))
+    path = host.resolve(_str(v, f"{key}.source"), f"{key}.source")
     try:
         src = HostFileSource(path)
     except FileNotFoundError:

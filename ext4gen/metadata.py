@@ -118,8 +118,17 @@ class MetadataGenerator:
 
     def inode_bitmap(self, g: int) -> bytes:
         ipg = self.geo.inodes_per_group
-        used = self.plan.last_used_index_per_group[g] + 1
-        return bitmap_block(used, ipg - used)
+        last = self.plan.last_used_index_per_group[g] + 1
+        if self.plan.used_inodes_per_group[g] == last:  # contiguous from the group's start
+            return bitmap_block(last, ipg - last)
+        bits = bytearray(bitmap_block(0, ipg))
+        inodes = self.plan.inodes
+        first = g * ipg + 1
+        for i in range(last):
+            ino = first + i
+            if ino < FIRST_INO or inodes[ino] is not None:
+                bits[i >> 3] |= 1 << (i & 7)
+        return bytes(bits)
 
     # -- superblock and descriptors ---------------------------------------
     def superblock(self) -> bytes:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .identity import IdentityMap
+
 DEDUP_MODES = ("content", "none")
 
 
@@ -20,6 +22,7 @@ class ImageOptions:
     hash_seed: bytes | None = None
     dedup: str = "content"
     epoch_ns: int = 0
+    base_map: IdentityMap | None = None  # keep inode numbers/generations of a previous build
 
     def __post_init__(self) -> None:
         if self.dedup not in DEDUP_MODES:

@@ -28,6 +28,7 @@ from .dirhash import seed_words
 from .errors import ManifestError
 from .extents import ExtentTree, tree_levels
 from .htree import DirectoryTooLarge, Htree
+from .identity import IdentityMap
 from .ondisk import (
     BLOCK_SIZE,
     BLOCKS_PER_GROUP,
@@ -128,6 +129,7 @@ class Plan:
     uuid: bytes
     hash_seed: bytes
     large_dir: bool
+    paths: list[tuple[bytes, InodePlan]]  # every name of every inode, in walk order
     geometry: Geometry
     inodes: list[InodePlan | None]  # index = inode number; None = unused/reserved
     last_ino: int
@@ -145,10 +147,11 @@ class Plan:
 def plan_tree(tree: Tree, options: ImageOptions | None = None) -> Plan:
     options = options or ImageOptions()
     tree.resolve_links()
-    inodes = _number_inodes(tree, options)
+    inodes, paths = _number_inodes(tree, options)
     seed = _identity_digest(tree, options, inodes)
-    uuid = options.uuid or _uuid_from(seed[:16])
-    hash_seed = options.hash_seed or _uuid_from(seed[16:32])
+    base = options.base_map
+    uuid = options.uuid or (base.uuid if base else None) or _uuid_from(seed[:16])
+    hash_seed = options.hash_seed or (base.hash_seed if base else None) or _uuid_from(seed[16:32])
     hash_words = seed_words(hash_seed)
     allocator = DataAllocator(options.dedup)
     dir_blocks = 0
@@ -234,6 +237,7 @@ def plan_tree(tree: Tree, options: ImageOptions | None = None) -> Plan:
         uuid=uuid,
         hash_seed=hash_seed,
         large_dir=large_dir,
+        paths=paths,
         geometry=geo,
         inodes=inodes,
         last_ino=last_ino,
@@ -249,9 +253,14 @@ def plan_tree(tree: Tree, options: ImageOptions | None = None) -> Plan:
     )
 
 
-def _number_inodes(tree: Tree, options: ImageOptions) -> list[InodePlan | None]:
-    """Assign inode numbers: root 2, lost+found 11, then each directory's children
-    consecutively in name order (depth-first), so `ls -l` touches few itable blocks."""
+def _number_inodes(tree: Tree, options: ImageOptions
+                   ) -> tuple[list[InodePlan | None], list[tuple[bytes, InodePlan]]]:
+    """Assign inode numbers and generations, then build every directory's entries.
+
+    Without a base map: root 2, lost+found 11, then each directory's children
+    consecutively in name order (depth-first), so `ls -l` touches few itable
+    blocks.  With one, unchanged paths keep their numbers and generations.
+    """
     root_node = tree.root
     assert root_node.children is not None
     lf = root_node.children.get(LOST_FOUND)
@@ -263,50 +272,88 @@ def _number_inodes(tree: Tree, options: ImageOptions) -> list[InodePlan | None]:
     elif lf.kind != DIR:
         raise ManifestError(lf.key, "/lost+found must be a directory (e2fsck requires one)")
 
-    inodes: list[InodePlan | None] = [None] * FIRST_INO
+    # 1. every distinct node in depth-first, name-sorted order, with its first path
+    order: list[tuple[InodePlan, bytes]] = []
+    all_paths: list[tuple[bytes, InodePlan]] = []
     by_node: dict[int, InodePlan] = {}
+    dirs: list[tuple[InodePlan, InodePlan]] = []  # (directory, parent)
 
-    def make(node: Node, ino: int) -> InodePlan:
-        type_bits, _ft = TYPE_BITS[node.kind]
-        ip = InodePlan(ino=ino, node=node, mode=type_bits | node.meta.perm)
-        by_node[id(node)] = ip
+    def visit(node: Node, path: bytes) -> InodePlan:
+        ip = by_node.get(id(node))
+        if ip is None:
+            ip = InodePlan(ino=0, node=node, mode=TYPE_BITS[node.kind][0] | node.meta.perm)
+            by_node[id(node)] = ip
+            order.append((ip, path))
+        all_paths.append((path, ip))
         return ip
 
-    root = make(root_node, ROOT_INO)
-    inodes[ROOT_INO] = root
-    inodes.append(make(lf, FIRST_INO))
-
-    stack: list[tuple[InodePlan, InodePlan]] = [(root, root)]
+    root = visit(root_node, b"/")
+    stack: list[tuple[InodePlan, InodePlan, bytes]] = [(root, root, b"")]
     while stack:
-        dir_ip, parent_ip = stack.pop()
-        node = dir_ip.node
-        assert node.children is not None
-        entries: list[dirents.DirEntry] = [(b".", dir_ip.ino, FT_DIR), (b"..", parent_ip.ino, FT_DIR)]
-        subdirs: list[InodePlan] = []
-        for name in sorted(node.children):
-            child = node.children[name]
-            ip = by_node.get(id(child))
-            if ip is None:
-                ip = make(child, len(inodes))
-                inodes.append(ip)
-            if child.kind == DIR:  # directories have one name; lost+found is pre-numbered
-                subdirs.append(ip)
+        dir_ip, parent_ip, path = stack.pop()
+        dirs.append((dir_ip, parent_ip))
+        children = dir_ip.node.children
+        assert children is not None
+        subdirs = []
+        for name in sorted(children):
+            child = children[name]
+            ip = visit(child, path + b"/" + name)
             ip.links += 1
-            entries.append((name, ip.ino, TYPE_BITS[child.kind][1]))
-        dir_ip.entries = entries
+            if child.kind == DIR:  # directories have exactly one name
+                subdirs.append((ip, path + b"/" + name))
         dir_ip.links += 1 + len(subdirs)  # "." plus each subdirectory's ".."
-        for sub in reversed(subdirs):
-            stack.append((sub, dir_ip))
+        for sub, sub_path in reversed(subdirs):
+            stack.append((sub, dir_ip, sub_path))
     root.links += 1  # the root's ".." names itself
-    for ip in inodes:
-        if ip is None:
+
+    # 2. numbers and generations
+    base = options.base_map
+    taken: set[int] = set()
+    fixed = {id(root_node): ROOT_INO, id(lf): FIRST_INO}
+    for ip, path in order:
+        ino = fixed.get(id(ip.node), 0)
+        if ino == 0 and base is not None:
+            prev = base.paths.get(path)
+            if prev is not None and prev[2] == ip.node.kind and prev[0] > FIRST_INO and prev[0] not in taken:
+                ino, ip.generation = prev[0], prev[1]
+        if ino:
+            ip.ino = ino
+            taken.add(ino)
+    next_ino = FIRST_INO + 1
+    for ip, path in order:
+        if ip.ino:
+            if ip.ino in (ROOT_INO, FIRST_INO) and base is not None:
+                prev = base.paths.get(path)
+                ip.generation = prev[1] if prev is not None and prev[0] == ip.ino else 0
             continue
+        while next_ino in taken:
+            next_ino += 1
+        ip.ino = next_ino
+        taken.add(next_ino)
+        if base is not None:
+            last = base.last_generation(next_ino)
+            ip.generation = 0 if last is None else (last + 1) & 0xFFFFFFFF
+    inodes: list[InodePlan | None] = [None] * (max(taken) + 1)
+    for ip, _path in order:
+        inodes[ip.ino] = ip
+
+    # 3. directory entries, now that numbers are known
+    for dir_ip, parent_ip in dirs:
+        children = dir_ip.node.children
+        assert children is not None
+        entries: list[dirents.DirEntry] = [(b".", dir_ip.ino, FT_DIR), (b"..", parent_ip.ino, FT_DIR)]
+        for name in sorted(children):
+            child = children[name]
+            entries.append((name, by_node[id(child)].ino, TYPE_BITS[child.kind][1]))
+        dir_ip.entries = entries
+
+    for ip, _path in order:
         if ip.node.kind == DIR:
             if ip.links > EXT4_LINK_MAX:
                 ip.links = 1  # dir_nlink: "too many to count"
         elif ip.links > EXT4_LINK_MAX:
             raise ManifestError(ip.node.key, f"{ip.links} hard links, over ext4's {EXT4_LINK_MAX}")
-    return inodes
+    return inodes, all_paths
 
 
 def _solve_geometry(last_ino: int, dir_blocks: int, tree_blocks: int, xattr_blocks: int,
@@ -376,6 +423,23 @@ def _place_xattrs(inodes: list[InodePlan | None]) -> list[XattrBlock]:
             ip.xattr_block = index
             ip.blocks_4k += 1
     return blocks
+
+
+def identity_map(plan: Plan) -> IdentityMap:
+    """The map a later build can use as ``--base-map`` to keep these identities."""
+    m = IdentityMap(uuid=plan.uuid, hash_seed=plan.hash_seed)
+    for path, ip in plan.paths:
+        m.paths[path] = (ip.ino, ip.generation, ip.node.kind)
+    used = {ip.ino for _p, ip in plan.paths}
+    base = plan.options.base_map
+    if base is not None:
+        for ino, gen in base.retired.items():
+            if ino not in used:
+                m.retired[ino] = gen
+        for ino, gen, _kind in base.paths.values():
+            if ino not in used:
+                m.retired[ino] = max(gen, m.retired.get(ino, gen))
+    return m
 
 
 def _ceil_div(a: int, b: int) -> int:
