@@ -31,7 +31,8 @@ def load_image(args: argparse.Namespace) -> tuple[Image, object]:
 
     base_map = IdentityMap.load(args.base_map) if getattr(args, "base_map", None) else None
     tree, options = load(args.source, source_root=getattr(args, "source_root", None),
-                         dedup=getattr(args, "dedup", None), base_map=base_map)
+                         dedup=getattr(args, "dedup", None), base_map=base_map,
+                         inline_data=False if getattr(args, "no_inline_data", False) else None)
     return plan(tree, options), tree
 
 
@@ -111,6 +112,8 @@ def add_source_arguments(sp: argparse.ArgumentParser, what: str = "SOURCE") -> N
     sp.add_argument("source", metavar=what, help="a manifest (.toml/.json, or - for stdin), a host "
                     "directory or a tar archive" + (", or an ext4 image file" if what != "SOURCE" else ""))
     sp.add_argument("--dedup", choices=DEDUP_MODES, help="override the manifest's image.dedup")
+    sp.add_argument("--no-inline-data", action="store_true",
+                    help="store every file and directory in blocks (no inline_data feature)")
     sp.add_argument("--base-map", metavar="FILE", help="keep the inode numbers and generations "
                     "recorded by an earlier `build --write-map`")
     sp.add_argument("--source-root", metavar="DIR", help="refuse host paths outside DIR (and "

@@ -24,7 +24,7 @@ from .xattrs import ACL_ACCESS, ACL_DEFAULT, XattrError, normalize_vfs_acl, pars
 
 TOP_KEYS = {"image", "defaults", "import"}
 IMPORT_KEYS = {"source", "target"}
-IMAGE_KEYS = {"label", "uuid", "hash_seed", "dedup"}
+IMAGE_KEYS = {"label", "uuid", "hash_seed", "dedup", "inline_data"}
 DEFAULT_KEYS = {"uid", "gid", "mode", "dir_mode", "mtime"}
 ENTRY_KEYS = {
     "type", "mode", "uid", "gid", "mtime", "atime", "ctime", "crtime",
@@ -191,6 +191,10 @@ def _parse_image(table: dict[str, Any]) -> ImageOptions:
             except ValueError:
                 raise ManifestError(f"image.{name}", "not a UUID") from None
             setattr(opts, name, value)
+    if "inline_data" in table:
+        if not isinstance(table["inline_data"], bool):
+            raise ManifestError("image.inline_data", "must be true or false")
+        opts.inline_data = table["inline_data"]
     if "dedup" in table:
         dedup = _str(table["dedup"], "image.dedup")
         if dedup not in DEDUP_MODES:

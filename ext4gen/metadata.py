@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from functools import lru_cache
 
-from . import dirents, times, xattrs
+from . import dirents, inline, times, xattrs
 from .csum import crc32c_raw, fs_csum_seed, inode_csum_seed
 from .extents import EXTENT_TAIL_OFFSET
 from .ondisk import (
@@ -39,6 +39,7 @@ from .ondisk import (
     INCOMPAT_EXTENTS,
     INCOMPAT_FILETYPE,
     INCOMPAT_FLEX_BG,
+    INCOMPAT_INLINE_DATA,
     INCOMPAT_LARGEDIR,
     INODE,
     INODE_CSUM_HI_OFFSET,
@@ -58,7 +59,7 @@ from .ondisk import (
     ext4_super_block,
 )
 from .planner import InodePlan, Plan
-from .tree import BLOCKDEV, CHARDEV, SYMLINK
+from .tree import BLOCKDEV, CHARDEV, DIR, SYMLINK
 
 ZERO_BLOCK = bytes(BLOCK_SIZE)
 _U16 = struct.Struct("<H")
@@ -164,7 +165,8 @@ class MetadataGenerator:
             "s_inode_size": INODE_SIZE,
             "s_block_group_nr": 0,
             "s_feature_compat": COMPAT,
-            "s_feature_incompat": INCOMPAT | (INCOMPAT_LARGEDIR if plan.large_dir else 0),
+            "s_feature_incompat": (INCOMPAT | (INCOMPAT_LARGEDIR if plan.large_dir else 0)
+                                   | (INCOMPAT_INLINE_DATA if plan.options.inline_data else 0)),
             "s_feature_ro_compat": self.ro_compat,
             "s_uuid": plan.uuid,
             "s_volume_name": plan.options.label.encode().ljust(16, b"\0"),
@@ -299,7 +301,12 @@ class MetadataGenerator:
     def inode(self, ip: InodePlan) -> bytes:
         node = ip.node
         m = node.meta
-        if ip.tree is not None:
+        ibody = ip.xattr_inode
+        if ip.inline_size >= 0:
+            content = self.inline_content(ip)
+            i_block = content[:60].ljust(60, b"\0")
+            ibody = [*ibody, inline.system_data(content[60:])]
+        elif ip.tree is not None:
             i_block = ip.tree.root_bytes()
         elif node.kind == SYMLINK:
             i_block = node.target.ljust(60, b"\0")
@@ -321,12 +328,22 @@ class MetadataGenerator:
             ip.generation, acl_block & 0xFFFFFFFF, ip.size >> 32, 0,
             sectors >> 32, acl_block >> 32, m.uid >> 16, m.gid >> 16, 0, 0,
             EXTRA_ISIZE, 0, ctime_x, mtime_x, atime_x, crtime, crtime_x, 0, 0)
-        if ip.xattr_inode:
-            raw[INODE.size :] = xattrs.ibody_bytes(ip.xattr_inode)
+        if ibody:
+            raw[INODE.size :] = xattrs.ibody_bytes(ibody)
         csum = crc32c_raw(inode_csum_seed(self.fs_seed, ip.ino, ip.generation), raw)
         _U16.pack_into(raw, INODE_CSUM_LO_OFFSET, csum & 0xFFFF)
         _U16.pack_into(raw, INODE_CSUM_HI_OFFSET, csum >> 16)
         return bytes(raw)
+
+    def inline_content(self, ip: InodePlan) -> bytes:
+        """The bytes an inline inode stores: file content, or parent + packed entries."""
+        if ip.node.kind == DIR:
+            assert ip.entries is not None
+            return inline.dir_content(ip.entries)
+        assert ip.node.source is not None
+        buf = bytearray(ip.inline_size)
+        ip.node.source.readinto(memoryview(buf), 0)
+        return bytes(buf)
 
     # -- directory and extent-tree blocks ----------------------------------
     def dir_block(self, index: int) -> bytes:

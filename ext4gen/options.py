@@ -22,6 +22,7 @@ class ImageOptions:
     hash_seed: bytes | None = None
     dedup: str = "content"
     epoch_ns: int = 0
+    inline_data: bool = True  # small files and directories live in their inode
     base_map: IdentityMap | None = None  # keep inode numbers/generations of a previous build
 
     def __post_init__(self) -> None:

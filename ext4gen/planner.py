@@ -29,12 +29,14 @@ from .errors import ManifestError
 from .extents import ExtentTree, tree_levels
 from .htree import DirectoryTooLarge, Htree
 from .identity import IdentityMap
+from .inline import MAX_INLINE_SIZE, inline_dir_size, inline_xattr_cost
 from .ondisk import (
     BLOCK_SIZE,
     BLOCKS_PER_GROUP,
     DESCS_PER_BLOCK,
     EXT4_EXTENTS_FL,
     EXT4_INDEX_FL,
+    EXT4_INLINE_DATA_FL,
     EXT4_LINK_MAX,
     FIRST_INO,
     FT_BLKDEV,
@@ -44,6 +46,7 @@ from .ondisk import (
     FT_REG_FILE,
     FT_SOCK,
     FT_SYMLINK,
+    INODE_XATTR_SPACE,
     INODES_PER_BLOCK,
     ROOT_INO,
     S_IFBLK,
@@ -89,6 +92,7 @@ class InodePlan:
     generation: int = 0
     xattr_inode: list[DiskXattr] = field(default_factory=list)  # in the inode's spare bytes
     xattr_block: int = -1  # index into Plan.xattr_blocks, -1 = none
+    inline_size: int = -1  # inline_data: bytes of content in i_block + system.data, -1 = not inline
 
 
 @dataclass
@@ -163,6 +167,13 @@ def plan_tree(tree: Tree, options: ImageOptions | None = None) -> Plan:
         node = ip.node
         if node.kind == DIR:
             assert ip.entries is not None
+            # the kernel rejects a root without blocks; e2fsck wants lost+found in blocks
+            if (options.inline_data and ip.ino not in (ROOT_INO, FIRST_INO)
+                    and inline_dir_size(ip.entries) is not None):
+                ip.inline_size = inline_dir_size(ip.entries) or 0
+                ip.size = ip.inline_size
+                ip.flags |= EXT4_INLINE_DATA_FL
+                continue
             nblocks = 1
             if len(dirents.split_blocks(ip.entries)) > 1:
                 try:
@@ -182,7 +193,11 @@ def plan_tree(tree: Tree, options: ImageOptions | None = None) -> Plan:
         elif node.kind == FILE:
             assert node.source is not None
             ip.size = node.source.size
-            ip.extents = allocator.allocate(node.source)
+            if options.inline_data and 0 < ip.size <= MAX_INLINE_SIZE and not node.source.all_zero:
+                ip.inline_size = ip.size
+                ip.flags |= EXT4_INLINE_DATA_FL
+            else:
+                ip.extents = allocator.allocate(node.source)
         elif node.kind == SYMLINK:
             ip.size = len(node.target)
             if ip.size > FAST_SYMLINK_MAX:
@@ -195,7 +210,7 @@ def plan_tree(tree: Tree, options: ImageOptions | None = None) -> Plan:
         if ip is None:
             continue
         data = sum(e[1] for e in ip.extents)
-        if ip.node.kind in (FILE, DIR) or (ip.node.kind == SYMLINK and ip.extents):
+        if ip.inline_size < 0 and (ip.node.kind in (FILE, DIR) or ip.extents):
             ip.flags |= EXT4_EXTENTS_FL
             levels = tree_levels(len(ip.extents))
             n = sum(levels)
@@ -407,8 +422,11 @@ def _place_xattrs(inodes: list[InodePlan | None]) -> list[XattrBlock]:
     for ip in inodes:
         if ip is None or not ip.node.xattrs:
             continue
+        space = INODE_XATTR_SPACE
+        if ip.inline_size >= 0:  # system.data comes first and always stays in the inode
+            space -= inline_xattr_cost(ip.inline_size)
         try:
-            in_inode, in_block = split_placement(to_disk(ip.node.xattrs))
+            in_inode, in_block = split_placement(to_disk(ip.node.xattrs), space)
         except XattrError as e:
             raise ManifestError(ip.node.key + ".xattrs", str(e)) from None
         ip.xattr_inode = in_inode
