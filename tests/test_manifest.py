@@ -101,6 +101,9 @@ BAD_MANIFESTS = [
     Bad("uid-too-big", '"/a".uid', {"/a": {"text": "x", "uid": 1 << 32}}),
     Bad("uid-name", '"/a".uid', {"/a": {"text": "x", "uid": "root"}}),
     Bad("gid-float", '"/a".gid', {"/a": {"text": "x", "gid": 1.5}}),
+    # (uid_t)-1 is the kernel's INVALID_UID: a mount shows 65534, never the manifest's value
+    Bad("uid-invalid-uid", '"/a".uid', {"/a": {"text": "x", "uid": (1 << 32) - 1}}),
+    Bad("gid-invalid-gid", "defaults.gid", {"defaults": {"gid": (1 << 32) - 1}}),
     Bad("defaults-uid", "defaults.uid", {"defaults": {"uid": True}}),
     # times
     Bad("time-words", '"/a".mtime', {"/a": {"text": "x", "mtime": "yesterday"}}),
@@ -206,12 +209,12 @@ def test_type_inference_and_content_kinds(tmp_path: Path) -> None:
 
 
 def test_limits_are_inclusive(tmp_path: Path) -> None:
-    """The largest legal values are accepted: 255-byte names, 4095-byte targets, 0o7777, 2^32-1."""
+    """The largest legal values are accepted: 255-byte names, 4095-byte targets, 0o7777, 2^32-2."""
     tree = _load(tmp_path, {
         "/" + "n" * 255: {"text": "x"},
         "/" + "é" * 127 + "x": {"text": "x"},
         "/s": {"type": "symlink", "target": "t" * 4095},
-        "/m": {"text": "x", "mode": "7777", "uid": (1 << 32) - 1, "gid": 0},
+        "/m": {"text": "x", "mode": "7777", "uid": (1 << 32) - 2, "gid": (1 << 32) - 2},
     })
     assert _node(tree, "/s").size == 4095
     assert _node(tree, "/m").meta.perm == 0o7777
