@@ -11,6 +11,7 @@ Typical use::
 from __future__ import annotations
 
 from .errors import Ext4genError, ManifestError, SourceError
+from .gcpause import gc_paused
 from .image import Image
 from .manifest import load_manifest, parse_manifest
 from .options import ImageOptions
@@ -23,7 +24,8 @@ __version__ = "0.1.0"
 
 def plan(tree: Tree, options: ImageOptions | None = None) -> Image:
     """Plan the whole layout of ``tree`` and return the lazily generated image."""
-    return Image(plan_tree(tree, options))
+    with gc_paused():
+        return Image(plan_tree(tree, options))
 
 
 def load(source: str, *, source_root: str | None = None,
@@ -32,6 +34,12 @@ def load(source: str, *, source_root: str | None = None,
 
     ``overrides`` set :class:`ImageOptions` fields (None leaves the source's choice).
     """
+    with gc_paused():
+        return _load(source, source_root, overrides)
+
+
+def _load(source: str, source_root: str | None, overrides: dict[str, object]
+          ) -> tuple[Tree, ImageOptions]:
     import os
 
     from .manifest import import_source

@@ -33,6 +33,7 @@ ENTRY_KEYS = {
 }
 CONTENT_KEYS = ("text", "base64", "source", "size", "generator")
 GENERATOR_KEYS = ("args", "identity")
+XATTR_KEYS = frozenset({"xattrs", "acl", "default_acl"})
 ENTRY_TYPES = (FILE, DIR, SYMLINK, "hardlink", CHARDEV, BLOCKDEV, FIFO, SOCKET)
 DEVICE_KEYS = ("major", "minor")
 UINT32 = (1 << 32) - 1
@@ -127,9 +128,10 @@ def parse_manifest(doc: dict[str, Any], *, base_dir: str = ".", epoch_env: str |
     for path, entry in doc.items():
         if not path.startswith("/"):
             continue
-        key = json.dumps(path, ensure_ascii=False)
+        key = f'"{path}"'
         entry = _table(entry, key)
-        _no_unknown(entry, ENTRY_KEYS, key)
+        if not entry.keys() <= ENTRY_KEYS:
+            _no_unknown(entry, ENTRY_KEYS, key)
         kind = _entry_type(entry, key)
         if kind == "hardlink":
             extra = set(entry) - {"type", "target"}
@@ -139,7 +141,7 @@ def parse_manifest(doc: dict[str, Any], *, base_dir: str = ".", epoch_env: str |
             target = _str(entry.get("target"), f"{key}.target")
             tree.add_hardlink(path, target, key)
             continue
-        xattrs = _xattrs(entry, key, kind)
+        xattrs = _xattrs(entry, key, kind) if not entry.keys().isdisjoint(XATTR_KEYS) else {}
         if kind == DIR:
             _only(entry, key, set(), "directory")
             tree.add(path, Node(DIR, meta_for(entry, key, d_dir_mode), key=key, xattrs=xattrs))
@@ -263,11 +265,14 @@ def _bounded(v: Any, key: str, limit: int) -> int:
     return v
 
 
+_SPECIFIC_KEYS = frozenset(CONTENT_KEYS) | {"target"} | frozenset(DEVICE_KEYS)
+
+
 def _only(entry: dict[str, Any], key: str, allowed: set[str], what: str) -> None:
-    specific = set(CONTENT_KEYS) | {"target"} | set(DEVICE_KEYS)
-    for k in entry:
-        if k in specific and k not in allowed:
-            raise ManifestError(f"{key}.{k}", f"not valid for a {what}")
+    wrong = (entry.keys() & _SPECIFIC_KEYS) - allowed
+    if wrong:
+        k = sorted(wrong)[0]
+        raise ManifestError(f"{key}.{k}", f"not valid for a {what}")
 
 
 def import_source(tree: Tree, host: str, target: str, *, key: str) -> None:

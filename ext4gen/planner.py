@@ -20,6 +20,7 @@ the filesystem is exactly as large as its content, with exact free counters.
 from __future__ import annotations
 
 import hashlib
+import struct
 from dataclasses import dataclass, field
 
 from . import dirents
@@ -59,7 +60,7 @@ from .ondisk import (
     XATTR_REFCOUNT_MAX,
 )
 from .options import ImageOptions
-from .sources import InlineSource
+from .sources import InlineSource, ZeroSource
 from .tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Meta, Node, Tree
 from .xattrs import DiskXattr, XattrError, split_placement, to_disk
 
@@ -466,21 +467,35 @@ def _ceil_div(a: int, b: int) -> int:
 
 def _identity_digest(tree: Tree, options: ImageOptions, inodes: list[InodePlan | None]) -> bytes:
     """A digest of everything that defines the image, for the default UUID and hash seed."""
-    h = hashlib.sha256(b"ext4gen-1\0")
+    h = hashlib.sha256(b"ext4gen-2\0")
     h.update(options.label.encode() + b"\0" + options.dedup.encode() + b"\0")
     h.update(options.epoch_ns.to_bytes(16, "little", signed=True))
+    h.update(b"inline" if options.inline_data else b"blocks")
+    pack = _DIGEST_INODE.pack
+    update = h.update
     for ip in inodes:
         if ip is None:
             continue
         n = ip.node
         m = n.meta
-        h.update(repr((ip.ino, ip.mode, m.uid, m.gid, m.atime, m.mtime, m.ctime, m.crtime,
-                       n.size, n.target, n.rdev, sorted(n.xattrs.items()),
-                       n.source.describe() if n.source is not None else "")).encode())
+        update(pack(ip.ino, ip.mode, m.uid, m.gid, m.atime, m.mtime, m.ctime, m.crtime, n.size,
+                    n.rdev[0], n.rdev[1]))
+        if n.target:
+            update(n.target)
+        if n.xattrs:
+            update(repr(sorted(n.xattrs.items())).encode())
+        if n.source is not None and not isinstance(n.source, (ZeroSource, InlineSource)):
+            update(n.source.describe().encode("utf-8", "surrogateescape"))
+        elif isinstance(n.source, InlineSource):
+            update(hashlib.sha256(n.source.data).digest())
         if ip.entries:
             for name, ino, _ft in ip.entries:
-                h.update(name + b"\0" + ino.to_bytes(4, "little"))
+                update(name)
+                update(ino.to_bytes(4, "little"))
     return h.digest()
+
+
+_DIGEST_INODE = struct.Struct("<IIIIqqqqQII")
 
 
 def _uuid_from(raw: bytes) -> bytes:

@@ -56,9 +56,16 @@ class Node:
         return 0
 
 
+_BAD_COMPONENTS = frozenset((b".", b".."))
+
+
 def split_path(path: str | bytes, key: str) -> list[bytes]:
     """Validate an absolute image path and return its components as bytes."""
     raw = path if isinstance(path, bytes) else path.encode("utf-8", "surrogateescape")
+    if raw[:1] == b"/" and b"//" not in raw and b"\0" not in raw:  # the common, clean case
+        parts = raw[1:].rstrip(b"/").split(b"/") if len(raw) > 1 else []
+        if _BAD_COMPONENTS.isdisjoint(parts) and (not parts or max(map(len, parts)) <= NAME_MAX):
+            return parts
     if not raw.startswith(b"/"):
         raise ManifestError(key, "path must be absolute (start with '/')")
     parts = [p for p in raw.split(b"/") if p]
@@ -80,8 +87,18 @@ class Tree:
         self._implied_meta = implied_dir_meta or root_meta
         self._links: list[tuple[list[bytes], list[bytes], str]] = []
         self._resolved = False
+        self._last_parent: tuple[tuple[bytes, ...], Node] | None = None  # siblings come in runs
 
     def _parent(self, parts: list[bytes], key: str) -> Node:
+        prefix = tuple(parts[:-1])
+        last = self._last_parent
+        if last is not None and last[0] == prefix and last[1].children is not None:
+            return last[1]
+        node = self._walk_parent(parts, key)
+        self._last_parent = (prefix, node)
+        return node
+
+    def _walk_parent(self, parts: list[bytes], key: str) -> Node:
         node = self.root
         for i, name in enumerate(parts[:-1]):
             assert node.children is not None
@@ -110,6 +127,7 @@ class Tree:
                 raise ManifestError(key, "duplicate path '/'")
             node.children = self.root.children
             self.root = node
+            self._last_parent = None
             return node
         parent = self._parent(parts, key)
         assert parent.children is not None
