@@ -404,8 +404,9 @@ def _str(v: Any, key: str) -> str:
 
 
 def _uint32(v: Any, key: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= UINT32:
-        raise ManifestError(key, "must be an integer from 0 to 4294967295")
+    """An owner id: 32 bits, but 4294967295 is (uid_t)-1, which no file can have."""
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < UINT32:
+        raise ManifestError(key, "must be an integer from 0 to 4294967294")
     return v
 
 
