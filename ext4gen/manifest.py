@@ -60,7 +60,12 @@ def load_manifest(path: str, *, epoch_env: str | None = None,
         raise ManifestError(path, f"cannot read manifest: {e.strerror}") from None
     is_json = path.endswith(".json") or raw.lstrip()[:1] == b"{"
     try:
-        doc = json.loads(raw) if is_json else tomllib.loads(raw.decode("utf-8"))
+        if is_json:
+            doc = json.loads(raw, object_pairs_hook=_unique_keys)
+        else:
+            doc = tomllib.loads(raw.decode("utf-8"))
+    except ManifestError as e:
+        raise ManifestError(e.key, e.message, origin=path) from None
     except (ValueError, UnicodeDecodeError) as e:
         raise ManifestError(path, f"not valid {'JSON' if is_json else 'TOML'}: {e}") from None
     if not isinstance(doc, dict):
@@ -69,6 +74,16 @@ def load_manifest(path: str, *, epoch_env: str | None = None,
         return parse_manifest(doc, base_dir=base_dir, epoch_env=epoch_env, source_root=source_root)
     except ManifestError as e:
         raise ManifestError(e.key, e.message, origin=path) from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """JSON objects with a key twice would silently keep the last one: refuse them."""
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ManifestError(f'"{k}"' if k.startswith("/") else k, "duplicate key")
+        out[k] = v
+    return out
 
 
 def parse_manifest(doc: dict[str, Any], *, base_dir: str = ".", epoch_env: str | None = None,
