@@ -253,7 +253,9 @@ def _xattrs(entry: dict[str, Any], key: str, kind: str) -> dict[bytes, bytes]:
         else:
             raise ManifestError(k, "value must be a string or a table {base64 = \"…\"} / {hex = \"…\"}")
         try:
-            split_name(raw_name)
+            if split_name(raw_name)[0] == 1 and kind not in (FILE, DIR):
+                raise XattrError("the kernel allows user.* attributes only on regular files "
+                                 "and directories")
             if raw_name in (ACL_ACCESS, ACL_DEFAULT):
                 data = normalize_vfs_acl(data)
         except XattrError as e:

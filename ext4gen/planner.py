@@ -427,6 +427,9 @@ def _place_xattrs(inodes: list[InodePlan | None]) -> list[XattrBlock]:
         if ip.inline_size >= 0:  # system.data comes first and always stays in the inode
             space -= inline_xattr_cost(ip.inline_size)
         try:
+            if ip.node.kind not in (FILE, DIR) and any(n.startswith(b"user.") for n in ip.node.xattrs):
+                raise XattrError("the kernel allows user.* attributes only on regular files "
+                                 "and directories")
             in_inode, in_block = split_placement(to_disk(ip.node.xattrs), space)
         except XattrError as e:
             raise ManifestError(ip.node.key + ".xattrs", str(e)) from None
