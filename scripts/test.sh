@@ -27,7 +27,9 @@ echo "== ruff check"
 leftovers() {
     findmnt -rn -o TARGET,SOURCE,FSTYPE 2>/dev/null | grep -E ' (ext4|fuse[^ ]*)$' || true
     losetup -n -l -O NAME,BACK-FILE 2>/dev/null || true
-    pgrep -a -x 'nbdkit|nbdfuse' || true
+    # Live nbdkit/nbdfuse processes; zombies (already exited, waiting for init to reap them) are not leaks.
+    ps -eo stat=,comm=,pid=,args= | awk '$1 !~ /^Z/ && ($2 == "nbdkit" || $2 == "nbdfuse") {
+        sub(/^[^ ]+ +[^ ]+ +/, ""); print }' || true
 }
 before=$(leftovers | sort)
 
