@@ -17,11 +17,17 @@ from conftest import prove, superblock
 
 import ext4gen
 import ext4gen.dedup
+from ext4gen.inline import MAX_INLINE_SIZE
 from ext4gen.ondisk import BLOCK_SIZE, RO_COMPAT_SHARED_BLOCKS
 
 pytestmark = pytest.mark.root
 
 META = ext4gen.Meta(0o644, 0, 0, 0, 0, 0, 0)
+
+
+def _blocks_only(dedup: str = "content") -> ext4gen.ImageOptions:
+    """Dedup is about blocks: keep small files out of their inodes unless a test says so."""
+    return ext4gen.ImageOptions(dedup=dedup, inline_data=False)
 
 
 def _blocks(seed: int, n: int) -> list[bytes]:
@@ -57,9 +63,13 @@ def _split(data: bytes) -> list[bytes]:
     return [data[i : i + BLOCK_SIZE].ljust(BLOCK_SIZE, b"\0") for i in range(0, len(data), BLOCK_SIZE)]
 
 
-def _expected(contents: dict[str, bytes]) -> tuple[int, int, int]:
+def _inline(data: bytes) -> bool:
+    return 0 < len(data) <= MAX_INLINE_SIZE
+
+
+def _expected(contents: dict[str, bytes], inline: bool = False) -> tuple[int, int, int]:
     """(unique non-zero blocks, non-zero block references, all-zero blocks)."""
-    refs = [b for data in contents.values() for b in _split(data)]
+    refs = [b for data in contents.values() if not (inline and _inline(data)) for b in _split(data)]
     nonzero = [b for b in refs if b != Z]
     return len(set(nonzero)), len(nonzero), len(refs) - len(nonzero)
 
@@ -95,7 +105,7 @@ def test_blocks_used_are_unique_nonzero_blocks_plus_metadata(tmp_path: Path) -> 
             assert os.lseek(f.fileno(), 0, os.SEEK_HOLE) == 2 * BLOCK_SIZE
             assert os.lseek(f.fileno(), 2 * BLOCK_SIZE, os.SEEK_DATA) == 3 * BLOCK_SIZE
 
-    proof = prove(_tree(), tmp_path, while_mounted=extra)
+    proof = prove(_tree(), tmp_path, options=_blocks_only(), while_mounted=extra)
     image = proof.image
     assert image.block_counts()["data"] == unique
     assert _used_blocks(image) == _metadata_blocks(image) + unique
@@ -121,7 +131,7 @@ def test_blocks_used_are_unique_nonzero_blocks_plus_metadata(tmp_path: Path) -> 
 
 def test_dedup_none_stores_every_block(tmp_path: Path) -> None:
     stored = sum(-(-len(d) // BLOCK_SIZE) for d in CONTENTS.values())
-    proof = prove(_tree(), tmp_path, dedup="none")
+    proof = prove(_tree(), tmp_path, options=_blocks_only("none"))
     image = proof.image
     assert image.block_counts()["data"] == stored
     assert _used_blocks(image) == _metadata_blocks(image) + stored
@@ -140,7 +150,7 @@ def test_dedup_none_stores_every_block(tmp_path: Path) -> None:
 ])
 def test_shared_blocks_flag_iff_a_block_is_shared(tmp_path: Path, contents: dict[str, bytes],
                                                   shared: bool) -> None:
-    proof = prove(_tree(contents, holes={}), tmp_path)
+    proof = prove(_tree(contents, holes={}), tmp_path, options=_blocks_only())
     flag = bool(superblock(proof.image).s_feature_ro_compat & RO_COMPAT_SHARED_BLOCKS)
     assert flag == shared == proof.image.plan.shared_blocks
     assert proof.image.block_counts()["data"] == _expected(contents)[0]
@@ -157,7 +167,7 @@ def test_crafted_hash_collision_is_not_merged(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr(ext4gen.dedup, "block_hash", colliding)
     contents = {"/a": U1 + U2 + U3, "/b": U3 + U2 + U4 + Z, "/c": X + TAIL, "/d": TAIL}
     unique, refs, _zeros = _expected(contents)
-    proof = prove(_tree(contents), tmp_path)
+    proof = prove(_tree(contents), tmp_path, options=_blocks_only())
     assert calls, "the planner no longer hashes through ext4gen.dedup.block_hash"
     stats = proof.image.plan.dedup_stats
     assert stats.unique_blocks == proof.image.block_counts()["data"] == unique
@@ -165,3 +175,29 @@ def test_crafted_hash_collision_is_not_merged(tmp_path: Path, monkeypatch: pytes
     assert stats.collisions > 0
     for path, data in contents.items():  # prove() already compared every byte via the kernel
         assert len(_debugfs_blocks(proof.path, path)) == sum(1 for b in _split(data) if b != Z)
+
+
+def test_inline_files_take_no_data_blocks(tmp_path: Path) -> None:
+    """With inline_data (the default) files of 1..MAX_INLINE_SIZE bytes live in their inode:
+    they neither use nor share data blocks, and the accounting still holds."""
+    contents = {**CONTENTS, "/tiny": b"t", "/max_inline": b"m" * MAX_INLINE_SIZE,
+                "/just_over": b"o" * (MAX_INLINE_SIZE + 1), "/tail_again": TAIL}
+    unique, refs, _zeros = _expected(contents, inline=True)
+
+    def extra(mnt: str) -> None:
+        for path, data in contents.items():
+            st = os.stat(mnt + path)
+            if _inline(data):  # the kernel reports one sector per 512 bytes of inline data
+                assert st.st_blocks == -(-len(data) // 512), path
+            else:
+                nonzero = sum(1 for b in _split(data) if b != Z)
+                assert st.st_blocks == nonzero * (BLOCK_SIZE // 512), path
+
+    proof = prove(_tree(contents), tmp_path, while_mounted=extra)
+    image = proof.image
+    assert image.block_counts()["data"] == unique
+    assert _used_blocks(image) == _metadata_blocks(image) + unique
+    assert image.plan.dedup_stats.data_blocks_referenced == refs
+    for path, data in contents.items():
+        if _inline(data):
+            assert _debugfs_blocks(proof.path, path) == [], path

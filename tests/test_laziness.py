@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import ext4gen
+from ext4gen.inline import MAX_INLINE_SIZE
 from ext4gen.ondisk import BLOCK_SIZE
 
 META = ext4gen.Meta(0o644, 0, 0, 0, 0, 0, 0)
@@ -71,23 +72,32 @@ def _metadata_ranges(image: ext4gen.Image) -> list[tuple[int, int]]:
     ]
 
 
+@pytest.mark.parametrize("inline_data", [False, True])
 @pytest.mark.parametrize("dedup", ["none", "content"])
-def test_metadata_reads_touch_no_file_data(dedup: str) -> None:
+def test_metadata_reads_touch_no_file_data(dedup: str, inline_data: bool) -> None:
+    """With inline_data, a file of at most MAX_INLINE_SIZE bytes *is* inode content: only
+    those may be read for the inode tables, and only for their own size."""
     sources = _sources()
-    image = ext4gen.plan(_tree(sources), ext4gen.ImageOptions(dedup=dedup))
+    image = ext4gen.plan(_tree(sources), ext4gen.ImageOptions(dedup=dedup, inline_data=inline_data))
     if dedup == "none":
         assert _touched(sources) == {}, "planning with dedup='none' must not read file data"
+    inline = {p: s.size for p, s in sources.items() if inline_data and 0 < s.size <= MAX_INLINE_SIZE}
     for s in sources.values():
         s.reset()
-    for offset, length in _metadata_ranges(image):
+    for i, (offset, length) in enumerate(_metadata_ranges(image)):
         image.read(offset, length)
-        assert _touched(sources) == {}, f"metadata read at {offset} touched file data"
+        touched = _touched(sources)
+        if i < 4:  # superblock, descriptors, bitmaps
+            assert touched == {}, f"metadata read at {offset} touched file data"
+        else:  # inode tables
+            assert set(touched) <= set(inline), touched
+            assert all(touched[p] == inline[p] for p in touched), touched  # once, exactly
     # every region that is not file data, read block by block
     for start, end, kind in image.regions():
         if kind != "data":
             for pos in range(start, end, BLOCK_SIZE):
                 image.read(pos, min(BLOCK_SIZE, end - pos))
-    assert _touched(sources) == {}
+    assert set(_touched(sources)) <= set(inline)
     assert image.stats.bytes_data == 0
 
 
@@ -107,7 +117,8 @@ def _expected_reads(image: ext4gen.Image, offset: int, length: int) -> dict[int,
 @pytest.mark.parametrize("dedup", ["none", "content"])
 def test_a_read_touches_only_the_sources_it_covers(dedup: str) -> None:
     sources = _sources()
-    image = ext4gen.plan(_tree(sources), ext4gen.ImageOptions(dedup=dedup))
+    # blocks only: inline files would make inode-table reads legitimately touch data
+    image = ext4gen.plan(_tree(sources), ext4gen.ImageOptions(dedup=dedup, inline_data=False))
     by_id = {id(s): s for s in sources.values()}
     if dedup == "content":  # the duplicate is served from the first copy's blocks
         assert all(run.source is not sources["/dup/b"] for run in image.plan.runs)
@@ -134,7 +145,7 @@ def test_a_read_touches_only_the_sources_it_covers(dedup: str) -> None:
 
 def test_partial_last_block_padding_reads_nothing() -> None:
     src = CountingSource(BLOCK_SIZE + 10, seed=5)
-    image = ext4gen.plan(_tree({"/f": src}), ext4gen.ImageOptions(dedup="none"))
+    image = ext4gen.plan(_tree({"/f": src}), ext4gen.ImageOptions(dedup="none", inline_data=False))
     (run,) = image.plan.runs
     pad_start = (image.plan.geometry.data_start + run.block) * BLOCK_SIZE + run.nbytes
     src.reset()
