@@ -43,6 +43,7 @@ REPO = HERE.parent
 PY = sys.executable
 # Set by main(): the ext4gen source under test (a snapshot of one commit by default).
 SRC: Path = REPO
+QUIET_WAIT = 60.0  # set by main(): how long to wait for other load to go away before a step
 WORK = trees.CACHE / "work"
 MKFS_OPTS = ["-q", "-F", "-b", "4096", "-I", "256", "-m", "0",
              "-O", "^has_journal,^resize_inode,sparse_super2",
@@ -59,20 +60,24 @@ def worker(tree_dir: str, dedup: str, via: str) -> None:
     t_import = time.perf_counter() - t0
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
+    c0 = time.process_time()
     if via == "api":
         tree = tree_from_dir(tree_dir)
         opts = ext4gen.ImageOptions(dedup=dedup)
     else:
         tree, opts = ext4gen.load(tree_dir, dedup=dedup)
     t1 = time.perf_counter()
+    c1 = time.process_time()
     image = ext4gen.plan(tree, opts)
     t2 = time.perf_counter()
+    c2 = time.process_time()
     image.read(1024, 1024)  # the superblock: must cost nothing beyond planning
     t3 = time.perf_counter()
     geo = image.plan.geometry
     ds = image.plan.dedup_stats
     out = {
         "import_s": t_import, "load_s": t1 - t0, "plan_s": t2 - t1, "total_s": t2 - t0,
+        "load_cpu_s": c1 - c0, "plan_cpu_s": c2 - c1,
         "superblock_read_s": t3 - t2,
         "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "import_rss_kb": base_rss,
         "size": image.size, "blocks_count": geo.blocks_count, "used_blocks": geo.used_blocks,
@@ -95,8 +100,21 @@ def child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": f"{SRC}:{HERE}"}
 
 
+def busy_jiffies() -> int:
+    """CPU time (all cores, in clock ticks) the whole machine spent not idle."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return sum(v) - v[3] - v[4]  # minus idle and iowait
+
+
 def run_rusage(cmd: list[str]) -> dict:
-    """Run ``cmd``: wall time and the child's own rusage (peak RSS, CPU) via wait4."""
+    """Run ``cmd``: wall time and the child's own rusage (peak RSS, CPU) via wait4.
+
+    ``others_cores`` is how many cores other processes kept busy meanwhile: the
+    machine is shared with other developers' test runs, so every figure says
+    how contended it was.
+    """
+    b0 = busy_jiffies()
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env(),
                          cwd=SRC)
@@ -109,13 +127,16 @@ def run_rusage(cmd: list[str]) -> dict:
     err = errs[0]
     _pid, status, ru = os.wait4(p.pid, 0)
     wall = time.perf_counter() - t0
+    others = (busy_jiffies() - b0) / os.sysconf("SC_CLK_TCK") - ru.ru_utime - ru.ru_stime
     p.returncode = os.waitstatus_to_exitcode(status)
     return {"rc": p.returncode, "wall_s": wall, "maxrss_kb": ru.ru_maxrss, "user_s": ru.ru_utime,
-            "sys_s": ru.ru_stime, "stdout": out.decode(errors="replace"),
+            "sys_s": ru.ru_stime, "cpu_s": ru.ru_utime + ru.ru_stime,
+            "others_cores": max(0.0, others / wall), "stdout": out.decode(errors="replace"),
             "stderr": err.decode(errors="replace")}
 
 
 def plan_once(tree_dir: Path | str, dedup: str, via: str, cold: bool) -> dict:
+    before = trees.wait_quiet(0.3, QUIET_WAIT)
     if cold:
         drop_caches()
     r = run_rusage([PY, __file__, "--worker", str(tree_dir), dedup, via])
@@ -124,6 +145,8 @@ def plan_once(tree_dir: Path | str, dedup: str, via: str, cold: bool) -> dict:
     res = json.loads(r["stdout"].strip().splitlines()[-1])
     res["process_wall_s"] = r["wall_s"]
     res["maxrss_kb"] = r["maxrss_kb"]
+    res["others_cores"] = r["others_cores"]
+    res["load_before"] = before
     return res
 
 
@@ -179,9 +202,11 @@ def mkfs_cmd(tree_dir: Path, img: Path, size_kib: int, inodes: int | None) -> li
 
 def mkfs_once(tree_dir: Path, img: Path, size_kib: int, inodes: int | None, cold: bool) -> dict:
     cmd = mkfs_cmd(tree_dir, img, size_kib, inodes)
+    before = trees.wait_quiet(0.3, QUIET_WAIT)
     if cold:
         drop_caches()
     r = run_rusage(cmd)
+    r["load_before"] = before
     r["cmd"] = " ".join(cmd)
     if r["rc"] == 0:
         r["fs"] = dumpe2fs(img)
@@ -191,9 +216,11 @@ def mkfs_once(tree_dir: Path, img: Path, size_kib: int, inodes: int | None, cold
 def build_once(manifest: Path, img: Path, dedup: str, cold: bool) -> dict:
     img.unlink(missing_ok=True)
     cmd = [PY, "-m", "ext4gen.cli", "build", str(manifest), "--dedup", dedup, "-o", str(img)]
+    before = trees.wait_quiet(0.3, QUIET_WAIT)
     if cold:
         drop_caches()
     r = run_rusage(cmd)
+    r["load_before"] = before
     if r["rc"] != 0:
         raise SystemExit(f"ext4gen build failed: {r['stderr']}")
     m = re.search(r"planned in ([\d.]+) s, written in ([\d.]+) s", r["stderr"])
@@ -224,6 +251,8 @@ def bench_tree(name: str, repeat: int, cold: bool, log) -> dict:
         plan_once(tree_dir, dedup, "api", cold=False)  # warm-up: page cache, .pyc
         warm = [plan_once(tree_dir, dedup, "api", cold=False) for _ in range(repeat)]
         entry = {"warm_plan_s": best(warm, "plan_s"), "warm_load_s": best(warm, "load_s"),
+                 "warm_plan_cpu_s": best(warm, "plan_cpu_s"), "warm_load_cpu_s": best(warm, "load_cpu_s"),
+                 "others_cores": best(warm, "others_cores"),
                  "warm_total_s": best(warm, "total_s"), "maxrss_kb": max(r["maxrss_kb"] for r in warm),
                  "import_rss_kb": warm[0]["import_rss_kb"], "used_blocks": warm[0]["used_blocks"],
                  "blocks_count": warm[0]["blocks_count"], "block_counts": warm[0]["block_counts"],
@@ -231,12 +260,14 @@ def bench_tree(name: str, repeat: int, cold: bool, log) -> dict:
                  "superblock_data_bytes": warm[0]["data_bytes_read_by_superblock"]}
         if cold:
             c = plan_once(tree_dir, dedup, "api", cold=True)
-            entry["cold"] = {k: c[k] for k in ("load_s", "plan_s", "total_s", "maxrss_kb")}
+            entry["cold"] = {k: c[k] for k in ("load_s", "plan_s", "total_s", "maxrss_kb", "plan_cpu_s",
+                                               "load_cpu_s", "others_cores")}
         res["plan"][dedup] = entry
         log(f"{name} plan dedup={dedup}: warm plan {entry['warm_plan_s']['min']:.3f} s "
             f"(load {entry['warm_load_s']['min']:.3f} s)"
             + (f", cold load+plan {entry['cold']['total_s']:.3f} s" if cold else "")
-            + f", rss {entry['maxrss_kb'] // 1024} MiB")
+            + f", rss {entry['maxrss_kb'] // 1024} MiB, "
+            f"others busy {entry['others_cores']['median']:.2f} cores")
 
     # The CLI path: JSON manifest, then ext4gen build.
     manifest = WORK / f"{name}.json"
@@ -254,10 +285,14 @@ def bench_tree(name: str, repeat: int, cold: bool, log) -> dict:
     res["build"] = {}
     for dedup in ("none", "content"):
         b = build_once(manifest, img, dedup, cold=False)
-        b["warm_again"] = build_once(manifest, img, dedup, cold=False)["wall_s"]
+        again = build_once(manifest, img, dedup, cold=False)
+        b["warm_again"] = again["wall_s"]
+        b["warm_again_planned_s"] = again["planned_s"]
+        b["warm_again_others_cores"] = again["others_cores"]
         if cold:
             b["cold"] = {k: v for k, v in build_once(manifest, img, dedup, cold=True).items()
-                         if k in ("wall_s", "planned_s", "written_s", "fsync_s", "maxrss_kb")}
+                         if k in ("wall_s", "planned_s", "written_s", "fsync_s", "maxrss_kb", "cpu_s",
+                                  "others_cores")}
         b["e2fsck"] = e2fsck_clean(img)
         b["fs"] = dumpe2fs(img)
         b.pop("stdout")
@@ -277,17 +312,21 @@ def bench_tree(name: str, repeat: int, cold: bool, log) -> dict:
         if r["rc"] != 0:
             raise SystemExit(f"mkfs.ext4 failed: {r['stderr']}")
     res["mkfs"].update({"cmd": warm[0]["cmd"], "warm_s": best(warm, "wall_s"),
+                        "warm_cpu_s": best(warm, "cpu_s"), "others_cores": best(warm, "others_cores"),
                         "maxrss_kb": max(r["maxrss_kb"] for r in warm), "fs": warm[0]["fs"],
                         "user_s": warm[0]["user_s"], "sys_s": warm[0]["sys_s"]})
     if cold:
         c = mkfs_once(tree_dir, mk, size_kib, inodes, cold=True)
         res["mkfs"]["cold_s"] = c["wall_s"]
+        res["mkfs"]["cold_cpu_s"] = c["cpu_s"]
+        res["mkfs"]["cold_others_cores"] = c["others_cores"]
     # What nbdkit-linuxdisk itself would do (no -N): does it even fit?
     ld = mkfs_once(tree_dir, mk, size_kib, None, cold=False)
     res["mkfs_linuxdisk_default_inodes"] = {"rc": ld["rc"], "fs": ld.get("fs"),
                                            "error": ld["stderr"].strip().splitlines()[-1:]}
     mk.unlink(missing_ok=True)
-    log(f"{name} mkfs.ext4 -d: warm {res['mkfs']['warm_s']['min']:.2f} s"
+    log(f"{name} mkfs.ext4 -d: warm {res['mkfs']['warm_s']['min']:.2f} s "
+        f"(cpu {res['mkfs']['warm_cpu_s']['min']:.2f} s)"
         + (f", cold {res['mkfs']['cold_s']:.2f} s" if cold else "")
         + f", used {res['mkfs']['fs']['used_blocks']}")
     return res
@@ -316,6 +355,7 @@ def ratios(r: dict) -> dict:
         out[name] = {
             "plan_none_over_mkfs_warm": pn["warm_plan_s"]["min"] / mk,
             "load_plus_plan_none_over_mkfs_warm": pn["warm_total_s"]["min"] / mk,
+            "plan_none_cpu_over_mkfs_cpu": pn["warm_plan_cpu_s"]["min"] / t["mkfs"]["warm_cpu_s"]["min"],
             "plan_content_over_mkfs_warm": t["plan"]["content"]["warm_plan_s"]["min"] / mk,
             "build_content_over_mkfs_warm": (min(t["build"]["content"]["wall_s"],
                                                  t["build"]["content"]["warm_again"])
@@ -343,10 +383,13 @@ def main() -> None:
     ap.add_argument("--no-cold", action="store_true", help="skip runs with dropped caches")
     ap.add_argument("--json", default=str(REPO / "bench" / "out" / "build.json"))
     ap.add_argument("--rev", default="HEAD", help="commit to benchmark (exported to the cache)")
+    ap.add_argument("--quiet-wait", type=float, default=60.0,
+                    help="seconds to wait, before each step, for other processes to use < 0.3 cores")
     ap.add_argument("--worktree", action="store_true",
                     help="benchmark the working tree as it is instead of a commit")
     a = ap.parse_args()
-    global SRC
+    global SRC, QUIET_WAIT
+    QUIET_WAIT = a.quiet_wait
     if a.worktree:
         SRC, sha = REPO, "worktree"
     else:

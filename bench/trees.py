@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 GENTREE = Path(os.environ.get("EXT4GEN_GENTREE", "/work/shared/bench/gentree.py"))
@@ -154,3 +155,29 @@ def source_snapshot(rev: str = "HEAD", repo: Path | None = None) -> tuple[Path, 
         subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
         tmp.rename(dest)
     return dest, sha
+
+
+def busy_cores(window: float = 1.0) -> float:
+    """How many cores the whole machine kept busy (not idle, not iowait) over ``window`` seconds."""
+    def busy() -> int:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v) - v[3] - v[4]
+
+    b0, t0 = busy(), time.monotonic()
+    time.sleep(window)
+    return (busy() - b0) / os.sysconf("SC_CLK_TCK") / (time.monotonic() - t0)
+
+
+def wait_quiet(threshold: float = 0.3, max_wait: float = 0.0, window: float = 2.0) -> float:
+    """Wait (at most ``max_wait`` s) until other processes use under ``threshold`` cores.
+
+    The benchmark machine is shared with other developers' test runs; call this
+    while none of our own work is running.  Returns the last load seen, which the
+    benchmarks record next to their figures.
+    """
+    deadline = time.monotonic() + max_wait
+    while True:
+        load = busy_cores(window)
+        if load < threshold or time.monotonic() >= deadline:
+            return load

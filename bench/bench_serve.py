@@ -1,0 +1,417 @@
+#!/usr/bin/env python3
+"""Serving benchmark: the ext4gen nbdkit plugin against nbdkit ``file`` and a trivial Python plugin.
+
+All three serve the same T1 filesystem: ``file`` and the trivial plugin
+(``bench/preadv_plugin.py``) serve the ``ext4gen build`` output of T1; the
+ext4gen plugin synthesizes it from the T1 manifest.  In one run:
+
+* sequential ``nbdcopy --no-extents URI null:`` (first pass with caches
+  dropped, then warm), for nbdkit ``--threads`` 1, 2 and 16;
+* 4 KiB random reads at queue depth 1 and 16 (fio's nbd engine), warm;
+* the same with ``--filter cache cache-on-read=true`` after one warming pass;
+* kernel end to end: nbdfuse + loop mount, ``tar -cf - MNT | wc -c`` with caches dropped.
+
+Every server, fuse mount and loop mount is torn down (umount, kill by pid)
+even when a step fails.  Usage (root)::
+
+    .venv/bin/python bench/bench_serve.py [--threads 1,2,16] [--runtime 5] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import trees  # noqa: E402
+
+REPO = HERE.parent
+PY = sys.executable
+WORK = trees.CACHE / "serve-work"
+SRC: Path = REPO  # set by main(): the ext4gen source under test
+QUIET_WAIT = 60.0  # set by main(): max wait for other load to go away before each step
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def drop_caches() -> None:
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def plugin_env() -> dict[str, str]:
+    """Let nbdkit's embedded python3 import ext4gen (from SRC) and its dependencies (venv)."""
+    site = sysconfig.get_paths()["purelib"]
+    platlib = sysconfig.get_paths()["platlib"]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys([str(SRC), site, platlib]))}
+
+
+def _kill(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+class Server:
+    """One nbdkit process on a Unix socket; stopped by pid (SIGTERM, then SIGKILL)."""
+
+    def __init__(self, label: str, plugin: list[str], threads: int, filters: list[str] | None = None,
+                 filter_params: list[str] | None = None):
+        self.label = label
+        self.dir = Path(tempfile.mkdtemp(prefix=f"nbd-{label}-", dir=WORK))
+        self.sock = self.dir / "sock"
+        self.pidfile = self.dir / "pid"
+        self.logfile = self.dir / "nbdkit.log"
+        self.cmd = ["nbdkit", "-f", "-r", "-U", str(self.sock), "-P", str(self.pidfile),
+                    "--threads", str(threads), *(filters or []), *plugin, *(filter_params or [])]
+        self.proc: subprocess.Popen | None = None
+        self.startup_s = 0.0
+
+    @property
+    def uri(self) -> str:
+        return f"nbd+unix:///?socket={self.sock}"
+
+    def __enter__(self) -> Server:
+        t0 = time.perf_counter()
+        with open(self.logfile, "wb") as logf:
+            self.proc = subprocess.Popen(self.cmd, stdout=logf, stderr=subprocess.STDOUT,
+                                         env=plugin_env(), cwd=str(self.dir))
+        try:
+            deadline = time.monotonic() + 300
+            while not self.pidfile.exists():
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.label}: nbdkit exited {self.proc.returncode}: "
+                                       f"{self.logfile.read_text()[-2000:]}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.label}: nbdkit not ready after 300 s")
+                time.sleep(0.005)
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_s = time.perf_counter() - t0
+        return self
+
+    def stop(self) -> str:
+        """Stop nbdkit; returns its log (the ext4gen plugin prints its stats on shutdown)."""
+        if self.proc is not None and self.proc.poll() is None:
+            _kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                _kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        text = self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return text
+
+    def __exit__(self, *exc: object) -> None:
+        self.log = self.stop()
+
+
+# -- measurements ------------------------------------------------------------------------------
+def seq_copy(uri: str, size: int) -> dict:
+    t0 = time.perf_counter()
+    subprocess.run(["nbdcopy", "--no-extents", uri, "null:"], check=True)
+    s = time.perf_counter() - t0
+    return {"s": s, "MiB_s": size / s / 2**20}
+
+
+def fio_randread(uri: str, qd: int, runtime: float) -> dict:
+    cmd = ["fio", "--name=randread", "--ioengine=nbd", f"--uri={uri}", "--rw=randread", "--bs=4k",
+           f"--iodepth={qd}", "--time_based", f"--runtime={runtime}", "--readonly",
+           "--randseed=42", "--norandommap", "--output-format=json"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"fio failed: {r.stderr.strip()[-500:]}")
+    job = json.loads(r.stdout[r.stdout.index("{"):])["jobs"][0]["read"]
+    return {"iops": job["iops"], "lat_mean_us": job["lat_ns"]["mean"] / 1000,
+            "lat_p99_us": job["clat_ns"]["percentile"].get("99.000000", 0) / 1000}
+
+
+@contextlib.contextmanager
+def kernel_mount(uri_sock: Path, base: Path) -> Iterator[Path]:
+    """nbdfuse + ``mount -o loop,ro``; always unmounts and stops nbdfuse."""
+    fuse_dir = base / "fuse"
+    mnt = base / "mnt"
+    fuse_dir.mkdir()
+    mnt.mkdir()
+    nbdfuse = subprocess.Popen(["nbdfuse", "-r", str(fuse_dir / "disk"), "--unix", str(uri_sock)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    mounted = False
+    try:
+        deadline = time.monotonic() + 30
+        while not (fuse_dir / "disk").exists():
+            if nbdfuse.poll() is not None:
+                raise RuntimeError(f"nbdfuse exited: {nbdfuse.stderr.read().decode()}")  # type: ignore[union-attr]
+            if time.monotonic() > deadline:
+                raise RuntimeError("nbdfuse did not come up")
+            time.sleep(0.02)
+        subprocess.run(["mount", "-o", "loop,ro", str(fuse_dir / "disk"), str(mnt)], check=True)
+        mounted = True
+        yield mnt
+    finally:
+        if mounted:
+            if subprocess.run(["umount", str(mnt)]).returncode != 0:
+                subprocess.run(["umount", "-l", str(mnt)])
+        subprocess.run(["fusermount3", "-u", str(fuse_dir)], stderr=subprocess.DEVNULL)
+        try:
+            nbdfuse.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            _kill(nbdfuse.pid, signal.SIGKILL)
+            nbdfuse.wait()
+        with contextlib.suppress(OSError):
+            mnt.rmdir()
+            fuse_dir.rmdir()
+
+
+def tar_through_kernel(server: Server) -> dict:
+    base = Path(tempfile.mkdtemp(prefix="e2e-", dir=WORK))
+    try:
+        with kernel_mount(server.sock, base) as mnt:
+            drop_caches()
+            t0 = time.perf_counter()
+            out = subprocess.run(f"tar -cf - -C {mnt} . | wc -c", shell=True, check=True,
+                                 capture_output=True, text=True).stdout
+            cold = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            subprocess.run(f"tar -cf - -C {mnt} . | wc -c", shell=True, check=True, capture_output=True)
+            warm = time.perf_counter() - t0
+        return {"cold_s": cold, "warm_s": warm, "tar_bytes": int(out.strip())}
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def ext4gen_stats(log_text: str) -> str | None:
+    m = re.search(r"ext4gen: served .*", log_text)
+    return m.group(0) if m else None
+
+
+# -- the benchmark -------------------------------------------------------------------------------
+def prepare() -> tuple[Path, Path, int]:
+    """T1's manifest and its ``ext4gen build`` image (what file and pyfile serve)."""
+    tree_dir = trees.ensure_tree("t1")
+    WORK.mkdir(parents=True, exist_ok=True)
+    manifest = WORK / "t1.json"
+    env = {**os.environ, "PYTHONPATH": f"{SRC}:{HERE}"}
+    with open(manifest, "w") as f:
+        subprocess.run([PY, str(HERE / "tree_manifest.py"), str(tree_dir)], stdout=f, check=True,
+                       env=env, cwd=str(SRC))
+    image = WORK / "t1.img"
+    subprocess.run([PY, "-m", "ext4gen.cli", "build", "-q", str(manifest), "-o", str(image)],
+                   check=True, env=env, cwd=str(SRC))
+    return manifest, image, image.stat().st_size
+
+
+def plugins(manifest: Path, image: Path) -> dict[str, list[str]]:
+    return {
+        "file": ["file", f"file={image}"],
+        "pyfile": ["python", str(HERE / "preadv_plugin.py"), f"file={image}"],
+        "ext4gen": ["python", str(SRC / "plugins" / "ext4gen_nbdkit.py"), f"manifest={manifest}"],
+    }
+
+
+class Meter:
+    """CPU that other processes (not ours, not the servers) used while a step ran.
+
+    The machine is shared with other developers' test runs; each figure records
+    how many cores were busy elsewhere so contended numbers can be recognised.
+    """
+
+    def __init__(self, servers: list[Server]) -> None:
+        self.pids = [s.proc.pid for s in servers if s.proc is not None]
+
+    @staticmethod
+    def _busy() -> int:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v) - v[3] - v[4]
+
+    def _ours(self) -> float:
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for pid in self.pids:
+            with contextlib.suppress(OSError):
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / tick
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        return total + ru.ru_utime + ru.ru_stime + me.ru_utime + me.ru_stime
+
+    def __enter__(self) -> Meter:
+        self.t0, self.b0, self.o0 = time.perf_counter(), self._busy(), self._ours()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = time.perf_counter() - self.t0
+        busy = (self._busy() - self.b0) / os.sysconf("SC_CLK_TCK")
+        self.others_cores = max(0.0, (busy - (self._ours() - self.o0)) / wall)
+
+
+def measured(servers: list[Server], fn, *args) -> dict:
+    before = trees.wait_quiet(0.3, QUIET_WAIT, window=1.0)
+    with Meter(servers) as m:
+        r = fn(*args)
+    r["others_cores"] = round(m.others_cores, 2)
+    r["load_before"] = round(before, 2)
+    return r
+
+
+def best_of(runs: list[dict], key: str) -> dict:
+    b = max(runs, key=lambda r: r[key])
+    return {**b, "all": [round(r[key], 1) for r in runs]}
+
+
+def run(threads_list: list[int], runtime: float, repeat: int, only: list[str] | None) -> dict:
+    """All servers of a round run side by side (idle ones cost nothing) and are measured in
+    turn, round after round, so a burst of outside load hits every plugin alike."""
+    manifest, image, size = prepare()
+    res: dict = {"image_size": size, "runs": {}, "cache": {}, "kernel": {}, "startup_s": {}}
+    plug = plugins(manifest, image)
+    if only:
+        plug = {k: v for k, v in plug.items() if k in only}
+    for threads in threads_list:
+        with contextlib.ExitStack() as stack:
+            srv = {n: stack.enter_context(Server(n, a, threads)) for n, a in plug.items()}
+            allsrv = list(srv.values())
+            for n, s in srv.items():
+                res["startup_s"].setdefault(n, []).append(round(s.startup_s, 3))
+            cold = {}
+            for n, s in srv.items():
+                drop_caches()
+                cold[n] = measured(allsrv, seq_copy, s.uri, size)
+            got: dict = {n: {"seq": [], "qd1": [], "qd16": []} for n in srv}
+            for _ in range(repeat):
+                for n, s in srv.items():
+                    got[n]["seq"].append(measured(allsrv, seq_copy, s.uri, size))
+                    got[n]["qd1"].append(measured(allsrv, fio_randread, s.uri, 1, runtime))
+                    got[n]["qd16"].append(measured(allsrv, fio_randread, s.uri, 16, runtime))
+        for n, s in srv.items():
+            g = got[n]
+            r = {"seq_cold": cold[n], "seq_warm": best_of(g["seq"], "MiB_s"),
+                 "rand_qd1": best_of(g["qd1"], "iops"), "rand_qd16": best_of(g["qd16"], "iops"),
+                 "server_stats": ext4gen_stats(s.log)}
+            res["runs"][f"{n}/t{threads}"] = r
+            log(f"{n}/t{threads}: seq cold {r['seq_cold']['MiB_s']:.0f} MiB/s, "
+                f"warm {r['seq_warm']['MiB_s']:.0f} MiB/s {r['seq_warm']['all']}; "
+                f"4k QD1 {r['rand_qd1']['iops']:.0f} IOPS {r['rand_qd1']['all']}, "
+                f"QD16 {r['rand_qd16']['iops']:.0f} IOPS {r['rand_qd16']['all']}")
+    # --filter cache (nbdkit's default 16 threads), warmed by one full pass each.
+    with contextlib.ExitStack() as stack:
+        srv = {n: stack.enter_context(Server(n, a, 16, ["--filter=cache"], ["cache-on-read=true"]))
+               for n, a in plug.items()}
+        allsrv = list(srv.values())
+        for s in srv.values():
+            seq_copy(s.uri, size)
+        got = {n: {"seq": [], "qd1": [], "qd16": []} for n in srv}
+        for _ in range(repeat):
+            for n, s in srv.items():
+                got[n]["seq"].append(measured(allsrv, seq_copy, s.uri, size))
+                got[n]["qd1"].append(measured(allsrv, fio_randread, s.uri, 1, runtime))
+                got[n]["qd16"].append(measured(allsrv, fio_randread, s.uri, 16, runtime))
+    for n, g in got.items():
+        r = {"seq_warm": best_of(g["seq"], "MiB_s"), "rand_qd1": best_of(g["qd1"], "iops"),
+             "rand_qd16": best_of(g["qd16"], "iops")}
+        res["cache"][n] = r
+        log(f"{n}+cache: seq {r['seq_warm']['MiB_s']:.0f} MiB/s; 4k QD1 {r['rand_qd1']['iops']:.0f} "
+            f"{r['rand_qd1']['all']}, QD16 {r['rand_qd16']['iops']:.0f} {r['rand_qd16']['all']} IOPS")
+    # Kernel end to end, caches dropped before each tar.
+    with contextlib.ExitStack() as stack:
+        srv = {n: stack.enter_context(Server(n, a, 16)) for n, a in plug.items()}
+        allsrv = list(srv.values())
+        ker: dict = {n: [] for n in srv}
+        for _ in range(repeat):
+            for n, s in srv.items():
+                ker[n].append(measured(allsrv, tar_through_kernel, s))
+    for n, runs in ker.items():
+        k = min(runs, key=lambda r: r["cold_s"])
+        res["kernel"][n] = {**k, "all_cold_s": [round(r["cold_s"], 2) for r in runs],
+                            "all_warm_s": [round(r["warm_s"], 2) for r in runs]}
+        log(f"{n} kernel tar: cold {k['cold_s']:.2f} s {res['kernel'][n]['all_cold_s']}, "
+            f"warm {k['warm_s']:.2f} s ({k['tar_bytes']} bytes)")
+    return res
+
+
+def ratios(res: dict, threads_list: list[int]) -> dict:
+    out: dict = {}
+    runs = res["runs"]
+    for t in threads_list:
+        f, p, e = (runs.get(f"{n}/t{t}") for n in ("file", "pyfile", "ext4gen"))
+        if not (f and p and e):
+            continue
+        out[f"t{t}"] = {
+            "seq_warm_ext4gen_over_file": e["seq_warm"]["MiB_s"] / f["seq_warm"]["MiB_s"],
+            "seq_cold_ext4gen_over_file": e["seq_cold"]["MiB_s"] / f["seq_cold"]["MiB_s"],
+            "qd1_ext4gen_over_pyfile": e["rand_qd1"]["iops"] / p["rand_qd1"]["iops"],
+            "qd16_ext4gen_over_pyfile": e["rand_qd16"]["iops"] / p["rand_qd16"]["iops"],
+            "pyfile_seq_over_file": p["seq_warm"]["MiB_s"] / f["seq_warm"]["MiB_s"],
+        }
+    c = res["cache"]
+    ref = runs.get("file/t16")
+    if {"file", "ext4gen"} <= c.keys() and ref:
+        out["cache"] = {  # the cache filter runs at nbdkit's default 16 threads
+            "qd1_ext4gen_cache_over_file": c["ext4gen"]["rand_qd1"]["iops"] / ref["rand_qd1"]["iops"],
+            "qd16_ext4gen_cache_over_file": c["ext4gen"]["rand_qd16"]["iops"] / ref["rand_qd16"]["iops"],
+        }
+    k = res["kernel"]
+    if {"file", "ext4gen"} <= k.keys():
+        out["kernel_tar_cold_ext4gen_over_file"] = k["ext4gen"]["cold_s"] / k["file"]["cold_s"]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", default="1,2,16")
+    ap.add_argument("--runtime", type=float, default=5.0, help="seconds per fio run")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds over all servers; best is kept")
+    ap.add_argument("--only", help="comma-separated subset of file,pyfile,ext4gen")
+    ap.add_argument("--json", default=str(REPO / "bench" / "out" / "serve.json"))
+    ap.add_argument("--rev", default="HEAD")
+    ap.add_argument("--quiet-wait", type=float, default=60.0,
+                    help="seconds to wait, before each step, for other processes to use < 0.3 cores")
+    ap.add_argument("--worktree", action="store_true")
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("bench_serve.py needs root (drop_caches, loop mounts)")
+    global SRC, QUIET_WAIT
+    QUIET_WAIT = a.quiet_wait
+    SRC, sha = (REPO, "worktree") if a.worktree else trees.source_snapshot(a.rev)
+    if not (SRC / "plugins" / "ext4gen_nbdkit.py").exists():
+        raise SystemExit(f"no plugins/ext4gen_nbdkit.py in {sha}")
+    threads_list = [int(x) for x in a.threads.split(",")]
+    only = a.only.split(",") if a.only else None
+    result: dict = {"when": time.strftime("%Y-%m-%d %H:%M:%S %z"), "ext4gen_commit": sha,
+                    "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
+                                "nbdkit": subprocess.run(["nbdkit", "--version"], capture_output=True,
+                                                         text=True).stdout.strip()},
+                    "runtime_s": a.runtime}
+    try:
+        result.update(run(threads_list, a.runtime, a.repeat, only))
+    finally:
+        shutil.rmtree(WORK, ignore_errors=True)
+    result["ratios"] = ratios(result, threads_list)
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result["ratios"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
