@@ -35,14 +35,20 @@ before=$(leftovers | sort)
 
 echo "== pytest"
 rc=0
-.venv/bin/python -m pytest tests/ "$@" </dev/null || rc=$?
+# No path given: pytest runs pyproject's testpaths (tests/); paths and options pass through.
+.venv/bin/python -m pytest "$@" </dev/null || rc=$?
 case $rc in
     0) ;;
     5) echo "test.sh: pytest collected no tests: that is a failure" >&2 ;;
     *) echo "test.sh: pytest failed (exit $rc)" >&2 ;;
 esac
 
-leaked=$(comm -13 <(printf '%s\n' "$before") <(leftovers | sort) | sed '/^$/d')
+# A server a test has just signalled may take a moment to exit: allow it 5 s.
+for _ in $(seq 10); do
+    leaked=$(comm -13 <(printf '%s\n' "$before") <(leftovers | sort) | sed '/^$/d')
+    [[ -z $leaked ]] && break
+    sleep 0.5
+done
 if [[ -n $leaked ]]; then
     printf 'test.sh: the test run left these behind (mounts, loop devices, processes):\n%s\n' "$leaked" >&2
     if [[ -n ${CI:-} && $rc -eq 0 ]]; then
