@@ -24,6 +24,7 @@ mounted=0
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
+    cd "$ROOT"  # never keep the mount busy ourselves
     if ((mounted)) || mountpoint -q "$MNT" 2>/dev/null; then
         "$EXT4GEN" umount "$MNT" || "$EXT4GEN" umount --lazy "$MNT" || rc=1
     fi
@@ -44,8 +45,13 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# Show a command (quoting the arguments that need it), then run it.
 step() {
-    printf '\n\033[1m$ %s\033[0m\n' "$*"
+    local shown=() a
+    for a in "$@"; do
+        if [[ $a =~ ^[][A-Za-z0-9_./:=@%+,?-]+$ ]]; then shown+=("$a"); else shown+=("'$a'"); fi
+    done
+    printf '\n\033[1m$ %s\033[0m\n' "${shown[*]}"
     "$@"
 }
 
