@@ -124,7 +124,7 @@ main() {
     # The demo and the tests may run set-up at the same time: take turns.
     local lock
     lock="/tmp/ext4gen-setup-$(printf '%s' "$ROOT" | sha256sum | cut -c1-12).lock"
-    exec 9>"$lock"
+    if [[ -e $lock ]]; then exec 9<"$lock"; else exec 9>"$lock"; fi  # flock needs only an open fd
     if command -v flock >/dev/null; then
         flock 9
     fi

@@ -21,7 +21,7 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 echo "== ruff check"
-.venv/bin/ruff check --output-format=concise .
+.venv/bin/ruff check --no-cache --output-format=concise .
 
 # Kernel-side state that tests must not leave behind.
 leftovers() {
