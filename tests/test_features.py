@@ -24,7 +24,8 @@ pytestmark = pytest.mark.root
 EPOCH = 1_700_000_000
 
 
-def test_regular_files_of_every_content_kind(tmp_path: Path) -> None:
+@pytest.mark.parametrize("inline_data", [True, False])
+def test_regular_files_of_every_content_kind(tmp_path: Path, inline_data: bool) -> None:
     host = tmp_path / "host.bin"
     host_bytes = os.urandom(3 * BLOCK_SIZE + 17)
     host.write_bytes(host_bytes)
@@ -32,8 +33,11 @@ def test_regular_files_of_every_content_kind(tmp_path: Path) -> None:
     (tmp_path / "sub" / "rel.txt").write_bytes(b"relative to the manifest\n")
     blob = bytes(range(256)) * 40 + b"tail"
     doc = {
+        "image": {"inline_data": inline_data},
         "defaults": {"mtime": EPOCH},
         "/text/ascii": {"text": "hello\n"},
+        "/text/inline_max": {"text": "i" * 128},
+        "/text/inline_max_plus_1": {"text": "j" * 129},
         "/text/utf8": {"text": "grüße, 世界 🌍\n" * 300},
         "/b64/small": {"base64": base64.b64encode(b"\x00\x01\xfe\xff").decode()},
         "/b64/blocks": {"base64": base64.b64encode(blob).decode()},
@@ -60,9 +64,11 @@ def test_regular_files_of_every_content_kind(tmp_path: Path) -> None:
     prove(doc, tmp_path, while_mounted=extra)
 
 
-def test_directories_empty_nested_and_explicit(tmp_path: Path) -> None:
+@pytest.mark.parametrize("inline_data", [True, False])
+def test_directories_empty_nested_and_explicit(tmp_path: Path, inline_data: bool) -> None:
     deep = "/" + "/".join(f"level{i:02d}" for i in range(40))
     doc = {
+        "image": {"inline_data": inline_data},
         "defaults": {"mtime": EPOCH, "dir_mode": "0750"},
         "/empty": {"type": "dir"},
         "/also/empty/below/implied": {"type": "dir", "mode": "0700", "mtime": EPOCH + 5},
@@ -192,6 +198,14 @@ def test_times_with_nanoseconds_across_ext4_range(tmp_path: Path) -> None:
         assert os.stat(os.path.join(mnt, "t/neg_frac")).st_mtime_ns == -1_500_000_000
 
     prove(doc, tmp_path, while_mounted=extra)
+
+
+def test_far_future_and_past_default_times(tmp_path: Path) -> None:
+    """Entry times anywhere in ext4's range must not make the superblock itself invalid
+    (e2fsck complains about a last-write time in the future)."""
+    doc = {"defaults": {"mtime": "2200-01-01T00:00:00Z"}, "/a": {"text": "x"},
+           "/b": {"text": "y", "mtime": "1901-12-14T00:00:00Z"}}
+    prove(doc, tmp_path)
 
 
 def test_large_sparse_file_over_4gib(tmp_path: Path) -> None:

@@ -89,6 +89,13 @@ def manifests(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, bytes]]:
     """A manifest document and the host files (relative name → bytes) it references."""
     doc: dict[str, Any] = {}
     hosts: dict[str, bytes] = {}
+    image: dict[str, Any] = {}
+    if draw(st.booleans()):
+        image["dedup"] = draw(st.sampled_from(["content", "none"]))
+    if draw(st.booleans()):
+        image["inline_data"] = draw(st.booleans())
+    if image:
+        doc["image"] = image
     if draw(st.booleans()):
         doc["defaults"] = {k: v for k, v in draw(metadata()).items() if k in ("uid", "gid", "mode",
                                                                                "mtime")}
@@ -142,11 +149,11 @@ def manifests(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, bytes]]:
                 hosts[name_on_host] = draw(contents())
                 entry["source"] = name_on_host
             elif how == 4:
-                entry["type"] = "file"  # empty
+                entry["type"] = "file"  # empty (duplicates of it keep the type)
             else:
                 entry["base64"] = base64.b64encode(draw(contents())).decode()
             seen_content.append({k: v for k, v in entry.items()
-                                 if k in ("size", "text", "source", "base64")})
+                                 if k in ("type", "size", "text", "source", "base64")})
             linkable.append(path)
         doc[path] = entry
     return doc, hosts
