@@ -110,7 +110,9 @@ def parse_manifest(doc: dict[str, Any], *, base_dir: str = ".", epoch_env: str |
     else:
         epoch_ns = 0
     default_time = _time(defaults["mtime"], "defaults.mtime") if "mtime" in defaults else epoch_ns
-    opts.epoch_ns = epoch_ns if epoch_env is not None else default_time
+    # The superblock is stamped only from SOURCE_DATE_EPOCH: a default file time in the
+    # future would make e2fsck report "last write time is in the future".
+    opts.epoch_ns = epoch_ns
     d_uid = _uint32(defaults.get("uid", 0), "defaults.uid")
     d_gid = _uint32(defaults.get("gid", 0), "defaults.gid")
     d_mode = _mode(defaults.get("mode", 0o644), "defaults.mode")

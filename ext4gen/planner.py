@@ -61,6 +61,7 @@ from .ondisk import (
 )
 from .options import ImageOptions
 from .sources import InlineSource, ZeroSource
+from .times import NS
 from .tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Meta, Node, Tree
 from .xattrs import DiskXattr, XattrError, split_placement, to_disk
 
@@ -481,8 +482,8 @@ def _identity_digest(tree: Tree, options: ImageOptions, inodes: list[InodePlan |
             continue
         n = ip.node
         m = n.meta
-        update(pack(ip.ino, ip.mode, m.uid, m.gid, m.atime, m.mtime, m.ctime, m.crtime, n.size,
-                    n.rdev[0], n.rdev[1]))
+        update(pack(ip.ino, ip.mode, m.uid, m.gid, *divmod(m.atime, NS), *divmod(m.mtime, NS),
+                    *divmod(m.ctime, NS), *divmod(m.crtime, NS), n.size, n.rdev[0], n.rdev[1]))
         if n.target:
             update(n.target)
         if n.xattrs:
@@ -498,7 +499,7 @@ def _identity_digest(tree: Tree, options: ImageOptions, inodes: list[InodePlan |
     return h.digest()
 
 
-_DIGEST_INODE = struct.Struct("<IIIIqqqqQII")
+_DIGEST_INODE = struct.Struct("<IIII" + "qI" * 4 + "QII")  # times as (seconds, ns): they pass 2^63 ns
 
 
 def _uuid_from(raw: bytes) -> bytes:
