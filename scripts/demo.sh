@@ -2,7 +2,7 @@
 # The ext4gen demo: set up, then synthesize examples/demo/manifest.toml as an ext4
 # filesystem, prove it with e2fsck and the kernel, serve it over NBD, and mount it.
 #
-#   sudo ./scripts/demo.sh [MANIFEST]
+#   sudo ./scripts/demo.sh
 #
 # Everything it starts (nbdkit, nbdfuse, the loop mount) is torn down on exit,
 # also when a step fails or the script is interrupted.
@@ -10,7 +10,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-MANIFEST=${1:-examples/demo/manifest.toml}
+MANIFEST=examples/demo/manifest.toml
 
 bash scripts/setup.sh
 EXT4GEN="$ROOT/.venv/bin/ext4gen"
