@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from . import __version__
-from .errors import Ext4genError
+from .errors import Ext4genError, ManifestError
 from .identity import IdentityMap
 from .image import Image
 from .inspect import describe_image_file, describe_plan
@@ -33,7 +33,12 @@ def load_image(args: argparse.Namespace) -> tuple[Image, object]:
     tree, options = load(args.source, source_root=getattr(args, "source_root", None),
                          dedup=getattr(args, "dedup", None), base_map=base_map,
                          inline_data=False if getattr(args, "no_inline_data", False) else None)
-    return plan(tree, options), tree
+    try:
+        return plan(tree, options), tree
+    except ManifestError as e:  # found while planning: say which SOURCE it came from
+        if e.origin is not None:
+            raise
+        raise ManifestError(e.key, e.message, origin=args.source) from None
 
 
 def is_image_file(path: str) -> bool:
@@ -71,9 +76,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
         fd, tmp = tempfile.mkstemp(prefix="ext4gen-check-", suffix=".img")
         os.close(fd)
-        image.write(tmp)
         path = tmp
     try:
+        if tmp:
+            image.write(tmp)
         rc, complaints = e2fsck(path)
         ok = rc == 0 and not complaints
         print(f"e2fsck -fn: exit {rc}" + ("" if ok else ", complaints:"))
