@@ -61,10 +61,10 @@ def worker(tree_dir: str, dedup: str, via: str) -> None:
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     c0 = time.process_time()
-    if via == "api":
+    if via == "api":  # tree_manifest's helper: HostFileSources without hole detection
         tree = tree_from_dir(tree_dir)
         opts = ext4gen.ImageOptions(dedup=dedup)
-    else:
+    else:  # "dir" (ext4gen's directory import) or "json" (a manifest file)
         tree, opts = ext4gen.load(tree_dir, dedup=dedup)
     t1 = time.perf_counter()
     c1 = time.process_time()
@@ -190,11 +190,12 @@ def du_kib(path: Path) -> int:
     return int(out.strip().splitlines()[-1].split()[0])
 
 
-def mkfs_cmd(tree_dir: Path, img: Path, size_kib: int, inodes: int | None) -> list[str]:
+def mkfs_cmd(tree_dir: Path, img: Path, size_kib: int, inodes: int | None,
+             extra: list[str] | None = None) -> list[str]:
     img.unlink(missing_ok=True)
     with open(img, "wb") as f:
         f.truncate(size_kib * 1024)
-    cmd = ["mkfs.ext4", *MKFS_OPTS]
+    cmd = ["mkfs.ext4", *MKFS_OPTS, *(extra or [])]
     if inodes is not None:
         cmd += ["-N", str(inodes)]
     return [*cmd, "-d", str(tree_dir), str(img)]
@@ -213,9 +214,9 @@ def mkfs_once(tree_dir: Path, img: Path, size_kib: int, inodes: int | None, cold
     return r
 
 
-def build_once(manifest: Path, img: Path, dedup: str, cold: bool) -> dict:
+def build_once(source: Path, img: Path, dedup: str, cold: bool) -> dict:
     img.unlink(missing_ok=True)
-    cmd = [PY, "-m", "ext4gen.cli", "build", str(manifest), "--dedup", dedup, "-o", str(img)]
+    cmd = [PY, "-m", "ext4gen.cli", "build", str(source), "--dedup", dedup, "-o", str(img)]
     before = trees.wait_quiet(0.3, QUIET_WAIT)
     if cold:
         drop_caches()
@@ -237,6 +238,26 @@ def e2fsck_clean(img: Path) -> dict:
 
 
 # -- the benchmark ------------------------------------------------------------------------------
+def plan_series(tree_dir: Path, dedup: str, via: str, repeat: int, cold: bool) -> dict:
+    """One warm-up, ``repeat`` warm runs and one cold run of a planning worker."""
+    plan_once(tree_dir, dedup, via, cold=False)  # warm-up: page cache, .pyc
+    warm = [plan_once(tree_dir, dedup, via, cold=False) for _ in range(repeat)]
+    entry = {"warm_plan_s": best(warm, "plan_s"), "warm_load_s": best(warm, "load_s"),
+             "warm_plan_cpu_s": best(warm, "plan_cpu_s"), "warm_load_cpu_s": best(warm, "load_cpu_s"),
+             "others_cores": best(warm, "others_cores"), "load_before": best(warm, "load_before"),
+             "warm_total_s": best(warm, "total_s"), "maxrss_kb": max(r["maxrss_kb"] for r in warm),
+             "import_rss_kb": warm[0]["import_rss_kb"], "used_blocks": warm[0]["used_blocks"],
+             "blocks_count": warm[0]["blocks_count"], "block_counts": warm[0]["block_counts"],
+             "size": warm[0]["size"], "dedup_stats": warm[0]["dedup"],
+             "superblock_read_s": warm[0]["superblock_read_s"],
+             "superblock_data_bytes": warm[0]["data_bytes_read_by_superblock"]}
+    if cold:
+        c = plan_once(tree_dir, dedup, via, cold=True)
+        entry["cold"] = {k: c[k] for k in ("load_s", "plan_s", "total_s", "maxrss_kb", "plan_cpu_s",
+                                           "load_cpu_s", "others_cores")}
+    return entry
+
+
 def bench_tree(name: str, repeat: int, cold: bool, log) -> dict:
     tree_dir = trees.ensure_tree(name)
     res: dict = {"tree": name, "path": str(tree_dir), "summary": trees.summary(tree_dir)}
@@ -245,27 +266,16 @@ def bench_tree(name: str, repeat: int, cold: bool, log) -> dict:
     res["entries"] = entries
     WORK.mkdir(parents=True, exist_ok=True)
 
-    # Planning through the API.
+    # Planning: the directory import (the product path, SOURCE = DIR) for both dedup modes; for
+    # T1 also a Tree built through the API with hole detection off (the T1x10 comparison).
     res["plan"] = {}
-    for dedup in ("none", "content"):
-        plan_once(tree_dir, dedup, "api", cold=False)  # warm-up: page cache, .pyc
-        warm = [plan_once(tree_dir, dedup, "api", cold=False) for _ in range(repeat)]
-        entry = {"warm_plan_s": best(warm, "plan_s"), "warm_load_s": best(warm, "load_s"),
-                 "warm_plan_cpu_s": best(warm, "plan_cpu_s"), "warm_load_cpu_s": best(warm, "load_cpu_s"),
-                 "others_cores": best(warm, "others_cores"),
-                 "warm_total_s": best(warm, "total_s"), "maxrss_kb": max(r["maxrss_kb"] for r in warm),
-                 "import_rss_kb": warm[0]["import_rss_kb"], "used_blocks": warm[0]["used_blocks"],
-                 "blocks_count": warm[0]["blocks_count"], "block_counts": warm[0]["block_counts"],
-                 "dedup_stats": warm[0]["dedup"], "superblock_read_s": warm[0]["superblock_read_s"],
-                 "superblock_data_bytes": warm[0]["data_bytes_read_by_superblock"]}
-        if cold:
-            c = plan_once(tree_dir, dedup, "api", cold=True)
-            entry["cold"] = {k: c[k] for k in ("load_s", "plan_s", "total_s", "maxrss_kb", "plan_cpu_s",
-                                               "load_cpu_s", "others_cores")}
-        res["plan"][dedup] = entry
-        log(f"{name} plan dedup={dedup}: warm plan {entry['warm_plan_s']['min']:.3f} s "
-            f"(load {entry['warm_load_s']['min']:.3f} s)"
-            + (f", cold load+plan {entry['cold']['total_s']:.3f} s" if cold else "")
+    variants = [("dir", "none"), ("dir", "content")] + ([("api", "none")] if name == "t1" else [])
+    for via, dedup in variants:
+        key = dedup if via == "dir" else f"{via}_{dedup}"
+        res["plan"][key] = entry = plan_series(tree_dir, dedup, via, repeat, cold)
+        log(f"{name} plan {via} dedup={dedup}: warm plan {entry['warm_plan_s']['min']:.3f} s "
+            f"(import {entry['warm_load_s']['min']:.3f} s)"
+            + (f", cold import+plan {entry['cold']['total_s']:.3f} s" if cold else "")
             + f", rss {entry['maxrss_kb'] // 1024} MiB, "
             f"others busy {entry['others_cores']['median']:.2f} cores")
 
@@ -284,13 +294,13 @@ def bench_tree(name: str, repeat: int, cold: bool, log) -> dict:
     img = WORK / f"{name}.ext4gen.img"
     res["build"] = {}
     for dedup in ("none", "content"):
-        b = build_once(manifest, img, dedup, cold=False)
-        again = build_once(manifest, img, dedup, cold=False)
+        b = build_once(tree_dir, img, dedup, cold=False)
+        again = build_once(tree_dir, img, dedup, cold=False)
         b["warm_again"] = again["wall_s"]
         b["warm_again_planned_s"] = again["planned_s"]
         b["warm_again_others_cores"] = again["others_cores"]
         if cold:
-            b["cold"] = {k: v for k, v in build_once(manifest, img, dedup, cold=True).items()
+            b["cold"] = {k: v for k, v in build_once(tree_dir, img, dedup, cold=True).items()
                          if k in ("wall_s", "planned_s", "written_s", "fsync_s", "maxrss_kb", "cpu_s",
                                   "others_cores")}
         b["e2fsck"] = e2fsck_clean(img)
@@ -320,6 +330,11 @@ def bench_tree(name: str, repeat: int, cold: bool, log) -> dict:
         res["mkfs"]["cold_s"] = c["wall_s"]
         res["mkfs"]["cold_cpu_s"] = c["cpu_s"]
         res["mkfs"]["cold_others_cores"] = c["others_cores"]
+    # With inline_data too, as ext4gen enables it by default (used blocks only).
+    il = run_rusage(mkfs_cmd(tree_dir, mk, size_kib, inodes, extra=["-O", "inline_data"]))
+    res["mkfs_inline_data"] = {"rc": il["rc"], "wall_s": il["wall_s"],
+                               "fs": dumpe2fs(mk) if il["rc"] == 0 else None,
+                               "error": il["stderr"].strip().splitlines()[-1:]}
     # What nbdkit-linuxdisk itself would do (no -N): does it even fit?
     ld = mkfs_once(tree_dir, mk, size_kib, None, cold=False)
     res["mkfs_linuxdisk_default_inodes"] = {"rc": ld["rc"], "fs": ld.get("fs"),
@@ -333,17 +348,12 @@ def bench_tree(name: str, repeat: int, cold: bool, log) -> dict:
 
 
 def bench_x10(repeat: int, cold: bool, log) -> dict:
+    """T1's shape with 10x larger (sparse, unread) files, planned like T1's "api_none"."""
     tree_dir = trees.ensure_tree("t1x10")
-    plan_once(tree_dir, "none", "api", cold=False)
-    warm = [plan_once(tree_dir, "none", "api", cold=False) for _ in range(repeat)]
-    res = {"summary": trees.summary(tree_dir), "warm_plan_s": best(warm, "plan_s"),
-           "warm_load_s": best(warm, "load_s"), "maxrss_kb": max(r["maxrss_kb"] for r in warm),
-           "size": warm[0]["size"], "superblock_read_s": warm[0]["superblock_read_s"],
-           "superblock_data_bytes": warm[0]["data_bytes_read_by_superblock"]}
-    if cold:
-        c = plan_once(tree_dir, "none", "api", cold=True)
-        res["cold"] = {k: c[k] for k in ("load_s", "plan_s", "total_s")}
-    log(f"t1x10 plan dedup=none: warm plan {res['warm_plan_s']['min']:.3f} s, image {res['size'] >> 20} MiB")
+    res = plan_series(tree_dir, "none", "api", repeat, cold)
+    res["summary"] = trees.summary(tree_dir)
+    log(f"t1x10 plan api dedup=none: warm plan {res['warm_plan_s']['min']:.3f} s, "
+        f"image {res['size'] >> 20} MiB")
     return res
 
 
@@ -356,6 +366,9 @@ def ratios(r: dict) -> dict:
             "plan_none_over_mkfs_warm": pn["warm_plan_s"]["min"] / mk,
             "load_plus_plan_none_over_mkfs_warm": pn["warm_total_s"]["min"] / mk,
             "plan_none_cpu_over_mkfs_cpu": pn["warm_plan_cpu_s"]["min"] / t["mkfs"]["warm_cpu_s"]["min"],
+            "load_plus_plan_none_cpu_over_mkfs_cpu": (pn["warm_plan_cpu_s"]["min"]
+                                                      + pn["warm_load_cpu_s"]["min"])
+            / t["mkfs"]["warm_cpu_s"]["min"],
             "plan_content_over_mkfs_warm": t["plan"]["content"]["warm_plan_s"]["min"] / mk,
             "build_content_over_mkfs_warm": (min(t["build"]["content"]["wall_s"],
                                                  t["build"]["content"]["warm_again"])
@@ -368,8 +381,11 @@ def ratios(r: dict) -> dict:
         if "cold" in pn and "cold_s" in t["mkfs"]:
             out[name]["load_plus_plan_none_cold_over_mkfs_cold"] = pn["cold"]["total_s"] / t["mkfs"]["cold_s"]
     if "t1x10" in r and "t1" in r["trees"]:
-        out["t1x10_over_t1_plan_none"] = (r["t1x10"]["warm_plan_s"]["min"]
-                                          / r["trees"]["t1"]["plan"]["none"]["warm_plan_s"]["min"])
+        t1 = r["trees"]["t1"]["plan"]["api_none"]
+        out["t1x10_over_t1_plan_none"] = r["t1x10"]["warm_plan_s"]["min"] / t1["warm_plan_s"]["min"]
+        out["t1x10_over_t1_plan_none_cpu"] = (r["t1x10"]["warm_plan_cpu_s"]["min"]
+                                              / t1["warm_plan_cpu_s"]["min"])
+        out["t1x10_over_t1_image_size"] = r["t1x10"]["size"] / t1["size"]
     return out
 
 
