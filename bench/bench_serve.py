@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import platform
+import pstats
 import re
 import resource
 import shutil
@@ -350,6 +351,78 @@ def run(threads_list: list[int], runtime: float, repeat: int, only: list[str] | 
     return res
 
 
+def _mark(uri: str) -> None:
+    """Tell profiled_plugin.py that warming is over (a 1-byte read at offset 0)."""
+    if "/usr/lib/python3/dist-packages" not in sys.path:
+        sys.path.append("/usr/lib/python3/dist-packages")
+    import nbd
+
+    h = nbd.NBD()
+    h.connect_uri(uri)
+    try:
+        h.pread(1, 0)
+    finally:
+        h.shutdown()
+
+
+def profile_step(manifest: Path, image: Path, size: int, runtime: float) -> dict:
+    """Time spent inside pread per request (and a cProfile of it) for pyfile and ext4gen.
+
+    Time inside the Python callback barely depends on outside load, unlike
+    throughput, so it is the robust way to compare the two plugins; the
+    difference is what region lookup, fd handling and generation cost.
+    """
+    plug = plugins(manifest, image)
+    out: dict = {}
+    for name in ("pyfile", "ext4gen"):
+        target, *params = plug[name][1:]
+        for workload in ("seq", "rand_qd1"):
+            for profiled in (False, True):
+                env_out = WORK / f"{name}-{workload}.prof"
+                os.environ["PROFILED_PLUGIN"] = target
+                if profiled:
+                    os.environ["PROFILE_OUT"] = str(env_out)
+                else:
+                    os.environ.pop("PROFILE_OUT", None)
+                with Server(f"prof-{name}", ["python", str(HERE / "profiled_plugin.py"), *params], 1) as srv:
+                    subprocess.run(["nbdcopy", "-C", "1", "--no-extents", srv.uri, "null:"], check=True)
+                    _mark(srv.uri)
+                    if workload == "seq":
+                        for _ in range(2):
+                            subprocess.run(["nbdcopy", "-C", "1", "--no-extents", srv.uri, "null:"],
+                                           check=True)
+                    else:
+                        fio_randread(srv.uri, 1, runtime)
+                m = re.search(r"profiled_plugin: (\d+) preads, ([\d.]+) s in pread, ([\d.]+) us", srv.log)
+                if not m:
+                    raise RuntimeError(f"profiled_plugin printed nothing: {srv.log[-500:]}")
+                entry = out.setdefault(name, {}).setdefault(workload, {})
+                if not profiled:
+                    entry.update({"preads": int(m.group(1)), "in_pread_s": float(m.group(2)),
+                                  "us_per_pread": float(m.group(3))})
+                    continue
+                if name != "ext4gen":
+                    continue
+                st = pstats.Stats(str(env_out))
+                total = st.total_tt  # type: ignore[attr-defined]
+                rows = []
+                for (fn, line, func), (_cc, nc, tt, ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
+                    rows.append((tt, ct, nc, f"{os.path.basename(fn)}:{line}({func})"))
+                rows.sort(reverse=True)
+                entry["profile_top"] = [{"func": f, "calls": nc, "tottime_pct": round(100 * tt / total, 1),
+                                         "cumtime_pct": round(100 * ct / total, 1)}
+                                        for tt, ct, nc, f in rows[:12]]
+        os.environ.pop("PROFILED_PLUGIN", None)
+        os.environ.pop("PROFILE_OUT", None)
+    for name, w in out.items():
+        log(f"{name}: in pread {w['seq']['us_per_pread']:.1f} us per 256 KiB sequential request, "
+            f"{w['rand_qd1']['us_per_pread']:.1f} us per 4 KiB random read")
+    for workload in ("seq", "rand_qd1"):
+        top = out["ext4gen"][workload]["profile_top"][:5]
+        log(f"ext4gen {workload} hot spots: " + ", ".join(f"{r['func']} {r['tottime_pct']}%" for r in top))
+    return out
+
+
 def ratios(res: dict, threads_list: list[int]) -> dict:
     out: dict = {}
     runs = res["runs"]
@@ -382,6 +455,7 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2,16")
     ap.add_argument("--runtime", type=float, default=5.0, help="seconds per fio run")
     ap.add_argument("--repeat", type=int, default=3, help="rounds over all servers; best is kept")
+    ap.add_argument("--no-profile", action="store_true", help="skip the pread cost/cProfile step")
     ap.add_argument("--only", help="comma-separated subset of file,pyfile,ext4gen")
     ap.add_argument("--json", default=str(REPO / "bench" / "out" / "serve.json"))
     ap.add_argument("--rev", default="HEAD")
@@ -405,6 +479,9 @@ def main() -> None:
                     "runtime_s": a.runtime}
     try:
         result.update(run(threads_list, a.runtime, a.repeat, only))
+        if not a.no_profile:
+            manifest, image = WORK / "t1.json", WORK / "t1.img"
+            result["pread_cost"] = profile_step(manifest, image, result["image_size"], a.runtime)
     finally:
         shutil.rmtree(WORK, ignore_errors=True)
     result["ratios"] = ratios(result, threads_list)
