@@ -43,6 +43,7 @@ DEFAULT_THREADS = 1
 HANGUP_BUG = ((1, 32, 4), (1, 33, 3))  # [first affected, first fixed)
 READY_TIMEOUT = 300.0
 STOP_TIMEOUT = 10.0
+STOP_GRACE = 3.0  # seconds connected clients get after SIGTERM before nbdkit is killed
 PLUGIN_ENV = "EXT4GEN_NBDKIT_PLUGIN"
 
 
@@ -340,7 +341,7 @@ def supervise(opts: ServeOptions, *, ready: Callable[[str, int], None] | None = 
             _write_atomic(opts.pidfile, f"{os.getpid()}\n")
         if ready:
             ready(uri, nbdkit_pid)
-        rc = proc.wait()
+        rc = _wait_stopping(proc, stopping)
     except KeyboardInterrupt:
         return 130 if stopping and stopping[0] == signal.SIGINT else 143
     finally:
@@ -361,6 +362,27 @@ def supervise(opts: ServeOptions, *, ready: Callable[[str, int], None] | None = 
     if stopping:
         return 0
     return rc if rc >= 0 else 1
+
+
+def _wait_stopping(proc: subprocess.Popen[bytes], stopping: list[int]) -> int:
+    """Wait for nbdkit; once asked to stop, give it STOP_GRACE seconds, then SIGKILL.
+
+    nbdkit 1.32 answers SIGTERM by shutting its sockets for writing, but then
+    waits for every client to hang up; an idle client would keep it forever.
+    """
+    asked_at: float | None = None
+    while True:
+        try:
+            return proc.wait(timeout=0.1)
+        except subprocess.TimeoutExpired:
+            pass
+        if stopping and asked_at is None:
+            asked_at = time.monotonic()
+        if asked_at is not None and time.monotonic() - asked_at > STOP_GRACE:
+            print(f"ext4gen: nbdkit still had clients connected {STOP_GRACE:.0f} s after "
+                  "SIGTERM; killed it", file=sys.stderr, flush=True)
+            proc.kill()
+            return proc.wait()
 
 
 def _write_atomic(path: str, text: str) -> None:
