@@ -477,3 +477,32 @@ def make_huge_dir(path: Path, entries: int, subdirs: int) -> None:
     finally:
         os.close(fd)
     os.utime(path, ns=(T0 + 1, T0 + 3))
+
+
+# -- where a file's bytes live in a planned image ------------------------------------
+
+
+def image_offset(image: object, path: bytes, file_offset: int) -> int | None:
+    """The image byte offset holding byte ``file_offset`` of ``path``, or None in a hole.
+
+    Taken from the plan's extents (what the inode will say), so a test can read
+    one data block through ``Image.read`` and see which sources that touches.
+    """
+    plan = image.plan  # type: ignore[attr-defined]
+    for p, ip in plan.paths:
+        if p == path:
+            lblock, within = divmod(file_offset, BLOCK)
+            for logical, count, physical in ip.extents:
+                if logical <= lblock < logical + count:
+                    return (physical + lblock - logical) * BLOCK + within
+            return None
+    raise KeyError(path)
+
+
+def process_rchar() -> int:
+    """Bytes this process has read through read-like syscalls (/proc/self/io)."""
+    with open("/proc/self/io") as f:
+        for line in f:
+            if line.startswith("rchar:"):
+                return int(line.split()[1])
+    raise RuntimeError("no rchar in /proc/self/io")
