@@ -162,6 +162,22 @@ def subreaper() -> Iterator[None]:
         yield
     finally:
         libc.prctl(pr_set_child_subreaper, 0, 0, 0, 0)
+        reap_zombie_children()
+
+
+def reap_zombie_children() -> None:
+    """waitpid() every child of ours that has already exited (adopted orphans)."""
+    me = os.getpid()
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{d}/stat").read_bytes().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] == b"Z" and int(fields[1]) == me:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(int(d), os.WNOHANG)
 
 
 # -- a server -------------------------------------------------------------------------------
