@@ -17,6 +17,7 @@ mkfs.ext4 -d image of the same directory, equal apart from what mkfs.ext4 -d
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -37,13 +38,14 @@ from fidelity_helpers import (
     compare_dirs,
     debugfs,
     make_fidelity_tree,
+    run_cli,
     scratch_tmpfs,
 )
 
 import ext4gen
 from ext4gen.verify import compare_tree, e2fsck
 
-pytestmark = [pytest.mark.root, pytest.mark.slow]
+pytestmark = pytest.mark.root
 
 HUGE = "huge"
 HUGE_ENTRIES = 200_000
@@ -100,6 +102,7 @@ def fidelity(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fidelity]:
         yield Fidelity(host, gen, mk)
 
 
+@pytest.mark.slow
 def test_ext4gen_image_is_e2fsck_clean(fidelity: Fidelity) -> None:
     rc, complaints = e2fsck(str(fidelity.ext4gen_image))
     assert (rc, complaints) == (0, []), "\n".join(complaints)
@@ -107,6 +110,7 @@ def test_ext4gen_image_is_e2fsck_clean(fidelity: Fidelity) -> None:
     assert (rc, complaints) == (0, []), "\n".join(complaints)
 
 
+@pytest.mark.slow
 def test_kernel_view_equals_the_host_directory(fidelity: Fidelity) -> None:
     host = fidelity.host
     with mounted(fidelity.ext4gen_image) as mnt:
@@ -152,6 +156,7 @@ def _mkfs_cannot(host: Path) -> Callable[[str, str], bool]:
     return ignore
 
 
+@pytest.mark.slow
 def test_kernel_view_equals_mkfs_d(fidelity: Fidelity) -> None:
     host = fidelity.host
     with mounted(fidelity.mkfs_image) as ref, mounted(fidelity.ext4gen_image) as mnt:
@@ -174,6 +179,7 @@ def _i_block_head(image: Path, path: str) -> str:
     return out.splitlines()[0].split("  ")[1]
 
 
+@pytest.mark.slow
 def test_device_numbers_use_the_kernels_encodings(fidelity: Fidelity) -> None:
     """Old encoding (i_block[0]) iff major and minor < 256, else new (i_block[1]), as mkfs/kernel."""
     for rel, (_kind, major, minor) in DEVICES.items():
@@ -187,6 +193,7 @@ def test_device_numbers_use_the_kernels_encodings(fidelity: Fidelity) -> None:
             assert (old, new) == (0, (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)), rel
 
 
+@pytest.mark.slow
 def test_large_directories_are_htree_indexed(fidelity: Fidelity) -> None:
     for rel, levels in ((HUGE, 1), ("dirs/htree", 0)):
         out = debugfs(fidelity.ext4gen_image, f"stat /{rel}")
@@ -195,3 +202,111 @@ def test_large_directories_are_htree_indexed(fidelity: Fidelity) -> None:
         dump = debugfs(fidelity.ext4gen_image, f"htree_dump /{rel}")
         assert "Hash Version: 1" in dump  # half_md4 (unsigned flag is in the superblock)
         assert f"Indirect levels: {levels}" in dump, rel
+
+
+# -- limits and confinement: one line naming the key, exit 2 -----------------------------
+
+
+def _one_line_exit_2(proc: subprocess.CompletedProcess[str], key: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ext4gen: "), proc.stderr
+    assert key in lines[0], f"{key!r} not named in: {lines[0]}"
+    assert "Traceback" not in proc.stderr
+
+
+def test_hard_link_count_limit(tmp_path: Path) -> None:
+    """65,000 names of one inode are fine (EXT4_LINK_MAX); 65,001 are an error naming the file."""
+    meta = ext4gen.Meta(0o644, 0, 0, 0, 0, 0, 0)
+    for names, ok in ((65_000, True), (65_001, False)):
+        tree = ext4gen.Tree(ext4gen.Meta(0o755, 0, 0, 0, 0, 0, 0))
+        node = tree.add("/f", ext4gen.Node("file", meta, key="/f", source=ext4gen.InlineSource(b"x")))
+        links = tree.root.children
+        assert links is not None
+        for i in range(names - 1):
+            links[f"l{i:05d}".encode()] = node  # the API's cheap way to give a node more names
+        if ok:
+            image = ext4gen.plan(tree)
+            path = tmp_path / "links.ext4"
+            image.write(path)
+            rc, complaints = e2fsck(str(path))
+            assert (rc, complaints) == (0, []), "\n".join(complaints)
+            with mounted(path) as mnt:
+                assert os.stat(os.path.join(mnt, "f")).st_nlink == 65_000
+        else:
+            with pytest.raises(ext4gen.ManifestError, match="65001"):
+                ext4gen.plan(tree)
+    doc: dict[str, object] = {"/f": {"text": "x"}}
+    doc.update({f"/l/{i:05d}": {"type": "hardlink", "target": "/f"} for i in range(65_000)})
+    manifest = tmp_path / "links.json"
+    manifest.write_text(json.dumps(doc))
+    _one_line_exit_2(run_cli("build", manifest, "-o", tmp_path / "o.img"), '"/f"')
+
+
+@pytest.fixture
+def confined(tmp_path: Path) -> Path:
+    """root/ holds the manifest's allowed files; outside.txt and outside_dir/ are next to it."""
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (root / "inside.txt").write_text("inside\n")
+    (root / "sub" / "deep.txt").write_text("deep\n")
+    (tmp_path / "outside.txt").write_text("secret\n")
+    (tmp_path / "outside_dir").mkdir()
+    (tmp_path / "outside_dir" / "x").write_text("x\n")
+    os.symlink("../outside.txt", root / "link_out")
+    os.symlink("/etc/hostname", root / "link_abs_out")
+    os.symlink("sub/deep.txt", root / "link_in")
+    os.symlink("../outside_dir", root / "dir_link_out")
+    return root
+
+
+ESCAPES = {
+    "dotdot": ({"/f": {"source": "../outside.txt"}}, '"/f".source'),
+    "dotdot-inside-then-out": ({"/f": {"source": "sub/../../outside.txt"}}, '"/f".source'),
+    "absolute": ({"/f": {"source": "/etc/hostname"}}, '"/f".source'),
+    "symlink-out": ({"/f": {"source": "link_out"}}, '"/f".source'),
+    "symlink-absolute-out": ({"/f": {"source": "link_abs_out"}}, '"/f".source'),
+    "through-dir-symlink": ({"/f": {"source": "dir_link_out/x"}}, '"/f".source'),
+    "import-dotdot": ({"import": [{"source": "../outside_dir", "target": "/o"}]}, "import[0].source"),
+    "import-symlink": ({"import": [{"source": "dir_link_out", "target": "/o"}]}, "import[0].source"),
+}
+
+
+@pytest.mark.parametrize("case", list(ESCAPES))
+def test_source_root_refuses_escapes(confined: Path, case: str) -> None:
+    doc, key = ESCAPES[case]
+    manifest = confined / "m.json"
+    manifest.write_text(json.dumps(doc))
+    image = confined.parent / "o.img"
+    _one_line_exit_2(run_cli("build", manifest, "-o", image, "--source-root", confined), key)
+    assert not image.exists()
+
+
+def test_source_root_allows_what_stays_inside(confined: Path) -> None:
+    doc = {"/a": {"source": "inside.txt"}, "/b": {"source": "sub/../inside.txt"},
+           "/c": {"source": "link_in"}, "import": [{"source": "sub", "target": "/imported"}]}
+    manifest = confined / "m.json"
+    manifest.write_text(json.dumps(doc))
+    image = confined.parent / "ok.img"
+    proc = run_cli("build", manifest, "-o", image, "--source-root", confined)
+    assert proc.returncode == 0, proc.stderr
+    with mounted(image) as mnt:
+        assert Path(mnt, "c").read_text() == "deep\n"
+        assert Path(mnt, "imported", "deep.txt").read_text() == "deep\n"
+
+
+def test_source_root_applies_to_a_directory_or_tar_source(confined: Path) -> None:
+    outside = confined.parent / "outside_dir"
+    _one_line_exit_2(run_cli("build", outside, "-o", confined.parent / "o.img", "--source-root", confined),
+                     str(outside))
+    proc = run_cli("build", confined / "sub", "-o", confined.parent / "ok.img", "--source-root", confined)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_stdin_manifest_is_confined_to_the_current_directory(confined: Path) -> None:
+    escape = json.dumps({"/f": {"source": "../outside.txt"}}).encode()
+    _one_line_exit_2(run_cli("build", "-", "-o", confined.parent / "o.img", stdin=escape, cwd=confined),
+                     '"/f".source')
+    inside = json.dumps({"/f": {"source": "inside.txt"}}).encode()
+    proc = run_cli("build", "-", "-o", confined.parent / "ok.img", stdin=inside, cwd=confined)
+    assert proc.returncode == 0, proc.stderr
