@@ -306,6 +306,7 @@ def supervise(opts: ServeOptions, *, ready: Callable[[str, int], None] | None = 
     """
     if shutil.which("nbdkit") is None:
         raise ServeError("nbdkit is not installed (Debian: apt install nbdkit nbdkit-plugin-python)")
+    remove_dead_workdirs()
     workdir = opts.workdir or tempfile.mkdtemp(prefix="serve-", dir=runtime_dir())
     sock = None
     if opts.port is None:
@@ -332,13 +333,13 @@ def supervise(opts: ServeOptions, *, ready: Callable[[str, int], None] | None = 
         nbdkit_pid = _wait_for_pid(nbdkit_pidfile, proc, "nbdkit", timeout)
         serving = True
         uri = opts.uri(sock)
-        with contextlib.suppress(BrokenPipeError):
-            print(uri, flush=True)
-        Path(workdir, "server.json").write_text(json.dumps(
+        _write_atomic(os.path.join(workdir, "server.json"), json.dumps(
             {"uri": uri, "socket": sock, "port": opts.port, "supervisor_pid": os.getpid(),
              "nbdkit_pid": nbdkit_pid, "source": os.path.abspath(opts.source)}))
         if opts.pidfile:
             _write_atomic(opts.pidfile, f"{os.getpid()}\n")
+        with contextlib.suppress(BrokenPipeError):
+            print(uri, flush=True)
         if ready:
             ready(uri, nbdkit_pid)
         rc = _wait_stopping(proc, stopping)
@@ -383,6 +384,18 @@ def _wait_stopping(proc: subprocess.Popen[bytes], stopping: list[int]) -> int:
                   "SIGTERM; killed it", file=sys.stderr, flush=True)
             proc.kill()
             return proc.wait()
+
+
+def remove_dead_workdirs() -> None:
+    """Delete work directories left by supervisors that were SIGKILLed (both pids gone)."""
+    for d in runtime_dir().glob("serve-*"):
+        try:
+            info = json.loads((d / "server.json").read_text())
+            pids = [int(info["supervisor_pid"]), int(info["nbdkit_pid"])]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # starting up, or not ours to judge
+        if not any(pid_alive(p) for p in pids):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def _write_atomic(path: str, text: str) -> None:

@@ -254,6 +254,36 @@ def test_an_idle_client_does_not_keep_the_server_alive_after_sigterm(manifest: P
         server.stop()
 
 
+def test_a_killed_server_leaves_no_nbdkit_and_its_leftovers_are_collected(manifest: Path,
+                                                                         tmp_path: Path):
+    """SIGKILL gives ext4gen serve no chance to clean up: nbdkit must still die with it."""
+    from ext4gen.serve_cli import runtime_dir
+
+    server = Server(manifest, tmp_path / "nbd.sock")
+    try:
+        (workdir,) = [d for d in runtime_dir().glob("serve-*/")
+                      if _server_json(d).get("socket") == str(server.sock)]
+        server.proc.kill()
+        server.proc.wait(30)
+        deadline = time.monotonic() + 30
+        while pid_running(server.nbdkit_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not pid_running(server.nbdkit_pid), "nbdkit outlived its killed supervisor"
+        assert workdir.exists()
+        with serving(manifest, tmp_path / "again.sock") as again:  # binds over the stale socket's dir
+            assert connect(again.uri).pread(10, 0) is not None
+        assert not workdir.exists(), "the dead server's work directory was not collected"
+    finally:
+        server.stop()
+
+
+def _server_json(d: Path) -> dict:
+    try:
+        return json.loads((d / "server.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def test_filters_are_forwarded_to_nbdkit(manifest: Path, reference: bytes, tmp_path: Path):
     extra = ("--filter", "cache", "--filter", "readahead", "--param", "cache-max-size=16M")
     with serving(manifest, tmp_path / "nbd.sock", *extra) as server:
