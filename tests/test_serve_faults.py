@@ -147,3 +147,21 @@ def test_a_file_rewritten_during_reads_never_yields_new_or_mixed_bytes(tree, tmp
         assert server.alive()
     assert outcomes["wrong"] == 0, outcomes
     assert outcomes["old"] >= 20 and outcomes["eio"] >= 50, outcomes
+
+
+@pytest.mark.xfail(strict=True, reason="core gap: the pin (dev, ino, size, mtime) misses a rewrite "
+                   "whose mtime was put back (rsync --inplace -t, touch -r); st_ctime_ns would catch it")
+def test_a_rewrite_that_restores_the_mtime_is_still_refused(tree, tmp_path: Path):
+    manifest, reference = tree
+    victim = manifest.parent / "src" / "victim2.bin"
+    old = victim.read_bytes()
+    at = locate(reference, old)
+    st = victim.stat()
+    with serving(manifest, tmp_path / "nbd.sock") as server:
+        h = connect(server.uri)
+        assert h.pread(len(old), at) == old
+        with open(victim, "r+b") as f:
+            f.write(b"X" * BLOCK)
+        os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+        expect_eio(h, len(old), at)
+        h.shutdown()
