@@ -191,3 +191,20 @@ def test_3tib_generator_file_has_a_minimal_tree_and_48bit_block_count(tmp_path: 
                 assert os.pread(fd, BLOCK, s) == _stamp(s, BLOCK), s
         finally:
             os.close(fd)
+
+
+def test_manifest_host_source_keeps_its_holes(tmp_path: Path) -> None:
+    """A sparse host file named by ``source =`` keeps its holes, as a directory import does
+    (SEEK_DATA/SEEK_HOLE), instead of allocating (dedup none) or reading (dedup content) them."""
+    size = 8 * GiB
+    runs = [(0, BLOCK), (5 * GiB, 3 * BLOCK), (size - 100, 100)]
+    _sparse_file(tmp_path / "sparse.bin", size, runs, seed=11)
+    manifest = tmp_path / "m.toml"
+    manifest.write_text('[image]\ndedup = "none"\n["/sparse"]\nsource = "sparse.bin"\n')
+    image = ext4gen.plan(*ext4gen.load(str(manifest)))
+    data_blocks = image.block_counts()["data"]
+    assert data_blocks == 5, f"{data_blocks} data blocks for 5 blocks of data: the holes were allocated"
+    path = tmp_path / "sparse.ext4"
+    image.write(path)
+    with mounted(path) as mnt:
+        assert os.stat(os.path.join(mnt, "sparse")).st_blocks * 512 == 5 * BLOCK  # 3 extents: in the inode
