@@ -201,10 +201,13 @@ def test_manifest_host_source_keeps_its_holes(tmp_path: Path) -> None:
     _sparse_file(tmp_path / "sparse.bin", size, runs, seed=11)
     manifest = tmp_path / "m.toml"
     manifest.write_text('[image]\ndedup = "none"\n["/sparse"]\nsource = "sparse.bin"\n')
-    image = ext4gen.plan(*ext4gen.load(str(manifest)))
+    tree, options = ext4gen.load(str(manifest))
+    image = ext4gen.plan(tree, options)
     data_blocks = image.block_counts()["data"]
     assert data_blocks == 5, f"{data_blocks} data blocks for 5 blocks of data: the holes were allocated"
     path = tmp_path / "sparse.ext4"
     image.write(path)
     with mounted(path) as mnt:
         assert os.stat(os.path.join(mnt, "sparse")).st_blocks * 512 == 5 * BLOCK  # 3 extents: in the inode
+        diffs = compare_tree(tree, mnt)
+        assert diffs == [], "\n".join(diffs)
