@@ -147,6 +147,12 @@ def test_extents_report_holes_only_where_the_image_is_zero(server: Server, refer
     for o, n in holes:
         assert reference[o : o + n].count(0) == n, f"extent {o}+{n} reported as a hole is not zero"
     assert holes, "the tree has partial blocks; some zero extents must be reported"
+    # REQ_ONE: a single extent, the first one, starting where asked.
+    o, n, t = holes[0][0], holes[0][1], nbd.STATE_HOLE | nbd.STATE_ZERO
+    one: list[tuple[int, int, int]] = []
+    h.block_status(size - o, o, lambda _c, off, e, _err: one.extend(
+        (off, e[i], e[i + 1]) for i in range(0, len(e), 2)) or 0, nbd.CMD_FLAG_REQ_ONE)
+    assert one == [(o, n, t)]
     h.shutdown()
 
 
