@@ -92,9 +92,8 @@ def import_directory(tree: Tree, host_dir: str, target: str = "/", *, key: str =
             node = Node(kind, meta_from_stat(st), key=shown, xattrs=read_xattrs(path, shown),
                         imported=True)
             if kind == FILE:
-                sparse = st.st_blocks * 512 < st.st_size
                 try:
-                    node.source = HostFileSource(os.fsdecode(path), st=st, detect_holes=sparse)
+                    node.source = HostFileSource(os.fsdecode(path), st=st)
                 except OSError as e:
                     raise ManifestError(shown, f"cannot read: {e.strerror}") from None
             elif kind == SYMLINK:

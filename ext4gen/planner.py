@@ -171,7 +171,8 @@ def plan_tree(tree: Tree, options: ImageOptions | None = None) -> Plan:
             assert ip.entries is not None
             # the kernel rejects a root without blocks; e2fsck wants lost+found in blocks
             if (options.inline_data and ip.ino not in (ROOT_INO, FIRST_INO)
-                    and inline_dir_size(ip.entries) is not None):
+                    and inline_dir_size(ip.entries) is not None
+                    and _xattrs_fit_beside(node, inline_dir_size(ip.entries) or 0)):
                 ip.inline_size = inline_dir_size(ip.entries) or 0
                 ip.size = ip.inline_size
                 ip.flags |= EXT4_INLINE_DATA_FL
@@ -195,7 +196,8 @@ def plan_tree(tree: Tree, options: ImageOptions | None = None) -> Plan:
         elif node.kind == FILE:
             assert node.source is not None
             ip.size = node.source.size
-            if options.inline_data and 0 < ip.size <= MAX_INLINE_SIZE and not node.source.all_zero:
+            if (options.inline_data and 0 < ip.size <= MAX_INLINE_SIZE and not node.source.all_zero
+                    and _xattrs_fit_beside(node, ip.size)):
                 ip.inline_size = ip.size
                 ip.flags |= EXT4_INLINE_DATA_FL
             else:
@@ -415,6 +417,17 @@ def _solve_geometry(last_ino: int, dir_blocks: int, tree_blocks: int, xattr_bloc
 class XattrBlock:
     entries: list[DiskXattr]
     refcount: int
+
+
+def _xattrs_fit_beside(node: Node, inline_size: int) -> bool:
+    """Inline data takes inode space from xattrs; inline only if the xattrs still fit."""
+    if not node.xattrs:
+        return True
+    try:
+        split_placement(to_disk(node.xattrs), INODE_XATTR_SPACE - inline_xattr_cost(inline_size))
+    except XattrError:
+        return False
+    return True
 
 
 def _place_xattrs(inodes: list[InodePlan | None]) -> list[XattrBlock]:

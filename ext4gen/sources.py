@@ -133,7 +133,7 @@ class Pin(NamedTuple):
 class HostFile:
     """One pinned host file; several sources (tar members) may read from it."""
 
-    __slots__ = ("__weakref__", "path", "pin")
+    __slots__ = ("__weakref__", "path", "pin", "sparse")
 
     def __init__(self, path: str, st: os.stat_result | None = None) -> None:
         self.path = path
@@ -142,6 +142,7 @@ class HostFile:
         if not stat_mod.S_ISREG(st.st_mode):
             raise IsADirectoryError(f"{path} is not a regular file")
         self.pin = Pin.of(st)
+        self.sparse = st.st_blocks * 512 < st.st_size  # worth asking SEEK_DATA for its holes
 
     def open_pinned(self) -> int:
         try:
@@ -267,13 +268,14 @@ class HostFileSource(Source):
     def __init__(self, path: str | os.PathLike[str] | HostFile, *, base_offset: int = 0,
                  size: int | None = None, st: os.stat_result | None = None,
                  segments: list[tuple[int, int, int]] | None = None,
-                 detect_holes: bool = False) -> None:
+                 detect_holes: bool = True) -> None:
         self.file = path if isinstance(path, HostFile) else HostFile(os.fspath(path), st)
         self.path = self.file.path
         self.base_offset = base_offset
         self.size = self.file.pin.st_size - base_offset if size is None else size
         self.segments = segments
-        if detect_holes and segments is None and self.size:
+        whole_file = base_offset == 0 and self.size == self.file.pin.st_size
+        if detect_holes and segments is None and whole_file and self.file.sparse and self.size:
             self.segments = _seek_data_segments(self.path, self.size)
 
     @property

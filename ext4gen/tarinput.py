@@ -93,6 +93,8 @@ def _member_xattrs(m: tarfile.TarInfo, shown: str) -> dict[bytes, bytes]:
                 raise ManifestError(shown, f"xattr {name.decode(errors='replace')}: {e}") from None
             out[name] = value
     for k, name in (("SCHILY.acl.access", ACL_ACCESS), ("SCHILY.acl.default", ACL_DEFAULT)):
+        if name in out:
+            continue  # the exact SCHILY.xattr form wins over the text form
         if k in m.pax_headers and m.pax_headers[k].strip():
             try:
                 out[name] = parse_acl_text(_gnu_acl_text(m.pax_headers[k]))
@@ -102,15 +104,34 @@ def _member_xattrs(m: tarfile.TarInfo, shown: str) -> dict[bytes, bytes]:
 
 
 def _gnu_acl_text(text: str) -> str:
-    """GNU tar writes ``user:name:rwx:uid``; keep the numeric id, drop names."""
+    """GNU tar writes ``user:NAME:rwx`` (optionally ``:UID``): turn names into numeric ids.
+
+    A trailing numeric id wins; otherwise the name is looked up on this host, as
+    tar itself would when extracting.
+    """
     out = []
-    for item in text.replace("\n", ",").split(","):
+    for item in text.replace("\n", ",").replace(" ", ",").split(","):
         parts = item.strip().split(":")
+        if parts == [""]:
+            continue
         if len(parts) == 4 and parts[3].isdigit():
             parts = [parts[0], parts[3], parts[2]]
-        if parts != [""]:
-            out.append(":".join(parts))
+        if len(parts) == 3 and parts[1] and not parts[1].isdigit():
+            parts[1] = str(_lookup_id(parts[0], parts[1]))
+        out.append(":".join(parts))
     return ",".join(out)
+
+
+def _lookup_id(tag: str, name: str) -> int:
+    import grp
+    import pwd
+
+    try:
+        if tag in ("u", "user"):
+            return pwd.getpwnam(name).pw_uid
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise XattrError(f"ACL names {tag} {name!r}, which does not exist on this host") from None
 
 
 def import_tar(tree: Tree, tar_path: str, target: str = "/", *, key: str = "") -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from . import xattrs
 from .errors import ManifestError
 from .sources import Source
 
@@ -118,6 +119,8 @@ class Tree:
         """Place ``node`` at ``path``; an explicit directory may refine an implied one."""
         key = node.key or str(path)
         parts = split_path(path, key)
+        if xattrs.ACL_ACCESS in node.xattrs:  # mode and ACL must agree, as on a real ext4
+            node.meta.perm = xattrs.reconcile_access_acl(node.meta.perm, node.xattrs)
         if node.kind == DIR and node.children is None:
             node.children = {}
         if not parts:

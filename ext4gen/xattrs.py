@@ -179,6 +179,30 @@ def acl_from_disk(value: bytes) -> bytes:
     return b"".join(out)
 
 
+def reconcile_access_acl(perm: int, xattrs: dict[bytes, bytes]) -> int:
+    """Make the mode and the access ACL agree, as the kernel does on setfacl.
+
+    The owner/other permission bits come from ``u::``/``o::`` and the group bits
+    from the mask (or ``g::`` without one).  An ACL of only those three entries
+    says nothing the mode does not, and ext4 never stores it: it is dropped.
+    Returns the new permission bits; ``xattrs`` is updated in place.
+    """
+    value = xattrs.get(ACL_ACCESS)
+    if value is None:
+        return perm
+    bits = {}
+    named = False
+    for off in range(4, len(value), 8):
+        tag, p, _qid = _ACL_VFS_ENTRY.unpack_from(value, off)
+        bits[tag] = p
+        named = named or tag in (ACL_USER, ACL_GROUP)
+    group = bits.get(ACL_MASK, bits[ACL_GROUP_OBJ])
+    perm = (perm & 0o7000) | (bits[ACL_USER_OBJ] << 6) | (group << 3) | bits[ACL_OTHER]
+    if not named and ACL_MASK not in bits:
+        del xattrs[ACL_ACCESS]
+    return perm
+
+
 # -- on-disk entries ------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class DiskXattr:
@@ -222,12 +246,13 @@ def to_disk(xattrs: dict[bytes, bytes]) -> list[DiskXattr]:
 
 def split_placement(entries: list[DiskXattr], inode_space: int = INODE_XATTR_SPACE
                     ) -> tuple[list[DiskXattr], list[DiskXattr]]:
-    """Greedy in sorted order: what fits the inode stays there, the rest goes to the block."""
+    """Greedy in sorted order: whatever still fits the inode stays there, the rest (still
+    sorted, as the kernel's block lookup requires) goes to the external block."""
     room = inode_space - 4 - 4  # ibody magic and the 4-byte end marker
     inode, block = [], []
     for x in entries:
         need = x.entry_size + x.value_size
-        if not block and need <= room:
+        if need <= room:
             inode.append(x)
             room -= need
         else:
