@@ -32,7 +32,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import Ext4genError
-from .options import DEDUP_MODES
 
 # Worker threads per connection.  One, because nbdkit 1.32.4 to 1.33.2 (Debian
 # 12 ships 1.32.5) abort()s when a client hangs up while two threads of its
@@ -182,12 +181,24 @@ class ServeOptions:
     params: list[str] = field(default_factory=list)
     threads: int = DEFAULT_THREADS
     dedup: str | None = None
+    no_inline_data: bool = False
+    base_map: str | None = None
+    source_root: str | None = None
     verbose: bool = False
     pidfile: str | None = None
     log: str | None = None
     workdir: str | None = None
 
     def check(self) -> None:
+        """Refuse what cannot work, and make paths absolute: nbdkit runs from another cwd."""
+        if self.source == "-":
+            raise ServeError("serve and mount need a SOURCE file, not stdin: nbdkit reads it "
+                             "itself (save the manifest to a file first)")
+        self.source = os.path.abspath(self.source)
+        if self.base_map:
+            self.base_map = os.path.abspath(self.base_map)
+        if self.source_root:
+            self.source_root = os.path.abspath(self.source_root)
         if self.threads < 1:
             raise ServeError("--threads must be at least 1")
         for p in self.params:
@@ -223,12 +234,13 @@ def warn_threads(threads: int) -> None:
               "(RHBZ#2173054); use --threads 1 for a server others rely on", file=sys.stderr)
 
 
-def validate_source(source: str, dedup: str | None) -> None:
-    """Plan the manifest here, so bad input is one line and exit 2 before nbdkit runs."""
-    from . import load, plan
+def validate_source(opts: ServeOptions) -> None:
+    """Plan the SOURCE here, exactly as `ext4gen build` would, so bad input is one line
+    and exit 2 before nbdkit runs."""
+    from .cli import load_image
 
-    tree, options = load(source, dedup=dedup)
-    plan(tree, options)
+    load_image(argparse.Namespace(source=opts.source, dedup=opts.dedup, base_map=opts.base_map,
+                                  source_root=opts.source_root, no_inline_data=opts.no_inline_data))
 
 
 def remove_stale_socket(path: str) -> None:
@@ -259,9 +271,15 @@ def nbdkit_command(opts: ServeOptions, sock: str | None, pidfile: str) -> list[s
         cmd += ["--unix", sock]
     else:
         cmd += ["--port", str(opts.port), "--ipaddr", opts.bind]
-    cmd += ["python", plugin_path(), f"manifest={os.path.abspath(opts.source)}"]
+    cmd += ["python", plugin_path(), f"source={opts.source}"]
     if opts.dedup:
         cmd.append(f"dedup={opts.dedup}")
+    if opts.no_inline_data:
+        cmd.append("inline_data=false")
+    if opts.base_map:
+        cmd.append(f"base_map={opts.base_map}")
+    if opts.source_root:
+        cmd.append(f"source_root={opts.source_root}")
     cmd += opts.params
     return cmd
 
@@ -442,7 +460,7 @@ def start_background(opts: ServeOptions, timeout: float = READY_TIMEOUT) -> Back
         sock = os.path.abspath(opts.socket) if opts.socket else os.path.join(workdir, "nbd.sock")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(pidfile)
-    cmd = [sys.executable, "-m", SUPERVISOR, "serve", os.path.abspath(opts.source), "--foreground",
+    cmd = [sys.executable, "-m", SUPERVISOR, "serve", opts.source, "--foreground",
            "--no-validate", "--workdir", workdir, "--pidfile", pidfile,
            "--threads", str(opts.threads), "--bind", opts.bind]
     cmd += ["--socket", sock] if sock else ["--port", str(opts.port)]
@@ -452,6 +470,12 @@ def start_background(opts: ServeOptions, timeout: float = READY_TIMEOUT) -> Back
         cmd += ["--param", p]
     if opts.dedup:
         cmd += ["--dedup", opts.dedup]
+    if opts.no_inline_data:
+        cmd.append("--no-inline-data")
+    if opts.base_map:
+        cmd += ["--base-map", opts.base_map]
+    if opts.source_root:
+        cmd += ["--source-root", opts.source_root]
     if opts.verbose:
         cmd.append("--verbose")
     with open(log, "ab") as logf:
@@ -478,7 +502,8 @@ def start_background(opts: ServeOptions, timeout: float = READY_TIMEOUT) -> Back
 def _serve_options(args: argparse.Namespace) -> ServeOptions:
     return ServeOptions(source=args.source, socket=args.socket, port=args.port, bind=args.bind,
                         filters=list(args.filter or []), params=list(args.param or []),
-                        threads=args.threads, dedup=args.dedup, verbose=args.verbose,
+                        threads=args.threads, dedup=args.dedup, no_inline_data=args.no_inline_data,
+                        base_map=args.base_map, source_root=args.source_root, verbose=args.verbose,
                         pidfile=args.pidfile, log=args.log, workdir=args.workdir)
 
 
@@ -486,7 +511,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     opts = _serve_options(args)
     opts.check()
     if not args.no_validate:
-        validate_source(opts.source, opts.dedup)
+        validate_source(opts)
         warn_threads(opts.threads)
     if args.foreground:
         if opts.log:
@@ -500,7 +525,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _add_serve_args(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--dedup", choices=DEDUP_MODES, help="override the manifest's image.dedup")
+    from .cli import add_source_arguments
+
+    add_source_arguments(sp)
     sp.add_argument("--filter", action="append", metavar="NAME",
                     help="nbdkit filter to stack (repeatable), e.g. cache, readahead")
     sp.add_argument("--param", action="append", metavar="KEY=VALUE",
@@ -515,7 +542,6 @@ def _add_serve_args(sp: argparse.ArgumentParser) -> None:
 
 def register_serve(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("serve", help="serve the image over NBD with nbdkit")
-    sp.add_argument("source", metavar="SOURCE", help="a manifest (.toml or .json)")
     where = sp.add_mutually_exclusive_group()
     where.add_argument("--socket", metavar="PATH", help="Unix socket to listen on "
                        "(default: a private one under the runtime directory)")
@@ -613,7 +639,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         raise ServeError(f"{mnt}: something is already mounted there")
     opts = _serve_options(args)
     opts.check()
-    validate_source(opts.source, opts.dedup)
+    validate_source(opts)
     warn_threads(opts.threads)
     shutil.rmtree(sdir, ignore_errors=True)
     sdir.mkdir(mode=0o700, parents=True)
@@ -714,9 +740,8 @@ def cmd_umount(args: argparse.Namespace) -> int:
 
 def register_mount(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("mount", help="serve + nbdfuse + read-only loop mount (root)")
-    sp.add_argument("source", metavar="SOURCE", help="a manifest (.toml or .json)")
-    sp.add_argument("mountpoint", metavar="MOUNTPOINT")
     _add_serve_args(sp)
+    sp.add_argument("mountpoint", metavar="MOUNTPOINT")
     sp.set_defaults(func=cmd_mount, socket=None, port=None, bind="localhost", pidfile=None, log=None,
                     workdir=None)
 

@@ -1,6 +1,11 @@
 """nbdkit Python plugin: serve an ext4gen manifest as a read-only NBD disk.
 
     nbdkit python plugins/ext4gen_nbdkit.py manifest=PATH [dedup=content|none]
+        [inline_data=false] [base_map=FILE] [source_root=DIR]
+
+``manifest`` (or ``source``) is anything ``ext4gen build`` takes as SOURCE: a
+manifest file, a host directory or a tar archive.  The other keys are the
+build options of the same names.
 
 The manifest is planned once, before nbdkit accepts connections, into one
 immutable :class:`ext4gen.Image` that every connection and thread shares.  The
@@ -25,7 +30,8 @@ API_VERSION = 2
 
 try:
     import ext4gen
-    from ext4gen.errors import Ext4genError, SourceError
+    from ext4gen.errors import Ext4genError, ManifestError, SourceError
+    from ext4gen.identity import IdentityMap
     from ext4gen.options import DEDUP_MODES
 except ImportError as _e:  # pragma: no cover - depends on the host's PYTHONPATH
     print(f"ext4gen: the nbdkit plugin cannot import the ext4gen library ({_e}); "
@@ -37,6 +43,9 @@ _EXTENT_ZERO = nbdkit.EXTENT_HOLE | nbdkit.EXTENT_ZERO
 
 _manifest: str | None = None
 _dedup: str | None = None
+_inline_data: bool | None = None
+_base_map: str | None = None
+_source_root: str | None = None
 _image: ext4gen.Image | None = None
 _description = ""
 _started = 0.0
@@ -87,18 +96,31 @@ class _Handle:
 
 # -- configuration -----------------------------------------------------------
 
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True,
+          "0": False, "false": False, "no": False, "off": False}
+
+
 def config(key: str, value: str) -> None:
-    global _manifest, _dedup
+    global _manifest, _dedup, _inline_data, _base_map, _source_root
     if key in ("manifest", "source"):
         if _manifest is not None:
-            _fail(f"{key}: given twice")
+            _fail(f"{key}: the source was already given")
         _manifest = value
     elif key == "dedup":
         if value not in DEDUP_MODES:
             _fail(f"dedup: must be one of {', '.join(DEDUP_MODES)}, not {value!r}")
         _dedup = value
+    elif key == "inline_data":
+        if value.lower() not in _BOOLS:
+            _fail(f"inline_data: must be true or false, not {value!r}")
+        _inline_data = _BOOLS[value.lower()]
+    elif key == "base_map":
+        _base_map = value
+    elif key == "source_root":
+        _source_root = value
     else:
-        _fail(f"{key}: unknown plugin parameter (expected manifest=PATH, dedup=MODE)")
+        _fail(f"{key}: unknown plugin parameter (expected manifest=PATH, dedup=MODE, "
+              "inline_data=BOOL, base_map=FILE, source_root=DIR)")
 
 
 def config_complete() -> None:
@@ -107,8 +129,15 @@ def config_complete() -> None:
     if _manifest is None:
         _fail("manifest=PATH is required")
     try:
-        tree, options = ext4gen.load(_manifest, dedup=_dedup)
-        _image = ext4gen.plan(tree, options)
+        base_map = IdentityMap.load(_base_map) if _base_map else None
+        tree, options = ext4gen.load(_manifest, source_root=_source_root, dedup=_dedup,
+                                     base_map=base_map, inline_data=_inline_data)
+        try:
+            _image = ext4gen.plan(tree, options)
+        except ManifestError as e:  # found while planning: name the SOURCE, as the CLI does
+            if e.origin is not None:
+                raise
+            raise ManifestError(e.key, e.message, origin=_manifest) from None
     except Ext4genError as e:
         _fail(str(e))
     geo = _image.plan.geometry

@@ -341,6 +341,38 @@ def test_background_serve_prints_uri_and_pid_then_stops_on_kill(manifest: Path, 
                 kill_pid(pid)
 
 
+@pytest.mark.parametrize("kind", ["directory", "tar"])
+def test_every_build_source_and_option_is_served_as_built(kind: str, manifest: Path, tmp_path: Path):
+    """serve takes what build takes (host directory, tar archive, --no-inline-data, --dedup)."""
+    src = manifest.parent / "src"
+    if kind == "tar":
+        source = tmp_path / "tree.tar"
+        subprocess.run(["tar", "-C", str(src), "-cf", str(source), "."], check=True)
+    else:
+        source = src
+        # Importing a directory copies host atimes, and the first read after a write
+        # moves them (relatime): read everything once so build and serve see one tree.
+        for f in src.iterdir():
+            f.read_bytes()
+    options = ["--no-inline-data", "--dedup", "none"]
+    subprocess.run([*CLI, "build", str(source), *options, "-o", str(tmp_path / "ref.img"), "-q"],
+                   check=True)
+    reference = (tmp_path / "ref.img").read_bytes()
+    with serving(source, tmp_path / "nbd.sock", *options) as server:
+        argv = Path(f"/proc/{server.nbdkit_pid}/cmdline").read_bytes().split(b"\0")
+        assert b"inline_data=false" in argv and b"dedup=none" in argv
+        out = tmp_path / "copy.img"
+        subprocess.run(["nbdcopy", server.uri, str(out)], check=True)
+        assert out.read_bytes() == reference
+
+
+def test_serve_refuses_a_manifest_on_stdin(manifest: Path):
+    proc = subprocess.run([*CLI, "serve", "-", "--foreground"], input=manifest.read_text(),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "stdin" in proc.stderr, proc.stderr
+
+
 # -- bad input -----------------------------------------------------------------------------
 
 
