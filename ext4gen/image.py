@@ -12,26 +12,18 @@ from __future__ import annotations
 import bisect
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 
 from .dedup import Run
+from .errors import SourceError
 from .metadata import MetadataGenerator
 from .ondisk import BLOCK_SIZE, EXT4_BG_BLOCK_UNINIT, EXT4_BG_INODE_UNINIT
 from .planner import Plan
+from .sources import zero_fill as _zero_fill
 
 META, DATA, ZERO = "metadata", "data", "zero"
-_ZEROS = memoryview(bytes(1 << 20))
 META_CACHE_BLOCKS = 2048
-
-
-def _zero_fill(mv: memoryview) -> None:
-    n = len(mv)
-    pos = 0
-    while pos < n:
-        step = min(n - pos, len(_ZEROS))
-        mv[pos : pos + step] = _ZEROS[:step]
-        pos += step
 
 
 @dataclass
@@ -43,9 +35,12 @@ class ReadStats:
     bytes_data: int = 0
     bytes_zero: int = 0
     metadata_blocks_generated: int = 0
-    metadata_cache_hits: int = 0
+    metadata_block_lookups: int = 0
     source_errors: int = 0
-    by_kind: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def metadata_cache_hits(self) -> int:
+        return max(0, self.metadata_block_lookups - self.metadata_blocks_generated)
 
 
 class Image:
@@ -153,6 +148,7 @@ class Image:
         while pos < n:
             block, within = divmod(offset + pos, BLOCK_SIZE)
             step = min(n - pos, BLOCK_SIZE - within)
+            self.stats.metadata_block_lookups += 1
             mv[pos : pos + step] = memoryview(self._block(block))[within : within + step]
             pos += step
 
@@ -171,7 +167,11 @@ class Image:
         while pos < end:
             stop = min(end, ends[i])
             kind = kinds[i]
-            fills[i](mv[pos - offset : stop - offset], pos - starts[i])
+            try:
+                fills[i](mv[pos - offset : stop - offset], pos - starts[i])
+            except SourceError:
+                stats.source_errors += 1
+                raise
             if kind == DATA:
                 stats.bytes_data += stop - pos
             elif kind == ZERO:

@@ -57,6 +57,7 @@ def plugin_path() -> str:
     env = os.environ.get(PLUGIN_ENV)
     candidates = [Path(env)] if env else []
     candidates.append(Path(__file__).resolve().parent.parent / "plugins" / "ext4gen_nbdkit.py")
+    candidates.append(Path(__file__).resolve().parent / "nbdkit_plugin.py")  # installed package
     for p in candidates:
         if p.is_file():
             return str(p)

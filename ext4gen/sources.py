@@ -48,6 +48,32 @@ class Source:
         return False
 
 
+_ZEROS = memoryview(bytes(1 << 20))
+
+
+def zero_fill(buf: memoryview) -> None:
+    """Zero ``buf`` in place without allocating."""
+    n = len(buf)
+    pos = 0
+    while pos < n:
+        step = min(n - pos, len(_ZEROS))
+        buf[pos : pos + step] = _ZEROS[:step]
+        pos += step
+
+
+def open_noatime(path: str) -> int:
+    """Open for reading without moving the file's atime where allowed (owner or root).
+
+    Building from a host tree must not change that tree: the atimes end up in the
+    image, so a second build would otherwise differ from the first.
+    """
+    flags = os.O_RDONLY | os.O_CLOEXEC
+    try:
+        return os.open(path, flags | os.O_NOATIME)
+    except PermissionError:
+        return os.open(path, flags)
+
+
 class ZeroSource(Source):
     """A file declared only by ``size``: stored as one hole."""
 
@@ -55,7 +81,7 @@ class ZeroSource(Source):
         self.size = size
 
     def readinto(self, buf: memoryview, offset: int) -> None:
-        buf[:] = bytes(len(buf))
+        zero_fill(buf)
 
     @property
     def all_zero(self) -> bool:
@@ -74,10 +100,10 @@ class InlineSource(Source):
     def __init__(self, data: bytes) -> None:
         self.data = bytes(data)
         self.size = len(self.data)
+        self._view = memoryview(self.data)
 
     def readinto(self, buf: memoryview, offset: int) -> None:
-        n = len(buf)
-        buf[:] = self.data[offset : offset + n]
+        buf[:] = self._view[offset : offset + len(buf)]
 
     def describe(self) -> str:
         return f"inline({self.size} bytes)"
@@ -118,16 +144,23 @@ class CallableSource(Source):
 
 
 class Pin(NamedTuple):
-    """What must still be true of a host file for its bytes to be served."""
+    """What must still be true of a host file for its bytes to be served.
+
+    ctime is included because a rewrite can put the mtime back (``touch -r``,
+    ``rsync --inplace -t``) but cannot set the ctime; any metadata change of the
+    source (chmod, a new hard link) therefore also retires it, which errs on the
+    safe side.
+    """
 
     st_dev: int
     st_ino: int
     st_size: int
     st_mtime_ns: int
+    st_ctime_ns: int
 
     @classmethod
     def of(cls, st: os.stat_result) -> Pin:
-        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 class HostFile:
@@ -146,7 +179,7 @@ class HostFile:
 
     def open_pinned(self) -> int:
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = open_noatime(self.path)
         except OSError as e:
             raise SourceError(f"{self.path}: cannot open source: {e.strerror}") from e
         try:
@@ -305,20 +338,20 @@ class HostFileSource(Source):
             if start >= end:
                 break
             if start > pos:
-                buf[pos - offset : start - offset] = bytes(start - pos)
+                zero_fill(buf[pos - offset : start - offset])
                 pos = start
             stop = min(end, seg_end)
             self.file.readinto(buf[pos - offset : stop - offset], src + (pos - start))
             pos = stop
         if pos < end:
-            buf[pos - offset :] = bytes(end - pos)
+            zero_fill(buf[pos - offset :])
 
 
 def _seek_data_segments(path: str, size: int) -> list[tuple[int, int, int]] | None:
     """(offset, length, offset) data runs found with SEEK_DATA/SEEK_HOLE; None if dense."""
     segments = []
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = open_noatime(path)
     except OSError:
         return None
     try:

@@ -149,8 +149,6 @@ def test_a_file_rewritten_during_reads_never_yields_new_or_mixed_bytes(tree, tmp
     assert outcomes["old"] >= 20 and outcomes["eio"] >= 50, outcomes
 
 
-@pytest.mark.xfail(strict=True, reason="core gap: the pin (dev, ino, size, mtime) misses a rewrite "
-                   "whose mtime was put back (rsync --inplace -t, touch -r); st_ctime_ns would catch it")
 def test_a_rewrite_that_restores_the_mtime_is_still_refused(tree, tmp_path: Path):
     manifest, reference = tree
     victim = manifest.parent / "src" / "victim2.bin"
