@@ -185,6 +185,7 @@ class ImageBuilder:
             cached = self._paths.get(key)
             if cached is not None and cached.exists():
                 return cached
+        error: Ext4genError | None = None
         try:
             image = plan_manifest(manifest, dedup=dedup, inline_data=inline_data)
             self.builds += 1
@@ -193,7 +194,9 @@ class ImageBuilder:
             # Written aside and renamed: a build that fails half-way leaves no cache entry.
             image.write(str(partial))
         except Ext4genError as e:
-            fail(e)
+            error = e
+        if error is not None:
+            fail(error)  # outside the except block, or pytest shows the chained exception too
         os.replace(partial, path)
         if key is not None:
             self._paths[key] = path
@@ -296,11 +299,14 @@ class ExportFactory:
                  inline_data: bool | None = None) -> str:
         if self._directory is None:
             self._directory = self._factory.mktemp("ext4gen-export")
+        error: Ext4genError | None = None
         try:
             server = self._stack.enter_context(
                 serving(manifest, self._directory, dedup=dedup, inline_data=inline_data))
         except Ext4genError as e:
-            fail(e)
+            error = e
+        if error is not None:
+            fail(error)
         self.servers.append(server)
         return str(server.uri)
 
