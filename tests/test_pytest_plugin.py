@@ -205,14 +205,32 @@ def test_export_is_the_built_image(ext4_image, ext4_export):
     assert read_export(dict_uri) == built.read_bytes()
 
 
+def test_export_of_a_dict_with_relative_imports(ext4_image, ext4_export):
+    (HERE / "tree" / "sub").mkdir(parents=True)
+    (HERE / "tree" / "sub" / "f.txt").write_text("imported\\n")
+    doc = {"import": [{"source": "tree", "target": "/opt"}], "/opt/extra": {"source": "payload.bin"}}
+    uri = ext4_export(doc)  # served from a copy in a temp dir: relative paths made absolute
+    record(ext4_export)
+    assert read_export(uri) == ext4_image(doc).read_bytes()
+
+
+def test_directory_source_is_cached_until_it_changes(ext4_image):
+    (HERE / "d").mkdir()
+    (HERE / "d" / "a").write_text("a")
+    first = ext4_image(HERE / "d")
+    assert ext4_image(HERE / "d") == first
+    (HERE / "d" / "b").write_text("b")
+    assert ext4_image(HERE / "d") != first
+
+
 def test_export_refuses_a_tree(ext4_export):
     tree = ext4gen.Tree(ext4gen.Meta(0o755, 0, 0, 0, 0, 0, 0))
     with pytest.raises(TypeError, match="not an ext4gen.Tree"):
         ext4_export(tree)
 """)
     result = _run(pytester)
-    result.assert_outcomes(passed=7)
-    _assert_servers_gone(pytester, expected=2)
+    result.assert_outcomes(passed=9)
+    _assert_servers_gone(pytester, expected=3)
 
 
 def test_export_is_torn_down_when_the_test_fails(pytester: pytest.Pytester) -> None:
