@@ -53,6 +53,22 @@ def read_xattrs(path: bytes, shown: str) -> dict[bytes, bytes]:
     return out
 
 
+def _list_dir(path: bytes) -> list[tuple[bytes, os.stat_result]]:
+    """(name, lstat) of the entries of ``path``, listed without moving its atime
+    (which the image records, so a second build would differ)."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags | os.O_NOATIME)
+    except PermissionError:
+        fd = os.open(path, flags)
+    try:
+        with os.scandir(fd) as it:
+            names = sorted(os.fsencode(e.name) for e in it)
+        return [(n, os.stat(n, dir_fd=fd, follow_symlinks=False)) for n in names]
+    finally:
+        os.close(fd)
+
+
 def import_directory(tree: Tree, host_dir: str, target: str = "/", *, key: str = "") -> None:
     """Add the contents of ``host_dir`` under ``target`` in ``tree``."""
     key = key or host_dir
@@ -71,18 +87,14 @@ def import_directory(tree: Tree, host_dir: str, target: str = "/", *, key: str =
     while stack:
         host, parts = stack.pop()
         try:
-            entries = sorted(os.scandir(host), key=lambda e: e.name)
+            entries = _list_dir(host)
         except OSError as e:
             raise ManifestError(os.fsdecode(host), f"cannot list directory: {e.strerror}") from None
-        for entry in entries:
-            path = entry.path
+        for name, st in entries:
+            path = host + b"/" + name
             shown = os.fsdecode(path)
-            child_parts = [*parts, entry.name]
+            child_parts = [*parts, name]
             image_path = b"/" + b"/".join(child_parts)
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError as e:
-                raise ManifestError(shown, f"cannot stat: {e.strerror}") from None
             kind = _KINDS[stat.S_IFMT(st.st_mode)]
             if kind != DIR and st.st_nlink > 1:
                 known = links.get((st.st_dev, st.st_ino))
