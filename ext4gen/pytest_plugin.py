@@ -170,6 +170,8 @@ class ImageBuilder:
 
     Session-wide, so a module- or session-scoped fixture can use it too, and
     the suites that build one fixture image in many tests pay for it once.
+    A cached file is shared by every test asking for the same manifest: a test
+    that writes to its image (fsck -y, a rw mount) copies it first.
     """
 
     def __init__(self, directory: Path) -> None:
