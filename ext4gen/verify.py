@@ -171,7 +171,7 @@ def _compare_content(node: Node, path: bytes) -> str | None:
     with open(path, "rb", buffering=0) as f:
         image_data = _data_segments(f.fileno(), size)
         for start, end in image_data:
-            diff = _compare_range(node, f, start, end)
+            diff = _compare_range(node, f.fileno(), start, end)
             if diff:
                 return diff
     src_ranges = node.source.data_ranges()
@@ -212,36 +212,34 @@ def _subtract(ranges: list[tuple[int, int]], cut: list[tuple[int, int]]) -> list
     return out
 
 
-def _compare_range(node: Node, f: object, start: int, end: int) -> str | None:
+def _source_chunks(node: Node, start: int, end: int) -> Iterator[tuple[int, memoryview]]:
+    """The expected bytes of ``[start, end)`` in 1 MiB pieces, read from the node's source."""
     assert node.source is not None
-    chunk = 1 << 20
-    want = bytearray(chunk)
+    buf = bytearray(min(1 << 20, end - start))
     offset = start
     while offset < end:
-        n = min(chunk, end - offset)
-        mv = memoryview(want)[:n]
+        n = min(len(buf), end - offset)
+        mv = memoryview(buf)[:n]
         node.source.readinto(mv, offset)
-        got = os.pread(f.fileno(), n, offset)  # type: ignore[attr-defined]
-        if got != mv:
-            for i in range(min(len(got), n)):
-                if got[i] != mv[i]:
+        yield offset, mv
+        offset += n
+
+
+def _compare_range(node: Node, fd: int, start: int, end: int) -> str | None:
+    for offset, want in _source_chunks(node, start, end):
+        got = os.pread(fd, len(want), offset)
+        if got != want:
+            for i in range(min(len(got), len(want))):
+                if got[i] != want[i]:
                     return f"content differs at byte {offset + i}"
             return f"content is short at byte {offset + len(got)}"
-        offset += n
     return None
 
 
 def _check_source_zero(node: Node, start: int, end: int) -> str | None:
-    assert node.source is not None
-    chunk = 1 << 20
-    buf = bytearray(chunk)
-    offset = start
-    while offset < end:
-        n = min(chunk, end - offset)
-        node.source.readinto(memoryview(buf)[:n], offset)
-        if buf.count(0, 0, n) != n:
+    for offset, want in _source_chunks(node, start, end):
+        if want.tobytes().count(0) != len(want):
             return f"image has a hole where the source has data near byte {offset}"
-        offset += n
     return None
 
 
