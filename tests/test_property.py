@@ -12,27 +12,20 @@ explore fresh examples locally.
 from __future__ import annotations
 
 import base64
-import json
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import prove
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from strategies import NAME_CHARS, metadata, prove_case
 
 pytestmark = pytest.mark.root
 
 EXAMPLES = 200
-NS = 10**9
-MIN_NS = -(1 << 31) * NS
-MAX_NS = ((1 << 34) - (1 << 31)) * NS - 1
 BLOCK = 4096
 POOL = [bytes(BLOCK), b"A" * BLOCK, bytes(range(256)) * 16, (b"\x00" * 4000 + b"tail").ljust(BLOCK, b"\1")]
 
-NAME_CHARS = st.characters(blacklist_characters="/\0", blacklist_categories=("Cs",))
 
 
 def _cut(text: str, limit: int) -> str:
@@ -53,25 +46,6 @@ def names(draw: st.DrawFn) -> str:
     return name
 
 
-def _time_text(ns: int) -> str:
-    sign, a = ("-", -ns) if ns < 0 else ("", ns)
-    return f"{sign}{a // NS}.{a % NS:09d}"
-
-
-@st.composite
-def metadata(draw: st.DrawFn) -> dict[str, Any]:
-    meta: dict[str, Any] = {}
-    if draw(st.booleans()):
-        meta["mode"] = draw(st.sampled_from([f"{m:04o}" for m in (0o644, 0o755, 0o4755, 0o2750,
-                                                                   0o1777, 0o7777, 0)])
-                            | st.integers(0, 0o7777))
-    if draw(st.booleans()):
-        meta["uid"] = draw(st.integers(0, (1 << 32) - 2))
-        meta["gid"] = draw(st.integers(0, (1 << 32) - 2))
-    for key in ("mtime", "atime", "ctime", "crtime"):
-        if draw(st.integers(0, 2)) == 0:
-            meta[key] = _time_text(draw(st.integers(MIN_NS, MAX_NS)))
-    return meta
 
 
 @st.composite
@@ -171,13 +145,7 @@ def test_random_manifests_are_valid_and_read_back_exactly(tmp_path_factory: pyte
         nonlocal ran
         ran += 1
         doc, hosts = case
-        with tempfile.TemporaryDirectory(dir=base) as d:
-            work = Path(d)
-            for name, data in hosts.items():
-                (work / name).write_bytes(data)
-            manifest = work / "manifest.json"
-            manifest.write_text(json.dumps(doc))
-            prove(manifest, work, check_rw=False)
+        prove_case(doc, hosts, base)
 
     check()
     assert ran >= EXAMPLES

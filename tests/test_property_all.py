@@ -13,26 +13,20 @@ EXT4GEN_PROPERTY_RANDOM=1 explores fresh examples locally.
 from __future__ import annotations
 
 import base64
-import json
 import os
 import random
-import tempfile
 import textwrap
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import prove
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from strategies import NAME_CHARS, metadata, prove_case
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 EXAMPLES = 100
-NS = 10**9
-MIN_NS = -(1 << 31) * NS
-MAX_NS = ((1 << 34) - (1 << 31)) * NS - 1
 BLOCK = 4096
 GEN_MODULE = "ext4gen_property_all_gen"
 GEN_SOURCE = textwrap.dedent("""
@@ -41,27 +35,9 @@ GEN_SOURCE = textwrap.dedent("""
 """)
 XATTR_BUDGET = 3000  # below one block's 4060 bytes: a valid set whatever the placement
 
-NAME_CHARS = st.characters(blacklist_characters="/\0", blacklist_categories=("Cs",))
 names = st.text(NAME_CHARS, min_size=1, max_size=40).filter(lambda s: s not in (".", ".."))
 
 
-def _time_text(ns: int) -> str:
-    sign, a = ("-", -ns) if ns < 0 else ("", ns)
-    return f"{sign}{a // NS}.{a % NS:09d}"
-
-
-@st.composite
-def metadata(draw: st.DrawFn) -> dict[str, Any]:
-    meta: dict[str, Any] = {}
-    if draw(st.booleans()):
-        meta["mode"] = f"{draw(st.integers(0, 0o7777)):04o}"
-    if draw(st.booleans()):
-        meta["uid"] = draw(st.integers(0, (1 << 32) - 2))
-        meta["gid"] = draw(st.integers(0, (1 << 32) - 2))
-    for key in ("mtime", "atime", "ctime", "crtime"):
-        if draw(st.integers(0, 2)) == 0:
-            meta[key] = _time_text(draw(st.integers(MIN_NS, MAX_NS)))
-    return meta
 
 
 @st.composite
@@ -216,14 +192,7 @@ def test_random_manifests_with_every_feature(tmp_path_factory: pytest.TempPathFa
         ran += 1
         doc, hosts = case
         seen.update(_features(doc))
-        with tempfile.TemporaryDirectory(dir=base) as d:
-            work = Path(d)
-            (work / f"{GEN_MODULE}.py").write_text(GEN_SOURCE)
-            for name, data in hosts.items():
-                (work / name).write_bytes(data)
-            manifest = work / "manifest.json"
-            manifest.write_text(json.dumps(doc))
-            prove(manifest, work, check_rw=False)
+        prove_case(doc, hosts, base, extra={f"{GEN_MODULE}.py": GEN_SOURCE})
 
     check()
     assert ran >= EXAMPLES
