@@ -1,19 +1,23 @@
-"""nbdkit Python plugin: serve an ext4gen manifest as a read-only NBD disk.
+"""nbdkit Python plugin: serve ext4gen manifests as read-only NBD disks, one export each.
 
-    nbdkit python plugins/ext4gen_nbdkit.py manifest=PATH [dedup=content|none]
+    nbdkit python plugins/ext4gen_nbdkit.py source=[NAME=]PATH [source=[NAME=]PATH …]
+        [dedup=content|none] [inline_data=false] [base_map=FILE] [source_root=DIR]
 
 (``plugins/ext4gen_nbdkit.py`` re-exports this module; nbdkit can also load
 this file directly, which is what ``ext4gen serve`` does for installed copies.)
-        [inline_data=false] [base_map=FILE] [source_root=DIR]
 
-``manifest`` (or ``source``) is anything ``ext4gen build`` takes as SOURCE: a
-manifest file, a host directory or a tar archive.  The other keys are the
-build options of the same names.
+Each ``source`` (or its synonym ``manifest``) is anything ``ext4gen build``
+takes as SOURCE: a manifest file, a host directory or a tar archive.  Each
+becomes one NBD export, named NAME or after the file (``site.toml`` →
+``site``; see :mod:`ext4gen.exports`).  The first is the default export, the
+one a client gets when it asks for ``""``.  The other keys are the build
+options of the same names and apply to every source.
 
-The manifest is planned once, before nbdkit accepts connections, into one
-immutable :class:`ext4gen.Image` that every connection and thread shares.  The
-plugin only translates: it advertises what an immutable disk can promise
-(parallel, multi-conn, read-only, extents) and maps library errors to errno.
+Every source is planned once, before nbdkit accepts connections, into one
+immutable :class:`ext4gen.Image` that every connection and thread of that
+export shares.  The plugin only translates: it advertises what an immutable
+disk can promise (parallel, multi-conn, read-only, extents), picks the image
+by the export name the client negotiated, and maps library errors to errno.
 
 The embedded interpreter (Debian's python3) must find the ``ext4gen`` package
 and its dependencies; ``ext4gen serve`` arranges that through PYTHONPATH.
@@ -33,7 +37,9 @@ API_VERSION = 2
 
 try:
     import ext4gen
+    from ext4gen.blockset import BlockSet
     from ext4gen.errors import Ext4genError, ManifestError, SourceError
+    from ext4gen.exports import ExportSpec, resolve_exports
     from ext4gen.identity import IdentityMap
     from ext4gen.options import DEDUP_MODES
 except ImportError as _e:  # pragma: no cover - depends on the host's PYTHONPATH
@@ -42,15 +48,15 @@ except ImportError as _e:  # pragma: no cover - depends on the host's PYTHONPATH
     os._exit(1)
 
 MAX_REQUEST = 32 << 20
+BLOCK = 4096
 _EXTENT_ZERO = nbdkit.EXTENT_HOLE | nbdkit.EXTENT_ZERO
 
-_manifest: str | None = None
+_sources: list[str] = []  # the raw `source=` values, in order
 _dedup: str | None = None
 _inline_data: bool | None = None
 _base_map: str | None = None
 _source_root: str | None = None
-_image: ext4gen.Image | None = None
-_description = ""
+_exports: dict[str, _Export] = {}  # by name, in the order given; the first is the default
 _started = 0.0
 
 
@@ -64,37 +70,55 @@ def _fail(message: str) -> None:
     os._exit(1)
 
 
-class _Totals:
-    """Per-export counters the library does not keep (errors, connections).
+class _Export:
+    """One export: its immutable image and the counters the library does not keep.
 
-    Updated under a lock: nbdkit calls us from several threads, and the GIL
-    alone does not make ``+=`` atomic.
+    Counters are updated under a lock: nbdkit calls us from several threads,
+    and the GIL alone does not make ``+=`` atomic.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, spec: ExportSpec, image: ext4gen.Image, description: str) -> None:
+        self.name = spec.name
+        self.source = spec.source
+        self.image = image
+        self.description = description
         self.lock = threading.Lock()
         self.connections = 0
         self.open_now = 0
         self.source_errors = 0
         self.range_errors = 0
         self.extents_calls = 0
+        self.blocks_read = BlockSet()  # distinct 4 KiB blocks any client has read
         self.reported: set[str] = set()
 
-
-_totals = _Totals()
+    def stats_line(self) -> str:
+        st = self.image.stats
+        total = -(-self.image.size // BLOCK)
+        with self.lock:
+            distinct = len(self.blocks_read)
+        return (f"{st.requests} reads, {self.extents_calls} extents calls; bytes: "
+                f"metadata {st.bytes_metadata}, data {st.bytes_data}, zero {st.bytes_zero}; "
+                f"metadata blocks generated {st.metadata_blocks_generated}, "
+                f"cache hits {st.metadata_cache_hits}; distinct blocks read {distinct} of {total}; "
+                f"source errors {self.source_errors}; connections {self.connections}")
 
 
 class _Handle:
     """One client connection; counts its own traffic for the close-time debug line."""
 
-    __slots__ = ("errors", "id", "opened", "read_bytes", "reads")
+    __slots__ = ("errors", "export", "id", "opened", "read_bytes", "reads")
 
-    def __init__(self, ident: int) -> None:
+    def __init__(self, ident: int, export: _Export) -> None:
         self.id = ident
+        self.export = export
         self.reads = 0
         self.read_bytes = 0
         self.errors = 0
         self.opened = time.monotonic()
+
+
+_connection_ids = 0
+_ids_lock = threading.Lock()
 
 
 # -- configuration -----------------------------------------------------------
@@ -104,11 +128,9 @@ _BOOLS = {"1": True, "true": True, "yes": True, "on": True,
 
 
 def config(key: str, value: str) -> None:
-    global _manifest, _dedup, _inline_data, _base_map, _source_root
+    global _dedup, _inline_data, _base_map, _source_root
     if key in ("manifest", "source"):
-        if _manifest is not None:
-            _fail(f"{key}: the source was already given")
-        _manifest = value
+        _sources.append(value)
     elif key == "dedup":
         if value not in DEDUP_MODES:
             _fail(f"dedup: must be one of {', '.join(DEDUP_MODES)}, not {value!r}")
@@ -122,69 +144,105 @@ def config(key: str, value: str) -> None:
     elif key == "source_root":
         _source_root = value
     else:
-        _fail(f"{key}: unknown plugin parameter (expected manifest=PATH, dedup=MODE, "
-              "inline_data=BOOL, base_map=FILE, source_root=DIR)")
+        _fail(f"{key}: unknown plugin parameter (expected manifest=PATH or source=[NAME=]PATH, "
+              "dedup=MODE, inline_data=BOOL, base_map=FILE, source_root=DIR)")
+
+
+def _plan(spec: ExportSpec) -> _Export:
+    base_map = IdentityMap.load(_base_map) if _base_map else None
+    tree, options = ext4gen.load(spec.source, source_root=_source_root, dedup=_dedup,
+                                 base_map=base_map, inline_data=_inline_data)
+    try:
+        image = ext4gen.plan(tree, options)
+    except ManifestError as e:  # found while planning: name the SOURCE, as the CLI does
+        if e.origin is not None:
+            raise
+        raise ManifestError(e.key, e.message, origin=spec.source) from None
+    geo = image.plan.geometry
+    label = getattr(options, "label", "") or ""
+    description = (f"ext4gen{' ' + label if label else ''}: {os.path.basename(spec.source)}, "
+                   f"{image.size} bytes, {geo.blocks_count} blocks of 4096")
+    nbdkit.debug(f"ext4gen: planned export {spec.name!r} from {spec.source}: {image.size} bytes, "
+                 f"{geo.used_blocks} used blocks, dedup={getattr(options, 'dedup', '?')}")
+    return _Export(spec, image, description)
 
 
 def config_complete() -> None:
-    """Plan the image before nbdkit binds its socket, so bad input never serves."""
-    global _image, _description, _started
-    if _manifest is None:
-        _fail("manifest=PATH is required")
+    """Plan every image before nbdkit binds its socket, so bad input never serves."""
+    global _started
+    if not _sources:
+        _fail("manifest=PATH is required (or source=[NAME=]PATH, once per export)")
     try:
-        base_map = IdentityMap.load(_base_map) if _base_map else None
-        tree, options = ext4gen.load(_manifest, source_root=_source_root, dedup=_dedup,
-                                     base_map=base_map, inline_data=_inline_data)
-        try:
-            _image = ext4gen.plan(tree, options)
-        except ManifestError as e:  # found while planning: name the SOURCE, as the CLI does
-            if e.origin is not None:
-                raise
-            raise ManifestError(e.key, e.message, origin=_manifest) from None
+        if _base_map and len(_sources) > 1:
+            _fail("base_map: applies to one source; serve sources with base maps separately")
+        for spec in resolve_exports(_sources):
+            _exports[spec.name] = _plan(spec)
     except Ext4genError as e:
         _fail(str(e))
-    geo = _image.plan.geometry
-    label = getattr(options, "label", "") or ""
-    _description = (f"ext4gen{' ' + label if label else ''}: {os.path.basename(_manifest)}, "
-                    f"{_image.size} bytes, {geo.blocks_count} blocks of 4096")
     _started = time.monotonic()
-    nbdkit.debug(f"ext4gen: planned {_manifest}: {_image.size} bytes, "
-                 f"{geo.used_blocks} used blocks, dedup={getattr(options, 'dedup', '?')}")
 
 
 def thread_model() -> int:
     return nbdkit.THREAD_MODEL_PARALLEL
 
 
+# -- exports -------------------------------------------------------------------
+
+def list_exports(readonly: bool, is_tls: bool) -> list[tuple[str, str]]:
+    return [(e.name, e.description) for e in _exports.values()]
+
+
+def default_export(readonly: bool, is_tls: bool) -> str:
+    return next(iter(_exports))
+
+
+def _export_for(name: str) -> _Export | None:
+    # nbdkit maps "" through default_export before open; kept for older servers.
+    if name == "":
+        return next(iter(_exports.values()))
+    return _exports.get(name)
+
+
 # -- per connection ------------------------------------------------------------
 
 def open(readonly: bool) -> _Handle:
-    with _totals.lock:
-        _totals.connections += 1
-        _totals.open_now += 1
-        return _Handle(_totals.connections)
+    global _connection_ids
+    name = nbdkit.export_name()
+    export = _export_for(name)
+    if export is None:
+        nbdkit.set_error(errno.ENOENT)
+        raise LookupError(f"ext4gen: no export named {name[:100]!r} "
+                          f"(exports: {', '.join(_exports)})")
+    with _ids_lock:
+        _connection_ids += 1
+        ident = _connection_ids
+    with export.lock:
+        export.connections += 1
+        export.open_now += 1
+    return _Handle(ident, export)
 
 
 def close(h: _Handle) -> None:
-    with _totals.lock:
-        _totals.open_now -= 1
+    e = h.export
+    with e.lock:
+        e.open_now -= 1
     secs = time.monotonic() - h.opened
     nbdkit.debug(f"ext4gen: connection {h.id} closed after {secs:.1f} s: {h.reads} reads, "
-                 f"{h.read_bytes} bytes, {h.errors} errors; export: {_stats_line()}")
+                 f"{h.read_bytes} bytes, {h.errors} errors; export {e.name}: {e.stats_line()}")
 
 
 def get_size(h: _Handle) -> int:
-    return _image.size
+    return h.export.image.size
 
 
 def export_description(h: _Handle) -> str:
-    return _description
+    return h.export.description
 
 
 def block_size(h: _Handle) -> tuple[int, int, int]:
     # Any alignment works (minimum 1); 4 KiB is the filesystem block, so the
     # preferred size never splits a metadata block across requests.
-    return (1, 4096, MAX_REQUEST)
+    return (1, BLOCK, MAX_REQUEST)
 
 
 def is_rotational(h: _Handle) -> bool:
@@ -213,41 +271,46 @@ def can_cache(h: _Handle) -> int:
 # -- data path -------------------------------------------------------------------
 
 def pread(h: _Handle, buf: memoryview, offset: int, flags: int) -> None:
+    e = h.export
     try:
-        _image.readinto(buf, offset)
-    except SourceError as e:
-        _report_source_error(h, str(e))
+        e.image.readinto(buf, offset)
+    except SourceError as err:
+        _report_source_error(h, str(err))
         nbdkit.set_error(errno.EIO)
-        raise OSError(errno.EIO, f"ext4gen: {e}") from None
-    except ValueError as e:  # nbdkit bounds-checks first; kept for defence
-        with _totals.lock:
-            _totals.range_errors += 1
+        raise OSError(errno.EIO, f"ext4gen: {err}") from None
+    except ValueError as err:  # nbdkit bounds-checks first; kept for defence
+        with e.lock:
+            e.range_errors += 1
         h.errors += 1
         nbdkit.set_error(errno.EINVAL)
-        raise OSError(errno.EINVAL, f"ext4gen: {e}") from None
+        raise OSError(errno.EINVAL, f"ext4gen: {err}") from None
+    n = len(buf)
     h.reads += 1
-    h.read_bytes += len(buf)
+    h.read_bytes += n
+    with e.lock:
+        e.blocks_read.add(offset // BLOCK, -(-(offset + n) // BLOCK))
 
 
 def extents(h: _Handle, count: int, offset: int, flags: int) -> list[tuple[int, int, int]]:
     out = []
-    for start, length, zero in _image.extents(offset, count):
+    for start, length, zero in h.export.image.extents(offset, count):
         out.append((start, length, _EXTENT_ZERO if zero else 0))
         if flags & nbdkit.FLAG_REQ_ONE:
             break
-    with _totals.lock:
-        _totals.extents_calls += 1
+    with h.export.lock:
+        h.export.extents_calls += 1
     return out
 
 
 def _report_source_error(h: _Handle, reason: str) -> None:
     """Count the failure; say why on stderr once per reason, then only under -v."""
     h.errors += 1
-    with _totals.lock:
-        _totals.source_errors += 1
-        first = reason not in _totals.reported
-        if first and len(_totals.reported) < 1000:
-            _totals.reported.add(reason)
+    e = h.export
+    with e.lock:
+        e.source_errors += 1
+        first = reason not in e.reported
+        if first and len(e.reported) < 1000:
+            e.reported.add(reason)
     if first:
         print(f"ext4gen: read error (EIO to the client): {reason}", file=sys.stderr, flush=True)
     else:
@@ -256,24 +319,10 @@ def _report_source_error(h: _Handle, reason: str) -> None:
 
 # -- statistics -------------------------------------------------------------------
 
-def _meta_counts() -> tuple[int, int]:
-    """(metadata blocks generated, metadata cache hits)."""
-    st = _image.stats
-    return st.metadata_blocks_generated, st.metadata_cache_hits
-
-
-def _stats_line() -> str:
-    st = _image.stats
-    generated, hits = _meta_counts()
-    return (f"{st.requests} reads, {_totals.extents_calls} extents calls; bytes: "
-            f"metadata {st.bytes_metadata}, data {st.bytes_data}, zero {st.bytes_zero}; "
-            f"metadata blocks generated {generated}, cache hits {hits}; "
-            f"source errors {_totals.source_errors}; connections {_totals.connections}")
-
-
 def cleanup() -> None:
-    if _image is None:
-        return
+    """One summary line per export; with several, each names its export."""
     secs = time.monotonic() - _started
-    print(f"ext4gen: served {_manifest} for {secs:.1f} s: {_stats_line()}",
-          file=sys.stderr, flush=True)
+    for e in _exports.values():
+        what = e.source if len(_exports) == 1 else f"{e.source} as export {e.name!r}"
+        print(f"ext4gen: served {what} for {secs:.1f} s: {e.stats_line()}",
+              file=sys.stderr, flush=True)

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import Ext4genError
+from .exports import ExportSpec, parse_export_arg, resolve_exports
 
 # Worker threads per connection.  One, because nbdkit 1.32.4 to 1.33.2 (Debian
 # 12 ships 1.32.5) abort()s when a client hangs up while two threads of its
@@ -174,6 +175,9 @@ def read_pidfile(path: str) -> int | None:
 
 @dataclass
 class ServeOptions:
+    """What to serve and how.  ``source`` alone serves one export; ``sources`` (each
+    ``[NAME=]SOURCE``) serves one export per entry, the first being the default."""
+
     source: str
     socket: str | None = None
     port: int | None = None
@@ -189,13 +193,22 @@ class ServeOptions:
     pidfile: str | None = None
     log: str | None = None
     workdir: str | None = None
+    sources: list[str] = field(default_factory=list)
+    exports: list[ExportSpec] = field(default_factory=list)  # set by check()
 
     def check(self) -> None:
-        """Refuse what cannot work, and make paths absolute: nbdkit runs from another cwd."""
-        if self.source == "-":
+        """Refuse what cannot work, name the exports, and make paths absolute: nbdkit
+        runs from another cwd."""
+        raw = self.sources or [self.source]
+        if any(parse_export_arg(a)[1] == "-" for a in raw):
             raise ServeError("serve and mount need a SOURCE file, not stdin: nbdkit reads it "
                              "itself (save the manifest to a file first)")
-        self.source = os.path.abspath(self.source)
+        self.exports = [ExportSpec(e.name, os.path.abspath(e.source))
+                        for e in resolve_exports(raw)]
+        self.source = self.exports[0].source
+        if self.base_map and len(self.exports) > 1:
+            raise ServeError("--base-map applies to one SOURCE; serve sources with base maps "
+                             "separately")
         if self.base_map:
             self.base_map = os.path.abspath(self.base_map)
         if self.source_root:
@@ -208,11 +221,19 @@ class ServeOptions:
         if self.port is not None and not 0 < self.port < 65536:
             raise ServeError(f"--port {self.port}: not a TCP port")
 
-    def uri(self, sock: str | None) -> str:
+    def uri(self, sock: str | None, export: str = "") -> str:
+        """The URI of ``export`` ("" is the default export: the first SOURCE)."""
         if sock is not None:
-            return f"nbd+unix:///?socket={sock}"
+            return f"nbd+unix:///{export}?socket={sock}"
         host = f"[{self.bind}]" if ":" in self.bind else self.bind
-        return f"nbd://{host}:{self.port}"
+        return f"nbd://{host}:{self.port}" + (f"/{export}" if export else "")
+
+    def uris(self, sock: str | None) -> list[str]:
+        """What serve prints: the default export's URI for one SOURCE, else one per export
+        by name (the first line is then the default export's)."""
+        if len(self.exports) <= 1:
+            return [self.uri(sock)]
+        return [self.uri(sock, e.name) for e in self.exports]
 
 
 def nbdkit_version() -> tuple[int, ...] | None:
@@ -236,12 +257,14 @@ def warn_threads(threads: int) -> None:
 
 
 def validate_source(opts: ServeOptions) -> None:
-    """Plan the SOURCE here, exactly as `ext4gen build` would, so bad input is one line
+    """Plan every SOURCE here, exactly as `ext4gen build` would, so bad input is one line
     and exit 2 before nbdkit runs."""
     from .cli import load_image
 
-    load_image(argparse.Namespace(source=opts.source, dedup=opts.dedup, base_map=opts.base_map,
-                                  source_root=opts.source_root, no_inline_data=opts.no_inline_data))
+    for export in opts.exports or [ExportSpec("", opts.source)]:
+        load_image(argparse.Namespace(source=export.source, dedup=opts.dedup,
+                                      base_map=opts.base_map, source_root=opts.source_root,
+                                      no_inline_data=opts.no_inline_data))
 
 
 def remove_stale_socket(path: str) -> None:
@@ -272,7 +295,9 @@ def nbdkit_command(opts: ServeOptions, sock: str | None, pidfile: str) -> list[s
         cmd += ["--unix", sock]
     else:
         cmd += ["--port", str(opts.port), "--ipaddr", opts.bind]
-    cmd += ["python", plugin_path(), f"source={opts.source}"]
+    cmd += ["python", plugin_path()]
+    # Always NAME=PATH: the plugin then names exports exactly as we print them.
+    cmd += [f"source={e.name}={e.source}" for e in opts.exports]
     if opts.dedup:
         cmd.append(f"dedup={opts.dedup}")
     if opts.no_inline_data:
@@ -351,14 +376,17 @@ def supervise(opts: ServeOptions, *, ready: Callable[[str, int], None] | None = 
         proc = subprocess.Popen(cmd, env=child_env(), stdin=subprocess.DEVNULL)
         nbdkit_pid = _wait_for_pid(nbdkit_pidfile, proc, "nbdkit", timeout)
         serving = True
-        uri = opts.uri(sock)
+        uris = opts.uris(sock)
+        uri = uris[0]
         _write_atomic(os.path.join(workdir, "server.json"), json.dumps(
-            {"uri": uri, "socket": sock, "port": opts.port, "supervisor_pid": os.getpid(),
-             "nbdkit_pid": nbdkit_pid, "source": os.path.abspath(opts.source)}))
+            {"uri": uri, "uris": uris, "socket": sock, "port": opts.port,
+             "supervisor_pid": os.getpid(), "nbdkit_pid": nbdkit_pid,
+             "source": os.path.abspath(opts.source),
+             "exports": {e.name: e.source for e in opts.exports}}))
         if opts.pidfile:
             _write_atomic(opts.pidfile, f"{os.getpid()}\n")
         with contextlib.suppress(BrokenPipeError):
-            print(uri, flush=True)
+            print("\n".join(uris), flush=True)
         if ready:
             ready(uri, nbdkit_pid)
         rc = _wait_stopping(proc, stopping)
@@ -435,6 +463,7 @@ class Background:
     log: str
     workdir: str
     socket: str | None = None
+    uris: list[str] = field(default_factory=list)  # one per export; uris[0] == uri
 
     def stop(self) -> None:
         """SIGTERM the supervisor (it stops nbdkit and cleans up); then make sure."""
@@ -461,7 +490,10 @@ def start_background(opts: ServeOptions, timeout: float = READY_TIMEOUT) -> Back
         sock = os.path.abspath(opts.socket) if opts.socket else os.path.join(workdir, "nbd.sock")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(pidfile)
-    cmd = [sys.executable, "-m", SUPERVISOR, "serve", opts.source, "--foreground",
+    if not opts.exports:
+        opts.check()
+    cmd = [sys.executable, "-m", SUPERVISOR, "serve", *[f"{e.name}={e.source}" for e in opts.exports],
+           "--foreground",
            "--no-validate", "--workdir", workdir, "--pidfile", pidfile,
            "--threads", str(opts.threads), "--bind", opts.bind]
     cmd += ["--socket", sock] if sock else ["--port", str(opts.port)]
@@ -495,7 +527,8 @@ def start_background(opts: ServeOptions, timeout: float = READY_TIMEOUT) -> Back
         shutil.rmtree(workdir, ignore_errors=True)
         raise
     return Background(pid=pid, nbdkit_pid=int(info["nbdkit_pid"]), uri=str(info["uri"]),
-                      pidfile=pidfile, log=log, workdir=workdir, socket=sock)
+                      pidfile=pidfile, log=log, workdir=workdir, socket=sock,
+                      uris=[str(u) for u in info.get("uris", [info["uri"]])])
 
 
 # -- ext4gen serve -----------------------------------------------------------------
@@ -505,7 +538,8 @@ def _serve_options(args: argparse.Namespace) -> ServeOptions:
                         filters=list(args.filter or []), params=list(args.param or []),
                         threads=args.threads, dedup=args.dedup, no_inline_data=args.no_inline_data,
                         base_map=args.base_map, source_root=args.source_root, verbose=args.verbose,
-                        pidfile=args.pidfile, log=args.log, workdir=args.workdir)
+                        pidfile=args.pidfile, log=args.log, workdir=args.workdir,
+                        sources=[args.source, *getattr(args, "more_sources", [])])
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -519,7 +553,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise ServeError("--log is for background mode; in the foreground nbdkit logs to stderr")
         return supervise(opts)
     bg = start_background(opts)
-    print(bg.uri, flush=True)
+    print("\n".join(bg.uris or [bg.uri]), flush=True)
     print(f"ext4gen: serving in the background: pid {bg.pid} (pidfile {bg.pidfile}, "
           f"log {bg.log}); stop with: kill {bg.pid}", file=sys.stderr)
     return 0
@@ -542,7 +576,12 @@ def _add_serve_args(sp: argparse.ArgumentParser) -> None:
 
 
 def register_serve(sub: argparse._SubParsersAction) -> None:
-    sp = sub.add_parser("serve", help="serve the image over NBD with nbdkit")
+    sp = sub.add_parser("serve", help="serve images over NBD with nbdkit, one export per SOURCE",
+                        description="Serve each SOURCE as a read-only NBD export. A SOURCE "
+                        "may be written NAME=SOURCE; otherwise its export is named after the "
+                        "file (site.toml -> site). The first SOURCE is also the default export "
+                        "(\"\"). One SOURCE prints nbd+unix:///?socket=...; several print one "
+                        "URI per export, by name.")
     where = sp.add_mutually_exclusive_group()
     where.add_argument("--socket", metavar="PATH", help="Unix socket to listen on "
                        "(default: a private one under the runtime directory)")
@@ -558,6 +597,8 @@ def register_serve(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--no-validate", action="store_true", help=argparse.SUPPRESS)
     sp.add_argument("--workdir", help=argparse.SUPPRESS)
     _add_serve_args(sp)
+    sp.add_argument("more_sources", nargs="*", metavar="[NAME=]SOURCE",
+                    help="more sources, one NBD export each (NAME=SOURCE names the export)")
     sp.set_defaults(func=cmd_serve)
 
 

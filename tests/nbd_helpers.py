@@ -184,16 +184,22 @@ def reap_zombie_children() -> None:
 
 
 class Server:
-    """``ext4gen serve SOURCE --socket SOCK --foreground``: the CLI as users run it."""
+    """``ext4gen serve SOURCE [SOURCE …] --socket SOCK --foreground``: the CLI as users run it.
 
-    def __init__(self, manifest: Path, sock: Path, *extra: str, log: Path | None = None) -> None:
+    ``more`` are further SOURCE arguments (``[NAME=]PATH``), one export each;
+    ``uris`` then holds the URI serve printed for each export, in order.
+    """
+
+    def __init__(self, manifest: Path | str, sock: Path, *extra: str, log: Path | None = None,
+                 more: tuple[str, ...] = ()) -> None:
         self.sock = sock
         self.log = log or sock.with_suffix(".log")
         self._logf = open(self.log, "wb")
         self.proc = subprocess.Popen(
-            [*CLI, "serve", str(manifest), "--socket", str(sock), "--foreground", *extra],
+            [*CLI, "serve", str(manifest), *more, "--socket", str(sock), "--foreground", *extra],
             stdout=subprocess.PIPE, stderr=self._logf, stdin=subprocess.DEVNULL)
-        self.uri = self._read_uri()
+        self.uris = [self._read_uri() for _ in range(1 + len(more))]
+        self.uri = self.uris[0]
         nbdkits = [p for p in children(self.proc.pid) if program(p) == "nbdkit"]
         assert len(nbdkits) == 1, f"expected one nbdkit child, found {nbdkits}"
         self.nbdkit_pid = nbdkits[0]
@@ -236,8 +242,9 @@ class Server:
 
 
 @contextlib.contextmanager
-def serving(manifest: Path, sock: Path, *extra: str) -> Iterator[Server]:
-    server = Server(manifest, sock, *extra)
+def serving(manifest: Path | str, sock: Path, *extra: str,
+            more: tuple[str, ...] = ()) -> Iterator[Server]:
+    server = Server(manifest, sock, *extra, more=more)
     try:
         yield server
     finally:
