@@ -200,6 +200,7 @@ class Boot:
     server_ready_after: float  # seconds from starting `ext4gen serve` to its URIs
     seconds: float  # qemu's run time
     summary: dict[str, dict[str, int]]  # the server's per-export statistics
+    pids: dict[str, int | None] = field(default_factory=dict)  # qemu, serve, nbdkit: all stopped
 
     @property
     def guest(self) -> dict[str, str]:
@@ -256,7 +257,8 @@ def boot(timeout: float = BOOT_TIMEOUT, echo: bool = False) -> Boot:
         seconds = time.monotonic() - q_started
         server.stop()
         return Boot(console, None if timed_out else rc, marker_at, server.ready - server.started,
-                    seconds, server.summary())
+                    seconds, server.summary(),
+                    {"qemu": qemu.pid, "serve": server.proc.pid, "nbdkit": server.nbdkit_pid})
     finally:
         if qemu is not None and qemu.poll() is None:
             qemu.kill()
