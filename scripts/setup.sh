@@ -28,12 +28,22 @@ PACKAGES=(
     ca-certificates                   # pip over https
 )
 
+# Packages only the boot-disk example (examples/bootdisk, tests/test_bootdisk.py)
+# needs.  Installed when possible; if they cannot be, set-up still succeeds and
+# the boot test skips, saying which one is missing.
+OPTIONAL_PACKAGES=(
+    qemu-system-x86                   # qemu-system-x86_64 (TCG)
+    linux-image-amd64                 # /boot/vmlinuz-* and its initrd (virtio_blk, ext4)
+    busybox-static                    # /bin/busybox: the guest's userland
+)
+
 log() { printf 'setup: %s\n' "$*" >&2; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 
 missing_packages() {
     local p status
-    for p in "${PACKAGES[@]}"; do
+    local -n list=${1:-PACKAGES}
+    for p in "${list[@]}"; do
         status=$(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null || true)
         [[ $status == ii* ]] || printf '%s\n' "$p"
     done
@@ -51,6 +61,29 @@ install_packages() {
     apt-get "${apt_opts[@]}" install -y --no-install-recommends "${missing[@]}" </dev/null
     mapfile -t missing < <(missing_packages)
     ((${#missing[@]} == 0)) || die "Debian packages still missing after apt-get: ${missing[*]}"
+}
+
+install_optional_packages() {
+    local missing p
+    mapfile -t missing < <(missing_packages OPTIONAL_PACKAGES)
+    ((${#missing[@]} > 0)) || return 0
+    if [[ $(id -u) -ne 0 ]]; then
+        log "not root: not installing ${missing[*]} (the boot-disk test will skip)"
+        return 0
+    fi
+    log "installing Debian packages for the boot-disk example: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    local apt_opts=(-q -o DPkg::Lock::Timeout=600 -o Dpkg::Use-Pty=0)
+    apt-get "${apt_opts[@]}" update </dev/null || true
+    if ! apt-get "${apt_opts[@]}" install -y --no-install-recommends "${missing[@]}" </dev/null; then
+        for p in "${missing[@]}"; do  # one that cannot be installed must not stop the others
+            apt-get "${apt_opts[@]}" install -y --no-install-recommends "$p" </dev/null || true
+        done
+    fi
+    mapfile -t missing < <(missing_packages OPTIONAL_PACKAGES)
+    if ((${#missing[@]} > 0)); then
+        log "warning: could not install ${missing[*]}; tests/test_bootdisk.py will skip"
+    fi
 }
 
 # What a successful venv set-up depended on; a change forces `pip install` again
@@ -129,6 +162,7 @@ main() {
         flock 9
     fi
     install_packages
+    install_optional_packages
     setup_venv
     exec 9>&-
     log "ready: $VENV (Python $("$VENV/bin/python" -c 'import platform; print(platform.python_version())'))"
