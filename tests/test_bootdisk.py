@@ -43,10 +43,14 @@ def _load(name: str) -> ModuleType:
 boot = _load("boot")
 bootgen = _load("bootgen")
 
-pytestmark = pytest.mark.skipif(
-    bool(boot.missing()),
-    reason="cannot boot the example VM here, missing: " + "; ".join(boot.missing())
+_MISSING = boot.missing()
+needs_vm = pytest.mark.skipif(
+    bool(_MISSING), reason="cannot boot the example VM here, missing: " + "; ".join(_MISSING)
     + " (scripts/setup.sh installs them where the packages can be installed)")
+needs_busybox = pytest.mark.skipif(
+    not Path("/bin/busybox").is_file(),
+    reason="/bin/busybox is missing (Debian package busybox-static; scripts/setup.sh installs it "
+    "where it can be installed)")
 
 
 def _manifest_size(manifest: Path, path: str) -> tuple[int, str]:
@@ -57,6 +61,7 @@ def _manifest_size(manifest: Path, path: str) -> tuple[int, str]:
     return entry["size"], entry["args"]["seed"]
 
 
+@needs_busybox
 def test_the_synthesized_root_is_clean_and_shares_blocks(tmp_path: Path):
     for manifest in ("rootfs.toml", "data.toml"):
         image = tmp_path / manifest.replace(".toml", ".img")
@@ -71,6 +76,7 @@ def test_the_synthesized_root_is_clean_and_shares_blocks(tmp_path: Path):
     assert busybox > 64 * BLOCK, "the shared pair must be multi-block files"
 
 
+@needs_vm
 @pytest.mark.slow
 def test_a_vm_boots_from_the_served_disk_and_reads_what_was_planned():
     result = boot.boot(timeout=180)
