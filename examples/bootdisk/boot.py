@@ -135,12 +135,15 @@ def _kill_pid(pid: int, name: str) -> None:
             time.sleep(0.05)
 
 
-def start_server(workdir: str) -> Server:
-    """Serve both manifests from one process; return once both URIs are printed."""
+def start_server(workdir: str, serve_args: tuple[str, ...] = ()) -> Server:
+    """Serve both manifests from one process; return once both URIs are printed.
+
+    ``serve_args`` go to ``ext4gen serve`` (e.g. ``--filter log --param logfile=F``).
+    """
     sock = os.path.join(workdir, "nbd.sock")
     log = os.path.join(workdir, "serve.log")
     cmd = [sys.executable, "-m", "ext4gen.cli", "serve", f"rootfs={ROOT_MANIFEST}",
-           f"data={DATA_MANIFEST}", "--socket", sock, "--foreground"]
+           f"data={DATA_MANIFEST}", "--socket", sock, "--foreground", *serve_args]
     started = time.monotonic()
     with open(log, "wb") as logf:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=logf, stdin=subprocess.DEVNULL,
@@ -213,7 +216,7 @@ class Boot:
         return out
 
 
-def boot(timeout: float = BOOT_TIMEOUT, echo: bool = False) -> Boot:
+def boot(timeout: float = BOOT_TIMEOUT, echo: bool = False, serve_args: tuple[str, ...] = ()) -> Boot:
     """Serve, boot until the VM powers off (or ``timeout``), stop everything, report."""
     kernel_initrd = find_kernel()
     if kernel_initrd is None:
@@ -224,7 +227,7 @@ def boot(timeout: float = BOOT_TIMEOUT, echo: bool = False) -> Boot:
     console: list[str] = []
     marker_at = None
     try:
-        server = start_server(workdir)
+        server = start_server(workdir, serve_args)
         qemu = subprocess.Popen(qemu_command(server.sock, *kernel_initrd), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         q_started = time.monotonic()
