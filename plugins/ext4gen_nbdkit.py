@@ -1,4 +1,4 @@
-"""nbdkit entry point: ``nbdkit python plugins/ext4gen_nbdkit.py manifest=PATH``.
+"""nbdkit entry point: ``nbdkit python plugins/ext4gen_nbdkit.py source=[NAME=]PATH …``.
 
 The plugin itself is ``ext4gen/nbdkit_plugin.py``, inside the package, so an
 installed (non-editable) ext4gen can serve too; this file keeps the documented
