@@ -12,7 +12,7 @@ Everything in one run, so the figures in docs/PERFORMANCE.md are comparable:
 * ``mkfs.ext4 -d`` with ext4gen's features as far as mkfs allows, timed the
   same way, and used blocks of both images.
 
-Each measurement runs in a fresh process, so ``ru_maxrss`` is that
+Each measurement runs in a fresh process, so its peak RSS is that
 measurement's own peak memory.  Usage (root, for drop_caches)::
 
     .venv/bin/python bench/bench_build.py [--trees t1,t2] [--repeat 3] [--json OUT]
@@ -25,11 +25,11 @@ import json
 import os
 import platform
 import re
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -51,6 +51,19 @@ MKFS_OPTS = ["-q", "-F", "-b", "4096", "-I", "256", "-m", "0",
 
 
 # -- worker: one planning measurement in its own process ----------------------------------
+def vm_hwm_kb() -> int:
+    """Peak RSS of this process image.
+
+    Not ``ru_maxrss``: Linux carries the parent's high-water mark across
+    fork/vfork + exec, so a small child of a big parent would report the parent.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def worker(tree_dir: str, dedup: str, via: str) -> None:
     t0 = time.perf_counter()
     from tree_manifest import tree_from_dir
@@ -58,11 +71,11 @@ def worker(tree_dir: str, dedup: str, via: str) -> None:
     import ext4gen
 
     t_import = time.perf_counter() - t0
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base_rss = vm_hwm_kb()
     t0 = time.perf_counter()
     c0 = time.process_time()
     if via == "api":  # tree_manifest's helper: HostFileSources without hole detection
-        tree = tree_from_dir(tree_dir)
+        tree = tree_from_dir(tree_dir, detect_holes=False)
         opts = ext4gen.ImageOptions(dedup=dedup)
     else:  # "dir" (ext4gen's directory import) or "json" (a manifest file)
         tree, opts = ext4gen.load(tree_dir, dedup=dedup)
@@ -79,7 +92,7 @@ def worker(tree_dir: str, dedup: str, via: str) -> None:
         "import_s": t_import, "load_s": t1 - t0, "plan_s": t2 - t1, "total_s": t2 - t0,
         "load_cpu_s": c1 - c0, "plan_cpu_s": c2 - c1,
         "superblock_read_s": t3 - t2,
-        "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "import_rss_kb": base_rss,
+        "maxrss_kb": vm_hwm_kb(), "import_rss_kb": base_rss,
         "size": image.size, "blocks_count": geo.blocks_count, "used_blocks": geo.used_blocks,
         "block_counts": image.block_counts(),
         "dedup": {k: getattr(ds, k) for k in vars(ds)} if ds is not None else None,
@@ -107,29 +120,41 @@ def busy_jiffies() -> int:
     return sum(v) - v[3] - v[4]  # minus idle and iowait
 
 
-def run_rusage(cmd: list[str]) -> dict:
+def run_rusage(cmd: list[str], stdout_path: Path | None = None) -> dict:
     """Run ``cmd``: wall time and the child's own rusage (peak RSS, CPU) via wait4.
 
     ``others_cores`` is how many cores other processes kept busy meanwhile: the
     machine is shared with other developers' test runs, so every figure says
     how contended it was.
     """
+    # Peak RSS through GNU time: its own tiny process is what the command's high-water
+    # mark starts from (see vm_hwm_kb), and the parent's is not inherited.
+    fd, rss_file = tempfile.mkstemp(prefix="maxrss-")
+    os.close(fd)
+    cmd = ["/usr/bin/time", "-f", "%M", "-o", rss_file, *cmd]
     b0 = busy_jiffies()
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env(),
-                         cwd=SRC)
+    sink = open(stdout_path, "wb") if stdout_path else subprocess.PIPE
+    p = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.PIPE, env=child_env(), cwd=SRC)
     # Drain stderr in a thread so neither pipe can fill up; reap with wait4 for rusage.
     errs: list[bytes] = []
     t = threading.Thread(target=lambda: errs.append(p.stderr.read()))  # type: ignore[union-attr]
     t.start()
-    out = p.stdout.read()  # type: ignore[union-attr]
+    out = p.stdout.read() if p.stdout else b""
     t.join()
+    if stdout_path:
+        sink.close()  # type: ignore[union-attr]
     err = errs[0]
     _pid, status, ru = os.wait4(p.pid, 0)
     wall = time.perf_counter() - t0
     others = (busy_jiffies() - b0) / os.sysconf("SC_CLK_TCK") - ru.ru_utime - ru.ru_stime
     p.returncode = os.waitstatus_to_exitcode(status)
-    return {"rc": p.returncode, "wall_s": wall, "maxrss_kb": ru.ru_maxrss, "user_s": ru.ru_utime,
+    try:
+        maxrss = int(Path(rss_file).read_text().split()[-1])
+    except (ValueError, IndexError):
+        maxrss = -1  # the command failed before GNU time could report
+    os.unlink(rss_file)
+    return {"rc": p.returncode, "wall_s": wall, "maxrss_kb": maxrss, "user_s": ru.ru_utime,
             "sys_s": ru.ru_stime, "cpu_s": ru.ru_utime + ru.ru_stime,
             "others_cores": max(0.0, others / wall), "stdout": out.decode(errors="replace"),
             "stderr": err.decode(errors="replace")}
@@ -144,7 +169,6 @@ def plan_once(tree_dir: Path | str, dedup: str, via: str, cold: bool) -> dict:
         raise SystemExit(f"planning worker failed: {r['stderr']}")
     res = json.loads(r["stdout"].strip().splitlines()[-1])
     res["process_wall_s"] = r["wall_s"]
-    res["maxrss_kb"] = r["maxrss_kb"]
     res["others_cores"] = r["others_cores"]
     res["load_before"] = before
     return res
@@ -282,9 +306,8 @@ def bench_tree(name: str, repeat: int, cold: bool, log) -> dict:
     # The CLI path: JSON manifest, then ext4gen build.
     manifest = WORK / f"{name}.json"
     t0 = time.perf_counter()
-    gen = run_rusage([PY, str(HERE / "tree_manifest.py"), str(tree_dir)])
+    run_rusage([PY, str(HERE / "tree_manifest.py"), str(tree_dir)], stdout_path=manifest)
     res["manifest_gen_s"] = time.perf_counter() - t0
-    manifest.write_text(gen["stdout"])
     res["manifest_bytes"] = manifest.stat().st_size
     plan_once(manifest, "none", "json", cold=False)
     json_runs = [plan_once(manifest, "none", "json", cold=False) for _ in range(repeat)]
