@@ -258,18 +258,23 @@ class _FdCache:
             if broken and entry[1] == 0:
                 del self._fds[hf]
                 os.close(entry[0])
-            self._evict()
 
     def _evict(self) -> None:
-        if len(self._fds) <= self.limit:
+        """Close least recently used idle descriptors until within the limit.
+
+        Walks from the LRU end only as far as needed: this runs on every new open.
+        """
+        excess = len(self._fds) - self.limit
+        if excess <= 0:
             return
-        for key in list(self._fds):
-            if len(self._fds) <= self.limit:
-                break
-            fd, users = self._fds[key]
+        victims = []
+        for key, (_fd, users) in self._fds.items():
             if users == 0:
-                del self._fds[key]
-                os.close(fd)
+                victims.append(key)
+                if len(victims) == excess:
+                    break
+        for key in victims:
+            os.close(self._fds.pop(key)[0])
 
     def close_all(self) -> None:
         with self._lock:
@@ -279,13 +284,22 @@ class _FdCache:
 
 
 def _fd_limit() -> int:
+    """A quarter of the descriptor limit, after raising the soft limit toward the hard one.
+
+    Trees of many files otherwise reopen sources on most reads (Debian's soft
+    limit is 1024; the hard limit is usually far higher).
+    """
     try:
         import resource
 
-        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+        if soft != resource.RLIM_INFINITY and soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
     except (ImportError, ValueError, OSError):
         soft = 1024
-    return max(16, min(1024, soft // 4))
+    return max(16, min(16384, soft // 4))
 
 
 FD_CACHE = _FdCache(_fd_limit())
