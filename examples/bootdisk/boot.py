@@ -38,7 +38,7 @@ DATA_MANIFEST = HERE / "data.toml"
 PREFIX = "bootdisk: "
 MARKER = "EXT4GEN-BOOTDISK-OK"
 KERNEL_ARGS = ("root=/dev/vda ro rootfstype=ext4 init=/init console=ttyS0 panic=-1 "
-               "fsck.mode=skip noresume")
+               "fsck.mode=skip noresume quiet")
 BOOT_TIMEOUT = 180.0
 SERVE_TIMEOUT = 120.0
 BLOCK = 4096
@@ -241,19 +241,26 @@ def boot(timeout: float = BOOT_TIMEOUT, echo: bool = False, serve_args: tuple[st
 
         threading.Thread(target=reader, daemon=True).start()
         deadline = q_started + timeout
+        eof = False
         while True:
             try:
                 line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 break  # timed out: qemu is killed below
             if line is None:
+                eof = True
                 break
             console.append(line)
             if echo:
                 print(line, flush=True)
             if marker_at is None and line == f"{PREFIX}marker {MARKER}":
                 marker_at = time.monotonic() - server.started
-        timed_out = qemu.poll() is None
+        timed_out = not eof
+        if eof:  # qemu closes its console before it has finished exiting
+            try:
+                qemu.wait(max(10.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                timed_out = True
         if timed_out:
             qemu.kill()
         rc = qemu.wait(30)
