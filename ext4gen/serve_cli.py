@@ -575,7 +575,34 @@ def _add_serve_args(sp: argparse.ArgumentParser) -> None:
                     help="nbdkit -v: debug output, including per-connection read statistics")
 
 
+class _IntermixedParser(argparse.ArgumentParser):
+    """Lets SOURCEs and options mix (``serve a.toml --socket S b.toml``).
+
+    Plain argparse stops filling a ``nargs="*"`` positional at the first
+    option, and then calls the later SOURCEs unrecognized arguments.
+    """
+
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def, override]
+        if self._inside:  # parse_known_intermixed_args calls back into this method
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+
+
 def register_serve(sub: argparse._SubParsersAction) -> None:
+    parser_class, sub._parser_class = sub._parser_class, _IntermixedParser
+    try:
+        _register_serve(sub)
+    finally:
+        sub._parser_class = parser_class
+
+
+def _register_serve(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("serve", help="serve images over NBD with nbdkit, one export per SOURCE",
                         description="Serve each SOURCE as a read-only NBD export. A SOURCE "
                         "may be written NAME=SOURCE; otherwise its export is named after the "

@@ -196,7 +196,8 @@ def test_background_serve_prints_one_uri_per_export(sources, tmp_path: Path):
     (alpha, alpha_ref), (beta, beta_ref) = sources["alpha"], sources["beta"]
     sock, pidfile = tmp_path / "bg.sock", tmp_path / "bg.pid"
     with subreaper():
-        proc = subprocess.run([*CLI, "serve", f"one={alpha}", f"two={beta}", "--socket", str(sock),
+        # SOURCEs and options may mix: the second SOURCE comes after --socket.
+        proc = subprocess.run([*CLI, "serve", f"one={alpha}", "--socket", str(sock), f"two={beta}",
                                "--pidfile", str(pidfile), "--log", str(tmp_path / "bg.log")],
                               capture_output=True, text=True, timeout=120)
         pid = int(pidfile.read_text()) if pidfile.exists() else None
