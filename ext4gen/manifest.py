@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import importlib
+import importlib.util
 import json
 import os
 import sys
@@ -386,10 +388,8 @@ def _generator(entry: dict[str, Any], key: str, base_dir: str) -> CallableSource
     module_name, _, func_name = spec.partition(":")
     if not module_name or not func_name:
         raise ManifestError(f"{key}.generator", "expected \"module:function\"")
-    if base_dir not in sys.path:
-        sys.path.insert(0, base_dir)
     try:
-        func = getattr(importlib.import_module(module_name), func_name)
+        func = getattr(_generator_module(module_name, base_dir), func_name)
     except Exception as e:  # import errors of user code are input errors
         raise ManifestError(f"{key}.generator", f"cannot load {spec}: {e}") from None
     if not callable(func):
@@ -402,6 +402,39 @@ def _generator(entry: dict[str, Any], key: str, base_dir: str) -> CallableSource
         return func(offset, length, **args)
 
     return CallableSource(size, read, identity=identity, name=spec)
+
+
+def _generator_module(name: str, base_dir: str) -> Any:
+    """The module a generator names.
+
+    One beside the manifest is loaded from its file under a name unique to that
+    file: two manifests in different directories may both have a ``gen.py``,
+    and a plain import would hand the second the first one's module.  Other
+    names are ordinary imports (installed packages).  The manifest's directory
+    stays importable for the generator's own sibling imports.
+    """
+    if base_dir not in sys.path:
+        sys.path.insert(0, base_dir)
+    rel = os.path.join(base_dir, *name.split("."))
+    for path in (rel + ".py", os.path.join(rel, "__init__.py")):
+        if os.path.isfile(path):
+            real = os.path.realpath(path)
+            unique = "_ext4gen_generator_" + hashlib.sha256(real.encode()).hexdigest()[:20]
+            module = sys.modules.get(unique)
+            if module is None:
+                spec = importlib.util.spec_from_file_location(unique, real)
+                assert spec is not None and spec.loader is not None
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[unique] = module
+                try:
+                    spec.loader.exec_module(module)
+                except BaseException:
+                    del sys.modules[unique]
+                    raise
+                # also importable by its plain name (first come), e.g. to inspect its state
+                sys.modules.setdefault(name, module)
+            return module
+    return importlib.import_module(name)
 
 
 def _table(v: Any, key: str) -> dict[str, Any]:
