@@ -10,13 +10,14 @@ skip below only ever triggers on a developer's unprivileged machine.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
+import functools
 import hashlib
 import json
 import os
 import subprocess
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,14 @@ import ext4gen
 from ext4gen.image import Image
 from ext4gen.ondisk import ext4_super_block
 from ext4gen.options import ImageOptions
+from ext4gen.pytest_plugin import ImageBuilder
 from ext4gen.tree import Tree
 from ext4gen.verify import compare_tree, e2fsck, is_root, loop_mount
 
 ROOT_REASON = "needs root for loop mounts (CI runs as root, where this test must run)"
 requires_root = pytest.mark.skipif(not is_root(), reason=ROOT_REASON)
 HASH_IMAGE_LIMIT = 256 << 20  # rw-refusal check hashes images up to this size
+REPLAN_CHECK_BYTES = 1 << 20  # a re-planned Image must render the file's first bytes
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -131,20 +134,55 @@ def assert_rw_mount_refused(path: Path) -> None:
 
 # -- the proof -----------------------------------------------------------------
 
+# The session's ``ext4_image`` (tests/ get it from the ext4gen pytest plugin), for the many
+# tests that call ``prove`` as a plain function (``from conftest import prove``).
+_session_images: ImageBuilder | None = None
 
-@dataclass
+
+@pytest.fixture(autouse=True, scope="session")
+def _images_for_plain_prove(ext4_image: ImageBuilder) -> Iterator[None]:
+    global _session_images
+    _session_images = ext4_image
+    try:
+        yield
+    finally:
+        _session_images = None
+
+
 class Proof:
-    image: Image
-    tree: Tree
-    path: Path  # the written image file
+    """What ``prove`` built: the tree, the image file, and (planned on first use) the Image.
+
+    The file comes from ``ext4_image``, which keeps no Image object, so tests
+    that inspect the plan get a second plan of the same tree and options; it is
+    checked against the file's first bytes, so it is the image that was proved.
+    """
+
+    def __init__(self, tree: Tree, options: ImageOptions, path: Path) -> None:
+        self.tree, self.options, self.path = tree, options, path
+
+    @functools.cached_property
+    def image(self) -> Image:
+        image = ext4gen.plan(self.tree, self.options)
+        n = min(image.size, REPLAN_CHECK_BYTES)
+        with open(self.path, "rb") as f:
+            written = f.read(n)
+        assert image.size == self.path.stat().st_size and image.read(0, n) == written, \
+            "planning the same tree twice gave another image: planning is not deterministic"
+        return image
 
 
 Subject = Tree | tuple[Tree, ImageOptions] | dict[str, Any] | str | os.PathLike[str]
 
 
 def build(subject: Subject, tmp_path: Path, *, options: ImageOptions | None = None,
-          dedup: str | None = None) -> tuple[Tree, Image, Path]:
-    """Plan ``subject`` (tree, manifest document or manifest file) and write the image."""
+          dedup: str | None = None, images: ImageBuilder | None = None) -> tuple[Tree, ImageOptions, Path]:
+    """Load ``subject`` (tree, manifest document or manifest file); ``ext4_image`` writes the image.
+
+    A document is written into ``tmp_path`` and loaded from there, so its relative
+    ``source`` paths mean files in ``tmp_path``; the image is built from the
+    loaded tree, never from the cache (trees are not cached), so no other test
+    ever sees this file.
+    """
     if isinstance(subject, tuple):
         tree, options = subject
     elif isinstance(subject, Tree):
@@ -157,23 +195,24 @@ def build(subject: Subject, tmp_path: Path, *, options: ImageOptions | None = No
         tree, options = ext4gen.load(str(subject))
     options = options or ImageOptions()
     if dedup is not None:
-        options.dedup = dedup
-    image = ext4gen.plan(tree, options)
-    path = tmp_path / "image.ext4"
-    image.write(path)
-    return tree, image, path
+        options = dataclasses.replace(options, dedup=dedup)
+    images = images or _session_images
+    if images is None:
+        raise RuntimeError("prove() builds through the ext4_image fixture: call it from a test")
+    return tree, options, images((tree, options))
 
 
 def prove(subject: Subject, tmp_path: Path, *, options: ImageOptions | None = None,
           dedup: str | None = None, check_content: bool = True, check_rw: bool = True,
-          while_mounted: Callable[[str], None] | None = None) -> Proof:
-    """Plan, write, e2fsck, and (as root) compare the kernel's view with the tree.
+          while_mounted: Callable[[str], None] | None = None,
+          images: ImageBuilder | None = None) -> Proof:
+    """Build (through ``ext4_image``), e2fsck, and (as root) compare the kernel's view with the tree.
 
     ``while_mounted(mountpoint)`` runs extra checks against the read-only mount.
     Without root the kernel half is skipped with a visible reason, after
-    e2fsck has passed.
+    e2fsck has passed.  ``images`` defaults to the session's ``ext4_image``.
     """
-    tree, image, path = build(subject, tmp_path, options=options, dedup=dedup)
+    tree, options, path = build(subject, tmp_path, options=options, dedup=dedup, images=images)
     rc, complaints = e2fsck(str(path))
     assert rc == 0 and complaints == [], f"e2fsck -fn exit {rc}:\n" + "\n".join(complaints)
     if not is_root():
@@ -185,13 +224,13 @@ def prove(subject: Subject, tmp_path: Path, *, options: ImageOptions | None = No
             while_mounted(mnt)
     if check_rw:
         assert_rw_mount_refused(path)
-    return Proof(image, tree, path)
+    return Proof(tree, options, path)
 
 
 @pytest.fixture(name="prove")
-def prove_fixture() -> Callable[..., Proof]:
-    """``prove(subject, tmp_path, **kw)``; see :func:`prove`."""
-    return prove
+def prove_fixture(ext4_image: ImageBuilder) -> Callable[..., Proof]:
+    """``prove(subject, tmp_path, **kw)`` building through this session's ``ext4_image``."""
+    return functools.partial(prove, images=ext4_image)
 
 
 @pytest.fixture(autouse=True, scope="session")
