@@ -20,8 +20,10 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -101,7 +103,11 @@ def make_source_tree(base: Path, *, dedup: str = "content", seed: int = 3) -> Pa
 
 
 def build_image(manifest: Path, out: Path) -> bytes:
-    """``ext4gen build`` the manifest; return the image's bytes (the reference)."""
+    """``ext4gen build`` the manifest; return the image's bytes.
+
+    For references that must be the CLI's own build ("byte-identical to
+    ``ext4gen build``"); any other test takes its image from ``ext4_image``.
+    """
     subprocess.run([*CLI, "build", str(manifest), "-o", str(out), "-q"], check=True)
     return out.read_bytes()
 
@@ -249,6 +255,43 @@ def serving(manifest: Path | str, sock: Path, *extra: str,
         yield server
     finally:
         server.stop()
+
+
+# -- an export from the ext4_export fixture -------------------------------------------------
+
+
+@dataclass
+class Export:
+    """A server started by the ``ext4_export`` fixture, which stops it when the test ends.
+
+    For tests where serving is the means, not the subject: the plugin's record
+    gives the pids and the log the checks below need.
+    """
+
+    uri: str
+    record: Any  # ext4gen.serve_cli.Background
+
+    @property
+    def sock(self) -> Path:
+        return Path(self.record.socket)
+
+    def alive(self) -> bool:
+        return pid_running(self.record.pid) and pid_running(self.record.nbdkit_pid)
+
+    def stderr(self) -> str:
+        return Path(self.record.log).read_text(errors="replace")
+
+    def stop(self) -> None:
+        """Stop it now (the fixture's teardown then finds nothing left to stop)."""
+        self.record.stop()
+
+
+def export(ext4_export: Any, manifest: Path | str, **options: Any) -> Export:
+    """``ext4_export(manifest)`` plus the record of the server it started."""
+    uri = ext4_export(manifest, **options)
+    record = ext4_export.servers[-1]
+    assert record.uri == uri
+    return Export(uri, record)
 
 
 def nbdinfo_json(uri: str) -> dict:
