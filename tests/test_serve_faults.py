@@ -3,7 +3,10 @@
 Host files are pinned when the image is planned.  Here they are truncated,
 rewritten in place, deleted and replaced while nbdkit serves them; reads that
 touch them must fail with EIO (with the reason in the server's log), every
-other block must keep its bytes, and the server must keep serving.
+other block must keep its bytes, and the server must keep serving.  The
+reference image is built (``ext4_image``, uncached) before any source changes.
+The first test checks what ``ext4gen serve`` logs and how it exits, so it runs
+the CLI itself; the others only read, from an ``ext4_export``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from nbd_helpers import build_image, connect, import_nbd, make_source_tree, serving
+from nbd_helpers import connect, export, import_nbd, make_source_tree, serving
 
 BLOCK = 4096
 
@@ -44,9 +47,10 @@ def expect_eio(h, length: int, offset: int) -> None:
 
 
 @pytest.fixture
-def tree(tmp_path: Path) -> tuple[Path, bytes]:
+def tree(tmp_path: Path, ext4_image) -> tuple[Path, bytes]:
     manifest = make_source_tree(tmp_path, seed=11)
-    return manifest, build_image(manifest, tmp_path / "reference.img")
+    # Uncached: the tests change these sources, so no other test may be handed this image.
+    return manifest, ext4_image(manifest, cache=False).read_bytes()
 
 
 def test_truncated_rewritten_deleted_and_replaced_sources_fail_with_eio(tree, tmp_path: Path):
@@ -107,7 +111,7 @@ def test_truncated_rewritten_deleted_and_replaced_sources_fail_with_eio(tree, tm
     assert "source errors 0;" not in log
 
 
-def test_a_file_rewritten_during_reads_never_yields_new_or_mixed_bytes(tree, tmp_path: Path):
+def test_a_file_rewritten_during_reads_never_yields_new_or_mixed_bytes(tree, ext4_export):
     """Reads race with an in-place rewrite: each succeeds with the old bytes or fails."""
     manifest, reference = tree
     victim = manifest.parent / "src" / "victim1.bin"
@@ -128,9 +132,10 @@ def test_a_file_rewritten_during_reads_never_yields_new_or_mixed_bytes(tree, tmp
             outcomes["old" if got == old else "wrong"] += 1
         h.shutdown()
 
-    with serving(manifest, tmp_path / "nbd.sock") as server:
-        t = threading.Thread(target=hammer, args=(server.uri,), daemon=True)
-        t.start()
+    server = export(ext4_export, manifest)
+    t = threading.Thread(target=hammer, args=(server.uri,), daemon=True)
+    t.start()
+    try:
         wait_until(lambda: outcomes["old"] >= 20)
         new = random.Random(9).randbytes(len(old))
         with open(victim, "r+b") as f:
@@ -139,27 +144,27 @@ def test_a_file_rewritten_during_reads_never_yields_new_or_mixed_bytes(tree, tmp
                 f.flush()
         done_at = sum(outcomes.values())
         wait_until(lambda: sum(outcomes.values()) >= done_at + 50)
+    finally:
         stop.set()
         t.join(30)
-        h = connect(server.uri)
-        expect_eio(h, len(old), at)
-        h.shutdown()
-        assert server.alive()
+    h = connect(server.uri)
+    expect_eio(h, len(old), at)
+    h.shutdown()
+    assert server.alive()
     assert outcomes["wrong"] == 0, outcomes
     assert outcomes["old"] >= 20 and outcomes["eio"] >= 50, outcomes
 
 
-def test_a_rewrite_that_restores_the_mtime_is_still_refused(tree, tmp_path: Path):
+def test_a_rewrite_that_restores_the_mtime_is_still_refused(tree, ext4_export):
     manifest, reference = tree
     victim = manifest.parent / "src" / "victim2.bin"
     old = victim.read_bytes()
     at = locate(reference, old)
     st = victim.stat()
-    with serving(manifest, tmp_path / "nbd.sock") as server:
-        h = connect(server.uri)
-        assert h.pread(len(old), at) == old
-        with open(victim, "r+b") as f:
-            f.write(b"X" * BLOCK)
-        os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
-        expect_eio(h, len(old), at)
-        h.shutdown()
+    h = connect(ext4_export(manifest))
+    assert h.pread(len(old), at) == old
+    with open(victim, "r+b") as f:
+        f.write(b"X" * BLOCK)
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    expect_eio(h, len(old), at)
+    h.shutdown()
