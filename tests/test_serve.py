@@ -2,7 +2,10 @@
 
 Each test starts the real ``ext4gen serve`` (the CLI running nbdkit with the
 plugin) and reads it with real NBD clients: nbdinfo, nbdcopy, libnbd, and the
-kernel through nbdfuse and a loop mount.
+kernel through nbdfuse and a loop mount.  Tests of what is served take their
+server from the ``ext4_export`` fixture (``served``); tests of the CLI itself
+(signals, exit codes, its log, flags, defaults) run it with ``Server``, and
+the reference stays ``ext4gen build``'s own output, which nbdcopy must match.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ from pathlib import Path
 import pytest
 from nbd_helpers import (
     CLI,
+    Export,
     Server,
     build_image,
     connect,
+    export,
     import_nbd,
     kill_pid,
     make_source_tree,
@@ -56,12 +61,19 @@ def reference(manifest: Path, tree_dir: Path) -> bytes:
 
 @pytest.fixture
 def server(manifest: Path, tmp_path: Path):
+    """``ext4gen serve --foreground`` itself, for tests of what the CLI does."""
     with serving(manifest, tmp_path / "nbd.sock") as s:
         yield s
 
 
-def test_nbdinfo_reports_a_read_only_multi_conn_disk_with_extents(server: Server, reference: bytes):
-    info = nbdinfo_json(server.uri)
+@pytest.fixture
+def served(manifest: Path, ext4_export) -> Export:
+    """An export of the test tree, for tests of what is served (stopped by the fixture)."""
+    return export(ext4_export, manifest)
+
+
+def test_nbdinfo_reports_a_read_only_multi_conn_disk_with_extents(served: Export, reference: bytes):
+    info = nbdinfo_json(served.uri)
     (export,) = info["exports"]
     assert export["export-size"] == len(reference)
     assert export["is_read_only"] is True
@@ -82,9 +94,9 @@ def test_nbdcopy_of_the_export_equals_ext4gen_build(server: Server, reference: b
         assert out.read_bytes() == reference, f"nbdcopy {' '.join(flags)} differs from ext4gen build"
 
 
-def test_writes_are_refused(server: Server):
+def test_writes_are_refused(served: Export):
     nbd = import_nbd()
-    h = connect(server.uri)
+    h = connect(served.uri)
     assert h.is_read_only()
     with pytest.raises(nbd.Error):
         h.pwrite(b"x" * BLOCK, 0)
@@ -92,9 +104,9 @@ def test_writes_are_refused(server: Server):
     h.shutdown()
 
 
-def test_reads_of_every_alignment_match_the_built_image(server: Server, reference: bytes):
+def test_reads_of_every_alignment_match_the_built_image(served: Export, reference: bytes):
     """Unaligned reads that straddle region boundaries (metadata/data/zero) and the end."""
-    h = connect(server.uri)
+    h = connect(served.uri)
     size = len(reference)
     offsets = [0, 1, 1023, 1024, BLOCK - 1, BLOCK, 3 * BLOCK + 17, size // 2 - 5, size - BLOCK - 3]
     lengths = [1, 2, 511, BLOCK, BLOCK + 1, 3 * BLOCK - 7, 70_001]
@@ -105,9 +117,9 @@ def test_reads_of_every_alignment_match_the_built_image(server: Server, referenc
     h.shutdown()
 
 
-def test_read_past_the_end_is_an_error_not_a_crash(server: Server, reference: bytes):
+def test_read_past_the_end_is_an_error_not_a_crash(served: Export, reference: bytes):
     nbd = import_nbd()
-    h = connect(server.uri)
+    h = connect(served.uri)
     size = h.get_size()
     h.set_strict_mode(h.get_strict_mode() & ~nbd.STRICT_BOUNDS)  # let the request reach the server
     for off, n in ((size, 1), (size - 100, BLOCK), (size + (1 << 30), BLOCK), ((1 << 63) - BLOCK, BLOCK)):
@@ -116,15 +128,15 @@ def test_read_past_the_end_is_an_error_not_a_crash(server: Server, reference: by
         assert e.value.errnum == errno.EINVAL, e.value
     assert h.pread(BLOCK, size - BLOCK) == reference[-BLOCK:]
     h.shutdown()
-    assert server.alive()
-    assert connect(server.uri).pread(100, 1024) == reference[1024:1124]
+    assert served.alive()
+    assert connect(served.uri).pread(100, 1024) == reference[1024:1124]
 
 
-def test_extents_report_holes_only_where_the_image_is_zero(server: Server, reference: bytes):
+def test_extents_report_holes_only_where_the_image_is_zero(served: Export, reference: bytes):
     nbd = import_nbd()
     h = nbd.NBD()
     h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
-    h.connect_uri(server.uri)
+    h.connect_uri(served.uri)
     size = h.get_size()
     seen: list[tuple[int, int, int]] = []
 
@@ -157,7 +169,7 @@ def test_extents_report_holes_only_where_the_image_is_zero(server: Server, refer
 
 
 @pytest.mark.slow
-def test_nbdcopy_with_extents_writes_a_sparse_file(tmp_path: Path):
+def test_nbdcopy_with_extents_writes_a_sparse_file(tmp_path: Path, ext4_image):
     """Over 32768 inodes force a second block group whose tail is free: a large hole.
 
     Only the extents let nbdcopy skip it without reading it, which the server's
@@ -170,7 +182,7 @@ def test_nbdcopy_with_extents_writes_a_sparse_file(tmp_path: Path):
             lines += [f'["/d{d:02d}/f{i:04d}"]', 'text = "x"']
     manifest = tmp_path / "many.toml"
     manifest.write_text("\n".join(lines) + "\n")
-    reference = build_image(manifest, tmp_path / "many-ref.img")
+    reference = ext4_image(manifest).read_bytes()
     out = tmp_path / "copy.img"
     with serving(manifest, tmp_path / "nbd.sock") as server:
         subprocess.run(["nbdcopy", server.uri, str(out)], check=True)
@@ -425,7 +437,7 @@ def test_nbdkit_with_a_bad_manifest_prints_one_line_and_exits_non_zero(
 
 
 @pytest.mark.root
-def test_kernel_mount_through_nbdfuse_and_loop_equals_the_manifest(manifest: Path, server: Server,
+def test_kernel_mount_through_nbdfuse_and_loop_equals_the_manifest(manifest: Path, served: Export,
                                                                    tmp_path: Path):
     """ext4gen serve → nbdfuse → mount -o loop,ro: the tree equals the manifest, bytes and metadata."""
     assert is_root()
@@ -433,7 +445,7 @@ def test_kernel_mount_through_nbdfuse_and_loop_equals_the_manifest(manifest: Pat
     fuse_dir.mkdir()
     mnt.mkdir()
     disk = fuse_dir / "disk"
-    nbdfuse = subprocess.Popen(["nbdfuse", "-r", str(disk), "--unix", str(server.sock)],
+    nbdfuse = subprocess.Popen(["nbdfuse", "-r", str(disk), "--unix", str(served.sock)],
                                stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
     mounted = False
     try:
@@ -457,7 +469,7 @@ def test_kernel_mount_through_nbdfuse_and_loop_equals_the_manifest(manifest: Pat
         except subprocess.TimeoutExpired:
             nbdfuse.kill()
             nbdfuse.wait()
-    assert server.alive()
+    assert served.alive()
 
 
 def test_the_cli_is_importable_without_nbd_bindings():
