@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import mounted
-from fidelity_helpers import BLOCK, build_cli, debugfs, image_offset, scratch_tmpfs
+from fidelity_helpers import BLOCK, debugfs, image_offset, scratch_tmpfs
 
 import ext4gen
 from ext4gen.image import DATA, ZERO
@@ -70,16 +70,16 @@ SPARSE_CASES = {
 
 
 @pytest.mark.slow
-def test_sparse_host_files_get_minimal_extent_trees(tmp_path: Path) -> None:
+def test_sparse_host_files_get_minimal_extent_trees(tmp_path: Path, ext4_image) -> None:
     with scratch_tmpfs(tmp_path / "tmpfs", size="64m") as fs:  # noatime: reads leave atimes alone
-        _check_sparse_cases(fs / "src", tmp_path / "big.ext4")
+        _check_sparse_cases(fs / "src", ext4_image)
 
 
-def _check_sparse_cases(src: Path, image: Path) -> None:
+def _check_sparse_cases(src: Path, ext4_image) -> None:
     src.mkdir()
     for i, (name, (size, runs)) in enumerate(SPARSE_CASES.items()):
         _sparse_file(src / name, size, runs, seed=i)
-    build_cli(src, image)
+    image = ext4_image(src)
     rc, complaints = e2fsck(str(image))
     assert (rc, complaints) == (0, []), "\n".join(complaints)  # incl. "could be narrower/shorter"
     for name, (_size, runs) in SPARSE_CASES.items():
@@ -100,7 +100,8 @@ def _check_sparse_cases(src: Path, image: Path) -> None:
             assert f.read() == h.read() != bytes(BLOCK)  # the very last logical block
 
 
-def test_alternating_duplicate_blocks_over_4gib_make_a_deep_minimal_tree(tmp_path: Path) -> None:
+def test_alternating_duplicate_blocks_over_4gib_make_a_deep_minimal_tree(tmp_path: Path,
+                                                                         ext4_image) -> None:
     """dedup="content": every other block repeats the first, so each block is its own extent."""
     n = 3000
     start = (1 << 32) - 1000 * BLOCK  # straddles the 4 GiB boundary
@@ -114,10 +115,9 @@ def test_alternating_duplicate_blocks_over_4gib_make_a_deep_minimal_tree(tmp_pat
     tree = ext4gen.Tree(ext4gen.Meta(0o755, 0, 0, 0, 0, 0, 0))
     tree.add("/alt", ext4gen.Node("file", ext4gen.Meta(0o644, 0, 0, 0, 0, 0, 0),
                                   source=ext4gen.HostFileSource(host, detect_holes=True)))
-    image = ext4gen.plan(tree, ext4gen.ImageOptions(dedup="content"))
-    assert image.plan.shared_blocks
-    path = tmp_path / "alt.ext4"
-    image.write(path)
+    options = ext4gen.ImageOptions(dedup="content")
+    assert ext4gen.plan(tree, options).plan.shared_blocks
+    path = ext4_image((tree, options))
     rc, complaints = e2fsck(str(path))
     assert (rc, complaints) == (0, []), "\n".join(complaints)
     levels = extent_levels(path, "/alt")
@@ -193,7 +193,7 @@ def test_3tib_generator_file_has_a_minimal_tree_and_48bit_block_count(tmp_path: 
             os.close(fd)
 
 
-def test_manifest_host_source_keeps_its_holes(tmp_path: Path) -> None:
+def test_manifest_host_source_keeps_its_holes(tmp_path: Path, ext4_image) -> None:
     """A sparse host file named by ``source =`` keeps its holes, as a directory import does
     (SEEK_DATA/SEEK_HOLE), instead of allocating (dedup none) or reading (dedup content) them."""
     size = 8 * GiB
@@ -205,9 +205,7 @@ def test_manifest_host_source_keeps_its_holes(tmp_path: Path) -> None:
     image = ext4gen.plan(tree, options)
     data_blocks = image.block_counts()["data"]
     assert data_blocks == 5, f"{data_blocks} data blocks for 5 blocks of data: the holes were allocated"
-    path = tmp_path / "sparse.ext4"
-    image.write(path)
-    with mounted(path) as mnt:
+    with mounted(ext4_image(manifest)) as mnt:
         assert os.stat(os.path.join(mnt, "sparse")).st_blocks * 512 == 5 * BLOCK  # 3 extents: in the inode
         diffs = compare_tree(tree, mnt)
         assert diffs == [], "\n".join(diffs)
