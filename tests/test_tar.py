@@ -2,9 +2,10 @@
 
 The round trip starts from the fidelity host tree (every file type, xattrs,
 ACLs, sparse 200 GiB file, times past 2038), archived by the real GNU tar
-with ``--xattrs --acls``, built by ``ext4gen build ARCHIVE``, mounted, and
-compared entry by entry with the directory tar read, not with what ext4gen
-parsed.  What GNU tar itself cannot carry is listed in ``TAR_CANNOT``.
+with ``--xattrs --acls``, built from the archive as a SOURCE (``ext4_image``,
+the same load and write as ``ext4gen build ARCHIVE``), mounted, and compared
+entry by entry with the directory tar read, not with what ext4gen parsed.
+What GNU tar itself cannot carry is listed in ``TAR_CANNOT``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from fidelity_helpers import (
     NS,
     SPARSE_SIZE,
     SPARSE_WRITES,
-    build_cli,
     compare_dirs,
     image_offset,
     make_fidelity_tree,
@@ -87,11 +87,11 @@ def _tar_cannot(host: Path) -> Callable[[str, str], bool]:
 @pytest.mark.root
 @pytest.mark.slow
 @pytest.mark.parametrize("compression", ["plain", "gzip"])
-def test_gnu_tar_with_xattrs_and_acls_round_trips(host_tree: Path, tmp_path: Path, compression: str) -> None:
+def test_gnu_tar_with_xattrs_and_acls_round_trips(host_tree: Path, tmp_path: Path, compression: str,
+                                                  ext4_image) -> None:
     archive = tmp_path / f"tree.tar{'.gz' if compression == 'gzip' else ''}"
     gnu_tar(host_tree, archive, *TAR_FLAGS, *COMPRESS[compression])
-    image = tmp_path / "image.ext4"
-    build_cli(archive, image)
+    image = ext4_image(archive)
     rc, complaints = e2fsck(str(image))
     assert (rc, complaints) == (0, []), "\n".join(complaints)
     with mounted(image) as mnt:
@@ -119,7 +119,7 @@ def _named_ids() -> tuple[int, int]:
 
 
 @pytest.mark.root
-def test_acl_entries_that_gnu_tar_writes_by_name(tmp_path: Path) -> None:
+def test_acl_entries_that_gnu_tar_writes_by_name(tmp_path: Path, ext4_image) -> None:
     """GNU tar's SCHILY.acl.* text names users/groups (``user:daemon:r--``), even with --numeric-owner."""
     uid, gid = _named_ids()
     with scratch_tmpfs(tmp_path / "src", size="16m") as src:
@@ -135,10 +135,7 @@ def test_acl_entries_that_gnu_tar_writes_by_name(tmp_path: Path) -> None:
             gnu_tar(src, archive, *flags)
             members = {m.name: m.pax_headers for m in tarfile.open(archive)}
             assert pwd.getpwuid(uid).pw_name in members["./file"]["SCHILY.acl.access"]  # the premise
-            image = tmp_path / "acl.ext4"
-            proc = run_cli("build", archive, "-o", image, "-q")
-            assert proc.returncode == 0, proc.stderr
-            with mounted(image) as mnt:
+            with mounted(ext4_image(archive)) as mnt:
                 diffs, _count = compare_dirs(src, mnt, skip=lambda rel: rel == "lost+found",
                                              ignore=lambda rel, field: field in ("size", "nlink"),
                                              time_unit=NS)
@@ -146,7 +143,7 @@ def test_acl_entries_that_gnu_tar_writes_by_name(tmp_path: Path) -> None:
 
 
 @pytest.mark.root
-def test_directory_with_only_a_default_acl(tmp_path: Path) -> None:
+def test_directory_with_only_a_default_acl(tmp_path: Path, ext4_image) -> None:
     """GNU tar also writes the trivial access ACL (``user::rwx group::r-x other::r-x``) of such a
     directory; ext4 never stores an ACL equivalent to the mode, so neither may the image."""
     with scratch_tmpfs(tmp_path / "src", size="16m") as src:
@@ -155,9 +152,7 @@ def test_directory_with_only_a_default_acl(tmp_path: Path) -> None:
         archive = tmp_path / "d.tar"
         gnu_tar(src, archive, "--acls")
         assert "SCHILY.acl.access" in {m.name: m for m in tarfile.open(archive)}["./d"].pax_headers
-        image = tmp_path / "d.ext4"
-        build_cli(archive, image)
-        with mounted(image) as mnt:
+        with mounted(ext4_image(archive)) as mnt:
             assert sorted(os.listxattr(os.path.join(mnt, "d"))) == ["system.posix_acl_default"]
             assert os.getxattr(os.path.join(mnt, "d"), "system.posix_acl_default") == \
                 os.getxattr(src / "d", "system.posix_acl_default")
@@ -187,7 +182,7 @@ def _small_tree(root: Path) -> None:
 
 @pytest.mark.root
 @pytest.mark.parametrize("fmt", ["gnu", "posix", "ustar"])
-def test_tar_formats_and_hard_links(tmp_path: Path, fmt: str) -> None:
+def test_tar_formats_and_hard_links(tmp_path: Path, fmt: str, ext4_image) -> None:
     """ustar, GNU and PAX headers; hard links (file x3, symlink x2) keep one inode and exact counts."""
     with scratch_tmpfs(tmp_path / "src", size="16m") as src:
         _small_tree(src)
@@ -195,8 +190,7 @@ def test_tar_formats_and_hard_links(tmp_path: Path, fmt: str) -> None:
             os.chown(src / "big_uid", 2_000, 3_000)  # ustar's 7 octal digits stop at 2097151
         archive = tmp_path / "small.tar"
         gnu_tar(src, archive, f"--format={fmt}")
-        image = tmp_path / "small.ext4"
-        build_cli(archive, image)
+        image = ext4_image(archive)
         rc, complaints = e2fsck(str(image))
         assert (rc, complaints) == (0, []), "\n".join(complaints)
         with mounted(image) as mnt:
@@ -218,7 +212,8 @@ def test_tar_formats_and_hard_links(tmp_path: Path, fmt: str) -> None:
 
 @pytest.mark.root
 @pytest.mark.parametrize("compression", ["gzip", "xz", "bzip2"])
-def test_compressed_tar_is_decompressed_once_into_the_cache(tmp_path: Path, compression: str) -> None:
+def test_compressed_tar_is_decompressed_once_into_the_cache(tmp_path: Path, compression: str,
+                                                            ext4_image) -> None:
     with scratch_tmpfs(tmp_path / "src", size="16m") as src:
         _small_tree(src)
         archive = tmp_path / "small.tar.z"  # detected by content, not by name
@@ -231,9 +226,7 @@ def test_compressed_tar_is_decompressed_once_into_the_cache(tmp_path: Path, comp
         tree2, _ = ext4gen.load(str(archive))  # a second load reuses the decompressed copy
         assert list(cache.iterdir()) == cached
         assert (cached[0].stat().st_mtime_ns, cached[0].stat().st_ino) == before
-        image = tmp_path / "small.ext4"
-        ext4gen.plan(tree, options).write(image)
-        with mounted(image) as mnt:
+        with mounted(ext4_image((tree, options))) as mnt:
             diffs = compare_tree(tree2, mnt)
             assert diffs == [], "\n".join(diffs)
             with open(os.path.join(mnt, "a/file"), "rb") as f:
