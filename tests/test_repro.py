@@ -126,18 +126,16 @@ def test_a_different_manifest_changes_the_uuid(tmp_path: Path, change: str) -> N
     assert sb_base.s_hash_seed != sb_changed.s_hash_seed, f"{change} kept the hash seed"
 
 
-def test_explicit_uuid_and_hash_seed_are_honoured(tmp_path: Path) -> None:
+def test_explicit_uuid_and_hash_seed_are_honoured(tmp_path: Path, ext4_image) -> None:
     want_uuid = uuid.UUID("01234567-89ab-cdef-0123-456789abcdef")
     want_seed = uuid.UUID("fedcba98-7654-3210-fedc-ba9876543210")
     doc = copy.deepcopy(BASE)
     doc["image"].update(uuid=str(want_uuid), hash_seed=str(want_seed))
-    image = _plan(_write(tmp_path, doc))
-    sb = superblock(image)
+    manifest = _write(tmp_path, doc)
+    sb = superblock(_plan(manifest))
     assert sb.s_uuid == want_uuid.bytes
     assert sb.s_hash_seed == want_seed.bytes
-    out = tmp_path / "img"
-    image.write(out)
-    header, _ = dumpe2fs(out)
+    header, _ = dumpe2fs(ext4_image(manifest))
     assert header["Filesystem UUID"] == str(want_uuid)
     assert header["Directory Hash Seed"] == str(want_seed)
     # a given UUID stays put when the content changes
