@@ -23,7 +23,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from nbd_helpers import CLI, pid_running
+from nbd_helpers import pid_running
 
 from ext4gen.verify import e2fsck
 
@@ -62,13 +62,13 @@ def _manifest_size(manifest: Path, path: str) -> tuple[int, str]:
 
 
 @needs_busybox
-def test_the_synthesized_root_is_clean_and_shares_blocks(tmp_path: Path):
+def test_the_synthesized_root_is_clean_and_shares_blocks(ext4_image):
+    images = {}
     for manifest in ("rootfs.toml", "data.toml"):
-        image = tmp_path / manifest.replace(".toml", ".img")
-        subprocess.run([*CLI, "build", str(EXAMPLE / manifest), "-o", str(image), "-q"], check=True)
+        images[manifest] = image = ext4_image(EXAMPLE / manifest)
         rc, complaints = e2fsck(str(image))
         assert rc == 0 and complaints == [], complaints
-    features = subprocess.run(["dumpe2fs", "-h", str(tmp_path / "rootfs.img")], capture_output=True,
+    features = subprocess.run(["dumpe2fs", "-h", str(images["rootfs.toml"])], capture_output=True,
                               text=True, check=True).stdout
     line = next(ln for ln in features.splitlines() if ln.startswith("Filesystem features:"))
     assert "shared_blocks" in line.split(), line
