@@ -179,9 +179,8 @@ def build(subject: Subject, tmp_path: Path, *, options: ImageOptions | None = No
     """Load ``subject`` (tree, manifest document or manifest file); ``ext4_image`` writes the image.
 
     A document is written into ``tmp_path`` and loaded from there, so its relative
-    ``source`` paths mean files in ``tmp_path``; the image is built from the
-    loaded tree, never from the cache (trees are not cached), so no other test
-    ever sees this file.
+    ``source`` paths mean files in ``tmp_path``.  Never cached: the rw-mount
+    probe and the lazily re-planned Image need a file no other test shares.
     """
     if isinstance(subject, tuple):
         tree, options = subject
@@ -199,7 +198,7 @@ def build(subject: Subject, tmp_path: Path, *, options: ImageOptions | None = No
     images = images or _session_images
     if images is None:
         raise RuntimeError("prove() builds through the ext4_image fixture: call it from a test")
-    return tree, options, images((tree, options))
+    return tree, options, images((tree, options), cache=False)
 
 
 def prove(subject: Subject, tmp_path: Path, *, options: ImageOptions | None = None,
