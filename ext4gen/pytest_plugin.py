@@ -138,7 +138,8 @@ def cache_key(manifest: Manifest, overrides: dict[str, object]) -> str | None:
     A file's key covers its absolute path (relative ``source`` paths resolve
     against it) and its bytes; a directory's, its path and a stat walk; a
     dict's, its canonical JSON and the current directory (its relative paths
-    resolve there).  None of them covers the bytes of host files a manifest
+    resolve there).  All keys cover ``SOURCE_DATE_EPOCH``, which changes the image.
+    None of them covers the bytes of host files a manifest
     names: like ``make``, the cache trusts those not to change during the
     session, and a test that rewrites them passes ``cache=False``.
 
@@ -148,6 +149,8 @@ def cache_key(manifest: Manifest, overrides: dict[str, object]) -> str | None:
     """
     h = hashlib.sha256(KEY_VERSION)
     h.update(json.dumps(overrides, sort_keys=True).encode() + b"\0")
+    # SOURCE_DATE_EPOCH stamps the superblock and default times: part of the image
+    h.update(b"epoch\0" + os.environ.get("SOURCE_DATE_EPOCH", "").encode() + b"\0")
     if isinstance(manifest, dict):
         h.update(b"dict\0" + os.fsencode(os.getcwd()) + b"\0" + canonical_json(manifest).encode())
     elif isinstance(manifest, str | os.PathLike):

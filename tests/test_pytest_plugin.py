@@ -289,3 +289,16 @@ def test_the_example_suite_passes(pytester: pytest.Pytester) -> None:
     else:
         result.assert_outcomes(passed=2, skipped=2)
 
+
+
+def test_cache_key_follows_source_date_epoch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """SOURCE_DATE_EPOCH changes the image, so it must change the cache key."""
+    from ext4gen.pytest_plugin import cache_key
+
+    doc = {"/f": {"text": "x"}}
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1000000000")
+    first = cache_key(doc, {})
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "2000000000")
+    assert cache_key(doc, {}) != first
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1000000000")
+    assert cache_key(doc, {}) == first
