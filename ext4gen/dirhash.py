@@ -21,23 +21,26 @@ def seed_words(hash_seed: bytes) -> tuple[int, int, int, int]:
     return DEFAULT_SEED if not any(words) else words  # type: ignore[return-value]
 
 
+_WORDS = [struct.Struct(f">{n}I") for n in range(9)]
+
+
 def _str2hashbuf(msg: bytes, length: int) -> list[int]:
-    """8 words from up to 32 bytes, padded with the (remaining) length as the kernel does."""
+    """8 words from up to 32 bytes, padded with the (remaining) length as the kernel does.
+
+    The kernel shifts each byte into a word that starts as the pad; after four
+    bytes the pad has been shifted out, so full groups are big-endian words and
+    only a trailing partial group keeps pad bits.
+    """
     pad = (length | (length << 8)) & _M
     pad |= (pad << 16) & _M
-    val = pad
-    out = []
     n = min(length, 32)
-    for i in range(n):
-        val = (msg[i] + (val << 8)) & _M
-        if i % 4 == 3:
-            out.append(val)
-            val = pad
-    if len(out) < 8:
-        out.append(val)
-    while len(out) < 8:
-        out.append(pad)
-    return out
+    full, rest = divmod(n, 4)
+    words = list(_WORDS[full].unpack_from(msg))
+    if rest:
+        tail = int.from_bytes(msg[full * 4 : n], "big")
+        words.append(((pad << (8 * rest)) | tail) & _M)
+    words.extend([pad] * (8 - len(words)))
+    return words
 
 
 def half_md4(name: bytes, seed: tuple[int, int, int, int]) -> tuple[int, int]:
