@@ -20,7 +20,7 @@ def _s(x: float) -> str:
 def build_tables(r: dict) -> str:
     out = [f"Commit `{r['ext4gen_commit']}`, {r['when']}, best of {r['repeat']} warm runs "
            f"(each in a fresh process) plus one cold run (page cache dropped).", ""]
-    out += ["| tree | step | warm (min / median) | CPU | cold | peak RSS |",
+    out += ["| tree | step | warm (min / median) | CPU (warm, min) | cold | peak RSS (process) |",
             "| --- | --- | ---: | ---: | ---: | ---: |"]
     for name, t in r["trees"].items():
         for key, label in (("none", "import DIR, dedup=none"), ("content", "import DIR, dedup=content"),
@@ -43,7 +43,7 @@ def build_tables(r: dict) -> str:
             warm = min(b["wall_s"], b["warm_again"])
             cold = b.get("cold", {})
             out.append(f"| {name.upper()} | `ext4gen build DIR --dedup {dedup}` (+fsync) | {_s(warm)} "
-                       f"(+{_s(b['fsync_s'])}) | {_s(b['cpu_s'])} | "
+                       f"(+{_s(b['fsync_s'])}) | – | "
                        f"{_s(cold['wall_s']) + ' (+' + _s(cold['fsync_s']) + ')' if cold else '–'} | "
                        f"{b['maxrss_kb'] // 1024} MiB |")
         m = t["mkfs"]
@@ -105,7 +105,7 @@ def serve_tables(r: dict) -> str:
             top = pc["ext4gen"][wl].get("profile_top", [])
             if top:
                 out += ["", f"cProfile of the ext4gen `pread`, {wl} (self time, % of time in pread):", ""]
-                out += [f"- `{t['func']}`: {t['tottime_pct']} % ({t['calls']} calls)" for t in top[:8]]
+                out += [f"- `{t['func']}`: {t['tottime_pct']} % ({t['calls']} calls)" for t in top]
     return "\n".join(out)
 
 
