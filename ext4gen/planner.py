@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from . import dirents
 from .dedup import DataAllocator, DedupStats, Extent, ExtentBuilder, Run
@@ -83,7 +84,7 @@ class InodePlan:
     links: int = 0
     size: int = 0
     flags: int = 0
-    extents: list[Extent] = field(default_factory=list)  # physical blocks relative to area
+    extents: Sequence[Extent] = ()  # physical blocks relative to area (then absolute)
     in_data_area: bool = True  # False for directories (their blocks are metadata)
     tree: ExtentTree | None = None
     tree_rel: int = 0  # first tree block, relative to the tree area
@@ -92,7 +93,7 @@ class InodePlan:
     entries: list[dirents.DirEntry] | None = None  # directories, in name order
     htree: Htree | None = None  # directories of more than one block
     generation: int = 0
-    xattr_inode: list[DiskXattr] = field(default_factory=list)  # in the inode's spare bytes
+    xattr_inode: Sequence[DiskXattr] = ()  # in the inode's spare bytes
     xattr_block: int = -1  # index into Plan.xattr_blocks, -1 = none
     inline_size: int = -1  # inline_data: bytes of content in i_block + system.data, -1 = not inline
 

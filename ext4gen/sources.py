@@ -100,10 +100,10 @@ class InlineSource(Source):
     def __init__(self, data: bytes) -> None:
         self.data = bytes(data)
         self.size = len(self.data)
-        self._view = memoryview(self.data)
 
     def readinto(self, buf: memoryview, offset: int) -> None:
-        buf[:] = self._view[offset : offset + len(buf)]
+        # a view, not a slice: no copy (and no per-file view kept: trees hold millions)
+        buf[:] = memoryview(self.data)[offset : offset + len(buf)]
 
     def describe(self) -> str:
         return f"inline({self.size} bytes)"
@@ -284,7 +284,7 @@ class _FdCache:
 
 
 def _fd_limit() -> int:
-    """A quarter of the descriptor limit, after raising the soft limit toward the hard one.
+    """The descriptor limit less a margin, after raising the soft limit toward the hard one.
 
     Trees of many files otherwise reopen sources on most reads (Debian's soft
     limit is 1024; the hard limit is usually far higher).
@@ -299,7 +299,7 @@ def _fd_limit() -> int:
             soft = want
     except (ImportError, ValueError, OSError):
         soft = 1024
-    return max(16, min(16384, soft // 4))
+    return max(16, min(65536, soft - 512, soft // 2 if soft < 2048 else soft))
 
 
 FD_CACHE = _FdCache(_fd_limit())
