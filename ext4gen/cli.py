@@ -129,7 +129,8 @@ def add_source_arguments(sp: argparse.ArgumentParser, what: str = "SOURCE") -> N
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ext4gen",
-        description="Synthesize a read-only ext4 filesystem on the fly from a manifest.",
+        description="Synthesize a read-only ext4 filesystem on the fly from a manifest, a host "
+        "directory or a tar archive: build it, check it, inspect it, or serve it over NBD.",
     )
     p.add_argument("--version", action="version", version=f"ext4gen {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -154,20 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
     source_args(i, "SOURCE|IMAGE")
     i.set_defaults(func=cmd_inspect)
 
-    for name, register in _EXTRA_COMMANDS:
+    # serve/mount/umount live in serve_cli, which itself uses this module's helpers
+    from . import serve_cli
+
+    for _name, register in serve_cli.COMMANDS:
         register(sub)
-        del name
     return p
 
 
-# Subcommands contributed by other modules (serving), as (name, register(subparsers)).
-_EXTRA_COMMANDS: list[tuple[str, Callable[[argparse._SubParsersAction], None]]] = []
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    from . import serve_cli
-
-    _EXTRA_COMMANDS[:] = serve_cli.COMMANDS
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

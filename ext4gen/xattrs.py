@@ -39,8 +39,6 @@ SYSTEM_DATA = b"system.data"
 # (prefix, e_name_index); exact names first, longest prefixes before shorter ones.
 _EXACT = {ACL_ACCESS: 2, ACL_DEFAULT: 3}
 _PREFIXES = ((b"user.", 1), (b"trusted.", 4), (b"security.", 6), (b"system.", 7))
-_INDEX_PREFIX = {1: b"user.", 2: ACL_ACCESS, 3: ACL_DEFAULT, 4: b"trusted.", 6: b"security.",
-                 7: b"system."}
 _SHORT_TAGS = (ACL_USER_OBJ, ACL_GROUP_OBJ, ACL_MASK, ACL_OTHER)
 _TAG_ORDER = {ACL_USER_OBJ: 0, ACL_USER: 1, ACL_GROUP_OBJ: 2, ACL_GROUP: 3, ACL_MASK: 4, ACL_OTHER: 5}
 _U32 = struct.Struct("<I")
@@ -67,10 +65,6 @@ def split_name(name: bytes) -> tuple[int, bytes]:
             return index, suffix
     raise XattrError(f"unsupported attribute namespace in {name!r} (user., trusted., "
                      "security., system.posix_acl_access/default)")
-
-
-def full_name(index: int, suffix: bytes) -> bytes:
-    return _INDEX_PREFIX[index] + suffix
 
 
 # -- POSIX ACLs ---------------------------------------------------------------
@@ -161,21 +155,6 @@ def acl_to_disk(value: bytes) -> bytes:
             out.append(ACL_ENTRY_SHORT.pack_tuple(tag, perm))
         else:
             out.append(ACL_ENTRY.pack_tuple(tag, perm, qid))
-    return b"".join(out)
-
-
-def acl_from_disk(value: bytes) -> bytes:
-    """ext4's compact ACL → VFS form (used by tests and inspection)."""
-    out = [_U32.pack(POSIX_ACL_XATTR_VERSION)]
-    off = 4
-    while off < len(value):
-        tag, perm = struct.unpack_from("<HH", value, off)
-        if tag in _SHORT_TAGS:
-            out.append(_ACL_VFS_ENTRY.pack(tag, perm, ACL_UNDEFINED_ID))
-            off += 4
-        else:
-            out.append(_ACL_VFS_ENTRY.pack(tag, perm, _U32.unpack_from(value, off + 4)[0]))
-            off += 8
     return b"".join(out)
 
 
