@@ -276,6 +276,19 @@ def measured(servers: list[Server], fn, *args) -> dict:
     return r
 
 
+def measure_rounds(srv: dict[str, Server], repeat: int, size: int, runtime: float) -> dict:
+    """``repeat`` rounds of sequential copy and 4 KiB random reads (QD1, QD16) per server,
+    interleaved so that drift on the machine hits every server alike."""
+    allsrv = list(srv.values())
+    got: dict = {n: {"seq": [], "qd1": [], "qd16": []} for n in srv}
+    for _ in range(repeat):
+        for n, s in srv.items():
+            got[n]["seq"].append(measured(allsrv, seq_copy, s.uri, size))
+            got[n]["qd1"].append(measured(allsrv, fio_randread, s.uri, 1, runtime))
+            got[n]["qd16"].append(measured(allsrv, fio_randread, s.uri, 16, runtime))
+    return got
+
+
 def best_of(runs: list[dict], key: str) -> dict:
     b = max(runs, key=lambda r: r[key])
     return {**b, "all": [round(r[key], 1) for r in runs]}
@@ -299,12 +312,7 @@ def run(threads_list: list[int], runtime: float, repeat: int, only: list[str] | 
             for n, s in srv.items():
                 drop_caches()
                 cold[n] = measured(allsrv, seq_copy, s.uri, size)
-            got: dict = {n: {"seq": [], "qd1": [], "qd16": []} for n in srv}
-            for _ in range(repeat):
-                for n, s in srv.items():
-                    got[n]["seq"].append(measured(allsrv, seq_copy, s.uri, size))
-                    got[n]["qd1"].append(measured(allsrv, fio_randread, s.uri, 1, runtime))
-                    got[n]["qd16"].append(measured(allsrv, fio_randread, s.uri, 16, runtime))
+            got = measure_rounds(srv, repeat, size, runtime)
         for n, s in srv.items():
             g = got[n]
             r = {"seq_cold": cold[n], "seq_warm": best_of(g["seq"], "MiB_s"),
@@ -319,15 +327,9 @@ def run(threads_list: list[int], runtime: float, repeat: int, only: list[str] | 
     with contextlib.ExitStack() as stack:
         srv = {n: stack.enter_context(Server(n, a, 16, ["--filter=cache"], ["cache-on-read=true"]))
                for n, a in plug.items()}
-        allsrv = list(srv.values())
         for s in srv.values():
             seq_copy(s.uri, size)
-        got = {n: {"seq": [], "qd1": [], "qd16": []} for n in srv}
-        for _ in range(repeat):
-            for n, s in srv.items():
-                got[n]["seq"].append(measured(allsrv, seq_copy, s.uri, size))
-                got[n]["qd1"].append(measured(allsrv, fio_randread, s.uri, 1, runtime))
-                got[n]["qd16"].append(measured(allsrv, fio_randread, s.uri, 16, runtime))
+        got = measure_rounds(srv, repeat, size, runtime)
     for n, g in got.items():
         r = {"seq_warm": best_of(g["seq"], "MiB_s"), "rand_qd1": best_of(g["qd1"], "iops"),
              "rand_qd16": best_of(g["qd16"], "iops")}

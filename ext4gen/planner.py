@@ -171,11 +171,11 @@ def plan_tree(tree: Tree, options: ImageOptions | None = None) -> Plan:
         if node.kind == DIR:
             assert ip.entries is not None
             # the kernel rejects a root without blocks; e2fsck wants lost+found in blocks
-            if (options.inline_data and ip.ino not in (ROOT_INO, FIRST_INO)
-                    and inline_dir_size(ip.entries) is not None
-                    and _xattrs_fit_beside(node, inline_dir_size(ip.entries) or 0)):
-                ip.inline_size = inline_dir_size(ip.entries) or 0
-                ip.size = ip.inline_size
+            inline_size = (inline_dir_size(ip.entries)
+                           if options.inline_data and ip.ino not in (ROOT_INO, FIRST_INO) else None)
+            if inline_size is not None and _xattrs_fit_beside(node, inline_size):
+                ip.inline_size = inline_size
+                ip.size = inline_size
                 ip.flags |= EXT4_INLINE_DATA_FL
                 continue
             nblocks = 1

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fidelity_helpers import process_rchar
 
 import ext4gen
 from ext4gen.inline import MAX_INLINE_SIZE
@@ -177,14 +178,6 @@ def test_terabyte_of_data_plans_and_serves_superblock_without_reading_it() -> No
     assert src.calls == 0
 
 
-def _rchar() -> int:
-    with open("/proc/self/io") as f:
-        for line in f:
-            if line.startswith("rchar:"):
-                return int(line.split()[1])
-    raise AssertionError("no rchar in /proc/self/io")
-
-
 def test_terabyte_manifest_of_size_and_host_file_reads_almost_nothing(tmp_path: Path) -> None:
     """Through the manifest: ``size`` files and a 1 TB (sparse) host file, dedup none.
 
@@ -200,12 +193,12 @@ def test_terabyte_manifest_of_size_and_host_file_reads_almost_nothing(tmp_path: 
         '["/host/tb"]\nsource = "tb.bin"\n'
         + "".join(f'["/sized/{i}"]\nsize = {TB // 4}\n' for i in range(4))
     )
-    before = _rchar()
+    before = process_rchar()
     t0 = time.perf_counter()
     image = ext4gen.plan(*ext4gen.load(str(manifest)))
     planning = time.perf_counter() - t0
     sb = image.read(0, 2 * BLOCK_SIZE)
-    read = _rchar() - before
+    read = process_rchar() - before
     assert sb[1024 + 0x38 : 1024 + 0x3A] == b"\x53\xef"
     assert read < 16 << 20, f"planning + superblock read {read} bytes"
     assert planning < 10
