@@ -13,7 +13,7 @@ import struct
 
 from . import dirents
 from .csum import crc32c_raw
-from .dirhash import half_md4
+from .dirhash import half_md4_many
 from .ondisk import BLOCK_SIZE, DIR_ENTRY, DX_HASH_HALF_MD4, FT_DIR
 
 DX_ROOT_ENTRIES_OFFSET = 32  # ".", ".." and dx_root_info
@@ -41,9 +41,14 @@ class Htree:
     __slots__ = ("entries", "first_leaf_block", "leaf_hashes", "leaf_starts", "levels", "node_blocks")
 
     def __init__(self, entries: list[dirents.DirEntry], seed: tuple[int, int, int, int]) -> None:
-        keyed = sorted((half_md4(name, seed), name, ino, ft) for name, ino, ft in entries)
-        self.entries: list[dirents.DirEntry] = [(name, ino, ft) for _h, name, ino, ft in keyed]
-        hashes = [h[0] for h, _n, _i, _f in keyed]
+        # The kernel orders a leaf run by (hash, minor hash); ``entries`` come in name order
+        # and the sort is stable, so equal hashes stay in name order.  The entry tuples are
+        # shared with the caller's list, not copied.
+        pairs = half_md4_many([e[0] for e in entries], seed)
+        keys = [(major << 32) | minor for major, minor in pairs]
+        order = sorted(range(len(entries)), key=keys.__getitem__)
+        self.entries: list[dirents.DirEntry] = [entries[i] for i in order]
+        hashes = [keys[i] >> 32 for i in order]
         self.leaf_starts = dirents.split_blocks(self.entries)
         self.leaf_hashes = []
         for i, start in enumerate(self.leaf_starts):

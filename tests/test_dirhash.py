@@ -18,7 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ext4gen
-from ext4gen.dirhash import DEFAULT_SEED, half_md4, seed_words
+from ext4gen import dirhash
+from ext4gen.dirhash import DEFAULT_SEED, half_md4, half_md4_many, seed_words
 
 SEED = "dab96568-6461-4248-ab83-d8a8683fd219"
 NAMES = [b"a", b"ab", b"abc", b"abcd", b"abcde", b"x" * 31, b"y" * 32, b"z" * 33, b"q" * 255,
@@ -63,3 +64,24 @@ _WORD = st.binary(min_size=1, max_size=70).filter(
 @given(name=_WORD)
 def test_random_names_match_e2fsprogs(any_image: Path, name: bytes) -> None:
     assert half_md4(name, seed_words(uuid.UUID(SEED).bytes)) == _debugfs_hash(any_image, name, SEED)
+
+
+def test_one_batch_of_all_lengths_matches_e2fsprogs(any_image: Path) -> None:
+    """Names of 1, 2 and 8 chunks share one set of lanes: finished lanes must keep their state."""
+    seed = seed_words(uuid.UUID(SEED).bytes)
+    assert half_md4_many(NAMES, seed) == [_debugfs_hash(any_image, n, SEED) for n in NAMES]
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(names=st.lists(st.binary(min_size=1, max_size=255), min_size=1, max_size=40),
+       batch=st.integers(1, 7))
+def test_lanes_do_not_disturb_each_other(names: list[bytes], batch: int) -> None:
+    """A batch (split at any size) hashes each name as if it were alone."""
+    seed = (0x12345678, 0xFFFFFFFF, 0, 0x80000001)
+    alone = [half_md4(n, seed) for n in names]
+    old = dirhash.BATCH
+    dirhash.BATCH = batch
+    try:
+        assert half_md4_many(names, seed) == alone
+    finally:
+        dirhash.BATCH = old
