@@ -13,7 +13,7 @@ import stat
 
 from .errors import ManifestError
 from .sources import HostFileSource
-from .tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Meta, Node, Tree, split_path
+from .tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, NO_XATTRS, SOCKET, SYMLINK, Meta, Node, Tree, split_path
 from .xattrs import ACL_ACCESS, ACL_DEFAULT, XattrError, normalize_vfs_acl, split_name
 
 _KINDS = {stat.S_IFREG: FILE, stat.S_IFDIR: DIR, stat.S_IFLNK: SYMLINK, stat.S_IFCHR: CHARDEV,
@@ -81,7 +81,7 @@ def import_directory(tree: Tree, host_dir: str, target: str = "/", *, key: str =
         raise ManifestError(key, f"{host_dir} is not a directory")
     target_parts = split_path(target, key)
     links: dict[tuple[int, int], Node] = {}
-    tree.add(target, Node(DIR, meta_from_stat(st), key=key, xattrs=read_xattrs(top, host_dir),
+    tree.add(target, Node(DIR, meta_from_stat(st), key=key, xattrs=read_xattrs(top, host_dir) or NO_XATTRS,
                           imported=True))
     stack = [(top, target_parts)]
     while stack:
@@ -101,7 +101,7 @@ def import_directory(tree: Tree, host_dir: str, target: str = "/", *, key: str =
                 if known is not None:
                     tree.add(image_path, known)
                     continue
-            node = Node(kind, meta_from_stat(st), key=shown, xattrs=read_xattrs(path, shown),
+            node = Node(kind, meta_from_stat(st), key=shown, xattrs=read_xattrs(path, shown) or NO_XATTRS,
                         imported=True)
             if kind == FILE:
                 try:

@@ -21,7 +21,20 @@ from . import times
 from .errors import ManifestError
 from .options import DEDUP_MODES, ImageOptions
 from .sources import CallableSource, HostFileSource, InlineSource, Source, ZeroSource
-from .tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, SYMLINK_MAX, Meta, Node, Tree
+from .tree import (
+    BLOCKDEV,
+    CHARDEV,
+    DIR,
+    FIFO,
+    FILE,
+    NO_XATTRS,
+    SOCKET,
+    SYMLINK,
+    SYMLINK_MAX,
+    Meta,
+    Node,
+    Tree,
+)
 from .xattrs import ACL_ACCESS, ACL_DEFAULT, XattrError, normalize_vfs_acl, parse_acl_text, split_name
 
 TOP_KEYS = {"image", "defaults", "import"}
@@ -36,6 +49,7 @@ ENTRY_KEYS = {
 CONTENT_KEYS = ("text", "base64", "source", "size", "generator")
 GENERATOR_KEYS = ("args", "identity")
 XATTR_KEYS = frozenset({"xattrs", "acl", "default_acl"})
+TIME_KEYS = frozenset({"atime", "mtime", "ctime", "crtime"})
 ENTRY_TYPES = (FILE, DIR, SYMLINK, "hardlink", CHARDEV, BLOCKDEV, FIFO, SOCKET)
 DEVICE_KEYS = ("major", "minor")
 UINT32 = (1 << 32) - 1
@@ -60,6 +74,16 @@ def load_manifest(path: str, *, epoch_env: str | None = None,
             base_dir = os.path.dirname(os.path.abspath(path))
     except OSError as e:
         raise ManifestError(path, f"cannot read manifest: {e.strerror}") from None
+    doc = _decode(raw, path)
+    del raw  # a million-entry manifest: the text, the document and the tree must not all coexist
+    try:
+        return parse_manifest(doc, base_dir=base_dir, epoch_env=epoch_env, source_root=source_root,
+                              consume=True)
+    except ManifestError as e:
+        raise ManifestError(e.key, e.message, origin=path) from None
+
+
+def _decode(raw: bytes, path: str) -> dict[str, Any]:
     is_json = path.endswith(".json") or raw.lstrip()[:1] == b"{"
     try:
         if is_json:
@@ -72,10 +96,7 @@ def load_manifest(path: str, *, epoch_env: str | None = None,
         raise ManifestError(path, f"not valid {'JSON' if is_json else 'TOML'}: {e}") from None
     if not isinstance(doc, dict):
         raise ManifestError(path, "the manifest must be a table/object")
-    try:
-        return parse_manifest(doc, base_dir=base_dir, epoch_env=epoch_env, source_root=source_root)
-    except ManifestError as e:
-        raise ManifestError(e.key, e.message, origin=path) from None
+    return doc
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -89,11 +110,13 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def parse_manifest(doc: dict[str, Any], *, base_dir: str = ".", epoch_env: str | None = None,
-                   source_root: str | None = None) -> tuple[Tree, ImageOptions]:
+                   source_root: str | None = None, consume: bool = False) -> tuple[Tree, ImageOptions]:
     """Turn a parsed manifest document into a tree; relative sources use ``base_dir``.
 
     With ``source_root``, every host path must resolve (symlinks and ``..``
-    included) inside it, and generators (which run code) are refused.
+    included) inside it, and generators (which run code) are refused.  With
+    ``consume``, each entry is removed from ``doc`` once it is a node, so the
+    memory of the document is reused for the tree instead of adding to it.
     """
     host = HostPaths(base_dir, source_root)
     if epoch_env is None:
@@ -120,12 +143,22 @@ def parse_manifest(doc: dict[str, Any], *, base_dir: str = ".", epoch_env: str |
     d_mode = _mode(defaults.get("mode", 0o644), "defaults.mode")
     d_dir_mode = _mode(defaults.get("dir_mode", 0o755), "defaults.dir_mode")
 
+    # Entries that keep the default times share one Meta per (mode, uid, gid): in a big
+    # manifest that is nearly every entry.  Entries with their own times get their own.
+    shared_metas: dict[tuple[int, int, int], Meta] = {}
+
     def meta_for(entry: dict[str, Any], key: str, default_perm: int) -> Meta:
+        perm = _mode(entry["mode"], f"{key}.mode") if "mode" in entry else default_perm
+        uid = _uint32(entry["uid"], f"{key}.uid") if "uid" in entry else d_uid
+        gid = _uint32(entry["gid"], f"{key}.gid") if "gid" in entry else d_gid
+        if entry.keys().isdisjoint(TIME_KEYS):
+            meta = shared_metas.get((perm, uid, gid))
+            if meta is None:
+                meta = shared_metas[perm, uid, gid] = Meta(perm, uid, gid, *(default_time,) * 4)
+            return meta
         mtime = _time(entry["mtime"], f"{key}.mtime") if "mtime" in entry else default_time
         return Meta(
-            perm=_mode(entry["mode"], f"{key}.mode") if "mode" in entry else default_perm,
-            uid=_uint32(entry["uid"], f"{key}.uid") if "uid" in entry else d_uid,
-            gid=_uint32(entry["gid"], f"{key}.gid") if "gid" in entry else d_gid,
+            perm=perm, uid=uid, gid=gid,
             atime=_time(entry["atime"], f"{key}.atime") if "atime" in entry else mtime,
             mtime=mtime,
             ctime=_time(entry["ctime"], f"{key}.ctime") if "ctime" in entry else mtime,
@@ -144,11 +177,11 @@ def parse_manifest(doc: dict[str, Any], *, base_dir: str = ".", epoch_env: str |
         path = host.resolve(_str(imp.get("source"), f"{k}.source"), f"{k}.source")
         target = _str(imp.get("target", "/"), f"{k}.target")
         import_source(tree, path, target, key=f"{k}.source")
-    for path, entry in doc.items():
+    for path in list(doc) if consume else doc:
         if not path.startswith("/"):
             continue
         key = f'"{path}"'
-        entry = _table(entry, key)
+        entry = _table(doc.pop(path) if consume else doc[path], key)
         if not entry.keys() <= ENTRY_KEYS:
             _no_unknown(entry, ENTRY_KEYS, key)
         kind = _entry_type(entry, key)
@@ -160,7 +193,9 @@ def parse_manifest(doc: dict[str, Any], *, base_dir: str = ".", epoch_env: str |
             target = _str(entry.get("target"), f"{key}.target")
             tree.add_hardlink(path, target, key)
             continue
-        xattrs = _xattrs(entry, key, kind) if not entry.keys().isdisjoint(XATTR_KEYS) else {}
+        xattrs = NO_XATTRS
+        if not entry.keys().isdisjoint(XATTR_KEYS):
+            xattrs = _xattrs(entry, key, kind) or NO_XATTRS
         if kind == DIR:
             _only(entry, key, set(), "directory")
             tree.add(path, Node(DIR, meta_for(entry, key, d_dir_mode), key=key, xattrs=xattrs))

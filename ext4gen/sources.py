@@ -20,8 +20,13 @@ from .errors import SourceError
 
 
 class Source:
-    """Base class: ``size`` bytes, readable at any offset."""
+    """Base class: ``size`` bytes, readable at any offset.
 
+    Sources use ``__slots__``: a tree holds one per file, and an instance dict
+    would double what a million small files cost.
+    """
+
+    __slots__ = ()
     size: int = 0
     #: False for sources that must not be read at plan time (dynamic content).
     plan_readable: bool = True
@@ -77,6 +82,8 @@ def open_noatime(path: str) -> int:
 class ZeroSource(Source):
     """A file declared only by ``size``: stored as one hole."""
 
+    __slots__ = ("size",)
+
     def __init__(self, size: int) -> None:
         self.size = size
 
@@ -96,6 +103,8 @@ class ZeroSource(Source):
 
 class InlineSource(Source):
     """Bytes held in memory (manifest ``text``/``base64``, symlink targets)."""
+
+    __slots__ = ("data", "size")
 
     def __init__(self, data: bytes) -> None:
         self.data = bytes(data)
@@ -118,6 +127,7 @@ class CallableSource(Source):
     generators share blocks.
     """
 
+    __slots__ = ("fn", "identity", "name", "size")
     plan_readable = False
 
     def __init__(self, size: int, fn: Callable[[int, int], bytes], *, identity: object = None,
@@ -311,6 +321,8 @@ class HostFileSource(Source):
     ``segments`` describes sparse content: (file offset, length, offset in the
     host file) runs; bytes outside them are zeros.
     """
+
+    __slots__ = ("base_offset", "file", "path", "segments", "size")
 
     def __init__(self, path: str | os.PathLike[str] | HostFile, *, base_offset: int = 0,
                  size: int | None = None, st: os.stat_result | None = None,

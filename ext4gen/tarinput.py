@@ -19,7 +19,7 @@ import tempfile
 from . import times
 from .errors import ManifestError
 from .sources import HostFile, HostFileSource, InlineSource
-from .tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Meta, Node, Tree, split_path
+from .tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, NO_XATTRS, SYMLINK, Meta, Node, Tree, split_path
 from .xattrs import ACL_ACCESS, ACL_DEFAULT, XattrError, normalize_vfs_acl, parse_acl_text, split_name
 
 _COMPRESSED = (
@@ -163,7 +163,7 @@ def _add_member(tree: Tree, hf: HostFile, m: tarfile.TarInfo, base: list[bytes],
     mtime = _pax_time(m, "mtime", int(m.mtime) * times.NS)
     meta = Meta(m.mode & 0o7777, m.uid, m.gid, _pax_time(m, "atime", mtime), mtime,
                 _pax_time(m, "ctime", mtime), _pax_time(m, "ctime", mtime))
-    xattrs = _member_xattrs(m, shown)
+    xattrs = _member_xattrs(m, shown) or NO_XATTRS
     if m.islnk():
         link = [p for p in m.linkname.encode("utf-8", "surrogateescape").split(b"/") if p and p != b"."]
         tree.add_hardlink(path, b"/" + b"/".join(base + link), shown)

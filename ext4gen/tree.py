@@ -7,7 +7,9 @@ link: the planner gives it one inode.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 
 from . import xattrs
 from .errors import ManifestError
@@ -20,10 +22,18 @@ FILE, DIR, SYMLINK = "file", "dir", "symlink"
 CHARDEV, BLOCKDEV, FIFO, SOCKET = "chardev", "blockdev", "fifo", "socket"
 KINDS = (FILE, DIR, SYMLINK, CHARDEV, BLOCKDEV, FIFO, SOCKET)
 
+#: The xattrs of every node that has none: one shared, read-only mapping instead of
+#: an empty dict per node (64 bytes each, a million times over in a big manifest).
+NO_XATTRS: Mapping[bytes, bytes] = MappingProxyType({})
+
 
 @dataclass(eq=False, slots=True)
 class Meta:
-    """Ownership, permission bits (incl. setuid/setgid/sticky) and times in ns."""
+    """Ownership, permission bits (incl. setuid/setgid/sticky) and times in ns.
+
+    Nodes with equal metadata may share one Meta (a manifest's defaults), so a
+    Meta is never changed in place once a node holds it: replace it instead.
+    """
 
     perm: int
     uid: int
@@ -42,7 +52,7 @@ class Node:
     source: Source | None = None  # FILE
     target: bytes = b""  # SYMLINK
     rdev: tuple[int, int] = (0, 0)  # CHARDEV/BLOCKDEV (major, minor)
-    xattrs: dict[bytes, bytes] = field(default_factory=dict)
+    xattrs: Mapping[bytes, bytes] = field(default_factory=lambda: NO_XATTRS)
     children: dict[bytes, Node] | None = None  # DIR
     implied: bool = False  # DIR created only because a descendant was declared
     imported: bool = False  # from a directory or tar import: later declarations override it
@@ -120,7 +130,11 @@ class Tree:
         key = node.key or str(path)
         parts = split_path(path, key)
         if xattrs.ACL_ACCESS in node.xattrs:  # mode and ACL must agree, as on a real ext4
-            node.meta.perm = xattrs.reconcile_access_acl(node.meta.perm, node.xattrs)
+            own = dict(node.xattrs)
+            perm = xattrs.reconcile_access_acl(node.meta.perm, own)
+            node.xattrs = own or NO_XATTRS
+            if perm != node.meta.perm:
+                node.meta = replace(node.meta, perm=perm)
         if node.kind == DIR and node.children is None:
             node.children = {}
         if not parts:

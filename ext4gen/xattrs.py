@@ -9,6 +9,7 @@ block, which inodes with identical remainders share (``h_refcount``).
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .csum import crc32c_raw
@@ -212,7 +213,7 @@ class DiskXattr:
         return h
 
 
-def to_disk(xattrs: dict[bytes, bytes]) -> list[DiskXattr]:
+def to_disk(xattrs: Mapping[bytes, bytes]) -> list[DiskXattr]:
     """Sorted on-disk entries (ext4 keeps block entries sorted by index, length, name)."""
     out = []
     for name, value in xattrs.items():
