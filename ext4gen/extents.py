@@ -7,6 +7,8 @@ every block but the last of each level full.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .dedup import Extent
 from .ondisk import (
     BLOCK_SIZE,
@@ -34,15 +36,18 @@ class ExtentTree:
     """The extent tree of one inode.
 
     ``blocks`` are the absolute block numbers of the tree's blocks, leaves
-    first then each index level; ``extents`` carry absolute physical blocks.
+    first then each index level; ``extents`` carry physical blocks relative to
+    ``base`` (the plan keeps them relative: no second, absolute copy per file).
     """
 
-    __slots__ = ("blocks", "extents", "levels")
+    __slots__ = ("base", "blocks", "extents", "levels")
 
-    def __init__(self, extents: list[Extent], levels: list[int], blocks: list[int]) -> None:
+    def __init__(self, extents: Sequence[Extent], levels: list[int], blocks: Sequence[int],
+                 base: int = 0) -> None:
         self.extents = extents
         self.levels = levels
         self.blocks = blocks
+        self.base = base
 
     @property
     def depth(self) -> int:
@@ -60,7 +65,7 @@ class ExtentTree:
     def root_bytes(self) -> bytes:
         """The 60-byte i_block content."""
         if not self.levels:
-            return _node(self.extents, 0, EXTENTS_IN_INODE).ljust(60, b"\0")
+            return _node(self.extents, self.base, 0, EXTENTS_IN_INODE).ljust(60, b"\0")
         top = self._level_items(self.depth - 1)
         return _index_node(top, self.depth, EXTENTS_IN_INODE).ljust(60, b"\0")
 
@@ -72,16 +77,17 @@ class ExtentTree:
             level += 1
         lo = index * EXTENTS_PER_BLOCK
         if level == 0:
-            body = _node(self.extents[lo : lo + EXTENTS_PER_BLOCK], 0, EXTENTS_PER_BLOCK)
+            body = _node(self.extents[lo : lo + EXTENTS_PER_BLOCK], self.base, 0, EXTENTS_PER_BLOCK)
         else:
             below = self._level_items(level - 1)
             body = _index_node(below[lo : lo + EXTENTS_PER_BLOCK], level, EXTENTS_PER_BLOCK)
         return body.ljust(BLOCK_SIZE, b"\0")
 
 
-def _node(extents: list[Extent], depth: int, eh_max: int) -> bytes:
+def _node(extents: Sequence[Extent], base: int, depth: int, eh_max: int) -> bytes:
     parts = [EXTENT_HEADER.pack_tuple(EXT4_EXT_MAGIC, len(extents), eh_max, depth, 0)]
-    for logical, length, phys in extents:
+    for logical, length, rel in extents:
+        phys = base + rel
         parts.append(EXTENT.pack_tuple(logical, length, phys >> 32, phys & 0xFFFFFFFF))
     return b"".join(parts)
 

@@ -30,6 +30,7 @@ from .ondisk import (
     EXT4_DEFM_ACL,
     EXT4_DEFM_XATTR_USER,
     EXT4_ERRORS_CONTINUE,
+    EXT4_EXTENTS_FL,
     EXT4_VALID_FS,
     EXTRA_ISIZE,
     FIRST_INO,
@@ -306,8 +307,8 @@ class MetadataGenerator:
             content = self.inline_content(ip)
             i_block = content[:60].ljust(60, b"\0")
             ibody = [*ibody, inline.system_data(content[60:])]
-        elif ip.tree is not None:
-            i_block = ip.tree.root_bytes()
+        elif ip.flags & EXT4_EXTENTS_FL:
+            i_block = self.plan.extent_tree(ip).root_bytes()
         elif node.kind == SYMLINK:
             i_block = node.target.ljust(60, b"\0")
         elif node.kind in (CHARDEV, BLOCKDEV):
@@ -363,8 +364,7 @@ class MetadataGenerator:
 
     def tree_block(self, index: int) -> bytes:
         ip, k = self.plan.tree_block_owner[index]
-        assert ip.tree is not None
-        buf = bytearray(ip.tree.block_bytes(k))
+        buf = bytearray(self.plan.extent_tree(ip).block_bytes(k))
         seed = inode_csum_seed(self.fs_seed, ip.ino, ip.generation)
         _U32.pack_into(buf, EXTENT_TAIL_OFFSET, crc32c_raw(seed, memoryview(buf)[:EXTENT_TAIL_OFFSET]))
         return bytes(buf)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from . import dirents
@@ -84,10 +84,9 @@ class InodePlan:
     links: int = 0
     size: int = 0
     flags: int = 0
-    extents: Sequence[Extent] = ()  # physical blocks relative to area (then absolute)
+    extents: Sequence[Extent] = ()  # physical blocks relative to the data or directory area
     in_data_area: bool = True  # False for directories (their blocks are metadata)
-    tree: ExtentTree | None = None
-    tree_rel: int = 0  # first tree block, relative to the tree area
+    tree_start: int = 0  # first extent-tree block, relative to the tree area
     n_tree_blocks: int = 0
     blocks_4k: int = 0  # data + tree blocks, for i_blocks
     entries: list[dirents.DirEntry] | None = None  # directories, in name order
@@ -136,7 +135,6 @@ class Plan:
     uuid: bytes
     hash_seed: bytes
     large_dir: bool
-    paths: list[tuple[bytes, InodePlan]]  # every name of every inode, in walk order
     geometry: Geometry
     inodes: list[InodePlan | None]  # index = inode number; None = unused/reserved
     last_ino: int
@@ -150,11 +148,40 @@ class Plan:
     used_inodes_per_group: list[int]
     last_used_index_per_group: list[int]  # -1 when the group has no used inode
 
+    def paths(self) -> Iterator[tuple[bytes, InodePlan]]:
+        """Every name of every inode, found by walking the tree (kept only while needed)."""
+        by_node = {ip.node: ip for ip in self.inodes if ip is not None}
+        root = self.inodes[ROOT_INO]
+        assert root is not None
+        yield b"/", root
+        stack = [(b"", root.node)]
+        while stack:
+            prefix, node = stack.pop()
+            assert node.children is not None
+            for name, child in node.children.items():
+                path = prefix + b"/" + name
+                yield path, by_node[child]
+                if child.kind == DIR:
+                    stack.append((path, child))
+
+    def physical_extents(self, ip: InodePlan) -> list[Extent]:
+        """``ip.extents`` with absolute block numbers."""
+        base = self.geometry.data_start if ip.in_data_area else self.geometry.dir_start
+        return [(logical, n, base + p) for logical, n, p in ip.extents]
+
+    def extent_tree(self, ip: InodePlan) -> ExtentTree:
+        """The extent tree of an inode with EXT4_EXTENTS_FL, built when its bytes are needed."""
+        geo = self.geometry
+        first = geo.tree_start + ip.tree_start
+        return ExtentTree(ip.extents, tree_levels(len(ip.extents)),
+                          range(first, first + ip.n_tree_blocks),
+                          geo.data_start if ip.in_data_area else geo.dir_start)
+
 
 def plan_tree(tree: Tree, options: ImageOptions | None = None) -> Plan:
     options = options or ImageOptions()
     tree.resolve_links()
-    inodes, paths = _number_inodes(tree, options)
+    inodes = _number_inodes(tree, options)
     seed = _identity_digest(tree, options, inodes)
     base = options.base_map
     uuid = options.uuid or (base.uuid if base else None) or _uuid_from(seed[:16])
@@ -217,27 +244,17 @@ def plan_tree(tree: Tree, options: ImageOptions | None = None) -> Plan:
         data = sum(e[1] for e in ip.extents)
         if ip.inline_size < 0 and (ip.node.kind in (FILE, DIR) or ip.extents):
             ip.flags |= EXT4_EXTENTS_FL
-            levels = tree_levels(len(ip.extents))
-            n = sum(levels)
+            n = sum(tree_levels(len(ip.extents)))
             if n:
-                ip.tree_rel = tree_blocks
+                ip.tree_start = tree_blocks
                 ip.n_tree_blocks = n
                 tree_block_owner.extend((ip, i) for i in range(n))
                 tree_blocks += n
-            ip.tree = ExtentTree(ip.extents, levels, [])
         ip.blocks_4k = data + ip.n_tree_blocks
 
     xattr_blocks = _place_xattrs(inodes)
     last_ino = len(inodes) - 1
     geo = _solve_geometry(last_ino, dir_blocks, tree_blocks, len(xattr_blocks), allocator.next_block)
-    for ip in inodes:
-        if ip is None or ip.tree is None:
-            continue
-        base = geo.data_start if ip.in_data_area else geo.dir_start
-        extents = [(lb, n, base + p) for lb, n, p in ip.extents]
-        ip.extents = extents
-        ip.tree.extents = extents
-        ip.tree.blocks = [geo.tree_start + ip.tree_rel + i for i in range(ip.n_tree_blocks)]
 
     ipg = geo.inodes_per_group
     dirs = [0] * geo.groups
@@ -257,7 +274,6 @@ def plan_tree(tree: Tree, options: ImageOptions | None = None) -> Plan:
         uuid=uuid,
         hash_seed=hash_seed,
         large_dir=large_dir,
-        paths=paths,
         geometry=geo,
         inodes=inodes,
         last_ino=last_ino,
@@ -273,13 +289,13 @@ def plan_tree(tree: Tree, options: ImageOptions | None = None) -> Plan:
     )
 
 
-def _number_inodes(tree: Tree, options: ImageOptions
-                   ) -> tuple[list[InodePlan | None], list[tuple[bytes, InodePlan]]]:
+def _number_inodes(tree: Tree, options: ImageOptions) -> list[InodePlan | None]:
     """Assign inode numbers and generations, then build every directory's entries.
 
     Without a base map: root 2, lost+found 11, then each directory's children
     consecutively in name order (depth-first), so `ls -l` touches few itable
     blocks.  With one, unchanged paths keep their numbers and generations.
+    Paths are built only for that lookup: a million of them would be kept for nothing.
     """
     root_node = tree.root
     assert root_node.children is not None
@@ -292,32 +308,36 @@ def _number_inodes(tree: Tree, options: ImageOptions
     elif lf.kind != DIR:
         raise ManifestError(lf.key, "/lost+found must be a directory (e2fsck requires one)")
 
-    # 1. every distinct node in depth-first, name-sorted order, with its first path
-    order: list[tuple[InodePlan, bytes]] = []
-    all_paths: list[tuple[bytes, InodePlan]] = []
-    by_node: dict[int, InodePlan] = {}
-    dirs: list[tuple[InodePlan, InodePlan]] = []  # (directory, parent)
+    # 1. every distinct node in depth-first, name-sorted order (with its first path if needed)
+    base = options.base_map
+    order: list[InodePlan] = []
+    first_path: dict[InodePlan, bytes] = {}
+    by_node: dict[Node, InodePlan] = {}  # nodes hash by identity
+    dirs: list[tuple[InodePlan, InodePlan, list[bytes]]] = []  # (directory, parent, sorted names)
+    modes: dict[int, int] = {}  # one int object per distinct mode, not one per inode
 
-    def visit(node: Node, path: bytes) -> InodePlan:
-        ip = by_node.get(id(node))
-        if ip is None:
-            ip = InodePlan(ino=0, node=node, mode=TYPE_BITS[node.kind][0] | node.meta.perm)
-            by_node[id(node)] = ip
-            order.append((ip, path))
-        all_paths.append((path, ip))
-        return ip
-
-    root = visit(root_node, b"/")
+    root = InodePlan(ino=0, node=root_node, mode=S_IFDIR | root_node.meta.perm)
+    by_node[root_node] = root
+    order.append(root)
+    first_path[root] = b"/"
     stack: list[tuple[InodePlan, InodePlan, bytes]] = [(root, root, b"")]
     while stack:
         dir_ip, parent_ip, path = stack.pop()
-        dirs.append((dir_ip, parent_ip))
         children = dir_ip.node.children
         assert children is not None
+        names = sorted(children)
+        dirs.append((dir_ip, parent_ip, names))
         subdirs = []
-        for name in sorted(children):
+        for name in names:
             child = children[name]
-            ip = visit(child, path + b"/" + name)
+            ip = by_node.get(child)
+            if ip is None:
+                mode = TYPE_BITS[child.kind][0] | child.meta.perm
+                ip = InodePlan(ino=0, node=child, mode=modes.setdefault(mode, mode))
+                by_node[child] = ip
+                order.append(ip)
+                if base is not None:
+                    first_path[ip] = path + b"/" + name
             ip.links += 1
             if child.kind == DIR:  # directories have exactly one name
                 subdirs.append((ip, path + b"/" + name))
@@ -327,53 +347,53 @@ def _number_inodes(tree: Tree, options: ImageOptions
     root.links += 1  # the root's ".." names itself
 
     # 2. numbers and generations
-    base = options.base_map
     taken: set[int] = set()
-    fixed = {id(root_node): ROOT_INO, id(lf): FIRST_INO}
-    for ip, path in order:
-        ino = fixed.get(id(ip.node), 0)
+    fixed = {root_node: ROOT_INO, lf: FIRST_INO}
+    for ip in order:
+        ino = fixed.get(ip.node, 0)
         if ino == 0 and base is not None:
-            prev = base.paths.get(path)
+            prev = base.paths.get(first_path[ip])
             if prev is not None and prev[2] == ip.node.kind and prev[0] > FIRST_INO and prev[0] not in taken:
                 ino, ip.generation = prev[0], prev[1]
         if ino:
             ip.ino = ino
             taken.add(ino)
     next_ino = FIRST_INO + 1
-    for ip, path in order:
+    for ip in order:
         if ip.ino:
             if ip.ino in (ROOT_INO, FIRST_INO) and base is not None:
-                prev = base.paths.get(path)
+                prev = base.paths.get(first_path[ip])
                 ip.generation = prev[1] if prev is not None and prev[0] == ip.ino else 0
             continue
-        while next_ino in taken:
+        while next_ino in taken:  # numbers handed out here only grow: no need to add them
             next_ino += 1
         ip.ino = next_ino
-        taken.add(next_ino)
+        next_ino += 1
         if base is not None:
-            last = base.last_generation(next_ino)
+            last = base.last_generation(ip.ino)
             ip.generation = 0 if last is None else (last + 1) & 0xFFFFFFFF
-    inodes: list[InodePlan | None] = [None] * (max(taken) + 1)
-    for ip, _path in order:
+    inodes: list[InodePlan | None] = [None] * (max(max(taken), next_ino - 1) + 1)
+    del taken, first_path
+    for ip in order:
         inodes[ip.ino] = ip
 
     # 3. directory entries, now that numbers are known
-    for dir_ip, parent_ip in dirs:
+    for dir_ip, parent_ip, names in dirs:
         children = dir_ip.node.children
         assert children is not None
         entries: list[dirents.DirEntry] = [(b".", dir_ip.ino, FT_DIR), (b"..", parent_ip.ino, FT_DIR)]
-        for name in sorted(children):
+        for name in names:
             child = children[name]
-            entries.append((name, by_node[id(child)].ino, TYPE_BITS[child.kind][1]))
+            entries.append((name, by_node[child].ino, TYPE_BITS[child.kind][1]))
         dir_ip.entries = entries
 
-    for ip, _path in order:
+    for ip in order:
         if ip.node.kind == DIR:
             if ip.links > EXT4_LINK_MAX:
                 ip.links = 1  # dir_nlink: "too many to count"
         elif ip.links > EXT4_LINK_MAX:
             raise ManifestError(ip.node.key, f"{ip.links} hard links, over ext4's {EXT4_LINK_MAX}")
-    return inodes, all_paths
+    return inodes
 
 
 def _solve_geometry(last_ino: int, dir_blocks: int, tree_blocks: int, xattr_blocks: int,
@@ -465,9 +485,9 @@ def _place_xattrs(inodes: list[InodePlan | None]) -> list[XattrBlock]:
 def identity_map(plan: Plan) -> IdentityMap:
     """The map a later build can use as ``--base-map`` to keep these identities."""
     m = IdentityMap(uuid=plan.uuid, hash_seed=plan.hash_seed)
-    for path, ip in plan.paths:
+    for path, ip in plan.paths():
         m.paths[path] = (ip.ino, ip.generation, ip.node.kind)
-    used = {ip.ino for _p, ip in plan.paths}
+    used = {ip.ino for ip in plan.inodes if ip is not None}
     base = plan.options.base_map
     if base is not None:
         for ino, gen in base.retired.items():

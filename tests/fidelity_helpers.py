@@ -489,10 +489,10 @@ def image_offset(image: object, path: bytes, file_offset: int) -> int | None:
     one data block through ``Image.read`` and see which sources that touches.
     """
     plan = image.plan  # type: ignore[attr-defined]
-    for p, ip in plan.paths:
+    for p, ip in plan.paths():
         if p == path:
             lblock, within = divmod(file_offset, BLOCK)
-            for logical, count, physical in ip.extents:
+            for logical, count, physical in plan.physical_extents(ip):
                 if logical <= lblock < logical + count:
                     return (physical + lblock - logical) * BLOCK + within
             return None
