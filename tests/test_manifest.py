@@ -231,3 +231,15 @@ def test_missing_manifest_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(ManifestError) as exc:
         ext4gen.load(str(tmp_path / "absent.toml"))
     assert "absent.toml" in str(exc.value)
+
+
+def test_entries_sharing_default_metadata_stay_independent() -> None:
+    """Equal default metadata is one Meta object; an ACL on one entry must not move another's mode."""
+    doc = {"/a": {"text": "x"}, "/b": {"text": "y", "acl": "u::rwx,g::r-x,o::---,u:1000:rw-,m::rwx"},
+           "/c": {"text": "z"}}
+    tree, _ = ext4gen.parse_manifest(doc)
+    assert _node(tree, "/a").meta is _node(tree, "/c").meta
+    assert _node(tree, "/a").meta.perm == _node(tree, "/c").meta.perm == 0o644
+    assert _node(tree, "/b").meta.perm == 0o770
+    assert list(doc) == ["/a", "/b", "/c"], "the API's parse_manifest must not consume its argument"
+
