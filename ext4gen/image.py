@@ -20,6 +20,7 @@ from .errors import SourceError
 from .metadata import MetadataGenerator
 from .ondisk import BLOCK_SIZE, EXT4_BG_BLOCK_UNINIT, EXT4_BG_INODE_UNINIT
 from .planner import Plan
+from .sources import HostFile, HostFileSource
 from .sources import zero_fill as _zero_fill
 
 META, DATA, ZERO = "metadata", "data", "zero"
@@ -56,11 +57,17 @@ class Image:
         self._ends: list[int] = []
         self._kinds: list[str] = []
         self._fills: list[Callable[[memoryview, int], None]] = []
+        # Data regions read straight from a host file: the file, the file offset of the
+        # region's first byte and how many bytes of the region come from it (zeros after).
+        self._hostfiles: list[HostFile | None] = []
+        self._file_offsets: list[int] = []
+        self._data_lens: list[int] = []
         self._build_regions()
         self._block = lru_cache(maxsize=cache_blocks)(self._render_block)
 
     # -- region map ---------------------------------------------------------
-    def _add(self, start: int, end: int, kind: str, fill: Callable[[memoryview, int], None]) -> None:
+    def _add(self, start: int, end: int, kind: str, fill: Callable[[memoryview, int], None],
+             direct: tuple[HostFile, int, int] | None = None) -> None:
         if end <= start:
             return
         if self._ends and self._ends[-1] != start:
@@ -72,6 +79,10 @@ class Image:
         self._ends.append(end)
         self._kinds.append(kind)
         self._fills.append(fill)
+        hostfile, file_offset, data_len = direct or (None, 0, 0)
+        self._hostfiles.append(hostfile)
+        self._file_offsets.append(file_offset)
+        self._data_lens.append(data_len)
 
     def _add_meta(self, first_block: int, nblocks: int, render: Callable[[int], bytes]) -> None:
         """Blocks ``first_block..+nblocks`` rendered by ``render(index)``."""
@@ -118,10 +129,12 @@ class Image:
         self._add_meta(geo.tree_start, geo.xattr_start - geo.tree_start, meta.tree_block)
         self._add_meta(geo.xattr_start, geo.data_start - geo.xattr_start, meta.xattr_block)
         for run in plan.runs:
+            # one region per run, the zeros after the source's last byte included: fewer
+            # regions per request, and a run's blocks are allocated data either way
             start = (geo.data_start + run.block) * BLOCK_SIZE
-            self._add(start, start + run.nbytes, DATA, self._data_filler(run))
-            self._add(start + run.nbytes, start + run.nblocks * BLOCK_SIZE, ZERO,
-                      lambda mv, rel: _zero_fill(mv))
+            direct = run.source.direct() if isinstance(run.source, HostFileSource) else None
+            self._add(start, start + run.nblocks * BLOCK_SIZE, DATA, self._data_filler(run),
+                      None if direct is None else (direct[0], direct[1] + run.offset, run.nbytes))
         self._add_zero(geo.used_blocks, geo.blocks_count - geo.used_blocks)
         assert self._ends[-1] == self.size, (self._ends[-1], self.size)
         self._renderer_starts = [b for b, _r in self._renderers]
@@ -130,9 +143,14 @@ class Image:
     def _data_filler(run: Run) -> Callable[[memoryview, int], None]:
         readinto = run.source.readinto
         base = run.offset
+        nbytes = run.nbytes
 
         def fill(mv: memoryview, rel: int) -> None:
-            readinto(mv, base + rel)
+            n = min(len(mv), nbytes - rel)
+            if n > 0:
+                readinto(mv[:n], base + rel)
+            if n < len(mv):
+                _zero_fill(mv[max(n, 0) :])
 
         return fill
 
@@ -161,10 +179,31 @@ class Image:
             raise ValueError(f"read {offset}+{len(mv)} outside the image (size {self.size})")
         self.stats.requests += 1
         starts, ends, kinds, fills = self._starts, self._ends, self._kinds, self._fills
+        hostfiles = self._hostfiles
         i = bisect.bisect_right(starts, offset) - 1
         pos = offset
         stats = self.stats
         while pos < end:
+            hostfile = hostfiles[i]
+            if hostfile is not None:  # this and following regions of the same file: one batch
+                first = pos
+                parts = []
+                while True:
+                    stop = min(end, ends[i])
+                    rel = pos - starts[i]
+                    parts.append((mv[pos - offset : stop - offset], self._file_offsets[i] + rel,
+                                  self._data_lens[i] - rel))
+                    pos = stop
+                    i += 1
+                    if pos >= end or hostfiles[i] is not hostfile:
+                        break
+                try:
+                    hostfile.read_parts(parts)
+                except SourceError:
+                    stats.source_errors += 1
+                    raise
+                stats.bytes_data += pos - first
+                continue
             stop = min(end, ends[i])
             kind = kinds[i]
             try:

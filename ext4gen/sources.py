@@ -200,22 +200,37 @@ class HostFile:
         return fd
 
     def check(self, st: os.stat_result) -> None:
-        if Pin.of(st) != self.pin:
+        pin = self.pin  # field by field: this runs after every read
+        if (st.st_mtime_ns != pin.st_mtime_ns or st.st_size != pin.st_size
+                or st.st_ctime_ns != pin.st_ctime_ns or st.st_ino != pin.st_ino
+                or st.st_dev != pin.st_dev):
             raise SourceError(f"{self.path}: source changed since the image was planned")
         if st.st_nlink == 0:
             raise SourceError(f"{self.path}: source was deleted since the image was planned")
 
     def readinto(self, buf: memoryview, offset: int) -> None:
         """pread exactly ``len(buf)`` bytes, then re-check the pin (no stale bytes)."""
+        self.read_parts([(buf, offset, len(buf))])
+
+    def read_parts(self, parts: list[tuple[memoryview, int, int]]) -> None:
+        """Fill each ``(buf, offset, ndata)``: ``ndata`` bytes from ``offset``, then zeros.
+
+        One request often spans several runs of the same file (blocks between
+        them deduplicated elsewhere, or tar members): they share one descriptor
+        lookup and one pin check, made after the last read.
+        """
         fd = FD_CACHE.acquire(self)
         try:
-            want = len(buf)
-            got = os.preadv(fd, [buf], offset)
-            while got < want:
-                n = os.preadv(fd, [buf[got:]], offset + got)
-                if n <= 0:
-                    raise SourceError(f"{self.path}: source is shorter than planned")
-                got += n
+            for buf, offset, ndata in parts:
+                want = min(len(buf), ndata)
+                got = os.preadv(fd, [buf[:want]], offset) if want > 0 else 0
+                while got < want:
+                    n = os.preadv(fd, [buf[got:want]], offset + got)
+                    if n <= 0:
+                        raise SourceError(f"{self.path}: source is shorter than planned")
+                    got += n
+                if want < len(buf):
+                    zero_fill(buf[max(want, 0) :])
             self.check(os.fstat(fd))
         except SourceError:
             FD_CACHE.release(self, broken=True)
@@ -340,6 +355,10 @@ class HostFileSource(Source):
     @property
     def pin(self) -> Pin:
         return self.file.pin
+
+    def direct(self) -> tuple[HostFile, int] | None:
+        """(file, file offset of source offset 0) when the bytes are one plain range of it."""
+        return None if self.segments is not None else (self.file, self.base_offset)
 
     def describe(self) -> str:
         if self.base_offset or self.segments is not None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import os
+import tarfile
 from pathlib import Path
 
 import pytest
 
+import ext4gen
 from ext4gen.errors import SourceError
-from ext4gen.sources import HostFileSource, _FdCache
+from ext4gen.sources import HostFile, HostFileSource, _FdCache
 
 
 @pytest.fixture
@@ -72,3 +75,36 @@ def test_a_changed_source_is_refused_and_its_descriptor_dropped(tmp_path: Path, 
     with pytest.raises(SourceError, match="changed"):
         src.readinto(memoryview(bytearray(4)), 0)
     assert src.file not in small_cache._fds
+
+
+def test_a_request_over_several_runs_of_one_file_reads_them_as_one_batch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tar members are adjacent runs of one host file: one descriptor, one pin check, exact tails."""
+    archive = tmp_path / "t.tar"
+    sizes = (5000, 4096, 10)
+    with tarfile.open(archive, "w") as tf:
+        for i, size in enumerate(sizes):
+            info = tarfile.TarInfo(f"f{i}")
+            info.size = size
+            tf.addfile(info, io.BytesIO(bytes([65 + i]) * size))
+    tree, options = ext4gen.load(str(archive), dedup="none", inline_data=False)
+    image = ext4gen.plan(tree, options)
+    batches: list[int] = []
+    real = HostFile.read_parts
+
+    def counting(self: HostFile, parts: list[tuple[memoryview, int, int]]) -> None:
+        batches.append(len(parts))
+        real(self, parts)
+
+    monkeypatch.setattr(HostFile, "read_parts", counting)
+    runs, data_start = image.plan.runs, image.plan.geometry.data_start
+    assert [r.nbytes for r in runs] == list(sizes)
+    start = (data_start + runs[0].block) * 4096
+    end = (data_start + runs[-1].block + runs[-1].nblocks) * 4096
+    expected = b"A" * 5000 + bytes(3192) + b"B" * 4096 + b"C" * 10 + bytes(4086)
+    assert image.read(start, end - start) == expected
+    assert batches == [3]
+    assert image.read(start + 4000, 5000) == expected[4000:9000]  # a request starting mid-run
+    os.utime(archive, ns=(1, 1))  # the archive changed: the whole request fails, no stale bytes
+    with pytest.raises(SourceError, match="changed"):
+        image.read(start, end - start)
