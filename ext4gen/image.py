@@ -57,8 +57,8 @@ class Image:
         self._ends: list[int] = []
         self._kinds: list[str] = []
         self._fills: list[Callable[[memoryview, int], None]] = []
-        # Data regions read straight from a host file: the file, the file offset of the
-        # region's first byte and how many bytes of the region come from it (zeros after).
+        # Data regions: how many bytes come from the source (zeros after); for those read
+        # straight from a host file, the file and the file offset of the first byte.
         self._hostfiles: list[HostFile | None] = []
         self._file_offsets: list[int] = []
         self._data_lens: list[int] = []
@@ -67,7 +67,7 @@ class Image:
 
     # -- region map ---------------------------------------------------------
     def _add(self, start: int, end: int, kind: str, fill: Callable[[memoryview, int], None],
-             direct: tuple[HostFile, int, int] | None = None) -> None:
+             hostfile: HostFile | None = None, file_offset: int = 0, data_len: int = 0) -> None:
         if end <= start:
             return
         if self._ends and self._ends[-1] != start:
@@ -79,7 +79,6 @@ class Image:
         self._ends.append(end)
         self._kinds.append(kind)
         self._fills.append(fill)
-        hostfile, file_offset, data_len = direct or (None, 0, 0)
         self._hostfiles.append(hostfile)
         self._file_offsets.append(file_offset)
         self._data_lens.append(data_len)
@@ -133,8 +132,9 @@ class Image:
             # regions per request, and a run's blocks are allocated data either way
             start = (geo.data_start + run.block) * BLOCK_SIZE
             direct = run.source.direct() if isinstance(run.source, HostFileSource) else None
+            hostfile, file_offset = direct or (None, 0)
             self._add(start, start + run.nblocks * BLOCK_SIZE, DATA, self._data_filler(run),
-                      None if direct is None else (direct[0], direct[1] + run.offset, run.nbytes))
+                      hostfile, file_offset + run.offset, run.nbytes)
         self._add_zero(geo.used_blocks, geo.blocks_count - geo.used_blocks)
         assert self._ends[-1] == self.size, (self._ends[-1], self.size)
         self._renderer_starts = [b for b, _r in self._renderers]
@@ -230,19 +230,32 @@ class Image:
         yield from zip(self._starts, self._ends, self._kinds, strict=True)
 
     def extents(self, offset: int, length: int) -> Iterator[tuple[int, int, bool]]:
-        """(offset, length, is_zero) covering ``[offset, offset+length)``, merged."""
+        """(offset, length, is_zero) covering ``[offset, offset+length)``, merged.
+
+        The zeros after a data run's last source byte count as zero, as do
+        zero regions: holes are reported exactly where the image reads as zeros.
+        """
         end = min(offset + length, self.size)
         i = bisect.bisect_right(self._starts, offset) - 1
         cur_start, cur_zero = offset, None
         pos = offset
         while pos < end:
-            zero = self._kinds[i] == ZERO
-            if cur_zero is None:
-                cur_zero = zero
-            elif zero != cur_zero:
-                yield cur_start, pos - cur_start, cur_zero
-                cur_start, cur_zero = pos, zero
-            pos = min(end, self._ends[i])
+            region_end = self._ends[i]
+            if self._kinds[i] == DATA:
+                pieces = ((self._starts[i] + self._data_lens[i], False), (region_end, True))
+            else:
+                pieces = ((region_end, self._kinds[i] == ZERO),)
+            for piece_end, zero in pieces:
+                if piece_end <= pos:
+                    continue
+                if cur_zero is None:
+                    cur_zero = zero
+                elif zero != cur_zero:
+                    yield cur_start, pos - cur_start, cur_zero
+                    cur_start, cur_zero = pos, zero
+                pos = min(end, piece_end)
+                if pos >= end:
+                    break
             i += 1
         if cur_zero is not None:
             yield cur_start, pos - cur_start, cur_zero
