@@ -178,11 +178,19 @@ class Image:
         if offset < 0 or end > self.size:
             raise ValueError(f"read {offset}+{len(mv)} outside the image (size {self.size})")
         self.stats.requests += 1
+        i = bisect.bisect_right(self._starts, offset) - 1
+        try:
+            self._fill(mv, offset, end, i)
+        except SourceError:
+            self.stats.source_errors += 1
+            raise
+
+    def _fill(self, mv: memoryview, offset: int, end: int, i: int) -> None:
+        """Fill ``mv`` (image bytes ``offset..end``) region by region, starting at region ``i``."""
         starts, ends, kinds, fills = self._starts, self._ends, self._kinds, self._fills
         hostfiles = self._hostfiles
-        i = bisect.bisect_right(starts, offset) - 1
-        pos = offset
         stats = self.stats
+        pos = offset
         while pos < end:
             hostfile = hostfiles[i]
             if hostfile is not None:  # this and following regions of the same file: one batch
@@ -197,20 +205,12 @@ class Image:
                     i += 1
                     if pos >= end or hostfiles[i] is not hostfile:
                         break
-                try:
-                    hostfile.read_parts(parts)
-                except SourceError:
-                    stats.source_errors += 1
-                    raise
+                hostfile.read_parts(parts)
                 stats.bytes_data += pos - first
                 continue
             stop = min(end, ends[i])
             kind = kinds[i]
-            try:
-                fills[i](mv[pos - offset : stop - offset], pos - starts[i])
-            except SourceError:
-                stats.source_errors += 1
-                raise
+            fills[i](mv[pos - offset : stop - offset], pos - starts[i])
             if kind == DATA:
                 stats.bytes_data += stop - pos
             elif kind == ZERO:
