@@ -3,7 +3,7 @@
     EXP_PATCH=evict|limit|evict+limit nbdkit python bench/exp_fdcache_plugin.py source=...
 
 The serving profile (bench_serve.py's profile step) puts about a third of the
-time inside ``pread`` in ``ext4gen.sources._FdCache._evict``, which copies the
+time inside ``pread`` in ``ext4gen.model.sources._FdCache._evict``, which copies the
 whole OrderedDict of open descriptors (up to 1,024 keys) whenever the cache is
 over its limit, i.e. on every open once a tree has more files than that, and
 T1 has 10,000.  This wrapper monkeypatches, before the plugin loads:
@@ -25,7 +25,7 @@ import resource
 import sys
 from itertools import islice
 
-from ext4gen import sources
+from ext4gen.model import sources
 
 _patch = os.environ.get("EXP_PATCH", "evict+limit")
 
@@ -54,7 +54,7 @@ if "evict" in _patch:
     sources._FdCache._evict = _evict
 
 def _patch_willneed():
-    from ext4gen.image import Image
+    from ext4gen.render.image import Image
 
     original = Image._data_filler
 
@@ -87,8 +87,8 @@ if "willneed" in _patch:
 _here = os.path.dirname(os.path.abspath(sources.__file__))
 _plugin = os.path.join(_here, "nbdkit_plugin.py")
 if os.path.exists(_plugin):  # the plugin lives in the package since the multi-export work
-    from ext4gen.nbdkit_plugin import *  # noqa: F403
-    from ext4gen.nbdkit_plugin import API_VERSION  # noqa: F401
+    from ext4gen.serve.nbdkit_plugin import *  # noqa: F403
+    from ext4gen.serve.nbdkit_plugin import API_VERSION  # noqa: F401
 else:
     import importlib.util
 

@@ -21,7 +21,7 @@ import stat
 import sys
 
 from ext4gen import HostFileSource, Meta, Node, Tree
-from ext4gen.tree import DIR, FILE, SYMLINK
+from ext4gen.model.tree import DIR, FILE, SYMLINK
 
 
 def _meta(st: os.stat_result) -> Meta:

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from .errors import Ext4genError, ManifestError, SourceError
 from .gcpause import gc_paused
-from .image import Image
-from .manifest import load_manifest, parse_manifest
-from .options import ImageOptions
-from .planner import Plan, plan_tree
-from .sources import CallableSource, HostFileSource, InlineSource, Source, ZeroSource
-from .tree import Meta, Node, Tree
+from .inputs.manifest import load_manifest, parse_manifest
+from .layout.planner import Plan, plan_tree
+from .model.options import ImageOptions
+from .model.sources import CallableSource, HostFileSource, InlineSource, Source, ZeroSource
+from .model.tree import Meta, Node, Tree
+from .render.image import Image
 
 __version__ = "0.1.0"
 
@@ -42,12 +42,12 @@ def _load(source: str, source_root: str | None, overrides: dict[str, object]
           ) -> tuple[Tree, ImageOptions]:
     import os
 
-    from .manifest import import_source
-    from .tarinput import is_tar
+    from .inputs.manifest import import_source
+    from .inputs.tar import is_tar
 
     if source != "-" and (os.path.isdir(source) or is_tar(source)):
         if source_root is not None:
-            from .manifest import HostPaths
+            from .inputs.manifest import HostPaths
 
             source = HostPaths(os.getcwd(), source_root).resolve(source, source)
         epoch = os.environ.get("SOURCE_DATE_EPOCH")

@@ -14,11 +14,11 @@ from collections.abc import Callable, Sequence
 
 from . import __version__
 from .errors import Ext4genError, ManifestError
-from .identity import IdentityMap
-from .image import Image
 from .inspect import describe_image_file, describe_plan
-from .options import DEDUP_MODES
-from .planner import identity_map
+from .layout.planner import identity_map
+from .model.identity import IdentityMap
+from .model.options import DEDUP_MODES
+from .render.image import Image
 from .verify import compare_tree, e2fsck, is_root, loop_mount
 
 EXIT_USAGE = 2
@@ -155,10 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     source_args(i, "SOURCE|IMAGE")
     i.set_defaults(func=cmd_inspect)
 
-    # serve/mount/umount live in serve_cli, which itself uses this module's helpers
-    from . import serve_cli
+    # serve/mount/umount live in serve.commands, which itself uses this module's helpers
+    from .serve import commands
 
-    for _name, register in serve_cli.COMMANDS:
+    for _name, register in commands.COMMANDS:
         register(sub)
     return p
 

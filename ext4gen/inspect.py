@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import uuid as uuid_mod
 
-from .image import Image
-from .ondisk import BLOCK_SIZE, SUPERBLOCK_OFFSET, ext4_super_block, feature_names
+from .format.ondisk import BLOCK_SIZE, SUPERBLOCK_OFFSET, ext4_super_block, feature_names
+from .render.image import Image
 
 
 def _superblock_lines(raw: bytes) -> list[str]:

@@ -38,9 +38,9 @@ import pytest
 
 import ext4gen
 from ext4gen.errors import Ext4genError, ManifestError
-from ext4gen.image import Image
-from ext4gen.options import DEDUP_MODES, ImageOptions
-from ext4gen.tree import Tree
+from ext4gen.model.options import DEDUP_MODES, ImageOptions
+from ext4gen.model.tree import Tree
+from ext4gen.render.image import Image
 
 Manifest = str | os.PathLike[str] | dict[str, Any] | Tree | tuple[Tree, ImageOptions]
 KEY_VERSION = b"ext4gen-pytest-1\0"  # bump when what goes into an image's cache key changes
@@ -266,25 +266,25 @@ def serving(manifest: Manifest, directory: Path, *, dedup: str | None = None,
             inline_data: bool | None = None) -> Iterator[Any]:
     """Serve ``manifest`` with ``ext4gen serve`` in the background; always stop it.
 
-    Yields the :class:`ext4gen.serve_cli.Background` (``.uri``, ``.pid``,
+    Yields the :class:`ext4gen.serve.commands.Background` (``.uri``, ``.pid``,
     ``.nbdkit_pid``, ``.log``).  The manifest is planned here first, so bad
     input fails with its one line before a server starts.  Raises Ext4genError.
     For a server outliving one test (a module-scoped fixture), use this directly.
     """
-    from ext4gen import serve_cli
+    from ext4gen.serve import commands as serve_commands
 
     source = servable_source(manifest, directory)
     # The dict itself, not its served copy: errors then name its keys, not a temp file.
     plan_manifest(manifest, dedup=dedup, inline_data=inline_data)
     fd, log = tempfile.mkstemp(prefix="serve-", suffix=".log", dir=directory)
     os.close(fd)
-    opts = serve_cli.ServeOptions(source=source, dedup=dedup, log=log)
+    opts = serve_commands.ServeOptions(source=source, dedup=dedup, log=log)
     if inline_data is False:
         opts.no_inline_data = True
     elif inline_data:
         opts.params.append("inline_data=true")  # the CLI has only --no-inline-data
     opts.check()
-    server = serve_cli.start_background(opts)
+    server = serve_commands.start_background(opts)
     try:
         yield server
     finally:

@@ -14,8 +14,8 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 
-from .planner import LOST_FOUND
-from .tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node, Tree
+from .layout.planner import LOST_FOUND
+from .model.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node, Tree
 
 _KIND_OF_MODE = {stat.S_IFREG: FILE, stat.S_IFDIR: DIR, stat.S_IFLNK: SYMLINK,
                  stat.S_IFCHR: CHARDEV, stat.S_IFBLK: BLOCKDEV, stat.S_IFIFO: FIFO,

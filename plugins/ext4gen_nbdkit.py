@@ -9,8 +9,8 @@ import os
 import sys
 
 try:
-    from ext4gen.nbdkit_plugin import *  # noqa: F403
-    from ext4gen.nbdkit_plugin import API_VERSION  # noqa: F401
+    from ext4gen.serve.nbdkit_plugin import *  # noqa: F403
+    from ext4gen.serve.nbdkit_plugin import API_VERSION  # noqa: F401
 except ImportError as _e:  # the embedded interpreter cannot see the package
     print(f"ext4gen: the nbdkit plugin cannot import the ext4gen library ({_e}); "
           "start it with `ext4gen serve` or set PYTHONPATH", file=sys.stderr, flush=True)

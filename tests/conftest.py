@@ -24,11 +24,11 @@ from typing import Any
 import pytest
 
 import ext4gen
-from ext4gen.image import Image
-from ext4gen.ondisk import ext4_super_block
-from ext4gen.options import ImageOptions
+from ext4gen.format.ondisk import ext4_super_block
+from ext4gen.model.options import ImageOptions
+from ext4gen.model.tree import Tree
 from ext4gen.pytest_plugin import ImageBuilder
-from ext4gen.tree import Tree
+from ext4gen.render.image import Image
 from ext4gen.verify import compare_tree, e2fsck, is_root, loop_mount
 
 ROOT_REASON = "needs root for loop mounts (CI runs as root, where this test must run)"

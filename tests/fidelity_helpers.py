@@ -35,7 +35,7 @@ _TAGS = {"u": (ACL_USER_OBJ, ACL_USER), "g": (ACL_GROUP_OBJ, ACL_GROUP), "m": (A
 def vfs_acl(text: str) -> bytes:
     """``"u::rw-,u:1000:r--,g::r--,m::r--,o::---"`` → what setxattr(system.posix_acl_*) takes.
 
-    Written here rather than borrowed from ext4gen.xattrs, so host trees are
+    Written here rather than borrowed from ext4gen.model.xattrs, so host trees are
     made without the code under test.  Entries must be given in kernel order.
     """
     out = [struct.pack("<I", 2)]

@@ -269,7 +269,7 @@ class Export:
     """
 
     uri: str
-    record: Any  # ext4gen.serve_cli.Background
+    record: Any  # ext4gen.serve.commands.Background
 
     @property
     def sock(self) -> Path:

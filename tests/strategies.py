@@ -9,7 +9,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from ext4gen.times import MAX_TIME_NS, MIN_TIME_NS, NS
+from ext4gen.model.times import MAX_TIME_NS, MIN_TIME_NS, NS
 
 NAME_CHARS = st.characters(blacklist_characters="/\0", blacklist_categories=("Cs",))
 

@@ -21,7 +21,7 @@ from conftest import mounted
 from fidelity_helpers import BLOCK, debugfs, image_offset, scratch_tmpfs
 
 import ext4gen
-from ext4gen.image import DATA, ZERO
+from ext4gen.render.image import DATA, ZERO
 from ext4gen.verify import compare_tree, e2fsck
 
 pytestmark = pytest.mark.root

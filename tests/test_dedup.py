@@ -16,9 +16,9 @@ import pytest
 from conftest import prove, superblock
 
 import ext4gen
-import ext4gen.dedup
-from ext4gen.inline import MAX_INLINE_SIZE
-from ext4gen.ondisk import BLOCK_SIZE, RO_COMPAT_SHARED_BLOCKS
+import ext4gen.layout.dedup
+from ext4gen.format.ondisk import BLOCK_SIZE, RO_COMPAT_SHARED_BLOCKS
+from ext4gen.layout.inline import MAX_INLINE_SIZE
 
 pytestmark = pytest.mark.root
 
@@ -164,11 +164,11 @@ def test_crafted_hash_collision_is_not_merged(tmp_path: Path, monkeypatch: pytes
         calls.append(1)
         return b"\x42" * 16
 
-    monkeypatch.setattr(ext4gen.dedup, "block_hash", colliding)
+    monkeypatch.setattr(ext4gen.layout.dedup, "block_hash", colliding)
     contents = {"/a": U1 + U2 + U3, "/b": U3 + U2 + U4 + Z, "/c": X + TAIL, "/d": TAIL}
     unique, refs, _zeros = _expected(contents)
     proof = prove(_tree(contents), tmp_path, options=_blocks_only())
-    assert calls, "the planner no longer hashes through ext4gen.dedup.block_hash"
+    assert calls, "the planner no longer hashes through ext4gen.layout.dedup.block_hash"
     stats = proof.image.plan.dedup_stats
     assert stats.unique_blocks == proof.image.block_counts()["data"] == unique
     assert stats.shared_references == refs - unique

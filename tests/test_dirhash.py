@@ -18,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ext4gen
-from ext4gen import dirhash
-from ext4gen.dirhash import DEFAULT_SEED, half_md4, half_md4_many, seed_words
+from ext4gen.format import dirhash
+from ext4gen.format.dirhash import DEFAULT_SEED, half_md4, half_md4_many, seed_words
 
 SEED = "dab96568-6461-4248-ab83-d8a8683fd219"
 NAMES = [b"a", b"ab", b"abc", b"abcd", b"abcde", b"x" * 31, b"y" * 32, b"z" * 33, b"q" * 255,

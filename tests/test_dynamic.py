@@ -22,7 +22,7 @@ from conftest import prove
 from fidelity_helpers import BLOCK, image_offset, run_cli
 
 import ext4gen
-from ext4gen.image import DATA
+from ext4gen.render.image import DATA
 
 META = ext4gen.Meta(0o644, 0, 0, 0, 0, 0, 0)
 ROOT = ext4gen.Meta(0o755, 0, 0, 0, 0, 0, 0)

@@ -17,7 +17,7 @@ import pytest
 from conftest import prove
 
 import ext4gen
-from ext4gen.ondisk import BLOCK_SIZE
+from ext4gen.format.ondisk import BLOCK_SIZE
 
 pytestmark = pytest.mark.root
 

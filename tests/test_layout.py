@@ -17,8 +17,8 @@ import pytest
 from conftest import dumpe2fs, prove, superblock
 
 import ext4gen
-from ext4gen.extents import tree_levels
-from ext4gen.ondisk import BLOCK_SIZE, BLOCKS_PER_GROUP, INODE_SIZE, ext4_extent_header, ext4_inode
+from ext4gen.format.ondisk import BLOCK_SIZE, BLOCKS_PER_GROUP, INODE_SIZE, ext4_extent_header, ext4_inode
+from ext4gen.layout.extents import tree_levels
 
 pytestmark = pytest.mark.root
 

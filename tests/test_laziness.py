@@ -16,8 +16,8 @@ import pytest
 from fidelity_helpers import process_rchar
 
 import ext4gen
-from ext4gen.inline import MAX_INLINE_SIZE
-from ext4gen.ondisk import BLOCK_SIZE
+from ext4gen.format.ondisk import BLOCK_SIZE
+from ext4gen.layout.inline import MAX_INLINE_SIZE
 
 META = ext4gen.Meta(0o644, 0, 0, 0, 0, 0, 0)
 

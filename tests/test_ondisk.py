@@ -18,9 +18,9 @@ from construct import Bytes, FormatField, Renamed, Struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ext4gen import ondisk
-from ext4gen.csum import crc32c_raw, fs_csum_seed, inode_csum_seed
-from ext4gen.ondisk import FastPacker
+from ext4gen.format import ondisk
+from ext4gen.format.csum import crc32c_raw, fs_csum_seed, inode_csum_seed
+from ext4gen.format.ondisk import FastPacker
 
 STRUCTS = {name: obj for name, obj in vars(ondisk).items() if isinstance(obj, Struct)}
 PACKERS = {name: obj for name, obj in vars(ondisk).items() if isinstance(obj, FastPacker)}

@@ -38,7 +38,7 @@ from nbd_helpers import (
 )
 
 import ext4gen
-from ext4gen.serve_cli import child_env, plugin_path
+from ext4gen.serve.commands import child_env, plugin_path
 from ext4gen.verify import compare_tree, is_root
 
 BLOCK = 4096
@@ -275,7 +275,7 @@ def test_an_idle_client_does_not_keep_the_server_alive_after_sigterm(manifest: P
 def test_a_killed_server_leaves_no_nbdkit_and_its_leftovers_are_collected(manifest: Path,
                                                                          tmp_path: Path):
     """SIGKILL gives ext4gen serve no chance to clean up: nbdkit must still die with it."""
-    from ext4gen.serve_cli import runtime_dir
+    from ext4gen.serve.commands import runtime_dir
 
     server = Server(manifest, tmp_path / "nbd.sock")
     try:
@@ -473,6 +473,6 @@ def test_kernel_mount_through_nbdfuse_and_loop_equals_the_manifest(manifest: Pat
 
 
 def test_the_cli_is_importable_without_nbd_bindings():
-    """serve_cli must not need python3-libnbd: only the tests use it."""
-    code = "import sys; sys.modules['nbd'] = None; import ext4gen.serve_cli, ext4gen.cli"
+    """serve.commands must not need python3-libnbd: only the tests use it."""
+    code = "import sys; sys.modules['nbd'] = None; import ext4gen.serve.commands, ext4gen.cli"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -11,13 +11,13 @@ import pytest
 
 import ext4gen
 from ext4gen.errors import SourceError
-from ext4gen.sources import HostFile, HostFileSource, _FdCache
+from ext4gen.model.sources import HostFile, HostFileSource, _FdCache
 
 
 @pytest.fixture
 def small_cache(monkeypatch: pytest.MonkeyPatch) -> _FdCache:
     cache = _FdCache(limit=4)
-    monkeypatch.setattr("ext4gen.sources.FD_CACHE", cache)
+    monkeypatch.setattr("ext4gen.model.sources.FD_CACHE", cache)
     yield cache
     cache.close_all()
 

@@ -37,7 +37,7 @@ from fidelity_helpers import (
 )
 
 import ext4gen
-import ext4gen.sources
+import ext4gen.model.sources
 from ext4gen.verify import compare_tree, e2fsck
 
 TAR_FLAGS = ["--xattrs", "--acls", "--xattrs-include=*", "--sparse"]
@@ -263,13 +263,13 @@ def test_1gib_tar_is_planned_without_reading_member_data(tmp_path: Path,
     stamps = _sparse_tar(archive, members)
     assert archive.stat().st_size > 1 << 30
     calls: list[tuple[str, int, int]] = []
-    real = ext4gen.sources.HostFile.read_parts  # every read of a host file goes through it
+    real = ext4gen.model.sources.HostFile.read_parts  # every read of a host file goes through it
 
-    def counting(self: ext4gen.sources.HostFile, parts: list[tuple[memoryview, int, int]]) -> None:
+    def counting(self: ext4gen.model.sources.HostFile, parts: list[tuple[memoryview, int, int]]) -> None:
         calls.extend((self.path, offset, len(buf)) for buf, offset, _ndata in parts)
         real(self, parts)
 
-    monkeypatch.setattr(ext4gen.sources.HostFile, "read_parts", counting)
+    monkeypatch.setattr(ext4gen.model.sources.HostFile, "read_parts", counting)
     rchar = process_rchar()
     t0 = time.perf_counter()
     tree, options = ext4gen.load(str(archive), dedup="none")

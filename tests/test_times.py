@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ext4gen import times
+from ext4gen.model import times
 
 NS = 10**9
 MIN_SEC = -(1 << 31)
@@ -21,7 +21,7 @@ MAX_SEC = (1 << 34) - (1 << 31) - 1
 
 
 def kernel_decode(lo: int, extra: int) -> int:
-    """ext4_decode_extra_time, written out independently of ext4gen.times."""
+    """ext4_decode_extra_time, written out independently of ext4gen.model.times."""
     sec = lo - (1 << 32) if lo & 0x80000000 else lo
     if extra & 3:
         sec += (extra & 3) << 32

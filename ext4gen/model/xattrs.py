@@ -12,8 +12,8 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .csum import crc32c_raw
-from .ondisk import (
+from ..format.csum import crc32c_raw
+from ..format.ondisk import (
     ACL_ENTRY,
     ACL_ENTRY_SHORT,
     ACL_GROUP,

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import Ext4genError
+from ..errors import Ext4genError
 from .exports import ExportSpec, parse_export_arg, resolve_exports
 
 # Worker threads per connection.  One, because nbdkit 1.32.4 to 1.33.2 (Debian
@@ -57,7 +57,7 @@ def plugin_path() -> str:
     """The plugin file: $EXT4GEN_NBDKIT_PLUGIN, else ``plugins/`` next to the package."""
     env = os.environ.get(PLUGIN_ENV)
     candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parent.parent / "plugins" / "ext4gen_nbdkit.py")
+    candidates.append(Path(__file__).resolve().parents[2] / "plugins" / "ext4gen_nbdkit.py")
     candidates.append(Path(__file__).resolve().parent / "nbdkit_plugin.py")  # installed package
     for p in candidates:
         if p.is_file():
@@ -72,7 +72,7 @@ def python_path() -> list[str]:
     PYTHONPATH entries do not process ``.pth`` files, so an editable install is
     reached through the project root itself, not its site-packages finder.
     """
-    dirs = [str(Path(__file__).resolve().parent.parent)]
+    dirs = [str(Path(__file__).resolve().parents[2])]
     paths = sysconfig.get_paths()
     dirs += [paths["purelib"], paths["platlib"]]
     with contextlib.suppress(AttributeError):
@@ -259,7 +259,7 @@ def warn_threads(threads: int) -> None:
 def validate_source(opts: ServeOptions) -> None:
     """Plan every SOURCE here, exactly as `ext4gen build` would, so bad input is one line
     and exit 2 before nbdkit runs."""
-    from .cli import load_image
+    from ..cli import load_image
 
     for export in opts.exports or [ExportSpec("", opts.source)]:
         load_image(argparse.Namespace(source=export.source, dedup=opts.dedup,
@@ -560,7 +560,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _add_serve_args(sp: argparse.ArgumentParser) -> None:
-    from .cli import add_source_arguments
+    from ..cli import add_source_arguments
 
     add_source_arguments(sp)
     sp.add_argument("--filter", action="append", metavar="NAME",

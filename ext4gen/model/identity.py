@@ -14,7 +14,7 @@ import json
 import uuid as uuid_mod
 from dataclasses import dataclass, field
 
-from .errors import ManifestError
+from ..errors import ManifestError
 
 MAP_VERSION = 1
 

@@ -16,11 +16,11 @@ import shutil
 import tarfile
 import tempfile
 
-from . import times
-from .errors import ManifestError
-from .sources import HostFile, HostFileSource, InlineSource
-from .tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, NO_XATTRS, SYMLINK, Meta, Node, Tree, split_path
-from .xattrs import ACL_ACCESS, ACL_DEFAULT, XattrError, normalize_vfs_acl, parse_acl_text, split_name
+from ..errors import ManifestError
+from ..model import times
+from ..model.sources import HostFile, HostFileSource, InlineSource
+from ..model.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, NO_XATTRS, SYMLINK, Meta, Node, Tree, split_path
+from ..model.xattrs import ACL_ACCESS, ACL_DEFAULT, XattrError, normalize_vfs_acl, parse_acl_text, split_name
 
 _COMPRESSED = (
     (b"\x1f\x8b", gzip.open, "gzip"),

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import struct
 
+from ..format.ondisk import DIR_ENTRY, INODE_XATTR_SPACE
+from ..model.xattrs import DiskXattr
 from .dirents import DirEntry, rec_len
-from .ondisk import DIR_ENTRY, INODE_XATTR_SPACE
-from .xattrs import DiskXattr
 
 I_BLOCK_SIZE = 60
 _DATA_ENTRY = DiskXattr(7, b"data", b"")

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
+from ..errors import ManifestError
 from . import xattrs
-from .errors import ManifestError
 from .sources import Source
 
 NAME_MAX = 255

@@ -15,13 +15,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .dedup import Run
-from .errors import SourceError
+from ..errors import SourceError
+from ..format.ondisk import BLOCK_SIZE, EXT4_BG_BLOCK_UNINIT, EXT4_BG_INODE_UNINIT
+from ..layout.dedup import Run
+from ..layout.planner import Plan
+from ..model.sources import HostFile, HostFileSource
+from ..model.sources import zero_fill as _zero_fill
 from .metadata import MetadataGenerator
-from .ondisk import BLOCK_SIZE, EXT4_BG_BLOCK_UNINIT, EXT4_BG_INODE_UNINIT
-from .planner import Plan
-from .sources import HostFile, HostFileSource
-from .sources import zero_fill as _zero_fill
 
 META, DATA, ZERO = "metadata", "data", "zero"
 META_CACHE_BLOCKS = 2048

@@ -17,11 +17,11 @@ import tomllib
 import uuid as uuid_mod
 from typing import Any
 
-from . import times
-from .errors import ManifestError
-from .options import DEDUP_MODES, ImageOptions
-from .sources import CallableSource, HostFileSource, InlineSource, Source, ZeroSource
-from .tree import (
+from ..errors import ManifestError
+from ..model import times
+from ..model.options import DEDUP_MODES, ImageOptions
+from ..model.sources import CallableSource, HostFileSource, InlineSource, Source, ZeroSource
+from ..model.tree import (
     BLOCKDEV,
     CHARDEV,
     DIR,
@@ -35,7 +35,7 @@ from .tree import (
     Node,
     Tree,
 )
-from .xattrs import ACL_ACCESS, ACL_DEFAULT, XattrError, normalize_vfs_acl, parse_acl_text, split_name
+from ..model.xattrs import ACL_ACCESS, ACL_DEFAULT, XattrError, normalize_vfs_acl, parse_acl_text, split_name
 
 TOP_KEYS = {"image", "defaults", "import"}
 IMPORT_KEYS = {"source", "target"}
@@ -334,7 +334,7 @@ def _only(entry: dict[str, Any], key: str, allowed: set[str], what: str) -> None
 def import_source(tree: Tree, host: str, target: str, *, key: str) -> None:
     """Import a host directory or a tar archive under ``target``."""
     from .hostdir import import_directory
-    from .tarinput import import_tar, is_tar
+    from .tar import import_tar, is_tar
 
     if os.path.isdir(host):
         import_directory(tree, host, target, key=key)

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import NamedTuple
 
-from .errors import SourceError
+from ..errors import SourceError
 
 
 class Source:

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .dedup import Extent
-from .ondisk import (
+from ..format.ondisk import (
     BLOCK_SIZE,
     EXT4_EXT_MAGIC,
     EXTENT,
@@ -20,6 +19,7 @@ from .ondisk import (
     EXTENTS_IN_INODE,
     EXTENTS_PER_BLOCK,
 )
+from .dedup import Extent
 
 
 def tree_levels(n_extents: int) -> list[int]:

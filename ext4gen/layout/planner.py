@@ -24,15 +24,9 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from . import dirents
-from .dedup import DataAllocator, DedupStats, Extent, ExtentBuilder, Run
-from .dirhash import seed_words
-from .errors import ManifestError
-from .extents import ExtentTree, tree_levels
-from .htree import DirectoryTooLarge, Htree
-from .identity import IdentityMap
-from .inline import MAX_INLINE_SIZE, inline_dir_size, inline_xattr_cost
-from .ondisk import (
+from ..errors import ManifestError
+from ..format.dirhash import seed_words
+from ..format.ondisk import (
     BLOCK_SIZE,
     BLOCKS_PER_GROUP,
     DESCS_PER_BLOCK,
@@ -60,11 +54,17 @@ from .ondisk import (
     S_IFSOCK,
     XATTR_REFCOUNT_MAX,
 )
-from .options import ImageOptions
-from .sources import InlineSource, ZeroSource
-from .times import NS
-from .tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Meta, Node, Tree
-from .xattrs import DiskXattr, XattrError, split_placement, to_disk
+from ..model.identity import IdentityMap
+from ..model.options import ImageOptions
+from ..model.sources import InlineSource, ZeroSource
+from ..model.times import NS
+from ..model.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Meta, Node, Tree
+from ..model.xattrs import DiskXattr, XattrError, split_placement, to_disk
+from . import dirents
+from .dedup import DataAllocator, DedupStats, Extent, ExtentBuilder, Run
+from .extents import ExtentTree, tree_levels
+from .htree import DirectoryTooLarge, Htree
+from .inline import MAX_INLINE_SIZE, inline_dir_size, inline_xattr_cost
 
 FAST_SYMLINK_MAX = 59  # targets shorter than i_block (60 bytes) live in the inode
 LOST_FOUND = b"lost+found"

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import struct
 
-from .csum import crc32c_raw
-from .ondisk import BLOCK_SIZE, DIR_ENTRY, DIR_TAIL, DIR_TAIL_SIZE, EXT4_FT_DIR_CSUM
+from ..format.csum import crc32c_raw
+from ..format.ondisk import BLOCK_SIZE, DIR_ENTRY, DIR_TAIL, DIR_TAIL_SIZE, EXT4_FT_DIR_CSUM
 
 DirEntry = tuple[bytes, int, int]  # (name, inode, file_type)
 USABLE = BLOCK_SIZE - DIR_TAIL_SIZE

@@ -11,10 +11,23 @@ import errno
 import os
 import stat
 
-from .errors import ManifestError
-from .sources import HostFileSource
-from .tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, NO_XATTRS, SOCKET, SYMLINK, Meta, Node, Tree, split_path
-from .xattrs import ACL_ACCESS, ACL_DEFAULT, XattrError, normalize_vfs_acl, split_name
+from ..errors import ManifestError
+from ..model.sources import HostFileSource
+from ..model.tree import (
+    BLOCKDEV,
+    CHARDEV,
+    DIR,
+    FIFO,
+    FILE,
+    NO_XATTRS,
+    SOCKET,
+    SYMLINK,
+    Meta,
+    Node,
+    Tree,
+    split_path,
+)
+from ..model.xattrs import ACL_ACCESS, ACL_DEFAULT, XattrError, normalize_vfs_acl, split_name
 
 _KINDS = {stat.S_IFREG: FILE, stat.S_IFDIR: DIR, stat.S_IFLNK: SYMLINK, stat.S_IFCHR: CHARDEV,
           stat.S_IFBLK: BLOCKDEV, stat.S_IFIFO: FIFO, stat.S_IFSOCK: SOCKET}

@@ -10,10 +10,8 @@ from __future__ import annotations
 import struct
 from functools import lru_cache
 
-from . import dirents, inline, times, xattrs
-from .csum import crc32c_raw, fs_csum_seed, inode_csum_seed
-from .extents import EXTENT_TAIL_OFFSET
-from .ondisk import (
+from ..format.csum import crc32c_raw, fs_csum_seed, inode_csum_seed
+from ..format.ondisk import (
     BLOCK_SIZE,
     BLOCKS_PER_GROUP,
     COMPAT_DIR_INDEX,
@@ -59,8 +57,11 @@ from .ondisk import (
     SUPERBLOCK_OFFSET,
     ext4_super_block,
 )
-from .planner import InodePlan, Plan
-from .tree import BLOCKDEV, CHARDEV, DIR, SYMLINK
+from ..layout import dirents, inline
+from ..layout.extents import EXTENT_TAIL_OFFSET
+from ..layout.planner import InodePlan, Plan
+from ..model import times, xattrs
+from ..model.tree import BLOCKDEV, CHARDEV, DIR, SYMLINK
 
 ZERO_BLOCK = bytes(BLOCK_SIZE)
 _U16 = struct.Struct("<H")

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import xxhash
 
-from .ondisk import BLOCK_SIZE, EXT_INIT_MAX_LEN
-from .sources import Source
+from ..format.ondisk import BLOCK_SIZE, EXT_INIT_MAX_LEN
+from ..model.sources import Source
 
 ZERO_BLOCK = bytes(BLOCK_SIZE)
 READ_CHUNK = 1 << 20

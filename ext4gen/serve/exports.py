@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from .errors import Ext4genError
+from ..errors import Ext4genError
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # Longest first: "x.tar.gz" must lose both suffixes, not just ".gz".

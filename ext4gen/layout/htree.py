@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import struct
 
+from ..format.csum import crc32c_raw
+from ..format.dirhash import half_md4_many
+from ..format.ondisk import BLOCK_SIZE, DIR_ENTRY, DX_HASH_HALF_MD4, FT_DIR
 from . import dirents
-from .csum import crc32c_raw
-from .dirhash import half_md4_many
-from .ondisk import BLOCK_SIZE, DIR_ENTRY, DX_HASH_HALF_MD4, FT_DIR
 
 DX_ROOT_ENTRIES_OFFSET = 32  # ".", ".." and dx_root_info
 DX_NODE_ENTRIES_OFFSET = 8  # the fake empty dirent

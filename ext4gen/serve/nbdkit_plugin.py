@@ -9,7 +9,7 @@ this file directly, which is what ``ext4gen serve`` does for installed copies.)
 Each ``source`` (or its synonym ``manifest``) is anything ``ext4gen build``
 takes as SOURCE: a manifest file, a host directory or a tar archive.  Each
 becomes one NBD export, named NAME or after the file (``site.toml`` →
-``site``; see :mod:`ext4gen.exports`).  The first is the default export, the
+``site``; see :mod:`ext4gen.serve.exports`).  The first is the default export, the
 one a client gets when it asks for ``""``.  The other keys are the build
 options of the same names and apply to every source.
 
@@ -37,11 +37,11 @@ API_VERSION = 2
 
 try:
     import ext4gen
-    from ext4gen.blockset import BlockSet
     from ext4gen.errors import Ext4genError, ManifestError, SourceError
-    from ext4gen.exports import ExportSpec, resolve_exports
-    from ext4gen.identity import IdentityMap
-    from ext4gen.options import DEDUP_MODES
+    from ext4gen.model.identity import IdentityMap
+    from ext4gen.model.options import DEDUP_MODES
+    from ext4gen.serve.blockset import BlockSet
+    from ext4gen.serve.exports import ExportSpec, resolve_exports
 except ImportError as _e:  # pragma: no cover - depends on the host's PYTHONPATH
     print(f"ext4gen: the nbdkit plugin cannot import the ext4gen library ({_e}); "
           "start it with `ext4gen serve` or set PYTHONPATH", file=sys.stderr, flush=True)
