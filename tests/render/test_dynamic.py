@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 from conftest import prove
-from fidelity_helpers import BLOCK, image_offset, run_cli
+from helpers.cli import run_cli
+from helpers.readers import image_offset
+from helpers.trees import BLOCK
 
 import ext4gen
 from ext4gen.render.image import DATA

@@ -16,9 +16,9 @@ import os
 from typing import Any
 
 import pytest
+from helpers.strategies import NAME_CHARS, metadata, prove_case
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from strategies import NAME_CHARS, metadata, prove_case
 
 pytestmark = pytest.mark.root
 

@@ -17,8 +17,9 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import mounted
-from fidelity_helpers import BLOCK, debugfs, image_offset, scratch_tmpfs
+from helpers.mounts import mounted, scratch_tmpfs
+from helpers.readers import debugfs, image_offset
+from helpers.trees import BLOCK
 
 import ext4gen
 from ext4gen.render.image import DATA, ZERO

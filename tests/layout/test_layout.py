@@ -14,7 +14,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import dumpe2fs, prove, superblock
+from conftest import prove
+from helpers.readers import dumpe2fs, superblock
 
 import ext4gen
 from ext4gen.format.ondisk import BLOCK_SIZE, BLOCKS_PER_GROUP, INODE_SIZE, ext4_extent_header, ext4_inode

@@ -22,19 +22,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import mounted
-from fidelity_helpers import (
-    NS,
-    SPARSE_SIZE,
-    SPARSE_WRITES,
-    compare_dirs,
-    image_offset,
-    make_fidelity_tree,
-    process_rchar,
-    run_cli,
-    scratch_tmpfs,
-    vfs_acl,
-)
+from helpers.cli import run_cli
+from helpers.compare import compare_dirs
+from helpers.encoders import vfs_acl
+from helpers.mounts import mounted, scratch_tmpfs
+from helpers.readers import image_offset, process_rchar
+from helpers.trees import NS, SPARSE_SIZE, SPARSE_WRITES, make_fidelity_tree
 
 import ext4gen
 import ext4gen.model.sources

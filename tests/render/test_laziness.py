@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fidelity_helpers import process_rchar
+from helpers.readers import process_rchar
 
 import ext4gen
 from ext4gen.format.ondisk import BLOCK_SIZE

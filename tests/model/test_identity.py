@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import mounted, superblock
-from fidelity_helpers import build_cli, debugfs, generation, run_cli
+from helpers.cli import build_cli, run_cli
+from helpers.mounts import mounted
+from helpers.readers import debugfs, generation, superblock
 
 pytestmark = pytest.mark.root
 

@@ -23,7 +23,7 @@ from ext4gen.verify import is_root
 
 pytest_plugins = ["pytester"]
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "ci-fixture"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "ci-fixture"
 DEBIAN_DIST_PACKAGES = "/usr/lib/python3/dist-packages"
 
 MANIFEST = """\

@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
-from nbd_helpers import connect, export, import_nbd, make_source_tree, nbdinfo_json
+from helpers.servers import connect, export, import_nbd, nbdinfo_json
+from helpers.trees import make_source_tree
 
 CONNECTIONS = 16
 TOTAL_READS = 100_000

@@ -4,7 +4,7 @@ Each test starts the real ``ext4gen serve`` (the CLI running nbdkit with the
 plugin) and reads it with real NBD clients: nbdinfo, nbdcopy, libnbd, and the
 kernel through nbdfuse and a loop mount.  Tests of what is served take their
 server from the ``ext4_export`` fixture (``served``); tests of the CLI itself
-(signals, exit codes, its log, flags, defaults) run it with ``Server``, and
+(signals, exit codes, its log, flags, defaults) run it with ``CliServer``, and
 the reference stays ``ext4gen build``'s own output, which nbdcopy must match.
 """
 
@@ -21,21 +21,10 @@ import time
 from pathlib import Path
 
 import pytest
-from nbd_helpers import (
-    CLI,
-    Export,
-    Server,
-    build_image,
-    connect,
-    export,
-    import_nbd,
-    kill_pid,
-    make_source_tree,
-    nbdinfo_json,
-    pid_running,
-    serving,
-    subreaper,
-)
+from helpers.cli import CLI, CliServer, build_image, cli_serving
+from helpers.processes import kill_pid, pid_running, subreaper
+from helpers.servers import Export, connect, export, import_nbd, nbdinfo_json
+from helpers.trees import make_source_tree
 
 import ext4gen
 from ext4gen.serve.commands import child_env, plugin_path
@@ -62,7 +51,7 @@ def reference(manifest: Path, tree_dir: Path) -> bytes:
 @pytest.fixture
 def server(manifest: Path, tmp_path: Path):
     """``ext4gen serve --foreground`` itself, for tests of what the CLI does."""
-    with serving(manifest, tmp_path / "nbd.sock") as s:
+    with cli_serving(manifest, tmp_path / "nbd.sock") as s:
         yield s
 
 
@@ -87,7 +76,7 @@ def test_nbdinfo_reports_a_read_only_multi_conn_disk_with_extents(served: Export
     assert export["can_zero"] is False and export["can_trim"] is False
 
 
-def test_nbdcopy_of_the_export_equals_ext4gen_build(server: Server, reference: bytes, tmp_path: Path):
+def test_nbdcopy_of_the_export_equals_ext4gen_build(server: CliServer, reference: bytes, tmp_path: Path):
     for name, flags in (("extents.img", []), ("plain.img", ["--no-extents"])):
         out = tmp_path / name
         subprocess.run(["nbdcopy", *flags, server.uri, str(out)], check=True)
@@ -184,7 +173,7 @@ def test_nbdcopy_with_extents_writes_a_sparse_file(tmp_path: Path, ext4_image):
     manifest.write_text("\n".join(lines) + "\n")
     reference = ext4_image(manifest).read_bytes()
     out = tmp_path / "copy.img"
-    with serving(manifest, tmp_path / "nbd.sock") as server:
+    with cli_serving(manifest, tmp_path / "nbd.sock") as server:
         subprocess.run(["nbdcopy", server.uri, str(out)], check=True)
         extents = json.loads(subprocess.run(["nbdinfo", "--map", "--json", server.uri],
                                             capture_output=True, text=True, check=True).stdout)
@@ -217,7 +206,7 @@ def _summary(stderr: str) -> dict[str, int]:
 
 def test_shutdown_summary_counts_requests_and_bytes_by_kind(manifest: Path, reference: bytes,
                                                              tmp_path: Path):
-    with serving(manifest, tmp_path / "nbd.sock", "--verbose") as server:
+    with cli_serving(manifest, tmp_path / "nbd.sock", "--verbose") as server:
         h = connect(server.uri)
         h.pread(BLOCK, 0)  # superblock: metadata
         h.pread(BLOCK, 0)  # again: a cache hit
@@ -243,7 +232,7 @@ def test_shutdown_summary_counts_requests_and_bytes_by_kind(manifest: Path, refe
 def test_sigint_and_sigterm_stop_cleanly(manifest: Path, tmp_path: Path):
     for sig in (signal.SIGINT, signal.SIGTERM):
         sock = tmp_path / f"{sig.name}.sock"
-        server = Server(manifest, sock)
+        server = CliServer(manifest, sock)
         try:
             assert connect(server.uri).pread(10, 0) is not None
             server.proc.send_signal(sig)
@@ -257,7 +246,7 @@ def test_sigint_and_sigterm_stop_cleanly(manifest: Path, tmp_path: Path):
 
 def test_an_idle_client_does_not_keep_the_server_alive_after_sigterm(manifest: Path, tmp_path: Path):
     """nbdkit 1.32 waits for clients after SIGTERM; serve kills it after a short grace."""
-    server = Server(manifest, tmp_path / "nbd.sock")
+    server = CliServer(manifest, tmp_path / "nbd.sock")
     try:
         idle = connect(server.uri)
         assert idle.pread(10, 0) is not None
@@ -277,7 +266,7 @@ def test_a_killed_server_leaves_no_nbdkit_and_its_leftovers_are_collected(manife
     """SIGKILL gives ext4gen serve no chance to clean up: nbdkit must still die with it."""
     from ext4gen.serve.commands import runtime_dir
 
-    server = Server(manifest, tmp_path / "nbd.sock")
+    server = CliServer(manifest, tmp_path / "nbd.sock")
     try:
         (workdir,) = [d for d in runtime_dir().glob("serve-*/")
                       if _server_json(d).get("socket") == str(server.sock)]
@@ -288,7 +277,7 @@ def test_a_killed_server_leaves_no_nbdkit_and_its_leftovers_are_collected(manife
             time.sleep(0.05)
         assert not pid_running(server.nbdkit_pid), "nbdkit outlived its killed supervisor"
         assert workdir.exists()
-        with serving(manifest, tmp_path / "again.sock") as again:  # binds over the stale socket's dir
+        with cli_serving(manifest, tmp_path / "again.sock") as again:  # binds over the stale socket's dir
             assert connect(again.uri).pread(10, 0) is not None
         assert not workdir.exists(), "the dead server's work directory was not collected"
     finally:
@@ -304,7 +293,7 @@ def _server_json(d: Path) -> dict:
 
 def test_filters_are_forwarded_to_nbdkit(manifest: Path, reference: bytes, tmp_path: Path):
     extra = ("--filter", "cache", "--filter", "readahead", "--param", "cache-max-size=16M")
-    with serving(manifest, tmp_path / "nbd.sock", *extra) as server:
+    with cli_serving(manifest, tmp_path / "nbd.sock", *extra) as server:
         argv = Path(f"/proc/{server.nbdkit_pid}/cmdline").read_bytes().split(b"\0")
         assert b"--filter=cache" in argv and b"--filter=readahead" in argv
         assert b"cache-max-size=16M" in argv
@@ -313,7 +302,7 @@ def test_filters_are_forwarded_to_nbdkit(manifest: Path, reference: bytes, tmp_p
         assert out.read_bytes() == reference
 
 
-def test_default_is_one_thread_per_connection(server: Server):
+def test_default_is_one_thread_per_connection(server: CliServer):
     argv = Path(f"/proc/{server.nbdkit_pid}/cmdline").read_bytes().split(b"\0")
     assert argv[argv.index(b"--threads") + 1] == b"1"
 
@@ -370,7 +359,7 @@ def test_every_build_source_and_option_is_served_as_built(kind: str, manifest: P
     subprocess.run([*CLI, "build", str(source), *options, "-o", str(tmp_path / "ref.img"), "-q"],
                    check=True)
     reference = (tmp_path / "ref.img").read_bytes()
-    with serving(source, tmp_path / "nbd.sock", *options) as server:
+    with cli_serving(source, tmp_path / "nbd.sock", *options) as server:
         argv = Path(f"/proc/{server.nbdkit_pid}/cmdline").read_bytes().split(b"\0")
         assert b"inline_data=false" in argv and b"dedup=none" in argv
         out = tmp_path / "copy.img"

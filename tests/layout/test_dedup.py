@@ -13,7 +13,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import prove, superblock
+from conftest import prove
+from helpers.readers import superblock
 
 import ext4gen
 import ext4gen.layout.dedup

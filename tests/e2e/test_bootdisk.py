@@ -23,11 +23,11 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from nbd_helpers import pid_running
+from helpers.processes import pid_running
 
 from ext4gen.verify import e2fsck
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "bootdisk"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "bootdisk"
 BLOCK = 4096
 
 

@@ -19,7 +19,9 @@ import time
 from pathlib import Path
 
 import pytest
-from nbd_helpers import connect, export, import_nbd, make_source_tree, serving
+from helpers.cli import cli_serving
+from helpers.servers import connect, export, import_nbd
+from helpers.trees import make_source_tree
 
 BLOCK = 4096
 
@@ -62,7 +64,7 @@ def test_truncated_rewritten_deleted_and_replaced_sources_fail_with_eio(tree, tm
     healthy = (src / "healthy.bin").read_bytes()
     healthy_at = locate(reference, healthy)
 
-    with serving(manifest, tmp_path / "nbd.sock") as server:
+    with cli_serving(manifest, tmp_path / "nbd.sock") as server:
         h = connect(server.uri)
         # Victims 0 and 2 are read first, so the server holds their descriptors open.
         for i in (0, 2):

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import dumpe2fs, superblock
+from helpers.readers import dumpe2fs, superblock
 
 import ext4gen
 

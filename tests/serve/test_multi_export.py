@@ -16,17 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
-from nbd_helpers import (
-    CLI,
-    build_image,
-    connect,
-    import_nbd,
-    kill_pid,
-    make_source_tree,
-    pid_running,
-    serving,
-    subreaper,
-)
+from helpers.cli import CLI, build_image, cli_serving
+from helpers.processes import kill_pid, pid_running, subreaper
+from helpers.servers import connect, import_nbd
+from helpers.trees import make_source_tree
 
 from ext4gen.serve.blockset import CHUNK, BlockSet
 from ext4gen.serve.commands import child_env, plugin_path
@@ -51,7 +44,7 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, b
 
 def _served(sources: dict[str, tuple[Path, bytes]], tmp_path: Path, *extra: str):
     alpha, beta = sources["alpha"][0], sources["beta"][0]
-    return serving(alpha, tmp_path / "nbd.sock", *extra, more=(f"beta={beta}",))
+    return cli_serving(alpha, tmp_path / "nbd.sock", *extra, more=(f"beta={beta}",))
 
 
 def _summaries(stderr: str) -> dict[str, dict[str, int]]:

@@ -17,8 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import mounted, prove
-from fidelity_helpers import debugfs, run_cli, vfs_acl
+from conftest import prove
+from helpers.cli import run_cli
+from helpers.encoders import vfs_acl
+from helpers.mounts import mounted
+from helpers.readers import debugfs
 
 pytestmark = pytest.mark.root
 

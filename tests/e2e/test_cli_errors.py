@@ -1,6 +1,6 @@
 """Bad input through the command line: exit code 2, one line naming the key, no traceback.
 
-Every case in test_manifest.BAD_MANIFESTS runs through ``ext4gen.cli.main``
+Every case in helpers.bad_manifests.BAD_MANIFESTS runs through ``ext4gen.cli.main``
 in-process (fast; an unexpected exception would surface as a test error, as a
 traceback would for a user), and a representative subset runs as a real
 subprocess, where the exit code and stderr are exactly what a user sees.
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_manifest import BAD_MANIFESTS, Bad, write_bad
+from helpers.bad_manifests import BAD_MANIFESTS, Bad, write_bad
 
 from ext4gen.cli import main
 

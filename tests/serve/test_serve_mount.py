@@ -14,7 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from nbd_helpers import CLI, kill_pid, make_source_tree, pid_running, program, subreaper
+from helpers.cli import CLI
+from helpers.processes import kill_pid, pid_running, program, subreaper
+from helpers.trees import make_source_tree
 
 import ext4gen
 from ext4gen.serve.commands import is_mountpoint, mount_state_dir

@@ -26,21 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import mounted
-from fidelity_helpers import (
-    DEVICES,
-    HTREE_ENTRIES,
-    NS,
-    SPARSE_SIZE,
-    SPARSE_WRITES,
-    bind_over,
-    build_cli,
-    compare_dirs,
-    debugfs,
-    make_fidelity_tree,
-    run_cli,
-    scratch_tmpfs,
-)
+from helpers.cli import build_cli, run_cli
+from helpers.compare import compare_dirs
+from helpers.mounts import bind_over, mounted, scratch_tmpfs
+from helpers.readers import debugfs
+from helpers.trees import DEVICES, HTREE_ENTRIES, NS, SPARSE_SIZE, SPARSE_WRITES, make_fidelity_tree
 
 import ext4gen
 from ext4gen.verify import compare_tree, e2fsck

@@ -20,9 +20,9 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from helpers.strategies import NAME_CHARS, metadata, prove_case
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from strategies import NAME_CHARS, metadata, prove_case
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
