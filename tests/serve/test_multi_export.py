@@ -3,7 +3,9 @@
 Each export must be byte for byte its own ``ext4gen build`` (nbdcopy per
 export), ``nbdinfo --list`` must show them all with their descriptions, the
 default export ("") must be the first source, and the statistics must be kept
-per export.  Real nbdkit, real clients: nothing is mocked.
+per export.  Real nbdkit, real clients: nothing is mocked.  Servers of several
+SOURCEs come from ``helpers.servers.serving_sources`` (ext4gen's background serve
+API); tests of the CLI's own output and refusals run ``ext4gen serve`` itself.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers.cli import CLI, build_image, cli_serving
+from helpers.cli import CLI, build_image
 from helpers.processes import kill_pid, pid_running, subreaper
-from helpers.servers import connect, import_nbd
+from helpers.servers import connect, import_nbd, serving_sources
 from helpers.trees import make_source_tree
 
 from ext4gen.serve.blockset import CHUNK, BlockSet
@@ -42,9 +44,10 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, b
     return out
 
 
-def _served(sources: dict[str, tuple[Path, bytes]], tmp_path: Path, *extra: str):
+def _served(sources: dict[str, tuple[Path, bytes]], tmp_path: Path):
+    """alpha and beta from one background server (stopped at the end of the ``with``)."""
     alpha, beta = sources["alpha"][0], sources["beta"][0]
-    return cli_serving(alpha, tmp_path / "nbd.sock", *extra, more=(f"beta={beta}",))
+    return serving_sources(tmp_path / "serve.log", alpha, f"beta={beta}")
 
 
 def _summaries(stderr: str) -> dict[str, dict[str, int]]:
@@ -101,7 +104,7 @@ def test_two_sources_at_once_each_export_is_its_own_build(sources, tmp_path: Pat
         info = json.loads(subprocess.run(["nbdinfo", "--json", server.uris[1]], capture_output=True,
                                          text=True, check=True).stdout)
         assert info["exports"][0]["description"].startswith("ext4gen servetest: manifest.toml")
-    assert server.returncode == 0
+    assert not server.alive()
     s = _summaries(server.stderr())
     assert set(s) == {"alpha", "beta"}, server.stderr()
     assert s["beta"]["blocks"] == len(beta_ref) // BLOCK
