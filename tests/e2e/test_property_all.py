@@ -1,6 +1,6 @@
 """Random manifests with every issue-4 feature → e2fsck clean and an exact kernel read-back.
 
-Extends the core property test (tests/test_property.py) to all entry types
+Extends the core property test (e2e/test_property.py) to all entry types
 (devices with old and new encodings, fifos, sockets, hard links to any
 non-directory), xattrs of every namespace in-inode and spilling into a shared
 block, POSIX access/default ACLs, inline_data on and off, directories from

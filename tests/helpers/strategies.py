@@ -1,4 +1,4 @@
-"""Hypothesis strategies shared by the property tests (tests/test_property*.py)."""
+"""Hypothesis strategies shared by the property tests (tests/e2e/test_property*.py)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Fidelity: one host directory holding everything issue 4 names, built by ext4gen and by mkfs.ext4 -d.
 
-The tree (tests/fidelity_helpers.py) has every file type, fast/slow symlinks,
+The tree (tests/helpers/trees.py) has every file type, fast/slow symlinks,
 hard links (file, fifo, symlink), devices in the old and new encodings,
 user/trusted/security xattrs (in-inode and in a shared external block), POSIX
 access and default ACLs, inline-sized files and directories, an htree
