@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Render the benchmarks' JSON results as the Markdown tables of docs/PERFORMANCE.md.
 
-    .venv/bin/python bench/report.py --build B.json --serve S.json --million M.json [--exp E.json]
+    .venv/bin/python bench/report.py --build B.json --serve S.json --million M.json
 
 Only formats what the runs measured; every ratio is recomputed from the raw
 figures in the files, so the document and the JSON cannot disagree.
@@ -176,24 +176,11 @@ def million_table(m: dict) -> str:
     return "\n".join(out)
 
 
-def exp_table(e: dict) -> str:
-    out = [f"Commit `{e['ext4gen_commit']}` (before the descriptor-cache fix), --threads 1.", "",
-           "| variant | seq warm MiB/s | 4k QD1 IOPS | 4k QD16 IOPS | tar cold | pread 256 KiB seq "
-           "| pread 4 KiB |",
-           "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for n, v in e["variants"].items():
-        out.append(f"| {n} | {v['seq_MiB_s']:.0f} | {v['qd1_iops']:.0f} | {v['qd16_iops']:.0f} | "
-                   f"{v['tar_cold_s']:.2f} s | {v['pread_us']['seq']:.1f} µs | "
-                   f"{v['pread_us']['rand_qd1']:.1f} µs |")
-    return "\n".join(out)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--build")
     ap.add_argument("--serve")
     ap.add_argument("--million")
-    ap.add_argument("--exp")
     a = ap.parse_args()
     def load(path: str | None) -> dict | None:
         if not path:
@@ -201,7 +188,7 @@ def main() -> None:
         with open(path) as f:
             return json.load(f)
 
-    b, s, m, e = load(a.build), load(a.serve), load(a.million), load(a.exp)
+    b, s, m = load(a.build), load(a.serve), load(a.million)
     print("## Targets\n\n" + ratio_table(b, s) + "\n")
     if b:
         print("## Build\n\n" + build_tables(b) + "\n")
@@ -209,8 +196,6 @@ def main() -> None:
         print("## Serve\n\n" + serve_tables(s) + "\n")
     if m:
         print("## Million\n\n" + million_table(m) + "\n")
-    if e:
-        print("## Experiment\n\n" + exp_table(e) + "\n")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ PACKAGES=(
     ca-certificates                   # pip over https
 )
 
-# Packages only the boot-disk example (examples/bootdisk, tests/test_bootdisk.py)
+# Packages only the boot-disk example (examples/bootdisk, tests/e2e/test_bootdisk.py)
 # needs.  Installed when possible; if they cannot be, set-up still succeeds and
 # the boot test skips, saying which one is missing.
 OPTIONAL_PACKAGES=(
@@ -82,7 +82,7 @@ install_optional_packages() {
     fi
     mapfile -t missing < <(missing_packages OPTIONAL_PACKAGES)
     if ((${#missing[@]} > 0)); then
-        log "warning: could not install ${missing[*]}; tests/test_bootdisk.py will skip"
+        log "warning: could not install ${missing[*]}; tests/e2e/test_bootdisk.py will skip"
     fi
 }
 

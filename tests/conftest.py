@@ -9,31 +9,26 @@ skip below only ever triggers on a developer's unprivileged machine.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import errno
 import functools
-import hashlib
 import json
 import os
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.mounts import assert_rw_mount_refused, loop_backing_files, mounted
 
 import ext4gen
-from ext4gen.format.ondisk import ext4_super_block
 from ext4gen.model.options import ImageOptions
 from ext4gen.model.tree import Tree
 from ext4gen.pytest_plugin import ImageBuilder
 from ext4gen.render.image import Image
-from ext4gen.verify import compare_tree, e2fsck, is_root, loop_mount
+from ext4gen.verify import compare_tree, e2fsck, is_root
 
 ROOT_REASON = "needs root for loop mounts (CI runs as root, where this test must run)"
 requires_root = pytest.mark.skipif(not is_root(), reason=ROOT_REASON)
-HASH_IMAGE_LIMIT = 256 << 20  # rw-refusal check hashes images up to this size
 REPLAN_CHECK_BYTES = 1 << 20  # a re-planned Image must render the file's first bytes
 
 
@@ -45,91 +40,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "root" in item.keywords:
             item.add_marker(skip)
-
-
-# -- reading what was built ----------------------------------------------------
-
-
-def superblock(image: Image | str | os.PathLike[str]) -> Any:
-    """The parsed superblock of an Image or an image file."""
-    if isinstance(image, Image):
-        raw = image.read(1024, 1024)
-    else:
-        with open(image, "rb") as f:
-            f.seek(1024)
-            raw = f.read(1024)
-    return ext4_super_block.parse(raw)
-
-
-def dumpe2fs(path: str | os.PathLike[str]) -> tuple[dict[str, str], list[str]]:
-    """dumpe2fs's header as a dict, plus its per-group lines (an independent reader)."""
-    proc = subprocess.run(["dumpe2fs", str(path)], capture_output=True, text=True, check=True,
-                          env=dict(os.environ, TZ="UTC"))
-    header: dict[str, str] = {}
-    lines = proc.stdout.splitlines()
-    groups_at = len(lines)
-    for i, line in enumerate(lines):
-        if line.startswith("Group 0:"):
-            groups_at = i
-            break
-        key, sep, value = line.partition(":")
-        if sep:
-            header[key.strip()] = value.strip()
-    return header, lines[groups_at:]
-
-
-def mounted_targets() -> set[str]:
-    with open("/proc/self/mountinfo") as f:
-        return {line.split()[4] for line in f}
-
-
-def loop_backing_files() -> list[str]:
-    proc = subprocess.run(["losetup", "-a", "-n", "-O", "BACK-FILE"], capture_output=True,
-                          text=True, check=False)
-    return [line.strip() for line in proc.stdout.splitlines() if line.strip()]
-
-
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-@contextlib.contextmanager
-def mounted(path: str | os.PathLike[str], options: str = "ro") -> Iterator[str]:
-    """``verify.loop_mount`` plus a check that the mount really went away."""
-    mnt = ""
-    try:
-        with loop_mount(str(path), options=options) as mnt:
-            yield mnt
-    finally:
-        if mnt and mnt in mounted_targets():
-            subprocess.run(["umount", "-l", mnt], check=False, capture_output=True)
-            pytest.fail(f"{mnt} was still mounted after loop_mount exited")
-
-
-def assert_rw_mount_refused(path: Path) -> None:
-    """``mount -o loop`` (rw) must fail, or give a mount the kernel forced read-only."""
-    before = _digest(path) if path.stat().st_size <= HASH_IMAGE_LIMIT else None
-    try:
-        cm = mounted(path, options="rw")
-        mnt = cm.__enter__()
-    except subprocess.CalledProcessError:
-        pass  # refused outright (e.g. shared_blocks): fine
-    else:
-        try:
-            opts = subprocess.run(["findmnt", "-n", "-o", "OPTIONS", "--mountpoint", mnt],
-                                  capture_output=True, text=True, check=True).stdout.strip()
-            assert "ro" in opts.split(","), f"rw mount gave options {opts}"
-            with pytest.raises(OSError) as exc:
-                os.mkdir(os.path.join(mnt, "ext4gen-write-probe"))
-            assert exc.value.errno == errno.EROFS, exc.value
-        finally:
-            cm.__exit__(None, None, None)
-    if before is not None:
-        assert _digest(path) == before, "the rw mount attempt modified the image file"
 
 
 # -- the proof -----------------------------------------------------------------

@@ -9,7 +9,7 @@ with ``root=/dev/vda ro``, and the guest's /init prints ``bootdisk: …`` lines
 on the serial console, then powers off.  Afterwards the server's shutdown
 summary says how many distinct blocks of each export the guest read.
 
-The test (tests/test_bootdisk.py) drives the same functions, so what
+The test (tests/e2e/test_bootdisk.py) drives the same functions, so what
 ``run.sh`` shows is what CI proves.  Every process started here is stopped by
 pid in a ``finally``, whatever happened.
 """
