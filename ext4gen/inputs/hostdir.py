@@ -82,8 +82,15 @@ def _list_dir(path: bytes) -> list[tuple[bytes, os.stat_result]]:
         os.close(fd)
 
 
-def import_directory(tree: Tree, host_dir: str, target: str = "/", *, key: str = "") -> None:
-    """Add the contents of ``host_dir`` under ``target`` in ``tree``."""
+def import_directory(tree: Tree, host_dir: str, target: str = "/", *, key: str = "",
+                     one_file_system: bool = False) -> None:
+    """Add the contents of ``host_dir`` under ``target`` in ``tree``.
+
+    With ``one_file_system``, a directory on another filesystem (a mount point:
+    its st_dev differs from ``host_dir``'s) is added empty, as ``cp -x`` and
+    ``rsync -x`` leave it, so ``/dev/pts`` or a ``/proc`` mounted inside the
+    tree are not walked into.
+    """
     key = key or host_dir
     top = os.fsencode(host_dir)
     try:
@@ -92,6 +99,7 @@ def import_directory(tree: Tree, host_dir: str, target: str = "/", *, key: str =
         raise ManifestError(key, f"cannot read directory {host_dir}: {e.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise ManifestError(key, f"{host_dir} is not a directory")
+    st_top = st
     target_parts = split_path(target, key)
     links: dict[tuple[int, int], Node] = {}
     tree.add(target, Node(DIR, meta_from_stat(st), key=key, xattrs=read_xattrs(top, host_dir) or NO_XATTRS,
@@ -128,5 +136,5 @@ def import_directory(tree: Tree, host_dir: str, target: str = "/", *, key: str =
             tree.add(image_path, node)
             if kind != DIR and st.st_nlink > 1:
                 links[(st.st_dev, st.st_ino)] = node
-            if kind == DIR:
+            if kind == DIR and not (one_file_system and st.st_dev != st_top.st_dev):
                 stack.append((path, child_parts))

@@ -195,6 +195,7 @@ class ServeOptions:
     workdir: str | None = None
     sources: list[str] = field(default_factory=list)
     exports: list[ExportSpec] = field(default_factory=list)  # set by check()
+    flags: str | None = None  # image options (label, owners, labels…): ImageFlags JSON
 
     def check(self) -> None:
         """Refuse what cannot work, name the exports, and make paths absolute: nbdkit
@@ -264,7 +265,7 @@ def validate_source(opts: ServeOptions) -> None:
     for export in opts.exports or [ExportSpec("", opts.source)]:
         load_image(argparse.Namespace(source=export.source, dedup=opts.dedup,
                                       base_map=opts.base_map, source_root=opts.source_root,
-                                      no_inline_data=opts.no_inline_data))
+                                      no_inline_data=opts.no_inline_data, flags=opts.flags))
 
 
 def remove_stale_socket(path: str) -> None:
@@ -306,6 +307,8 @@ def nbdkit_command(opts: ServeOptions, sock: str | None, pidfile: str) -> list[s
         cmd.append(f"base_map={opts.base_map}")
     if opts.source_root:
         cmd.append(f"source_root={opts.source_root}")
+    if opts.flags:
+        cmd.append(f"options={opts.flags}")
     cmd += opts.params
     return cmd
 
@@ -539,7 +542,15 @@ def _serve_options(args: argparse.Namespace) -> ServeOptions:
                         threads=args.threads, dedup=args.dedup, no_inline_data=args.no_inline_data,
                         base_map=args.base_map, source_root=args.source_root, verbose=args.verbose,
                         pidfile=args.pidfile, log=args.log, workdir=args.workdir,
-                        sources=[args.source, *getattr(args, "more_sources", [])])
+                        sources=[args.source, *getattr(args, "more_sources", [])],
+                        flags=_image_flags_json(args))
+
+
+def _image_flags_json(args: argparse.Namespace) -> str | None:
+    from ..cli import image_flags
+
+    flags = image_flags(args)
+    return None if flags.is_empty() else flags.to_json()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
