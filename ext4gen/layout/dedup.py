@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
+from typing import Any
 
 import xxhash
 
@@ -112,6 +113,11 @@ class DataAllocator:
     _run_starts: list[int] = field(default_factory=list)
     _by_hash: dict[bytes, int | list[int]] = field(default_factory=dict)
     _by_identity: dict[tuple[object, int], list[Extent]] = field(default_factory=dict)
+    _content: Any = field(default_factory=xxhash.xxh3_128)  # every byte read, in order
+
+    def content_digest(self) -> bytes:
+        """A digest of all the source bytes read while allocating (none with mode "none")."""
+        return self._content.digest()
 
     def allocate(self, source: Source) -> list[Extent]:
         """Give every non-hole block of ``source`` a physical block; return its extents."""
@@ -170,6 +176,7 @@ class DataAllocator:
             while offset < span_end:
                 n = min(len(buf), span_end - offset)
                 source.readinto(mv[:n], offset)
+                self._content.update(mv[:n])
                 if n % BLOCK_SIZE:
                     pad = -n % BLOCK_SIZE
                     mv[n : n + pad] = ZERO_BLOCK[:pad]
