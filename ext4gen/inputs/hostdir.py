@@ -66,6 +66,13 @@ def read_xattrs(path: bytes, shown: str) -> dict[bytes, bytes]:
     return out
 
 
+def _lstat_or(path: bytes, st: os.stat_result) -> os.stat_result:
+    try:
+        return os.lstat(path)
+    except OSError:
+        return st
+
+
 def _list_dir(path: bytes) -> list[tuple[bytes, os.stat_result]]:
     """(name, lstat) of the entries of ``path``, listed without moving its atime
     (which the image records, so a second build would differ)."""
@@ -133,6 +140,10 @@ def import_directory(tree: Tree, host_dir: str, target: str = "/", *, key: str =
                 node.target = os.readlink(path)
             elif kind in (CHARDEV, BLOCKDEV):
                 node.rdev = (os.major(st.st_rdev), os.minor(st.st_rdev))
+            if kind == SYMLINK:
+                # readlink(2) moves a link's atime (no O_NOATIME for it): record the link as
+                # reading left it, so the next build (within relatime's day) sees the same.
+                node.meta = meta_from_stat(_lstat_or(path, st))
             tree.add(image_path, node)
             if kind != DIR and st.st_nlink > 1:
                 links[(st.st_dev, st.st_ino)] = node
