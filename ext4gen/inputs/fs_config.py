@@ -50,14 +50,15 @@ def parse_fs_config(text: str, name: str) -> dict[str, FsConfigEntry]:
             continue
         fields = line.split()
         # `find -printf '%P …'` writes the root as an empty path: the line starts with its uid
-        if line[:1].isspace() or len(fields) == 3:
+        if line[:1].isspace() or (len(fields) == 3 and fields[0].isdigit()):
             fields = ["", *fields]
         where = f"{name}:{n}"
         if len(fields) not in (4, 5):
             raise FsConfigError(f"{where}: expected PATH UID GID MODE [capabilities=0x…]")
         path, uid, gid, mode = fields[:4]
         try:
-            entry = FsConfigEntry(int(uid, 10), int(gid, 10), int(mode, 8) & 0o7777,
+            entry = FsConfigEntry(_number(uid, 10, "uid"), _number(gid, 10, "gid"),
+                                  _number(mode, 8, "mode") & 0o7777,
                                   _capabilities(fields[4]) if len(fields) == 5 else None)
         except ValueError as e:
             raise FsConfigError(f"{where}: {e}") from None
@@ -70,11 +71,22 @@ def parse_fs_config(text: str, name: str) -> dict[str, FsConfigEntry]:
     return out
 
 
+def _number(text: str, base: int, what: str) -> int:
+    try:
+        return int(text, base)
+    except ValueError:
+        kind = "an octal" if base == 8 else "a decimal"
+        raise ValueError(f"{what} {text!r} is not {kind} number") from None
+
+
 def _capabilities(field: str) -> int:
     key, sep, value = field.partition("=")
     if key != "capabilities" or not sep:
         raise ValueError(f"expected capabilities=0x…, got {field!r}")
-    mask = int(value, 0)
+    try:
+        mask = int(value, 0)
+    except ValueError:
+        raise ValueError(f"capabilities {value!r} is not a number (e.g. 0x1000000c0)") from None
     if not 0 <= mask < 1 << 64:
         raise ValueError(f"capabilities {value} is not a 64-bit mask")
     return mask
