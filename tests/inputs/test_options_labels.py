@@ -21,7 +21,7 @@ from fidelity_helpers import build_cli, capability_v2, run_cli
 
 import ext4gen
 from ext4gen.cli import build_parser, image_flags
-from ext4gen.inputs.fs_config import FsConfigError, parse_fs_config
+from ext4gen.inputs.fs_config import FsConfigEntry, FsConfigError, parse_fs_config
 from ext4gen.verify import compare_tree, e2fsck
 
 pytestmark = [requires_root,
@@ -181,8 +181,8 @@ def test_fs_config_sets_owners_modes_and_capabilities(tmp_path: Path) -> None:
 
 
 def test_fs_config_format_errors() -> None:
-    assert parse_fs_config(" 0 0 0755\nsystem/ 1 2 0700\n", "f") == {
-        "": parse_fs_config("/ 0 0 0755", "f")[""], "system": parse_fs_config("system 1 2 700", "f")["system"]}
+    assert parse_fs_config(" 0 0 0755\nsystem/ 1 2 0700 capabilities=0x10\n", "f") == {
+        "": FsConfigEntry(0, 0, 0o755, None), "system": FsConfigEntry(1, 2, 0o700, 0x10)}
     for text, message in (("a 0 0", "f:1: expected PATH UID GID MODE"),
                           ("a 0 0 0999", "f:1: mode '0999' is not an octal number"),
                           ("a x 0 0644", "f:1: uid 'x' is not a decimal number"),
