@@ -179,6 +179,8 @@ def add_image_arguments(sp: argparse.ArgumentParser) -> None:
     g.add_argument("--mount-point", metavar="DIR", type=_typed(check_mount_point),
                    help="where the image will be mounted: the prefix of the paths looked up in "
                    "--file-contexts and --fs-config (default /)")
+    # all of the above as ImageFlags JSON: how serve hands them to its background supervisor
+    sp.add_argument("--image-flags", help=argparse.SUPPRESS)
 
 
 def _uuid_text(text: str) -> str:
@@ -190,6 +192,9 @@ def image_flags(args: argparse.Namespace) -> ImageFlags:
     """The image options of a parsed command line (absent attributes: not given)."""
     def get(name: str) -> Any:
         return getattr(args, name, None)
+
+    if get("image_flags"):
+        return ImageFlags.from_json(get("image_flags"))
 
     maps = {k: tuple(get(k)) if get(k) else None for k in ("uid_map", "gid_map")}
     for k, ranges in maps.items():

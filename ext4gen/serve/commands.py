@@ -514,6 +514,8 @@ def start_background(opts: ServeOptions, timeout: float = READY_TIMEOUT) -> Back
         cmd += ["--source-root", opts.source_root]
     if opts.verbose:
         cmd.append("--verbose")
+    if opts.flags:
+        cmd += ["--image-flags", opts.flags]
     with open(log, "ab") as logf:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=logf, start_new_session=True, cwd="/")
