@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import __version__
+from . import __version__, progress
 from .errors import Ext4genError, ManifestError
 from .inputs.image_keys import check_mount_point
 from .inputs.ownership import check_id_map, parse_id_range, parse_owner, parse_root_owner
@@ -32,6 +32,10 @@ def load_image(args: argparse.Namespace) -> tuple[Image, object]:
     """Plan the SOURCE named by the command line into an Image; returns (image, tree)."""
     from . import load, plan
 
+    problem = source_problem(args.source, image_ok=False)
+    if problem:
+        raise ManifestError(args.source, problem)
+
     base_map = IdentityMap.load(args.base_map) if getattr(args, "base_map", None) else None
     given = getattr(args, "flags", None)  # serve's validation passes them as ImageFlags JSON
     flags = ImageFlags.from_json(given) if given else image_flags(args)
@@ -47,6 +51,43 @@ def load_image(args: argparse.Namespace) -> tuple[Image, object]:
         raise ManifestError(e.key, e.message, origin=args.source) from None
 
 
+def source_problem(path: str, *, image_ok: bool) -> str | None:
+    """Why ``path`` cannot be a SOURCE (None: it can), in the user's terms, before a
+    loader misreads it (zeros are not "invalid TOML", /dev/null is not an empty manifest)."""
+    import stat as stat_mod
+
+    from .inputs.tar import is_tar
+
+    if path == "-":
+        return None
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "no such file or directory"
+    except OSError as e:
+        return f"cannot read it: {e.strerror}"
+    what = ("a manifest (.toml/.json), a directory, a tar archive or an ext4 image" if image_ok
+            else "a manifest (.toml/.json), a directory or a tar archive")
+    if stat_mod.S_ISDIR(st.st_mode) or stat_mod.S_ISFIFO(st.st_mode):  # a FIFO: <(generate manifest)
+        return None
+    if is_image_file(path):
+        return None if image_ok else "this is an ext4 image; give it to check or inspect, not here"
+    if not stat_mod.S_ISREG(st.st_mode):
+        kinds = {stat_mod.S_IFCHR: "a character device", stat_mod.S_IFSOCK: "a socket",
+                 stat_mod.S_IFBLK: "a block device without an ext4 filesystem"}
+        return f"is {kinds.get(stat_mod.S_IFMT(st.st_mode), 'special')}, not {what}"
+    if is_tar(path):
+        return None
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError as e:
+        return f"cannot read it: {e.strerror}"
+    if b"\0" in head:
+        return f"binary data ({st.st_size} bytes), not {what}"
+    return None
+
+
 def is_image_file(path: str) -> bool:
     try:
         with open(path, "rb") as f:
@@ -56,11 +97,17 @@ def is_image_file(path: str) -> bool:
         return False
 
 
+def _data_bytes(image: Image) -> int:
+    return sum(n for _off, n, zero in image.extents(0, image.size) if not zero)
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     image, _tree = load_image(args)
     t1 = time.perf_counter()
-    image.write(args.output)
+    with progress.phase(f"writing {args.output}", _data_bytes(image) if progress._enabled else None,
+                        unit="B", scale=True) as tick:
+        image.write(args.output, progress=tick)
     t2 = time.perf_counter()
     if args.write_map:
         with open(args.write_map, "w", encoding="utf-8") as f:
@@ -73,19 +120,20 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     tree = None
+    problem = source_problem(args.source, image_ok=True)
+    if problem:
+        raise ManifestError(args.source, problem)
     if is_image_file(args.source):
         path = args.source
         tmp = None
     else:
         image, tree = load_image(args)
-        import tempfile
-
-        fd, tmp = tempfile.mkstemp(prefix="ext4gen-check-", suffix=".img")
-        os.close(fd)
-        path = tmp
+        tmp = path = _check_file(image, args.quiet)
     try:
         if tmp:
-            image.write(tmp)
+            with progress.phase("writing the image to check", _data_bytes(image), unit="B",
+                                scale=True) as tick:
+                image.write(tmp, progress=tick)
         rc, complaints = e2fsck(path)
         ok = rc == 0 and not complaints
         print(f"e2fsck -fn: exit {rc}" + ("" if ok else ", complaints:"))
@@ -99,7 +147,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                     count = sum(len(files) + len(dirs) for _r, dirs, files in os.walk(mnt))
                     print(f"kernel mount: ok ({count} entries)")
                 else:
-                    diffs = compare_tree(tree, mnt)  # type: ignore[arg-type]
+                    with progress.phase("comparing with the source") as tick:
+                        diffs = compare_tree(tree, mnt, progress=tick)  # type: ignore[arg-type]
                     print(f"kernel mount: {'tree matches the source' if not diffs else 'DIFFERS:'}")
                     for d in diffs[:50]:
                         print(f"  {d}")
@@ -110,7 +159,30 @@ def cmd_check(args: argparse.Namespace) -> int:
             os.unlink(tmp)
 
 
+def _check_file(image: Image, quiet: bool) -> str:
+    """A temporary file for e2fsck and the loop mount, announced (size, where) before it is
+    written, and refused when its file system has no room for the image's data."""
+    import shutil
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix="ext4gen-check-", suffix=".img")
+    os.close(fd)
+    data = _data_bytes(image)
+    free = shutil.disk_usage(os.path.dirname(tmp)).free
+    if data > free:
+        os.unlink(tmp)
+        raise Ext4genError(f"check: the image needs {data >> 20} MiB in {os.path.dirname(tmp)}, which "
+                           f"has {free >> 20} MiB free (set TMPDIR to a roomier directory)")
+    if not quiet:
+        print(f"check: writing the image to {tmp} ({data >> 20} MiB of data, {image.size >> 20} MiB "
+              "apparent, holes not written; removed afterwards; TMPDIR chooses where)", file=sys.stderr)
+    return tmp
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
+    problem = source_problem(args.source, image_ok=True)
+    if problem:
+        raise ManifestError(args.source, problem)
     if is_image_file(args.source):
         print(describe_image_file(args.source))
     else:
@@ -119,10 +191,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_source_arguments(sp: argparse.ArgumentParser, what: str = "SOURCE") -> None:
+def add_source_arguments(sp: argparse.ArgumentParser, what: str = "SOURCE", *, stdin: bool = True) -> None:
     """The SOURCE argument and the options that shape the planned image (shared with serve)."""
-    sp.add_argument("source", metavar=what, help="a manifest (.toml/.json, or - for stdin), a host "
-                    "directory or a tar archive" + (", or an ext4 image file" if what != "SOURCE" else ""))
+    sp.add_argument("source", metavar=what, help="a manifest (.toml/.json" + (", or - for stdin"
+                    if stdin else "") + "), a host directory or a tar archive"
+                    + (", or an ext4 image file" if what != "SOURCE" else ""))
+    sp.add_argument("-q", "--quiet", action="store_true",
+                    help="no progress bars (they are only drawn on a terminal) and no summary line")
     sp.add_argument("--dedup", choices=DEDUP_MODES, help="override the manifest's image.dedup")
     sp.add_argument("--no-inline-data", action="store_true",
                     help="store every file and directory in blocks (no inline_data feature)")
@@ -225,10 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("build", help="write the image to a sparse file")
     source_args(b)
-    b.add_argument("-o", "--output", required=True, metavar="IMAGE")
+    b.add_argument("-o", "--output", required=True, metavar="IMAGE",
+                   help="the image file to write (sparse: holes are not written)")
     b.add_argument("--write-map", metavar="FILE",
                    help="write the identity map (path -> inode, generation) for a later --base-map")
-    b.add_argument("-q", "--quiet", action="store_true")
     b.set_defaults(func=cmd_build)
 
     c = sub.add_parser("check", help="e2fsck -fn, then (as root) a read-only mount compared "
@@ -251,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    progress.enable(progress.wanted(bool(getattr(args, "quiet", False))))
     try:
         return int(args.func(args) or 0)
     except Ext4genError as e:

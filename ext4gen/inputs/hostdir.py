@@ -10,7 +10,9 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable
 
+from .. import progress
 from ..errors import ManifestError
 from ..model.sources import HostFileSource
 from ..model.tree import (
@@ -112,12 +114,20 @@ def import_directory(tree: Tree, host_dir: str, target: str = "/", *, key: str =
     tree.add(target, Node(DIR, meta_from_stat(st), key=key, xattrs=read_xattrs(top, host_dir) or NO_XATTRS,
                           imported=True))
     stack = [(top, target_parts)]
+    with progress.phase(f"importing {host_dir}") as tick:
+        _walk(tree, stack, links, one_file_system, st_top, tick)
+
+
+def _walk(tree: Tree, stack: list[tuple[bytes, list[bytes]]], links: dict[tuple[int, int], Node],
+          one_file_system: bool, st_top: os.stat_result, tick: Callable[[int], object]) -> None:
+    """Depth-first over ``stack``: every entry becomes a node (hard links share one)."""
     while stack:
         host, parts = stack.pop()
         try:
             entries = _list_dir(host)
         except OSError as e:
             raise ManifestError(os.fsdecode(host), f"cannot list directory: {e.strerror}") from None
+        tick(len(entries))
         for name, st in entries:
             path = host + b"/" + name
             shown = os.fsdecode(path)

@@ -14,6 +14,7 @@ holes.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,6 +115,7 @@ class DataAllocator:
     _by_hash: dict[bytes, int | list[int]] = field(default_factory=dict)
     _by_identity: dict[tuple[object, int], list[Extent]] = field(default_factory=dict)
     _content: Any = field(default_factory=xxhash.xxh3_128)  # every byte read, in order
+    on_read: Callable[[int], object] | None = None  # told the bytes read for hashing (progress)
 
     def content_digest(self) -> bytes:
         """A digest of all the source bytes read while allocating (none with mode "none")."""
@@ -177,6 +179,8 @@ class DataAllocator:
                 n = min(len(buf), span_end - offset)
                 source.readinto(mv[:n], offset)
                 self._content.update(mv[:n])
+                if self.on_read is not None:
+                    self.on_read(n)
                 if n % BLOCK_SIZE:
                     pad = -n % BLOCK_SIZE
                     mv[n : n + pad] = ZERO_BLOCK[:pad]

@@ -24,6 +24,7 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from .. import progress
 from ..errors import ManifestError
 from ..format.dirhash import seed_words
 from ..format.ondisk import (
@@ -280,6 +281,20 @@ def plan_tree(tree: Tree, options: ImageOptions | None = None) -> Plan:
 def _allocate_data(inodes: list[InodePlan | None], options: ImageOptions,
                    allocator: DataAllocator) -> None:
     """Files and long symlinks: inline, or data blocks (deduplicated), in inode order."""
+    to_hash = 0
+    if options.dedup == "content":
+        to_hash = sum(ip.node.source.size for ip in inodes if ip is not None and ip.node.kind == FILE
+                      and ip.node.source is not None and ip.node.source.plan_readable)
+    with progress.phase("hashing", to_hash or None, unit="B", scale=True) as tick:
+        allocator.on_read = tick
+        try:
+            _allocate_each(inodes, options, allocator)
+        finally:
+            allocator.on_read = None
+
+
+def _allocate_each(inodes: list[InodePlan | None], options: ImageOptions,
+                   allocator: DataAllocator) -> None:
     for ip in inodes:
         if ip is None:
             continue

@@ -436,6 +436,9 @@ def _wait_stopping(proc: subprocess.Popen[bytes], stopping: list[int]) -> int:
             return proc.wait()
 
 
+LOG_KEEP_S = 24 * 3600
+
+
 def remove_dead_workdirs() -> None:
     """Delete work directories left by supervisors that were SIGKILLed (both pids gone)."""
     for d in runtime_dir().glob("serve-*"):
@@ -446,6 +449,11 @@ def remove_dead_workdirs() -> None:
             continue  # starting up, or not ours to judge
         if not any(pid_alive(p) for p in pids):
             shutil.rmtree(d, ignore_errors=True)
+    # A stopped server's log keeps its summary for a day, then goes (they would pile up).
+    for log in runtime_dir().glob("serve-*.log"):
+        with contextlib.suppress(OSError):
+            if not log.with_suffix("").exists() and time.time() - log.stat().st_mtime > LOG_KEEP_S:
+                log.unlink()
 
 
 def _write_atomic(path: str, text: str) -> None:
@@ -530,6 +538,9 @@ def start_background(opts: ServeOptions, timeout: float = READY_TIMEOUT) -> Back
         if proc.poll() is None:
             proc.kill()
         shutil.rmtree(workdir, ignore_errors=True)
+        if not opts.log:  # its last error is in the exception: a default log has nothing more
+            with contextlib.suppress(OSError):
+                os.unlink(log)
         raise
     return Background(pid=pid, nbdkit_pid=int(info["nbdkit_pid"]), uri=str(info["uri"]),
                       pidfile=pidfile, log=log, workdir=workdir, socket=sock,
@@ -575,7 +586,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _add_serve_args(sp: argparse.ArgumentParser) -> None:
     from ..cli import add_source_arguments
 
-    add_source_arguments(sp)
+    add_source_arguments(sp, stdin=False)
     sp.add_argument("--filter", action="append", metavar="NAME",
                     help="nbdkit filter to stack (repeatable), e.g. cache, readahead")
     sp.add_argument("--param", action="append", metavar="KEY=VALUE",
@@ -711,8 +722,10 @@ def cmd_mount(args: argparse.Namespace) -> int:
     mnt = os.path.realpath(args.mountpoint)
     if os.geteuid() != 0:
         raise ServeError("mount needs root (loop devices)")
+    if not os.path.exists(mnt):
+        raise ServeError(f"{args.mountpoint}: the mount point does not exist (mkdir -p {args.mountpoint})")
     if not os.path.isdir(mnt):
-        raise ServeError(f"{args.mountpoint}: mountpoint is not a directory")
+        raise ServeError(f"{args.mountpoint}: the mount point is not a directory")
     _check_tools("nbdkit", "nbdfuse", "fusermount3", "mount", "umount")
     sdir = mount_state_dir(mnt)
     if (sdir / "state.json").exists():
@@ -782,7 +795,8 @@ def teardown(state: MountState, *, lazy: bool = False) -> list[str]:
         r = _run(["umount", state.mountpoint])
         if r.returncode != 0:
             if not lazy:
-                raise ServeError(f"umount {state.mountpoint} failed: {r.stderr.strip()}")
+                raise ServeError(f"umount {state.mountpoint} failed: {r.stderr.strip()} (stop what "
+                                 f"uses it, or detach it now: ext4gen umount --lazy {state.mountpoint})")
             _run(["umount", "-l", state.mountpoint])
     state.mounted = False
     # mount(8) set up the loop device with autoclear; detach any left behind.
