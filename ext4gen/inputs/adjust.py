@@ -123,6 +123,7 @@ def _walk(tree: Tree, opts: SourceOptions, rules: _MetaRules,
           fs_config: dict[str, FsConfigEntry] | None, contexts: FileContexts | None,
           prefix: str) -> None:
     seen: set[int] = set()
+    by_path = fs_config is not None or contexts is not None or rules.uid_map or rules.gid_map
     stack: list[tuple[str, Node]] = [("", tree.root)]
     while stack:
         rel, node = stack.pop()
@@ -148,6 +149,9 @@ def _walk(tree: Tree, opts: SourceOptions, rules: _MetaRules,
             _label(node, contexts, (prefix + "/" + rel) if rel else (prefix or "/"))
         if node.kind == DIR:
             assert node.children is not None
+            if not by_path:  # paths cost a string per inode: build them only when looked up
+                stack.extend(("", child) for child in node.children.values())
+                continue
             for name, child in node.children.items():
                 stack.append(((rel + "/" if rel else "") + name.decode("utf-8", "surrogateescape"),
                               child))

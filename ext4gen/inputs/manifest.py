@@ -235,7 +235,9 @@ def parse_manifest(doc: dict[str, Any], *, base_dir: str = ".", epoch_env: str |
             tree.add(path, Node(FILE, meta_for(entry, key, d_mode), key=key, source=source,
                                 xattrs=xattrs))
     tree.resolve_links()
-    apply_source_options(tree, adjust, epoch_ns if epoch_env is not None else None)
+    # By default SOURCE_DATE_EPOCH clamps imported inodes only: without imports, no walk for it.
+    clamp_epoch = epoch_ns if epoch_env is not None and (imports or adjust.times) else None
+    apply_source_options(tree, adjust, clamp_epoch)
     return tree, opts
 
 
