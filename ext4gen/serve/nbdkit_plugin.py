@@ -2,6 +2,7 @@
 
     nbdkit python plugins/ext4gen_nbdkit.py source=[NAME=]PATH [source=[NAME=]PATH …]
         [dedup=content|none] [inline_data=false] [base_map=FILE] [source_root=DIR]
+        [options=JSON]   # the image options of the CLI (label, uuid, owners, times, labels…)
 
 (``plugins/ext4gen_nbdkit.py`` re-exports this module; nbdkit can also load
 this file directly, which is what ``ext4gen serve`` does for installed copies.)
