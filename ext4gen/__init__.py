@@ -14,7 +14,7 @@ from .errors import Ext4genError, ManifestError, SourceError
 from .gcpause import gc_paused
 from .inputs.manifest import load_manifest, parse_manifest
 from .layout.planner import Plan, plan_tree
-from .model.options import ImageOptions
+from .model.options import ImageOptions, SourceOptions
 from .model.sources import CallableSource, HostFileSource, InlineSource, Source, ZeroSource
 from .model.tree import Meta, Node, Tree
 from .render.image import Image
@@ -28,18 +28,28 @@ def plan(tree: Tree, options: ImageOptions | None = None) -> Image:
         return Image(plan_tree(tree, options))
 
 
-def load(source: str, *, source_root: str | None = None,
+def load(source: str, *, source_root: str | None = None, source_options: SourceOptions | None = None,
          **overrides: object) -> tuple[Tree, ImageOptions]:
     """Load a SOURCE (manifest file or ``-``, host directory, tar archive) into a tree and options.
 
-    ``overrides`` set :class:`ImageOptions` fields (None leaves the source's choice).
+    ``overrides`` set :class:`ImageOptions` fields (None leaves the source's choice);
+    ``source_options`` adjust the tree (owners, times, labels), winning over a
+    manifest's ``[image]`` keys one by one.  A tree built in code is adjusted
+    with :func:`adjust`.
     """
     with gc_paused():
-        return _load(source, source_root, overrides)
+        return _load(source, source_root, overrides, source_options)
 
 
-def _load(source: str, source_root: str | None, overrides: dict[str, object]
-          ) -> tuple[Tree, ImageOptions]:
+def adjust(tree: Tree, source_options: SourceOptions, *, epoch_ns: int | None = None) -> None:
+    """Apply ``source_options`` to a tree in place (``epoch_ns``: SOURCE_DATE_EPOCH in ns)."""
+    from .inputs.adjust import apply_source_options
+
+    apply_source_options(tree, source_options, epoch_ns)
+
+
+def _load(source: str, source_root: str | None, overrides: dict[str, object],
+          source_options: SourceOptions | None = None) -> tuple[Tree, ImageOptions]:
     import os
 
     from .inputs.manifest import import_source
@@ -56,11 +66,13 @@ def _load(source: str, source_root: str | None, overrides: dict[str, object]
         except ValueError:
             raise ManifestError("SOURCE_DATE_EPOCH", "must be an integer number of seconds") from None
         tree = Tree(Meta(0o755, 0, 0, epoch_ns, epoch_ns, epoch_ns, epoch_ns))
-        import_source(tree, source, "/", key=source)
+        opts = source_options or SourceOptions()
+        import_source(tree, source, "/", key=source, one_file_system=bool(opts.one_file_system))
         tree.resolve_links()
+        adjust(tree, opts, epoch_ns=epoch_ns if epoch else None)
         options = ImageOptions(epoch_ns=epoch_ns)
     else:
-        tree, options = load_manifest(source, source_root=source_root)
+        tree, options = load_manifest(source, source_root=source_root, source_options=source_options)
     for k, v in overrides.items():
         if v is not None:
             setattr(options, k, v)
@@ -69,6 +81,7 @@ def _load(source: str, source_root: str | None, overrides: dict[str, object]
 
 __all__ = [
     "CallableSource", "Ext4genError", "HostFileSource", "Image", "ImageOptions", "InlineSource",
-    "ManifestError", "Meta", "Node", "Plan", "Source", "SourceError", "Tree", "ZeroSource", "load",
+    "ManifestError", "Meta", "Node", "Plan", "Source", "SourceError", "SourceOptions", "Tree", "ZeroSource",
+    "adjust", "load",
     "load_manifest", "parse_manifest", "plan", "plan_tree",
 ]

@@ -11,13 +11,16 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from . import __version__
+from . import __version__, progress
 from .errors import Ext4genError, ManifestError
+from .inputs.image_keys import check_mount_point
+from .inputs.ownership import check_id_map, parse_id_range, parse_owner, parse_root_owner
 from .inspect import describe_image_file, describe_plan
 from .layout.planner import identity_map
 from .model.identity import IdentityMap
-from .model.options import DEDUP_MODES
+from .model.options import DEDUP_MODES, TIMES_MODES, ImageFlags, SourceOptions, check_label, uuid_value
 from .render.image import Image
 from .verify import compare_tree, e2fsck, is_root, loop_mount
 
@@ -29,16 +32,60 @@ def load_image(args: argparse.Namespace) -> tuple[Image, object]:
     """Plan the SOURCE named by the command line into an Image; returns (image, tree)."""
     from . import load, plan
 
+    problem = source_problem(args.source, image_ok=False)
+    if problem:
+        raise ManifestError(args.source, problem)
+
     base_map = IdentityMap.load(args.base_map) if getattr(args, "base_map", None) else None
+    given = getattr(args, "flags", None)  # serve's validation passes them as ImageFlags JSON
+    flags = ImageFlags.from_json(given) if given else image_flags(args)
     tree, options = load(args.source, source_root=getattr(args, "source_root", None),
                          dedup=getattr(args, "dedup", None), base_map=base_map,
-                         inline_data=False if getattr(args, "no_inline_data", False) else None)
+                         inline_data=False if getattr(args, "no_inline_data", False) else None,
+                         **flags.load_kwargs())
     try:
         return plan(tree, options), tree
     except ManifestError as e:  # found while planning: say which SOURCE it came from
         if e.origin is not None:
             raise
         raise ManifestError(e.key, e.message, origin=args.source) from None
+
+
+def source_problem(path: str, *, image_ok: bool) -> str | None:
+    """Why ``path`` cannot be a SOURCE (None: it can), in the user's terms, before a
+    loader misreads it (zeros are not "invalid TOML", /dev/null is not an empty manifest)."""
+    import stat as stat_mod
+
+    from .inputs.tar import is_tar
+
+    if path == "-":
+        return None
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "no such file or directory"
+    except OSError as e:
+        return f"cannot read it: {e.strerror}"
+    what = ("a manifest (.toml/.json), a directory, a tar archive or an ext4 image" if image_ok
+            else "a manifest (.toml/.json), a directory or a tar archive")
+    if stat_mod.S_ISDIR(st.st_mode) or stat_mod.S_ISFIFO(st.st_mode):  # a FIFO: <(generate manifest)
+        return None
+    if is_image_file(path):
+        return None if image_ok else "this is an ext4 image; give it to check or inspect, not here"
+    if not stat_mod.S_ISREG(st.st_mode):
+        kinds = {stat_mod.S_IFCHR: "a character device", stat_mod.S_IFSOCK: "a socket",
+                 stat_mod.S_IFBLK: "a block device without an ext4 filesystem"}
+        return f"is {kinds.get(stat_mod.S_IFMT(st.st_mode), 'special')}, not {what}"
+    if is_tar(path):
+        return None
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError as e:
+        return f"cannot read it: {e.strerror}"
+    if b"\0" in head:
+        return f"binary data ({st.st_size} bytes), not {what}"
+    return None
 
 
 def is_image_file(path: str) -> bool:
@@ -50,11 +97,17 @@ def is_image_file(path: str) -> bool:
         return False
 
 
+def _data_bytes(image: Image) -> int:
+    return sum(n for _off, n, zero in image.extents(0, image.size) if not zero)
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     image, _tree = load_image(args)
     t1 = time.perf_counter()
-    image.write(args.output)
+    with progress.phase(f"writing {args.output}", _data_bytes(image) if progress._enabled else None,
+                        unit="B", scale=True) as tick:
+        image.write(args.output, progress=tick)
     t2 = time.perf_counter()
     if args.write_map:
         with open(args.write_map, "w", encoding="utf-8") as f:
@@ -67,19 +120,20 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     tree = None
+    problem = source_problem(args.source, image_ok=True)
+    if problem:
+        raise ManifestError(args.source, problem)
     if is_image_file(args.source):
         path = args.source
         tmp = None
     else:
         image, tree = load_image(args)
-        import tempfile
-
-        fd, tmp = tempfile.mkstemp(prefix="ext4gen-check-", suffix=".img")
-        os.close(fd)
-        path = tmp
+        tmp = path = _check_file(image, args.quiet)
     try:
         if tmp:
-            image.write(tmp)
+            with progress.phase("writing the image to check", _data_bytes(image), unit="B",
+                                scale=True) as tick:
+                image.write(tmp, progress=tick)
         rc, complaints = e2fsck(path)
         ok = rc == 0 and not complaints
         print(f"e2fsck -fn: exit {rc}" + ("" if ok else ", complaints:"))
@@ -93,7 +147,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                     count = sum(len(files) + len(dirs) for _r, dirs, files in os.walk(mnt))
                     print(f"kernel mount: ok ({count} entries)")
                 else:
-                    diffs = compare_tree(tree, mnt)  # type: ignore[arg-type]
+                    with progress.phase("comparing with the source") as tick:
+                        diffs = compare_tree(tree, mnt, progress=tick)  # type: ignore[arg-type]
                     print(f"kernel mount: {'tree matches the source' if not diffs else 'DIFFERS:'}")
                     for d in diffs[:50]:
                         print(f"  {d}")
@@ -104,7 +159,30 @@ def cmd_check(args: argparse.Namespace) -> int:
             os.unlink(tmp)
 
 
+def _check_file(image: Image, quiet: bool) -> str:
+    """A temporary file for e2fsck and the loop mount, announced (size, where) before it is
+    written, and refused when its file system has no room for the image's data."""
+    import shutil
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix="ext4gen-check-", suffix=".img")
+    os.close(fd)
+    data = _data_bytes(image)
+    free = shutil.disk_usage(os.path.dirname(tmp)).free
+    if data > free:
+        os.unlink(tmp)
+        raise Ext4genError(f"check: the image needs {data >> 20} MiB in {os.path.dirname(tmp)}, which "
+                           f"has {free >> 20} MiB free (set TMPDIR to a roomier directory)")
+    if not quiet:
+        print(f"check: writing the image to {tmp} ({data >> 20} MiB of data, {image.size >> 20} MiB "
+              "apparent, holes not written; removed afterwards; TMPDIR chooses where)", file=sys.stderr)
+    return tmp
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
+    problem = source_problem(args.source, image_ok=True)
+    if problem:
+        raise ManifestError(args.source, problem)
     if is_image_file(args.source):
         print(describe_image_file(args.source))
     else:
@@ -113,10 +191,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_source_arguments(sp: argparse.ArgumentParser, what: str = "SOURCE") -> None:
+def add_source_arguments(sp: argparse.ArgumentParser, what: str = "SOURCE", *, stdin: bool = True) -> None:
     """The SOURCE argument and the options that shape the planned image (shared with serve)."""
-    sp.add_argument("source", metavar=what, help="a manifest (.toml/.json, or - for stdin), a host "
-                    "directory or a tar archive" + (", or an ext4 image file" if what != "SOURCE" else ""))
+    sp.add_argument("source", metavar=what, help="a manifest (.toml/.json" + (", or - for stdin"
+                    if stdin else "") + "), a host directory or a tar archive"
+                    + (", or an ext4 image file" if what != "SOURCE" else ""))
+    sp.add_argument("-q", "--quiet", action="store_true",
+                    help="no progress bars (they are only drawn on a terminal) and no summary line")
     sp.add_argument("--dedup", choices=DEDUP_MODES, help="override the manifest's image.dedup")
     sp.add_argument("--no-inline-data", action="store_true",
                     help="store every file and directory in blocks (no inline_data feature)")
@@ -124,6 +205,85 @@ def add_source_arguments(sp: argparse.ArgumentParser, what: str = "SOURCE") -> N
                     "recorded by an earlier `build --write-map`")
     sp.add_argument("--source-root", metavar="DIR", help="refuse host paths outside DIR (and "
                     "generators); a manifest on stdin defaults to the current directory")
+    add_image_arguments(sp)
+
+
+def _typed(parse: Callable[[str], object]) -> Callable[[str], object]:
+    """An argparse ``type`` that reports a ValueError's message as the reason."""
+    def convert(text: str) -> object:
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    convert.__name__ = parse.__name__
+    return convert
+
+
+def add_image_arguments(sp: argparse.ArgumentParser) -> None:
+    """Image and tree options, the same for every SOURCE kind and command (each also a
+    manifest [image] key, which the flag overrides); see docs/manifest.md."""
+    g = sp.add_argument_group("image options (override the manifest's [image] keys)")
+    g.add_argument("--label", type=_typed(check_label), help="volume label (at most 16 bytes)")
+    g.add_argument("--uuid", metavar="UUID|random", type=_typed(_uuid_text),
+                   help="filesystem UUID (default: derived from the content, so reproducible)")
+    g.add_argument("--hash-seed", metavar="UUID|random", type=_typed(_uuid_text),
+                   help="directory hash seed (default: derived from the content)")
+    g.add_argument("--times", choices=TIMES_MODES, help="inode times: keep them, clamp them to "
+                   "$SOURCE_DATE_EPOCH, or set all to it (default: clamp imported host files "
+                   "and tar members when SOURCE_DATE_EPOCH is set, else keep)")
+    g.add_argument("--root-owner", metavar="UID:GID[:MODE]", type=_typed(parse_root_owner),
+                   help="owner (and octal mode) of the root directory, as mke2fs -E root_owner")
+    who = g.add_mutually_exclusive_group()
+    who.add_argument("--all-root", action="store_const", const=(0, 0), dest="squash_owner",
+                     help="every inode owned by 0:0")
+    who.add_argument("--squash-owner", metavar="UID:GID", type=_typed(parse_owner),
+                     help="every inode owned by UID:GID")
+    for which in ("uid", "gid"):
+        g.add_argument(f"--{which}-map", action="append", metavar="CONTAINER:HOST:COUNT",
+                       type=_typed(parse_id_range),
+                       help=f"source {which}s HOST..HOST+COUNT-1 become CONTAINER.. in the image, "
+                       f"like a line of /proc/PID/{which}_map; others become 65534 (repeatable)")
+    g.add_argument("--one-file-system", action="store_const", const=True,
+                   help="host directories: do not descend into other filesystems (mount "
+                   "points stay as empty directories)")
+    g.add_argument("--file-contexts", metavar="FILE", type=os.path.abspath,
+                   help="label every inode (security.selinux) from an SELinux file_contexts "
+                   "file, matched by libselinux")
+    g.add_argument("--fs-config", metavar="FILE", type=os.path.abspath,
+                   help="Android fs_config: PATH UID GID MODE [capabilities=0x...] per line")
+    g.add_argument("--mount-point", metavar="DIR", type=_typed(check_mount_point),
+                   help="where the image will be mounted: the prefix of the paths looked up in "
+                   "--file-contexts and --fs-config (default /)")
+    # all of the above as ImageFlags JSON: how serve hands them to its background supervisor
+    sp.add_argument("--image-flags", help=argparse.SUPPRESS)
+
+
+def _uuid_text(text: str) -> str:
+    uuid_value(text)  # refuse what is not a UUID now; "random" is drawn when loading
+    return text
+
+
+def image_flags(args: argparse.Namespace) -> ImageFlags:
+    """The image options of a parsed command line (absent attributes: not given)."""
+    def get(name: str) -> Any:
+        return getattr(args, name, None)
+
+    if get("image_flags"):
+        return ImageFlags.from_json(get("image_flags"))
+
+    maps = {k: tuple(get(k)) if get(k) else None for k in ("uid_map", "gid_map")}
+    for k, ranges in maps.items():
+        if ranges:
+            try:
+                check_id_map(ranges)
+            except ValueError as e:
+                raise ManifestError(f"--{k.replace('_', '-')}", str(e)) from None
+    return ImageFlags(
+        label=get("label"), uuid=get("uuid"), hash_seed=get("hash_seed"),
+        source=SourceOptions(times=get("times"), root_owner=get("root_owner"),
+                             squash_owner=get("squash_owner"), one_file_system=get("one_file_system"),
+                             file_contexts=get("file_contexts"), fs_config=get("fs_config"),
+                             mount_point=get("mount_point"), **maps))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,10 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("build", help="write the image to a sparse file")
     source_args(b)
-    b.add_argument("-o", "--output", required=True, metavar="IMAGE")
+    b.add_argument("-o", "--output", required=True, metavar="IMAGE",
+                   help="the image file to write (sparse: holes are not written)")
     b.add_argument("--write-map", metavar="FILE",
                    help="write the identity map (path -> inode, generation) for a later --base-map")
-    b.add_argument("-q", "--quiet", action="store_true")
     b.set_defaults(func=cmd_build)
 
     c = sub.add_parser("check", help="e2fsck -fn, then (as root) a read-only mount compared "
@@ -166,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    progress.enable(progress.wanted(bool(getattr(args, "quiet", False))))
     try:
         return int(args.func(args) or 0)
     except Ext4genError as e:

@@ -12,7 +12,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from .layout.planner import LOST_FOUND
 from .model.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node, Tree
@@ -67,14 +67,19 @@ def _umount(mnt: str) -> None:
             return
 
 
-def compare_tree(tree: Tree, root: str, *, check_content: bool = True) -> list[str]:
-    """Differences between ``tree`` and the mounted filesystem at ``root`` (empty = equal)."""
+def compare_tree(tree: Tree, root: str, *, check_content: bool = True,
+                 progress: Callable[[int], object] | None = None) -> list[str]:
+    """Differences between ``tree`` and the mounted filesystem at ``root`` (empty = equal).
+
+    ``progress(1)`` is called for every entry compared."""
     diffs: list[str] = []
     inode_of: dict[int, int] = {}
     names_of: dict[int, int] = {}
     birth_checks: list[tuple[str, str, int]] = []
 
     def walk(node: Node, path: bytes, shown: str) -> None:
+        if progress is not None:
+            progress(1)
         try:
             st = os.lstat(path)
         except OSError as e:

@@ -2,8 +2,11 @@
 # The ext4gen demo: set up, then synthesize examples/demo/manifest.toml as an ext4
 # filesystem, prove it with e2fsck and the kernel, serve it over NBD, and mount it.
 #
-#   sudo ./scripts/demo.sh
+#   ./scripts/demo.sh          # as root
+#   sudo ./scripts/demo.sh     # as a normal user who may use sudo
 #
+# Set-up installs what the demo uses (e2fsprogs, nbdkit, libnbd, fuse3, ...), not
+# the boot-disk example's qemu, kernel and busybox.
 # Everything it starts (nbdkit, nbdfuse, the loop mount) is torn down on exit,
 # also when a step fails or the script is interrupted.
 set -euo pipefail
@@ -65,7 +68,7 @@ step "$EXT4GEN" check "$MANIFEST"
 
 if [[ $(id -u) -ne 0 ]]; then
     echo
-    echo "demo: serving over NBD and mounting need root; run: sudo ./scripts/demo.sh" >&2
+    echo "demo: serving over NBD and mounting need root: run it as root, or as sudo ./scripts/demo.sh" >&2
     exit 1
 fi
 if ! "$EXT4GEN" mount --help >/dev/null 2>&1; then

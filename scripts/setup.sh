@@ -1,5 +1,10 @@
 #!/usr/bin/env bash
-# Set up a fresh Debian 12 machine for ext4gen: Debian packages + the project venv.
+# Set up a fresh Debian 12 (bookworm) or 13 (trixie) machine for ext4gen: Debian
+# packages + the project venv.
+#
+#   scripts/setup.sh              # what the library, the CLI, the demo and the tests use
+#   scripts/setup.sh --bootdisk   # also what the boot-disk example boots with (qemu, a
+#                                 # kernel, busybox: ~400 MB); scripts/test.sh passes it
 #
 # Idempotent and fast on a second run: it installs only what is missing, and
 # re-runs `pip install` only when pyproject.toml (or the interpreter) changed
@@ -7,9 +12,10 @@
 # (apt-get needs it); without root it still works when every Debian package is there.
 #
 # Why Debian's /usr/bin/python3 and --system-site-packages: nbdkit's python
-# plugin embeds Debian's libpython 3.11, so the compiled wheels (xxhash, crc32c)
-# must be built for that interpreter; and the NBD client bindings (`import nbd`)
-# exist only as the Debian package python3-libnbd in /usr/lib/python3/dist-packages.
+# plugin embeds Debian's libpython (3.11 on Debian 12, 3.13 on Debian 13), so the
+# compiled wheels (xxhash, crc32c) must be built for that interpreter; and the NBD
+# client bindings (`import nbd`) and libselinux's matcher (`import selinux`) exist
+# only as Debian packages in /usr/lib/python3/dist-packages.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -25,13 +31,19 @@ PACKAGES=(
     libnbd-bin python3-libnbd         # nbdfuse, nbdcopy, nbdinfo; `import nbd`
     fuse3                             # nbdfuse needs fusermount3 and /dev/fuse
     util-linux mount procps           # mount, losetup, findmnt, flock; pgrep
+    python3-selinux                   # --file-contexts: libselinux's own file_contexts matcher
     ca-certificates                   # pip over https
+    # tools the test suite runs
+    tar gzip xz-utils bzip2           # GNU tar archives, compressed three ways
+    file                              # nbdinfo runs file(1) on the export
+    attr acl selinux-utils            # getfattr/setfattr, getfacl/setfacl, matchpathcon
+    coreutils findutils               # stat --printf %W, du, sha256sum, find
 )
 
 # Packages only the boot-disk example (examples/bootdisk, tests/e2e/test_bootdisk.py)
-# needs.  Installed when possible; if they cannot be, set-up still succeeds and
-# the boot test skips, saying which one is missing.
-OPTIONAL_PACKAGES=(
+# needs, installed with --bootdisk only.  Installed when possible; if they cannot
+# be, set-up still succeeds and the boot test skips, saying which one is missing.
+BOOTDISK_PACKAGES=(
     qemu-system-x86                   # qemu-system-x86_64 (TCG)
     linux-image-amd64                 # /boot/vmlinuz-* and its initrd (virtio_blk, ext4)
     busybox-static                    # /bin/busybox: the guest's userland
@@ -63,9 +75,9 @@ install_packages() {
     ((${#missing[@]} == 0)) || die "Debian packages still missing after apt-get: ${missing[*]}"
 }
 
-install_optional_packages() {
+install_bootdisk_packages() {
     local missing p
-    mapfile -t missing < <(missing_packages OPTIONAL_PACKAGES)
+    mapfile -t missing < <(missing_packages BOOTDISK_PACKAGES)
     ((${#missing[@]} > 0)) || return 0
     if [[ $(id -u) -ne 0 ]]; then
         log "not root: not installing ${missing[*]} (the boot-disk test will skip)"
@@ -80,7 +92,7 @@ install_optional_packages() {
             apt-get "${apt_opts[@]}" install -y --no-install-recommends "$p" </dev/null || true
         done
     fi
-    mapfile -t missing < <(missing_packages OPTIONAL_PACKAGES)
+    mapfile -t missing < <(missing_packages BOOTDISK_PACKAGES)
     if ((${#missing[@]} > 0)); then
         log "warning: could not install ${missing[*]}; tests/e2e/test_bootdisk.py will skip"
     fi
@@ -116,7 +128,7 @@ venv_works() {
     [[ -x $VENV/bin/ext4gen && -x $VENV/bin/ruff && -x $VENV/bin/pytest ]] || return 1
     "$VENV/bin/python" - "$ROOT" >/dev/null 2>&1 <<'PYEOF'
 import os, sys
-import construct, crc32c, hypothesis, nbd, pytest, xxhash  # noqa: F401
+import construct, crc32c, hypothesis, nbd, pytest, selinux, xxhash  # noqa: F401
 import ext4gen
 assert os.path.dirname(os.path.dirname(os.path.abspath(ext4gen.__file__))) == sys.argv[1]
 PYEOF
@@ -152,8 +164,32 @@ setup_venv() {
     printf '%s\n' "$want" >"$STAMP"
 }
 
+# Debian 12 (bookworm) and 13 (trixie) are what this project is tested on; others
+# may work (the packages are the same names), so they get a warning, not a refusal.
+check_debian_release() {
+    local id="" version="" codename=""
+    if [[ -r /etc/os-release ]]; then
+        id=$(. /etc/os-release && printf '%s' "${ID:-}")
+        version=$(. /etc/os-release && printf '%s' "${VERSION_ID:-}")
+        codename=$(. /etc/os-release && printf '%s' "${VERSION_CODENAME:-}")
+    fi
+    case "$id:$version:$codename" in
+        debian:12:*|debian:13:*|debian:*:bookworm|debian:*:trixie) ;;
+        *) log "warning: tested on Debian 12 and 13; this is ${id:-unknown} ${version:-$codename}" ;;
+    esac
+}
+
 main() {
+    local bootdisk=0 arg
+    for arg in "$@"; do
+        case $arg in
+            --bootdisk) bootdisk=1 ;;
+            -h|--help) sed -n '2,8s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; return 0 ;;
+            *) die "unknown argument $arg (expected --bootdisk)" ;;
+        esac
+    done
     command -v dpkg-query >/dev/null || die "this script is for Debian (dpkg-query not found)"
+    check_debian_release
     # The demo and the tests may run set-up at the same time: take turns.
     local lock
     lock="/tmp/ext4gen-setup-$(printf '%s' "$ROOT" | sha256sum | cut -c1-12).lock"
@@ -162,7 +198,9 @@ main() {
         flock 9
     fi
     install_packages
-    install_optional_packages
+    if ((bootdisk)); then
+        install_bootdisk_packages
+    fi
     setup_venv
     exec 9>&-
     log "ready: $VENV (Python $("$VENV/bin/python" -c 'import platform; print(platform.python_version())'))"

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The full test suite, as CI runs it: set-up, lint, then pytest over tests/.
 #
-#   sudo ./scripts/test.sh                 # everything
-#   sudo ./scripts/test.sh -k manifest -x  # extra arguments go to pytest
+#   ./scripts/test.sh                 # everything (as root; a normal user: sudo ./scripts/test.sh)
+#   ./scripts/test.sh -k manifest -x  # extra arguments go to pytest
 #
 # Run it as root: the kernel mount, loop device and NBD tests need root and skip
-# (with a visible reason) otherwise.  Exits non-zero when lint fails, any test
+# (with a visible reason) otherwise.  Set-up includes the boot-disk example's
+# packages (qemu, a kernel, busybox), because the suite boots it.  Exits non-zero when lint fails, any test
 # fails, pytest collects no test at all (its exit code 5), or (under CI) the run
 # left a mount, loop device, nbdkit or nbdfuse behind.
 set -euo pipefail
@@ -13,11 +14,11 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
-bash scripts/setup.sh
+bash scripts/setup.sh --bootdisk
 
 if [[ $(id -u) -ne 0 ]]; then
     printf '\n*** WARNING: not running as root: every test that mounts, loops or serves will SKIP. ***\n' >&2
-    printf '*** Run `sudo ./scripts/test.sh` for the real suite (CI runs as root).              ***\n\n' >&2
+    printf '*** Run it as root (sudo ./scripts/test.sh) for the real suite; CI runs as root.    ***\n\n' >&2
 fi
 
 echo "== ruff check"

@@ -42,6 +42,25 @@ KERNEL_ARGS = ("root=/dev/vda ro rootfstype=ext4 init=/init console=ttyS0 panic=
 BOOT_TIMEOUT = 180.0
 SERVE_TIMEOUT = 120.0
 BLOCK = 4096
+# Terminal control in the console (SeaBIOS turns line wrap off and clears the screen):
+# CSI sequences, OSC strings, two-byte escapes, and other C0 controls but tab.
+_TERMINAL_CONTROL = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[0-~]"
+                               r"|[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def printable(line: str) -> str:
+    """A console line as text: without its line end or terminal control, which would
+    otherwise reach (and reconfigure) the terminal of whoever runs the example."""
+    return _TERMINAL_CONTROL.sub("", line.rstrip("\r\n").replace("\r", ""))
+
+
+def dedup_summary(stats: object) -> str:
+    """``DedupStats`` in words, as ``ext4gen inspect`` says it."""
+    ref = getattr(stats, "data_blocks_referenced", 0)
+    unique = getattr(stats, "unique_blocks", 0)
+    shared = getattr(stats, "shared_references", 0)
+    return (f"{ref} data blocks referenced, {unique} stored, {shared} shared "
+            f"({shared * BLOCK // 2**20} MiB saved)")
 
 
 # -- what the host needs ------------------------------------------------------------
@@ -236,7 +255,7 @@ def boot(timeout: float = BOOT_TIMEOUT, echo: bool = False, serve_args: tuple[st
         def reader() -> None:
             assert qemu is not None and qemu.stdout is not None
             for raw in qemu.stdout:
-                lines.put(raw.decode(errors="replace").rstrip("\r\n").replace("\r", ""))
+                lines.put(printable(raw.decode(errors="replace")))
             lines.put(None)
 
         threading.Thread(target=reader, daemon=True).start()
@@ -292,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
 
     tree, options = ext4gen.load(str(ROOT_MANIFEST))
     image = ext4gen.plan(tree, options)
-    print(f"== rootfs.toml: {image.size} bytes planned, dedup {image.plan.dedup_stats}", flush=True)
+    print(f"== rootfs.toml: {image.size} bytes planned; dedup: {dedup_summary(image.plan.dedup_stats)}",
+          flush=True)
     print(f"== serving {ROOT_MANIFEST.name} (export rootfs) and {DATA_MANIFEST.name} (export data); "
           f"booting {find_kernel()[0]} under TCG", flush=True)  # type: ignore[index]
     result = boot(args.timeout, echo=True)

@@ -6,7 +6,7 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-if [[ ! -x $ROOT/.venv/bin/python ]]; then
-    bash "$ROOT/scripts/setup.sh"
-fi
+# The project's set-up plus the example's own packages (qemu, a kernel, busybox);
+# fast when everything is there already.
+bash "$ROOT/scripts/setup.sh" --bootdisk
 exec "$ROOT/.venv/bin/python" "$HERE/boot.py" "$@"

@@ -10,7 +10,9 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable
 
+from .. import progress
 from ..errors import ManifestError
 from ..model.sources import HostFileSource
 from ..model.tree import (
@@ -66,6 +68,13 @@ def read_xattrs(path: bytes, shown: str) -> dict[bytes, bytes]:
     return out
 
 
+def _lstat_or(path: bytes, st: os.stat_result) -> os.stat_result:
+    try:
+        return os.lstat(path)
+    except OSError:
+        return st
+
+
 def _list_dir(path: bytes) -> list[tuple[bytes, os.stat_result]]:
     """(name, lstat) of the entries of ``path``, listed without moving its atime
     (which the image records, so a second build would differ)."""
@@ -82,8 +91,15 @@ def _list_dir(path: bytes) -> list[tuple[bytes, os.stat_result]]:
         os.close(fd)
 
 
-def import_directory(tree: Tree, host_dir: str, target: str = "/", *, key: str = "") -> None:
-    """Add the contents of ``host_dir`` under ``target`` in ``tree``."""
+def import_directory(tree: Tree, host_dir: str, target: str = "/", *, key: str = "",
+                     one_file_system: bool = False) -> None:
+    """Add the contents of ``host_dir`` under ``target`` in ``tree``.
+
+    With ``one_file_system``, a directory on another filesystem (a mount point:
+    its st_dev differs from ``host_dir``'s) is added empty, as ``cp -x`` and
+    ``rsync -x`` leave it, so ``/dev/pts`` or a ``/proc`` mounted inside the
+    tree are not walked into.
+    """
     key = key or host_dir
     top = os.fsencode(host_dir)
     try:
@@ -92,17 +108,26 @@ def import_directory(tree: Tree, host_dir: str, target: str = "/", *, key: str =
         raise ManifestError(key, f"cannot read directory {host_dir}: {e.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise ManifestError(key, f"{host_dir} is not a directory")
+    st_top = st
     target_parts = split_path(target, key)
     links: dict[tuple[int, int], Node] = {}
     tree.add(target, Node(DIR, meta_from_stat(st), key=key, xattrs=read_xattrs(top, host_dir) or NO_XATTRS,
                           imported=True))
     stack = [(top, target_parts)]
+    with progress.phase(f"importing {host_dir}") as tick:
+        _walk(tree, stack, links, one_file_system, st_top, tick)
+
+
+def _walk(tree: Tree, stack: list[tuple[bytes, list[bytes]]], links: dict[tuple[int, int], Node],
+          one_file_system: bool, st_top: os.stat_result, tick: Callable[[int], object]) -> None:
+    """Depth-first over ``stack``: every entry becomes a node (hard links share one)."""
     while stack:
         host, parts = stack.pop()
         try:
             entries = _list_dir(host)
         except OSError as e:
             raise ManifestError(os.fsdecode(host), f"cannot list directory: {e.strerror}") from None
+        tick(len(entries))
         for name, st in entries:
             path = host + b"/" + name
             shown = os.fsdecode(path)
@@ -125,8 +150,12 @@ def import_directory(tree: Tree, host_dir: str, target: str = "/", *, key: str =
                 node.target = os.readlink(path)
             elif kind in (CHARDEV, BLOCKDEV):
                 node.rdev = (os.major(st.st_rdev), os.minor(st.st_rdev))
+            if kind == SYMLINK:
+                # readlink(2) moves a link's atime (no O_NOATIME for it): record the link as
+                # reading left it, so the next build (within relatime's day) sees the same.
+                node.meta = meta_from_stat(_lstat_or(path, st))
             tree.add(image_path, node)
             if kind != DIR and st.st_nlink > 1:
                 links[(st.st_dev, st.st_ino)] = node
-            if kind == DIR:
+            if kind == DIR and not (one_file_system and st.st_dev != st_top.st_dev):
                 stack.append((path, child_parts))

@@ -14,12 +14,11 @@ import json
 import os
 import sys
 import tomllib
-import uuid as uuid_mod
 from typing import Any
 
 from ..errors import ManifestError
 from ..model import times
-from ..model.options import DEDUP_MODES, ImageOptions
+from ..model.options import DEDUP_MODES, ImageOptions, SourceOptions, check_label, uuid_value
 from ..model.sources import CallableSource, HostFileSource, InlineSource, Source, ZeroSource
 from ..model.tree import (
     BLOCKDEV,
@@ -36,10 +35,12 @@ from ..model.tree import (
     Tree,
 )
 from ..model.xattrs import ACL_ACCESS, ACL_DEFAULT, XattrError, normalize_vfs_acl, parse_acl_text, split_name
+from .adjust import apply_source_options
+from .image_keys import SOURCE_OPTION_KEYS, parse_source_options
 
 TOP_KEYS = {"image", "defaults", "import"}
 IMPORT_KEYS = {"source", "target"}
-IMAGE_KEYS = {"label", "uuid", "hash_seed", "dedup", "inline_data"}
+IMAGE_KEYS = {"label", "uuid", "hash_seed", "dedup", "inline_data", *SOURCE_OPTION_KEYS}
 DEFAULT_KEYS = {"uid", "gid", "mode", "dir_mode", "mtime"}
 ENTRY_KEYS = {
     "type", "mode", "uid", "gid", "mtime", "atime", "ctime", "crtime",
@@ -56,8 +57,8 @@ UINT32 = (1 << 32) - 1
 MAX_FILE_SIZE = (1 << 32) * 4096  # 2^32 blocks of 4 KiB with extents
 
 
-def load_manifest(path: str, *, epoch_env: str | None = None,
-                  source_root: str | None = None) -> tuple[Tree, ImageOptions]:
+def load_manifest(path: str, *, epoch_env: str | None = None, source_root: str | None = None,
+                  source_options: SourceOptions | None = None) -> tuple[Tree, ImageOptions]:
     """Read a manifest file (``-`` = stdin); ``.json`` or a leading ``{`` is JSON, else TOML.
 
     A manifest from stdin may only name host files below the current directory
@@ -78,7 +79,7 @@ def load_manifest(path: str, *, epoch_env: str | None = None,
     del raw  # a million-entry manifest: the text, the document and the tree must not all coexist
     try:
         return parse_manifest(doc, base_dir=base_dir, epoch_env=epoch_env, source_root=source_root,
-                              consume=True)
+                              consume=True, source_options=source_options)
     except ManifestError as e:
         raise ManifestError(e.key, e.message, origin=path) from None
 
@@ -110,13 +111,15 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def parse_manifest(doc: dict[str, Any], *, base_dir: str = ".", epoch_env: str | None = None,
-                   source_root: str | None = None, consume: bool = False) -> tuple[Tree, ImageOptions]:
+                   source_root: str | None = None, consume: bool = False,
+                   source_options: SourceOptions | None = None) -> tuple[Tree, ImageOptions]:
     """Turn a parsed manifest document into a tree; relative sources use ``base_dir``.
 
     With ``source_root``, every host path must resolve (symlinks and ``..``
     included) inside it, and generators (which run code) are refused.  With
     ``consume``, each entry is removed from ``doc`` once it is a node, so the
     memory of the document is reused for the tree instead of adding to it.
+    ``source_options`` (from the command line) win over the ``[image]`` table's, key by key.
     """
     host = HostPaths(base_dir, source_root)
     if epoch_env is None:
@@ -124,7 +127,9 @@ def parse_manifest(doc: dict[str, Any], *, base_dir: str = ".", epoch_env: str |
     for k in doc:
         if k not in TOP_KEYS and not k.startswith("/"):
             raise ManifestError(k, "unknown top-level key (entries must be absolute paths)")
-    opts = _parse_image(_table(doc.get("image", {}), "image"))
+    image_table = _table(doc.get("image", {}), "image")
+    opts = _parse_image(image_table)
+    adjust = (source_options or SourceOptions()).over(parse_source_options(image_table, host))
     defaults = _table(doc.get("defaults", {}), "defaults")
     _no_unknown(defaults, DEFAULT_KEYS, "defaults")
     if epoch_env is not None:
@@ -176,7 +181,8 @@ def parse_manifest(doc: dict[str, Any], *, base_dir: str = ".", epoch_env: str |
         _no_unknown(imp, IMPORT_KEYS, k)
         path = host.resolve(_str(imp.get("source"), f"{k}.source"), f"{k}.source")
         target = _str(imp.get("target", "/"), f"{k}.target")
-        import_source(tree, path, target, key=f"{k}.source")
+        import_source(tree, path, target, key=f"{k}.source",
+                      one_file_system=bool(adjust.one_file_system))
     for path in list(doc) if consume else doc:
         if not path.startswith("/"):
             continue
@@ -229,6 +235,9 @@ def parse_manifest(doc: dict[str, Any], *, base_dir: str = ".", epoch_env: str |
             tree.add(path, Node(FILE, meta_for(entry, key, d_mode), key=key, source=source,
                                 xattrs=xattrs))
     tree.resolve_links()
+    # By default SOURCE_DATE_EPOCH clamps imported inodes only: without imports, no walk for it.
+    clamp_epoch = epoch_ns if epoch_env is not None and (imports or adjust.times) else None
+    apply_source_options(tree, adjust, clamp_epoch)
     return tree, opts
 
 
@@ -236,16 +245,16 @@ def _parse_image(table: dict[str, Any]) -> ImageOptions:
     _no_unknown(table, IMAGE_KEYS, "image")
     opts = ImageOptions()
     if "label" in table:
-        label = _str(table["label"], "image.label")
-        if len(label.encode()) > 16:
-            raise ManifestError("image.label", "the volume label is at most 16 bytes")
-        opts.label = label
+        try:
+            opts.label = check_label(_str(table["label"], "image.label"))
+        except ValueError as e:
+            raise ManifestError("image.label", str(e)) from None
     for name in ("uuid", "hash_seed"):
         if name in table:
             try:
-                value = uuid_mod.UUID(_str(table[name], f"image.{name}")).bytes
-            except ValueError:
-                raise ManifestError(f"image.{name}", "not a UUID") from None
+                value = uuid_value(_str(table[name], f"image.{name}"))
+            except ValueError as e:
+                raise ManifestError(f"image.{name}", str(e)) from None
             setattr(opts, name, value)
     if "inline_data" in table:
         if not isinstance(table["inline_data"], bool):
@@ -331,13 +340,13 @@ def _only(entry: dict[str, Any], key: str, allowed: set[str], what: str) -> None
         raise ManifestError(f"{key}.{k}", f"not valid for a {what}")
 
 
-def import_source(tree: Tree, host: str, target: str, *, key: str) -> None:
+def import_source(tree: Tree, host: str, target: str, *, key: str, one_file_system: bool = False) -> None:
     """Import a host directory or a tar archive under ``target``."""
     from .hostdir import import_directory
     from .tar import import_tar, is_tar
 
     if os.path.isdir(host):
-        import_directory(tree, host, target, key=key)
+        import_directory(tree, host, target, key=key, one_file_system=one_file_system)
     elif is_tar(host):
         import_tar(tree, host, target, key=key)
     elif not os.path.exists(host):

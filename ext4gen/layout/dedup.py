@@ -14,7 +14,9 @@ holes.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import xxhash
 
@@ -112,6 +114,12 @@ class DataAllocator:
     _run_starts: list[int] = field(default_factory=list)
     _by_hash: dict[bytes, int | list[int]] = field(default_factory=dict)
     _by_identity: dict[tuple[object, int], list[Extent]] = field(default_factory=dict)
+    _content: Any = field(default_factory=xxhash.xxh3_128)  # every byte read, in order
+    on_read: Callable[[int], object] | None = None  # told the bytes read for hashing (progress)
+
+    def content_digest(self) -> bytes:
+        """A digest of all the source bytes read while allocating (none with mode "none")."""
+        return self._content.digest()
 
     def allocate(self, source: Source) -> list[Extent]:
         """Give every non-hole block of ``source`` a physical block; return its extents."""
@@ -170,6 +178,9 @@ class DataAllocator:
             while offset < span_end:
                 n = min(len(buf), span_end - offset)
                 source.readinto(mv[:n], offset)
+                self._content.update(mv[:n])
+                if self.on_read is not None:
+                    self.on_read(n)
                 if n % BLOCK_SIZE:
                     pad = -n % BLOCK_SIZE
                     mv[n : n + pad] = ZERO_BLOCK[:pad]

@@ -24,6 +24,7 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from .. import progress
 from ..errors import ManifestError
 from ..format.dirhash import seed_words
 from ..format.ondisk import (
@@ -56,7 +57,7 @@ from ..format.ondisk import (
 )
 from ..model.identity import IdentityMap
 from ..model.options import ImageOptions
-from ..model.sources import InlineSource, ZeroSource
+from ..model.sources import HostFileSource, InlineSource, ZeroSource
 from ..model.times import NS
 from ..model.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Meta, Node, Tree
 from ..model.xattrs import DiskXattr, XattrError, split_placement, to_disk
@@ -182,12 +183,14 @@ def plan_tree(tree: Tree, options: ImageOptions | None = None) -> Plan:
     options = options or ImageOptions()
     tree.resolve_links()
     inodes = _number_inodes(tree, options)
-    seed = _identity_digest(tree, options, inodes)
+    allocator = DataAllocator(options.dedup)
+    _allocate_data(inodes, options, allocator)
+    # After the data: the default UUID and hash seed digest the content read for dedup.
+    seed = _identity_digest(tree, options, inodes, allocator.content_digest())
     base = options.base_map
     uuid = options.uuid or (base.uuid if base else None) or _uuid_from(seed[:16])
     hash_seed = options.hash_seed or (base.hash_seed if base else None) or _uuid_from(seed[16:32])
     hash_words = seed_words(hash_seed)
-    allocator = DataAllocator(options.dedup)
     dir_blocks = 0
     dir_block_owner: list[tuple[InodePlan, int]] = []
     large_dir = False
@@ -221,20 +224,6 @@ def plan_tree(tree: Tree, options: ImageOptions | None = None) -> Plan:
             ip.extents = builder.finish()
             dir_block_owner.extend((ip, i) for i in range(nblocks))
             dir_blocks += nblocks
-        elif node.kind == FILE:
-            assert node.source is not None
-            ip.size = node.source.size
-            if (options.inline_data and 0 < ip.size <= MAX_INLINE_SIZE and not node.source.all_zero
-                    and _xattrs_fit_beside(node, ip.size)):
-                ip.inline_size = ip.size
-                ip.flags |= EXT4_INLINE_DATA_FL
-            else:
-                ip.extents = allocator.allocate(node.source)
-        elif node.kind == SYMLINK:
-            ip.size = len(node.target)
-            if ip.size > FAST_SYMLINK_MAX:
-                ip.extents = allocator.allocate(InlineSource(node.target))
-    allocator.finish()
 
     tree_blocks = 0
     tree_block_owner: list[tuple[InodePlan, int]] = []
@@ -287,6 +276,43 @@ def plan_tree(tree: Tree, options: ImageOptions | None = None) -> Plan:
         used_inodes_per_group=used,
         last_used_index_per_group=last_idx,
     )
+
+
+def _allocate_data(inodes: list[InodePlan | None], options: ImageOptions,
+                   allocator: DataAllocator) -> None:
+    """Files and long symlinks: inline, or data blocks (deduplicated), in inode order."""
+    to_hash = 0
+    if options.dedup == "content":
+        to_hash = sum(ip.node.source.size for ip in inodes if ip is not None and ip.node.kind == FILE
+                      and ip.node.source is not None and ip.node.source.plan_readable)
+    with progress.phase("hashing", to_hash or None, unit="B", scale=True) as tick:
+        allocator.on_read = tick
+        try:
+            _allocate_each(inodes, options, allocator)
+        finally:
+            allocator.on_read = None
+
+
+def _allocate_each(inodes: list[InodePlan | None], options: ImageOptions,
+                   allocator: DataAllocator) -> None:
+    for ip in inodes:
+        if ip is None:
+            continue
+        node = ip.node
+        if node.kind == FILE:
+            assert node.source is not None
+            ip.size = node.source.size
+            if (options.inline_data and 0 < ip.size <= MAX_INLINE_SIZE and not node.source.all_zero
+                    and _xattrs_fit_beside(node, ip.size)):
+                ip.inline_size = ip.size
+                ip.flags |= EXT4_INLINE_DATA_FL
+            else:
+                ip.extents = allocator.allocate(node.source)
+        elif node.kind == SYMLINK:
+            ip.size = len(node.target)
+            if ip.size > FAST_SYMLINK_MAX:
+                ip.extents = allocator.allocate(InlineSource(node.target))
+    allocator.finish()
 
 
 def _number_inodes(tree: Tree, options: ImageOptions) -> list[InodePlan | None]:
@@ -503,9 +529,19 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _identity_digest(tree: Tree, options: ImageOptions, inodes: list[InodePlan | None]) -> bytes:
-    """A digest of everything that defines the image, for the default UUID and hash seed."""
-    h = hashlib.sha256(b"ext4gen-2\0")
+def _identity_digest(tree: Tree, options: ImageOptions, inodes: list[InodePlan | None],
+                     content: bytes) -> bytes:
+    """A digest of everything that defines the image, for the default UUID and hash seed.
+
+    It never names where a host file lives (the same tree built from a relative
+    or an absolute path, or from another checkout, is the same image): host
+    files count by their size and layout (extents), and by their bytes through
+    ``content``, the digest of every block dedup read; with ``dedup = "none"``
+    nothing is read at plan time, so two trees that differ only in host file
+    bytes then share a UUID unless one is given.
+    """
+    h = hashlib.sha256(b"ext4gen-3\0")
+    h.update(content)
     h.update(options.label.encode() + b"\0" + options.dedup.encode() + b"\0")
     h.update(options.epoch_ns.to_bytes(16, "little", signed=True))
     h.update(b"inline" if options.inline_data else b"blocks")
@@ -522,10 +558,12 @@ def _identity_digest(tree: Tree, options: ImageOptions, inodes: list[InodePlan |
             update(n.target)
         if n.xattrs:
             update(repr(sorted(n.xattrs.items())).encode())
-        if n.source is not None and not isinstance(n.source, (ZeroSource, InlineSource)):
-            update(n.source.describe().encode("utf-8", "surrogateescape"))
-        elif isinstance(n.source, InlineSource):
+        if isinstance(n.source, InlineSource):
             update(hashlib.sha256(n.source.data).digest())
+        elif n.source is not None and not isinstance(n.source, (ZeroSource, HostFileSource)):
+            update(n.source.describe().encode("utf-8", "surrogateescape"))  # generators: name, identity
+        if ip.extents:
+            update(repr(ip.extents).encode())
         if ip.entries:
             for name, ino, _ft in ip.entries:
                 update(name)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 from .identity import IdentityMap
 
@@ -28,3 +28,133 @@ class ImageOptions:
     def __post_init__(self) -> None:
         if self.dedup not in DEDUP_MODES:
             raise ValueError(f"dedup must be one of {', '.join(DEDUP_MODES)}")
+
+
+TIMES_MODES = ("keep", "clamp", "epoch")
+
+
+@dataclass(frozen=True)
+class IdRange:
+    """One line of a /proc/PID/uid_map: ids ``host .. host+count-1`` of the source
+    become ``container .. container+count-1`` in the image."""
+
+    container: int
+    host: int
+    count: int
+
+    def __str__(self) -> str:
+        return f"{self.container}:{self.host}:{self.count}"
+
+
+@dataclass
+class SourceOptions:
+    """How a loaded tree is adjusted before it is planned, whatever the SOURCE kind.
+
+    Every field defaults to None, "not given", so that options from the command
+    line can be laid over a manifest's ``[image]`` table key by key (the flag
+    wins); :func:`ext4gen.inputs.adjust.apply_source_options` applies them once.
+    """
+
+    times: str | None = None  # keep | clamp | epoch; None: clamp host imports if SOURCE_DATE_EPOCH
+    root_owner: tuple[int, int, int | None] | None = None  # uid, gid, permission bits of /
+    squash_owner: tuple[int, int] | None = None  # every inode's owner (--all-root: 0:0)
+    uid_map: tuple[IdRange, ...] | None = None
+    gid_map: tuple[IdRange, ...] | None = None
+    one_file_system: bool | None = None  # host directory imports stay on one filesystem
+    file_contexts: str | None = None  # SELinux file_contexts: label every inode
+    fs_config: str | None = None  # Android fs_config: owners, modes, capabilities by path
+    mount_point: str | None = None  # where the image will be mounted (label and fs_config paths)
+
+    def over(self, other: SourceOptions | None) -> SourceOptions:
+        """These options, with ``other``'s where these leave one unset."""
+        if other is None:
+            return self
+        return SourceOptions(**{f.name: getattr(self, f.name) if getattr(self, f.name) is not None
+                                else getattr(other, f.name) for f in fields(self)})
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if v is None:
+                continue
+            if f.name in ("uid_map", "gid_map"):
+                v = [str(r) for r in v]
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    @classmethod
+    def from_json(cls, doc: dict[str, object]) -> SourceOptions:
+        kw: dict[str, object] = {}
+        for k, v in doc.items():
+            if k in ("uid_map", "gid_map"):
+                kw[k] = tuple(IdRange(*map(int, str(r).split(":"))) for r in v)  # type: ignore[union-attr]
+            elif k in ("root_owner", "squash_owner"):
+                kw[k] = tuple(v)  # type: ignore[arg-type]
+            else:
+                kw[k] = v
+        return cls(**kw)  # type: ignore[arg-type]
+
+
+LABEL_MAX = 16  # bytes of s_volume_name
+
+
+def check_label(label: str) -> str:
+    if len(label.encode()) > LABEL_MAX:
+        raise ValueError(f"the volume label is at most {LABEL_MAX} bytes")
+    return label
+
+
+def uuid_value(text: str) -> bytes:
+    """A UUID in any form Python's uuid.UUID reads, or ``random`` (a new one every build:
+    the image is then no longer reproducible, which is what asking for it means)."""
+    import uuid as uuid_mod
+
+    if text.strip().lower() == "random":
+        return uuid_mod.uuid4().bytes
+    try:
+        return uuid_mod.UUID(text).bytes
+    except ValueError:
+        raise ValueError(f"{text!r} is not a UUID (nor 'random')") from None
+
+
+@dataclass
+class ImageFlags:
+    """The image and source choices a command line makes, on top of its SOURCE.
+
+    Kept as given (``uuid="random"`` is resolved when the image is loaded), so the
+    same flags can travel to the nbdkit plugin as one JSON parameter and mean there
+    exactly what they mean to ``build``.
+    """
+
+    label: str | None = None
+    uuid: str | None = None
+    hash_seed: str | None = None
+    source: SourceOptions = field(default_factory=SourceOptions)
+
+    def is_empty(self) -> bool:
+        return (self.label is None and self.uuid is None and self.hash_seed is None
+                and not self.source.to_json())
+
+    def to_json(self) -> str:
+        import json
+
+        doc: dict[str, object] = {k: v for k, v in (("label", self.label), ("uuid", self.uuid),
+                                                    ("hash_seed", self.hash_seed)) if v is not None}
+        doc["source"] = self.source.to_json()
+        return json.dumps(doc, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ImageFlags:
+        import json
+
+        doc = json.loads(text)
+        return cls(label=doc.get("label"), uuid=doc.get("uuid"), hash_seed=doc.get("hash_seed"),
+                   source=SourceOptions.from_json(doc.get("source", {})))
+
+    def load_kwargs(self) -> dict[str, object]:
+        """Keyword arguments for :func:`ext4gen.load`."""
+        return {"label": self.label,
+                "uuid": uuid_value(self.uuid) if self.uuid is not None else None,
+                "hash_seed": uuid_value(self.hash_seed) if self.hash_seed is not None else None,
+                "source_options": self.source}

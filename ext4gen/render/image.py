@@ -260,8 +260,11 @@ class Image:
         if cur_zero is not None:
             yield cur_start, pos - cur_start, cur_zero
 
-    def write(self, path: str | os.PathLike[str], chunk: int = 1 << 20) -> None:
-        """Write a sparse image file: zero regions and all-zero chunks are not written."""
+    def write(self, path: str | os.PathLike[str], chunk: int = 1 << 20,
+              progress: Callable[[int], object] | None = None) -> None:
+        """Write a sparse image file: zero regions and all-zero chunks are not written.
+
+        ``progress(n)`` is told every n bytes of the non-hole regions done."""
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
             os.ftruncate(fd, self.size)
@@ -277,6 +280,8 @@ class Image:
                     if buf.count(0, 0, n) != n:
                         os.pwrite(fd, mv, pos)
                     pos += n
+                    if progress is not None:
+                        progress(n)
         finally:
             os.close(fd)
 

@@ -195,6 +195,7 @@ class ServeOptions:
     workdir: str | None = None
     sources: list[str] = field(default_factory=list)
     exports: list[ExportSpec] = field(default_factory=list)  # set by check()
+    flags: str | None = None  # image options (label, owners, labels…): ImageFlags JSON
 
     def check(self) -> None:
         """Refuse what cannot work, name the exports, and make paths absolute: nbdkit
@@ -264,7 +265,7 @@ def validate_source(opts: ServeOptions) -> None:
     for export in opts.exports or [ExportSpec("", opts.source)]:
         load_image(argparse.Namespace(source=export.source, dedup=opts.dedup,
                                       base_map=opts.base_map, source_root=opts.source_root,
-                                      no_inline_data=opts.no_inline_data))
+                                      no_inline_data=opts.no_inline_data, flags=opts.flags))
 
 
 def remove_stale_socket(path: str) -> None:
@@ -306,6 +307,8 @@ def nbdkit_command(opts: ServeOptions, sock: str | None, pidfile: str) -> list[s
         cmd.append(f"base_map={opts.base_map}")
     if opts.source_root:
         cmd.append(f"source_root={opts.source_root}")
+    if opts.flags:
+        cmd.append(f"options={opts.flags}")
     cmd += opts.params
     return cmd
 
@@ -433,6 +436,9 @@ def _wait_stopping(proc: subprocess.Popen[bytes], stopping: list[int]) -> int:
             return proc.wait()
 
 
+LOG_KEEP_S = 24 * 3600
+
+
 def remove_dead_workdirs() -> None:
     """Delete work directories left by supervisors that were SIGKILLed (both pids gone)."""
     for d in runtime_dir().glob("serve-*"):
@@ -443,6 +449,11 @@ def remove_dead_workdirs() -> None:
             continue  # starting up, or not ours to judge
         if not any(pid_alive(p) for p in pids):
             shutil.rmtree(d, ignore_errors=True)
+    # A stopped server's log keeps its summary for a day, then goes (they would pile up).
+    for log in runtime_dir().glob("serve-*.log"):
+        with contextlib.suppress(OSError):
+            if not log.with_suffix("").exists() and time.time() - log.stat().st_mtime > LOG_KEEP_S:
+                log.unlink()
 
 
 def _write_atomic(path: str, text: str) -> None:
@@ -511,6 +522,8 @@ def start_background(opts: ServeOptions, timeout: float = READY_TIMEOUT) -> Back
         cmd += ["--source-root", opts.source_root]
     if opts.verbose:
         cmd.append("--verbose")
+    if opts.flags:
+        cmd += ["--image-flags", opts.flags]
     with open(log, "ab") as logf:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=logf, start_new_session=True, cwd="/")
@@ -525,6 +538,9 @@ def start_background(opts: ServeOptions, timeout: float = READY_TIMEOUT) -> Back
         if proc.poll() is None:
             proc.kill()
         shutil.rmtree(workdir, ignore_errors=True)
+        if not opts.log:  # its last error is in the exception: a default log has nothing more
+            with contextlib.suppress(OSError):
+                os.unlink(log)
         raise
     return Background(pid=pid, nbdkit_pid=int(info["nbdkit_pid"]), uri=str(info["uri"]),
                       pidfile=pidfile, log=log, workdir=workdir, socket=sock,
@@ -539,7 +555,15 @@ def _serve_options(args: argparse.Namespace) -> ServeOptions:
                         threads=args.threads, dedup=args.dedup, no_inline_data=args.no_inline_data,
                         base_map=args.base_map, source_root=args.source_root, verbose=args.verbose,
                         pidfile=args.pidfile, log=args.log, workdir=args.workdir,
-                        sources=[args.source, *getattr(args, "more_sources", [])])
+                        sources=[args.source, *getattr(args, "more_sources", [])],
+                        flags=_image_flags_json(args))
+
+
+def _image_flags_json(args: argparse.Namespace) -> str | None:
+    from ..cli import image_flags
+
+    flags = image_flags(args)
+    return None if flags.is_empty() else flags.to_json()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -562,7 +586,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _add_serve_args(sp: argparse.ArgumentParser) -> None:
     from ..cli import add_source_arguments
 
-    add_source_arguments(sp)
+    add_source_arguments(sp, stdin=False)
     sp.add_argument("--filter", action="append", metavar="NAME",
                     help="nbdkit filter to stack (repeatable), e.g. cache, readahead")
     sp.add_argument("--param", action="append", metavar="KEY=VALUE",
@@ -698,8 +722,10 @@ def cmd_mount(args: argparse.Namespace) -> int:
     mnt = os.path.realpath(args.mountpoint)
     if os.geteuid() != 0:
         raise ServeError("mount needs root (loop devices)")
+    if not os.path.exists(mnt):
+        raise ServeError(f"{args.mountpoint}: the mount point does not exist (mkdir -p {args.mountpoint})")
     if not os.path.isdir(mnt):
-        raise ServeError(f"{args.mountpoint}: mountpoint is not a directory")
+        raise ServeError(f"{args.mountpoint}: the mount point is not a directory")
     _check_tools("nbdkit", "nbdfuse", "fusermount3", "mount", "umount")
     sdir = mount_state_dir(mnt)
     if (sdir / "state.json").exists():
@@ -769,7 +795,8 @@ def teardown(state: MountState, *, lazy: bool = False) -> list[str]:
         r = _run(["umount", state.mountpoint])
         if r.returncode != 0:
             if not lazy:
-                raise ServeError(f"umount {state.mountpoint} failed: {r.stderr.strip()}")
+                raise ServeError(f"umount {state.mountpoint} failed: {r.stderr.strip()} (stop what "
+                                 f"uses it, or detach it now: ext4gen umount --lazy {state.mountpoint})")
             _run(["umount", "-l", state.mountpoint])
     state.mounted = False
     # mount(8) set up the loop device with autoclear; detach any left behind.

@@ -2,6 +2,7 @@
 
     nbdkit python plugins/ext4gen_nbdkit.py source=[NAME=]PATH [source=[NAME=]PATH …]
         [dedup=content|none] [inline_data=false] [base_map=FILE] [source_root=DIR]
+        [options=JSON]   # the image options of the CLI (label, uuid, owners, times, labels…)
 
 (``plugins/ext4gen_nbdkit.py`` re-exports this module; nbdkit can also load
 this file directly, which is what ``ext4gen serve`` does for installed copies.)
@@ -39,7 +40,7 @@ try:
     import ext4gen
     from ext4gen.errors import Ext4genError, ManifestError, SourceError
     from ext4gen.model.identity import IdentityMap
-    from ext4gen.model.options import DEDUP_MODES
+    from ext4gen.model.options import DEDUP_MODES, ImageFlags
     from ext4gen.serve.blockset import BlockSet
     from ext4gen.serve.exports import ExportSpec, resolve_exports
 except ImportError as _e:  # pragma: no cover - depends on the host's PYTHONPATH
@@ -56,6 +57,7 @@ _dedup: str | None = None
 _inline_data: bool | None = None
 _base_map: str | None = None
 _source_root: str | None = None
+_flags: ImageFlags | None = None  # options=JSON: label, uuid, owners, times, labels (as the CLI's)
 _exports: dict[str, _Export] = {}  # by name, in the order given; the first is the default
 _started = 0.0
 
@@ -128,7 +130,7 @@ _BOOLS = {"1": True, "true": True, "yes": True, "on": True,
 
 
 def config(key: str, value: str) -> None:
-    global _dedup, _inline_data, _base_map, _source_root
+    global _dedup, _inline_data, _base_map, _source_root, _flags
     if key in ("manifest", "source"):
         _sources.append(value)
     elif key == "dedup":
@@ -143,15 +145,21 @@ def config(key: str, value: str) -> None:
         _base_map = value
     elif key == "source_root":
         _source_root = value
+    elif key == "options":
+        try:
+            _flags = ImageFlags.from_json(value)
+        except (ValueError, TypeError, KeyError) as e:
+            _fail(f"options: not the JSON ext4gen serve passes: {e}")
     else:
         _fail(f"{key}: unknown plugin parameter (expected manifest=PATH or source=[NAME=]PATH, "
-              "dedup=MODE, inline_data=BOOL, base_map=FILE, source_root=DIR)")
+              "dedup=MODE, inline_data=BOOL, base_map=FILE, source_root=DIR, options=JSON)")
 
 
 def _plan(spec: ExportSpec) -> _Export:
     base_map = IdentityMap.load(_base_map) if _base_map else None
     tree, options = ext4gen.load(spec.source, source_root=_source_root, dedup=_dedup,
-                                 base_map=base_map, inline_data=_inline_data)
+                                 base_map=base_map, inline_data=_inline_data,
+                                 **(_flags.load_kwargs() if _flags else {}))
     try:
         image = ext4gen.plan(tree, options)
     except ManifestError as e:  # found while planning: name the SOURCE, as the CLI does

@@ -37,10 +37,10 @@ FIXED_NS = 1_700_000_000_000_000_000  # 2023-11-14T22:13:20Z, on every copied fi
 # manifest (relative to examples/) -> SHA-256 of its image, recorded from the code of issue 9's move
 # (the TOML and JSON demo manifests describe one tree, hence one image)
 PINS = {
-    "demo/manifest.toml": "b761473cfa1e565282a58038709a1bf5704b91127425ed4c956b74492e755d08",
-    "demo/manifest.json": "b761473cfa1e565282a58038709a1bf5704b91127425ed4c956b74492e755d08",
-    "ci-fixture/fixture.toml": "28eeeb1a2dd687e1a8938cf426b41cf74f3ec87a6933d4bfe71079d7f2b6c8d7",
-    "bootdisk/data.toml": "08fbd5443dc46f429b44d654185f098219cf2a6f1762f6a47c6440ee7d4c0855",
+    "demo/manifest.toml": "2a6f414178b750608aa9c765fc0b73ba1982b14b061daffa44672e8c2234dfbb",
+    "demo/manifest.json": "2a6f414178b750608aa9c765fc0b73ba1982b14b061daffa44672e8c2234dfbb",
+    "ci-fixture/fixture.toml": "a92ee5505253b98af5a436ae32012355479f9eec7210fda7fa889c52b956c761",
+    "bootdisk/data.toml": "2ebda4cecacab667221dfd8085eaaaf502808b670cb2ce64d8b8b9de92000538",
 }
 
 

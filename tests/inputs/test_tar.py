@@ -111,9 +111,33 @@ def _named_ids() -> tuple[int, int]:
     return uid, gid
 
 
+def _acl_user_entry_forms(uid: int, perms: str, *, numeric: bool) -> set[str]:
+    """How GNU tar may write a named-user ACL entry: by name (1.34; 1.35 without
+    --numeric-owner), by name with the id appended, or (1.35 with --numeric-owner) by id."""
+    name = pwd.getpwuid(uid).pw_name
+    forms = {f"user:{name}:{perms}", f"user:{name}:{perms}:{uid}"}
+    if numeric:
+        forms.add(f"user:{uid}:{perms}")
+    return forms
+
+
+def test_acl_user_entry_forms_are_exactly_what_tar_writes() -> None:
+    """The premise above accepts the two versions' forms and nothing else."""
+    uid, _gid = _named_ids()
+    name = pwd.getpwuid(uid).pw_name
+    assert _acl_user_entry_forms(uid, "r--", numeric=False) == {f"user:{name}:r--",
+                                                                  f"user:{name}:r--:{uid}"}
+    assert f"user:{uid}:r--" in _acl_user_entry_forms(uid, "r--", numeric=True)
+    assert f"user:{uid}:rw-" not in _acl_user_entry_forms(uid, "r--", numeric=True)
+
+
 @pytest.mark.root
 def test_acl_entries_that_gnu_tar_writes_by_name(tmp_path: Path, ext4_image) -> None:
-    """GNU tar's SCHILY.acl.* text names users/groups (``user:daemon:r--``), even with --numeric-owner."""
+    """GNU tar's SCHILY.acl.* text names users/groups (``user:daemon:r--``).
+
+    With --numeric-owner, tar 1.34 still writes names, tar 1.35 writes the id
+    (``user:1:r--``); both must read back as the same ACL.
+    """
     uid, gid = _named_ids()
     with scratch_tmpfs(tmp_path / "src", size="16m") as src:
         (src / "file").write_bytes(b"acl\n")
@@ -127,7 +151,10 @@ def test_acl_entries_that_gnu_tar_writes_by_name(tmp_path: Path, ext4_image) -> 
             archive = tmp_path / "acl.tar"
             gnu_tar(src, archive, *flags)
             members = {m.name: m.pax_headers for m in tarfile.open(archive)}
-            assert pwd.getpwuid(uid).pw_name in members["./file"]["SCHILY.acl.access"]  # the premise
+            # the premise: the entry for uid is written by name (or, numeric-owner, by id)
+            entries = members["./file"]["SCHILY.acl.access"].split()
+            forms = _acl_user_entry_forms(uid, "r--", numeric="--numeric-owner" in flags)
+            assert set(entries) & forms, f"tar {flags} wrote {entries}, none of {sorted(forms)}"
             with mounted(ext4_image(archive)) as mnt:
                 diffs, _count = compare_dirs(src, mnt, skip=lambda rel: rel == "lost+found",
                                              ignore=lambda rel, field: field in ("size", "nlink"),
