@@ -1,10 +1,10 @@
 """Superblock feature flags: every known bit, with the name dumpe2fs prints for it.
 
 Values follow the kernel's ``fs/ext4/ext4.h`` (``EXT4_FEATURE_*``), plus the
-few that only e2fsprogs defines (``lazy_bg``, ``snapshot_bitmap``, ``snapshot``,
-``replica``); names are libe2p's, so ``ext4gen inspect`` and ``dumpe2fs -h``
-print the same words, and a bit neither knows prints as libe2p prints it
-(``FEATURE_C12``, ``FEATURE_I31``, ``FEATURE_R20``).
+few that only e2fsprogs defines (lazy_bg, snapshot_bitmap, the snapshot and
+replica bits); names are libe2p's, so ``ext4gen inspect`` and ``dumpe2fs -h``
+print the same words, and a bit libe2p does not name (btree_dir and snapshot
+among them) prints as libe2p prints it: ``FEATURE_R2``, ``FEATURE_C13``...
 """
 
 from __future__ import annotations
@@ -97,9 +97,9 @@ FEATURE_NAMES: dict[str, dict[int, str]] = {
     },
     "ro_compat": {
         RO_COMPAT_SPARSE_SUPER: "sparse_super", RO_COMPAT_LARGE_FILE: "large_file",
-        RO_COMPAT_BTREE_DIR: "btree_dir", RO_COMPAT_HUGE_FILE: "huge_file",
+        RO_COMPAT_HUGE_FILE: "huge_file",
         RO_COMPAT_GDT_CSUM: "uninit_bg", RO_COMPAT_DIR_NLINK: "dir_nlink",
-        RO_COMPAT_EXTRA_ISIZE: "extra_isize", RO_COMPAT_HAS_SNAPSHOT: "snapshot",
+        RO_COMPAT_EXTRA_ISIZE: "extra_isize",
         RO_COMPAT_QUOTA: "quota", RO_COMPAT_BIGALLOC: "bigalloc",
         RO_COMPAT_METADATA_CSUM: "metadata_csum", RO_COMPAT_REPLICA: "replica",
         RO_COMPAT_READONLY: "read-only", RO_COMPAT_PROJECT: "project",
