@@ -83,9 +83,12 @@ ext4_dir_entry_tail = Struct(
 )
 
 
+_DIRENT_HEADER = ext4_dir_entry_2.sizeof()
+
+
 def dir_rec_len(name_len: int) -> int:
     """EXT4_DIR_REC_LEN: an entry's header and name, rounded up to EXT4_DIR_PAD."""
-    return (ext4_dir_entry_2.sizeof() + name_len + EXT4_DIR_PAD - 1) & ~(EXT4_DIR_PAD - 1)
+    return (_DIRENT_HEADER + name_len + EXT4_DIR_PAD - 1) & ~(EXT4_DIR_PAD - 1)
 
 
 # -- htree -------------------------------------------------------------------

@@ -15,6 +15,7 @@ from ..format.directory import (
     DIR_ENTRY,
     DIR_TAIL,
     DIR_TAIL_SIZE,
+    EXT4_DIR_PAD,
     EXT4_FT_DIR_CSUM,
     dir_rec_len,
 )
@@ -51,13 +52,14 @@ def pack_entries(buf: bytearray, start: int, end: int, entries: list[DirEntry]) 
             DIR_ENTRY.pack_into(buf, start, 0, end - start, 0, 0)
         return
     pack_into = DIR_ENTRY.pack_into
+    header, pad = _HEADER, EXT4_DIR_PAD - 1  # locals: this loop runs once per entry served
     pos = start
     last = len(entries) - 1
     for i, (name, ino, ft) in enumerate(entries):
         n = len(name)
-        length = end - pos if i == last else rec_len(n)
+        length = end - pos if i == last else (header + n + pad) & ~pad  # dir_rec_len(n)
         pack_into(buf, pos, ino, length, n, ft)
-        buf[pos + _HEADER : pos + _HEADER + n] = name
+        buf[pos + header : pos + header + n] = name
         pos += length
 
 
