@@ -1,7 +1,7 @@
 """inline_data: files and directories small enough to live inside their inode.
 
-The first 60 bytes (i_block) go in i_block, the rest in the ``system.data``
-xattr in the inode's spare bytes (which must exist even when empty).  An
+The first 60 bytes go in i_block, the rest in the ``system.data`` xattr in
+the inode's spare bytes (which must exist even when empty).  An
 inline directory stores its parent's inode number and then entries without
 "." and "..": 56 bytes in i_block, the rest in system.data, each part's last
 rec_len reaching its end.
