@@ -89,10 +89,13 @@ def source_problem(path: str, *, image_ok: bool) -> str | None:
 
 
 def is_image_file(path: str) -> bool:
+    """Whether ``path`` holds an ext4 superblock magic where the primary superblock keeps it."""
+    from .format.superblock import EXT4_SUPER_MAGIC, S_MAGIC, SUPERBLOCK_OFFSET
+
     try:
         with open(path, "rb") as f:
-            f.seek(1080)
-            return f.read(2) == b"\x53\xef"
+            f.seek(SUPERBLOCK_OFFSET + S_MAGIC.offset)
+            return f.read(S_MAGIC.size) == S_MAGIC.pack(EXT4_SUPER_MAGIC)
     except OSError:
         return False
 

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import uuid as uuid_mod
 
-from .format.ondisk import BLOCK_SIZE, SUPERBLOCK_OFFSET, ext4_super_block, feature_names
+from .format.features import FEATURE_NAMES, feature_names
+from .format.superblock import BLOCK_SIZE, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, ext4_super_block
 from .render.image import Image
 
 
 def _superblock_lines(raw: bytes) -> list[str]:
-    sb = ext4_super_block.parse(raw[SUPERBLOCK_OFFSET : SUPERBLOCK_OFFSET + 1024])
+    sb = ext4_super_block.parse(raw[SUPERBLOCK_OFFSET : SUPERBLOCK_OFFSET + SUPERBLOCK_SIZE])
     blocks = sb.s_blocks_count_lo | (sb.s_blocks_count_hi << 32)
     free = sb.s_free_blocks_count_lo | (sb.s_free_blocks_count_hi << 32)
     groups = -(-blocks // sb.s_blocks_per_group)
-    features = (feature_names("compat", sb.s_feature_compat)
-                + feature_names("incompat", sb.s_feature_incompat)
-                + feature_names("ro_compat", sb.s_feature_ro_compat))
+    # dumpe2fs's order and names: compat, incompat, then ro_compat bits, lowest first
+    features = [name for kind in FEATURE_NAMES
+                for name in feature_names(kind, sb[f"s_feature_{kind}"])]
     label = sb.s_volume_name.rstrip(b"\0").decode("utf-8", "replace")
     return [
         f"label:            {label or '<none>'}",
@@ -25,7 +26,7 @@ def _superblock_lines(raw: bytes) -> list[str]:
         f"block groups:     {groups} ({sb.s_inodes_per_group} inodes each)",
         f"inodes:           {sb.s_inodes_count - sb.s_free_inodes_count} used of {sb.s_inodes_count}",
         f"free blocks:      {free}",
-        f"features:         {' '.join(features)}",
+        f"features:         {' '.join(features) or '(none)'}",
     ]
 
 

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..format.ondisk import (
-    BLOCK_SIZE,
+from ..format.extents import (
     EXT4_EXT_MAGIC,
     EXTENT,
-    EXTENT_ENTRY_SIZE,
     EXTENT_HEADER,
     EXTENT_IDX,
     EXTENTS_IN_INODE,
     EXTENTS_PER_BLOCK,
 )
+from ..format.inode import I_BLOCK_SIZE
+from ..format.superblock import BLOCK_SIZE
 from .dedup import Extent
 
 
@@ -63,11 +63,11 @@ class ExtentTree:
         return [(below[i * EXTENTS_PER_BLOCK][0], b) for i, b in enumerate(blocks)]
 
     def root_bytes(self) -> bytes:
-        """The 60-byte i_block content."""
+        """The i_block content (60 bytes)."""
         if not self.levels:
-            return _node(self.extents, self.base, 0, EXTENTS_IN_INODE).ljust(60, b"\0")
+            return _node(self.extents, self.base, 0, EXTENTS_IN_INODE).ljust(I_BLOCK_SIZE, b"\0")
         top = self._level_items(self.depth - 1)
-        return _index_node(top, self.depth, EXTENTS_IN_INODE).ljust(60, b"\0")
+        return _index_node(top, self.depth, EXTENTS_IN_INODE).ljust(I_BLOCK_SIZE, b"\0")
 
     def block_bytes(self, index: int) -> bytes:
         """Content (without the checksum tail) of tree block ``self.blocks[index]``."""
@@ -98,5 +98,3 @@ def _index_node(items: list[tuple[int, int]], depth: int, eh_max: int) -> bytes:
         parts.append(EXTENT_IDX.pack_tuple(logical, block & 0xFFFFFFFF, block >> 32, 0))
     return b"".join(parts)
 
-
-EXTENT_TAIL_OFFSET = EXTENT_ENTRY_SIZE * (1 + EXTENTS_PER_BLOCK)

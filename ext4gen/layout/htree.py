@@ -9,22 +9,28 @@ its index entry, as the kernel expects when a hash run spans leaves.
 
 from __future__ import annotations
 
-import struct
-
 from ..format.csum import crc32c_raw
+from ..format.directory import (
+    DX_COUNTLIMIT,
+    DX_ENTRY,
+    DX_HASH_HALF_MD4,
+    DX_NODE_ENTRIES_OFFSET,
+    DX_NODE_LIMIT,
+    DX_ROOT_ENTRIES_OFFSET,
+    DX_ROOT_INFO,
+    DX_ROOT_INFO_OFFSET,
+    DX_ROOT_LIMIT,
+    DX_TAIL,
+    EXT4_HTREE_LEVEL,
+    FT_DIR,
+)
 from ..format.dirhash import half_md4_many
-from ..format.ondisk import BLOCK_SIZE, DIR_ENTRY, DX_HASH_HALF_MD4, FT_DIR
+from ..format.superblock import BLOCK_SIZE
 from . import dirents
 
-DX_ROOT_ENTRIES_OFFSET = 32  # ".", ".." and dx_root_info
-DX_NODE_ENTRIES_OFFSET = 8  # the fake empty dirent
-DX_TAIL_SIZE = 8
-DX_ROOT_LIMIT = (BLOCK_SIZE - DX_ROOT_ENTRIES_OFFSET - DX_TAIL_SIZE) // 8  # 507
-DX_NODE_LIMIT = (BLOCK_SIZE - DX_NODE_ENTRIES_OFFSET - DX_TAIL_SIZE) // 8  # 510
-MAX_INDIRECT_LEVELS = 2  # 3 levels of index need large_dir
-_ENTRY = struct.Struct("<II")
-_COUNTLIMIT = struct.Struct("<HHI")  # limit, count, block of entry 0
-_ROOT_INFO = struct.Struct("<IBBBB")
+MAX_INDIRECT_LEVELS = EXT4_HTREE_LEVEL - 1  # 2 needs large_dir; the planner sets it then
+_ENTRY = DX_ENTRY.size
+_ZERO_TAIL = DX_TAIL.pack()  # ext4_dx_csum covers dt_reserved and a zero dt_checksum
 
 
 class DirectoryTooLarge(ValueError):
@@ -107,11 +113,9 @@ class Htree:
             top = self.indirect_levels
             children = self._children(top, 0, self.levels[top])
             buf = bytearray(BLOCK_SIZE)
-            DIR_ENTRY.pack_into(buf, 0, dir_ino, 12, 1, FT_DIR)
-            buf[8:9] = b"."
-            DIR_ENTRY.pack_into(buf, 12, parent_ino, BLOCK_SIZE - 12, 2, FT_DIR)
-            buf[20:22] = b".."
-            _ROOT_INFO.pack_into(buf, 24, 0, DX_HASH_HALF_MD4, 8, top, 0)
+            # dx_root: "." and ".." (its rec_len covers the rest of the block), then the info
+            dirents.pack_entries(buf, 0, BLOCK_SIZE, [(b".", dir_ino, FT_DIR), (b"..", parent_ino, FT_DIR)])
+            DX_ROOT_INFO.pack_into(buf, DX_ROOT_INFO_OFFSET, 0, DX_HASH_HALF_MD4, DX_ROOT_INFO.size, top, 0)
             return _finish_index(buf, DX_ROOT_ENTRIES_OFFSET, DX_ROOT_LIMIT, children, csum_seed)
         # an index node: find its level and position
         rel = k - 1
@@ -123,18 +127,20 @@ class Htree:
         first = rel * DX_NODE_LIMIT
         children = self._children(level - 1, first, min(DX_NODE_LIMIT, below - first))
         buf = bytearray(BLOCK_SIZE)
-        DIR_ENTRY.pack_into(buf, 0, 0, BLOCK_SIZE, 0, 0)
+        dirents.pack_entries(buf, 0, BLOCK_SIZE, [])  # dx_node's fake dirent: one empty entry
         return _finish_index(buf, DX_NODE_ENTRIES_OFFSET, DX_NODE_LIMIT, children, csum_seed)
 
 
 def _finish_index(buf: bytearray, offset: int, limit: int, children: list[tuple[int, int]],
                   csum_seed: int) -> bytes:
-    _COUNTLIMIT.pack_into(buf, offset, limit, len(children), children[0][1])
+    """Write the dx_entry array at ``offset`` and the dx_tail after its ``limit`` slots."""
+    DX_ENTRY.pack_into(buf, offset, 0, children[0][1])  # entry 0: the hash slot holds count/limit
+    DX_COUNTLIMIT.pack_into(buf, offset, limit, len(children))
     for i, (h, block) in enumerate(children[1:], start=1):
-        _ENTRY.pack_into(buf, offset + 8 * i, h, block)
-    tail = offset + 8 * limit
-    # ext4_dx_csum: the used entries, then dt_reserved, then a zero checksum field
-    csum = crc32c_raw(csum_seed, memoryview(buf)[: offset + 8 * len(children)])
-    csum = crc32c_raw(csum, bytes(8))
-    struct.pack_into("<II", buf, tail, 0, csum)
+        DX_ENTRY.pack_into(buf, offset + _ENTRY * i, h, block)
+    tail = offset + _ENTRY * limit
+    # ext4_dx_csum: the block up to the last used entry, then the tail with a zero checksum
+    csum = crc32c_raw(csum_seed, memoryview(buf)[: offset + _ENTRY * len(children)])
+    csum = crc32c_raw(csum, _ZERO_TAIL)
+    DX_TAIL.pack_into(buf, tail, 0, csum)
     return bytes(buf)

@@ -1,30 +1,32 @@
 """inline_data: files and directories small enough to live inside their inode.
 
-The first 60 bytes go in i_block, the rest in the ``system.data`` xattr in the
-inode's spare bytes (which must exist even when empty).  An inline directory
-stores its parent's inode number and then entries without "." and "..": 56
-bytes in i_block, the rest in system.data, each part's last rec_len reaching
-its end.
+The first 60 bytes go in i_block, the rest in the ``system.data`` xattr in
+the inode's spare bytes (which must exist even when empty).  An
+inline directory stores its parent's inode number and then entries without
+"." and "..": 56 bytes in i_block, the rest in system.data, each part's last
+rec_len reaching its end.
 """
 
 from __future__ import annotations
 
-import struct
-
-from ..format.ondisk import DIR_ENTRY, INODE_XATTR_SPACE
+from ..format.directory import EXT4_INLINE_DOTDOT_SIZE
+from ..format.inode import I_BLOCK_SIZE, INODE_XATTR_SPACE
+from ..format.xattr import EXT4_XATTR_INDEX_SYSTEM, XATTR_END_SIZE, XATTR_IBODY_HEADER
 from ..model.xattrs import DiskXattr
-from .dirents import DirEntry, rec_len
+from .dirents import DirEntry, pack_entries, rec_len
 
-I_BLOCK_SIZE = 60
-_DATA_ENTRY = DiskXattr(7, b"data", b"")
-# magic + end marker + the system.data entry header; what remains holds the value
-MAX_INLINE_VALUE = INODE_XATTR_SPACE - 4 - 4 - _DATA_ENTRY.entry_size  # 68
+SYSTEM_DATA_SUFFIX = b"data"  # "system.data" without its namespace prefix
+_DATA_ENTRY = DiskXattr(EXT4_XATTR_INDEX_SYSTEM, SYSTEM_DATA_SUFFIX, b"")
+# ibody header + end marker + the system.data entry header; what remains holds the value
+MAX_INLINE_VALUE = INODE_XATTR_SPACE - XATTR_IBODY_HEADER.size - XATTR_END_SIZE - _DATA_ENTRY.entry_size
 MAX_INLINE_SIZE = I_BLOCK_SIZE + MAX_INLINE_VALUE  # 128
-DIR_I_BLOCK_ENTRIES = I_BLOCK_SIZE - 4  # after the parent inode number
+DIR_I_BLOCK_ENTRIES = I_BLOCK_SIZE - EXT4_INLINE_DOTDOT_SIZE  # after the parent inode number
+
+assert (MAX_INLINE_VALUE, MAX_INLINE_SIZE) == (68, 128)
 
 
 def system_data(value: bytes) -> DiskXattr:
-    return DiskXattr(7, b"data", value)
+    return DiskXattr(EXT4_XATTR_INDEX_SYSTEM, SYSTEM_DATA_SUFFIX, value)
 
 
 def inline_xattr_cost(inline_size: int) -> int:
@@ -57,24 +59,13 @@ def inline_dir_size(entries: list[DirEntry]) -> int | None:
     return None if split is None else I_BLOCK_SIZE + split[2]
 
 
-def _pack(entries: list[DirEntry], size: int) -> bytes:
-    buf = bytearray(size)
-    if not entries:
-        if size:
-            DIR_ENTRY.pack_into(buf, 0, 0, size, 0, 0)  # one empty entry spanning the area
-        return bytes(buf)
-    pos = 0
-    for i, (name, ino, ft) in enumerate(entries):
-        length = size - pos if i == len(entries) - 1 else rec_len(len(name))
-        DIR_ENTRY.pack_into(buf, pos, ino, length, len(name), ft)
-        buf[pos + 8 : pos + 8 + len(name)] = name
-        pos += length
-    return bytes(buf)
-
-
 def dir_content(entries: list[DirEntry]) -> bytes:
+    """The inline directory's bytes: parent inode, the i_block entries, the system.data entries."""
     split = _split(entries)
     assert split is not None
     first, rest, value = split
-    parent = entries[1][1]
-    return struct.pack("<I", parent) + _pack(first, DIR_I_BLOCK_ENTRIES) + _pack(rest, value)
+    buf = bytearray(I_BLOCK_SIZE + value)
+    buf[:EXT4_INLINE_DOTDOT_SIZE] = entries[1][1].to_bytes(EXT4_INLINE_DOTDOT_SIZE, "little")
+    pack_entries(buf, EXT4_INLINE_DOTDOT_SIZE, I_BLOCK_SIZE, first)
+    pack_entries(buf, I_BLOCK_SIZE, I_BLOCK_SIZE + value, rest)
+    return bytes(buf)

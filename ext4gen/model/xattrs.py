@@ -13,37 +13,59 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..format.csum import crc32c_raw
-from ..format.ondisk import (
+from ..format.inode import INODE_XATTR_SPACE
+from ..format.superblock import BLOCK_SIZE
+from ..format.xattr import (
     ACL_ENTRY,
     ACL_ENTRY_SHORT,
+    ACL_EXECUTE,
     ACL_GROUP,
     ACL_GROUP_OBJ,
+    ACL_HEADER,
     ACL_MASK,
     ACL_OTHER,
+    ACL_READ,
     ACL_UNDEFINED_ID,
     ACL_USER,
     ACL_USER_OBJ,
-    BLOCK_SIZE,
+    ACL_WRITE,
     EXT4_ACL_VERSION,
+    EXT4_XATTR_INDEX_POSIX_ACL_ACCESS,
+    EXT4_XATTR_INDEX_POSIX_ACL_DEFAULT,
+    EXT4_XATTR_INDEX_SECURITY,
+    EXT4_XATTR_INDEX_SYSTEM,
+    EXT4_XATTR_INDEX_TRUSTED,
+    EXT4_XATTR_INDEX_USER,
     EXT4_XATTR_MAGIC,
-    INODE_XATTR_SPACE,
+    EXT4_XATTR_PAD,
+    H_CHECKSUM,
     POSIX_ACL_XATTR_VERSION,
-    XATTR_BLOCK_CSUM_OFFSET,
+    VFS_ACL_ENTRY,
+    VFS_ACL_HEADER,
+    XATTR_END_SIZE,
     XATTR_ENTRY,
     XATTR_HEADER,
     XATTR_HEADER_SIZE,
+    XATTR_IBODY_HEADER,
 )
 
 ACL_ACCESS = b"system.posix_acl_access"
 ACL_DEFAULT = b"system.posix_acl_default"
 SYSTEM_DATA = b"system.data"
 # (prefix, e_name_index); exact names first, longest prefixes before shorter ones.
-_EXACT = {ACL_ACCESS: 2, ACL_DEFAULT: 3}
-_PREFIXES = ((b"user.", 1), (b"trusted.", 4), (b"security.", 6), (b"system.", 7))
+_EXACT = {ACL_ACCESS: EXT4_XATTR_INDEX_POSIX_ACL_ACCESS, ACL_DEFAULT: EXT4_XATTR_INDEX_POSIX_ACL_DEFAULT}
+_ACL_INDEXES = frozenset(_EXACT.values())
+_PREFIXES = ((b"user.", EXT4_XATTR_INDEX_USER), (b"trusted.", EXT4_XATTR_INDEX_TRUSTED),
+             (b"security.", EXT4_XATTR_INDEX_SECURITY), (b"system.", EXT4_XATTR_INDEX_SYSTEM))
 _SHORT_TAGS = (ACL_USER_OBJ, ACL_GROUP_OBJ, ACL_MASK, ACL_OTHER)
 _TAG_ORDER = {ACL_USER_OBJ: 0, ACL_USER: 1, ACL_GROUP_OBJ: 2, ACL_GROUP: 3, ACL_MASK: 4, ACL_OTHER: 5}
-_U32 = struct.Struct("<I")
-_ACL_VFS_ENTRY = struct.Struct("<HHI")
+_PERM_BITS = {"r": ACL_READ, "w": ACL_WRITE, "x": ACL_EXECUTE}
+_ACL_ENTRIES = VFS_ACL_HEADER.size  # VFS ACL entries start after the version word
+_IBODY_ENTRIES = XATTR_IBODY_HEADER.size
+
+
+def _round(n: int) -> int:
+    return (n + EXT4_XATTR_PAD - 1) & ~(EXT4_XATTR_PAD - 1)
 
 
 class XattrError(ValueError):
@@ -57,7 +79,7 @@ def split_name(name: bytes) -> tuple[int, bytes]:
     for prefix, index in _PREFIXES:
         if name.startswith(prefix) and len(name) > len(prefix):
             suffix = name[len(prefix) :]
-            if index == 7 and name in (SYSTEM_DATA,):
+            if name == SYSTEM_DATA:
                 raise XattrError(f"{name.decode()} is reserved for inline data")
             if b"\0" in suffix:
                 raise XattrError("attribute names must not contain NUL")
@@ -102,12 +124,8 @@ def _parse_perm(s: str, item: str) -> int:
         return int(s)
     perm = 0
     for ch in s:
-        if ch == "r":
-            perm |= 4
-        elif ch == "w":
-            perm |= 2
-        elif ch == "x":
-            perm |= 1
+        if ch in _PERM_BITS:
+            perm |= _PERM_BITS[ch]
         elif ch != "-":
             raise XattrError(f"bad permissions in ACL entry {item!r}")
     return perm
@@ -130,17 +148,20 @@ def _vfs_acl(entries: list[tuple[int, int, int]]) -> bytes:
             if (tag, qid) in seen:
                 raise XattrError("duplicate named entry in ACL")
             seen.add((tag, qid))
-    out = [_U32.pack(POSIX_ACL_XATTR_VERSION)]
+    out = [VFS_ACL_HEADER.pack_tuple(POSIX_ACL_XATTR_VERSION)]
     for tag, perm, qid in entries:
-        out.append(_ACL_VFS_ENTRY.pack(tag, perm, qid if tag in (ACL_USER, ACL_GROUP) else ACL_UNDEFINED_ID))
+        qid = qid if tag in (ACL_USER, ACL_GROUP) else ACL_UNDEFINED_ID
+        out.append(VFS_ACL_ENTRY.pack_tuple(tag, perm, qid))
     return b"".join(out)
 
 
 def normalize_vfs_acl(value: bytes) -> bytes:
     """Validate an ACL in VFS form (e.g. from ``os.getxattr``) and canonicalize it."""
-    if len(value) < 4 or (len(value) - 4) % 8 or _U32.unpack_from(value)[0] != POSIX_ACL_XATTR_VERSION:
+    if (len(value) < _ACL_ENTRIES or (len(value) - _ACL_ENTRIES) % VFS_ACL_ENTRY.size
+            or VFS_ACL_HEADER.unpack_from(value)[0] != POSIX_ACL_XATTR_VERSION):
         raise XattrError("not a POSIX ACL in the kernel's xattr format (version 2)")
-    entries = [_ACL_VFS_ENTRY.unpack_from(value, off) for off in range(4, len(value), 8)]
+    entries = [VFS_ACL_ENTRY.unpack_from(value, off)
+               for off in range(_ACL_ENTRIES, len(value), VFS_ACL_ENTRY.size)]
     for tag, perm, _qid in entries:
         if tag not in _TAG_ORDER or perm > 7:
             raise XattrError("unknown tag or permission bits in ACL")
@@ -149,9 +170,9 @@ def normalize_vfs_acl(value: bytes) -> bytes:
 
 def acl_to_disk(value: bytes) -> bytes:
     """VFS ACL → ext4's compact on-disk ACL."""
-    out = [_U32.pack(EXT4_ACL_VERSION)]
-    for off in range(4, len(value), 8):
-        tag, perm, qid = _ACL_VFS_ENTRY.unpack_from(value, off)
+    out = [ACL_HEADER.pack_tuple(EXT4_ACL_VERSION)]
+    for off in range(_ACL_ENTRIES, len(value), VFS_ACL_ENTRY.size):
+        tag, perm, qid = VFS_ACL_ENTRY.unpack_from(value, off)
         if tag in _SHORT_TAGS:
             out.append(ACL_ENTRY_SHORT.pack_tuple(tag, perm))
         else:
@@ -172,8 +193,8 @@ def reconcile_access_acl(perm: int, xattrs: dict[bytes, bytes]) -> int:
         return perm
     bits = {}
     named = False
-    for off in range(4, len(value), 8):
-        tag, p, _qid = _ACL_VFS_ENTRY.unpack_from(value, off)
+    for off in range(_ACL_ENTRIES, len(value), VFS_ACL_ENTRY.size):
+        tag, p, _qid = VFS_ACL_ENTRY.unpack_from(value, off)
         bits[tag] = p
         named = named or tag in (ACL_USER, ACL_GROUP)
     group = bits.get(ACL_MASK, bits[ACL_GROUP_OBJ])
@@ -192,11 +213,11 @@ class DiskXattr:
 
     @property
     def entry_size(self) -> int:
-        return (16 + len(self.suffix) + 3) & ~3
+        return _round(XATTR_ENTRY.size + len(self.suffix))
 
     @property
     def value_size(self) -> int:
-        return (len(self.value) + 3) & ~3
+        return _round(len(self.value))
 
     @property
     def sort_key(self) -> tuple[int, int, bytes]:
@@ -207,7 +228,7 @@ class DiskXattr:
         h = 0
         for c in self.suffix:
             h = ((h << 5) & 0xFFFFFFFF) ^ (h >> 27) ^ c
-        padded = self.value + b"\0" * (-len(self.value) % 4)
+        padded = self.value.ljust(self.value_size, b"\0")
         for (word,) in struct.iter_unpack("<I", padded):
             h = ((h << 16) & 0xFFFFFFFF) ^ (h >> 16) ^ word
         return h
@@ -218,7 +239,7 @@ def to_disk(xattrs: Mapping[bytes, bytes]) -> list[DiskXattr]:
     out = []
     for name, value in xattrs.items():
         index, suffix = split_name(name)
-        if index in (2, 3):
+        if index in _ACL_INDEXES:
             value = acl_to_disk(normalize_vfs_acl(value))
         out.append(DiskXattr(index, suffix, value))
     return sorted(out, key=lambda x: x.sort_key)
@@ -228,7 +249,7 @@ def split_placement(entries: list[DiskXattr], inode_space: int = INODE_XATTR_SPA
                     ) -> tuple[list[DiskXattr], list[DiskXattr]]:
     """Greedy in sorted order: whatever still fits the inode stays there, the rest (still
     sorted, as the kernel's block lookup requires) goes to the external block."""
-    room = inode_space - 4 - 4  # ibody magic and the 4-byte end marker
+    room = inode_space - _IBODY_ENTRIES - XATTR_END_SIZE
     inode, block = [], []
     for x in entries:
         need = x.entry_size + x.value_size
@@ -238,7 +259,7 @@ def split_placement(entries: list[DiskXattr], inode_space: int = INODE_XATTR_SPA
         else:
             block.append(x)
     if block:
-        need = XATTR_HEADER_SIZE + 4 + sum(x.entry_size + x.value_size for x in block)
+        need = XATTR_HEADER_SIZE + XATTR_END_SIZE + sum(x.entry_size + x.value_size for x in block)
         if need > BLOCK_SIZE:
             raise XattrError(f"extended attributes need {need} bytes beyond the inode, more than "
                              f"one {BLOCK_SIZE}-byte block holds")
@@ -250,8 +271,9 @@ def ibody_bytes(entries: list[DiskXattr], space: int = INODE_XATTR_SPACE) -> byt
     if not entries:
         return bytes(space)
     buf = bytearray(space)
-    _U32.pack_into(buf, 0, EXT4_XATTR_MAGIC)
-    _pack_entries(buf, entries, first=4, end=space, offs_base=4)
+    XATTR_IBODY_HEADER.pack_into(buf, 0, EXT4_XATTR_MAGIC)
+    # e_value_offs in the inode counts from the first entry, right after the header
+    _pack_entries(buf, entries, first=_IBODY_ENTRIES, end=space, offs_base=_IBODY_ENTRIES)
     return bytes(buf)
 
 
@@ -261,10 +283,12 @@ def block_bytes(entries: list[DiskXattr], refcount: int, blocknr: int, fs_seed: 
     h = 0
     for eh in hashes:
         h = ((h << 16) & 0xFFFFFFFF) ^ (h >> 16) ^ eh
-    XATTR_HEADER.pack_into(buf, 0, EXT4_XATTR_MAGIC, refcount, 1, h, 0, bytes(12))
+    buf[:XATTR_HEADER_SIZE] = XATTR_HEADER.pack(h_magic=EXT4_XATTR_MAGIC, h_refcount=refcount,
+                                                h_blocks=1, h_hash=h)
+    # ext4_xattr_block_csum: the block number, then the block with h_checksum zero
     csum = crc32c_raw(fs_seed, struct.pack("<Q", blocknr))
     csum = crc32c_raw(csum, buf)
-    _U32.pack_into(buf, XATTR_BLOCK_CSUM_OFFSET, csum)
+    H_CHECKSUM.pack_into(buf, csum)
     return bytes(buf)
 
 
@@ -283,7 +307,8 @@ def _pack_entries(buf: bytearray, entries: list[DiskXattr], *, first: int, end: 
         eh = x.hash()
         hashes.append(eh)
         XATTR_ENTRY.pack_into(buf, pos, len(x.suffix), x.index, offs, 0, len(x.value), eh)
-        buf[pos + 16 : pos + 16 + len(x.suffix)] = x.suffix
+        name = pos + XATTR_ENTRY.size
+        buf[name : name + len(x.suffix)] = x.suffix
         pos += x.entry_size
-    assert pos + 4 <= value_end, "xattr entries overlap values"
+    assert pos + XATTR_END_SIZE <= value_end, "xattr entries overlap values"
     return hashes
