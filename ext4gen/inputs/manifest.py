@@ -34,6 +34,7 @@ from ..model.tree import (
     Meta,
     Node,
     Tree,
+    file_size_error,
 )
 from ..model.xattrs import ACL_ACCESS, ACL_DEFAULT, XattrError, normalize_vfs_acl, parse_acl_text, split_name
 
@@ -53,7 +54,6 @@ TIME_KEYS = frozenset({"atime", "mtime", "ctime", "crtime"})
 ENTRY_TYPES = (FILE, DIR, SYMLINK, "hardlink", CHARDEV, BLOCKDEV, FIFO, SOCKET)
 DEVICE_KEYS = ("major", "minor")
 UINT32 = (1 << 32) - 1
-MAX_FILE_SIZE = (1 << 32) * 4096  # 2^32 blocks of 4 KiB with extents
 
 
 def load_manifest(path: str, *, epoch_env: str | None = None,
@@ -386,11 +386,7 @@ def _content(entry: dict[str, Any], key: str, host: HostPaths) -> Source:
         except binascii.Error:
             raise ManifestError(f"{key}.base64", "invalid base64") from None
     if k == "size":
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ManifestError(f"{key}.size", "must be a non-negative integer")
-        if v > MAX_FILE_SIZE:
-            raise ManifestError(f"{key}.size", "larger than ext4's 16 TiB file limit")
-        return ZeroSource(v)
+        return ZeroSource(_size(v, f"{key}.size"))
     path = host.resolve(_str(v, f"{key}.source"), f"{key}.source")
     try:
         src = HostFileSource(path)
@@ -400,8 +396,9 @@ def _content(entry: dict[str, Any], key: str, host: HostPaths) -> Source:
         raise ManifestError(f"{key}.source", f"source {path} is not a regular file") from None
     except OSError as e:
         raise ManifestError(f"{key}.source", f"cannot read source {path}: {e.strerror}") from None
-    if src.size > MAX_FILE_SIZE:
-        raise ManifestError(f"{key}.source", "larger than ext4's 16 TiB file limit")
+    problem = file_size_error(src.size)
+    if problem:
+        raise ManifestError(f"{key}.source", f"{path}: {problem}")
     return src
 
 
@@ -416,9 +413,7 @@ def _generator(entry: dict[str, Any], key: str, base_dir: str) -> CallableSource
             raise ManifestError(f"{key}.{k}", "conflicts with generator")
     if "size" not in entry:
         raise ManifestError(f"{key}.size", "a generator needs its size declared up front")
-    size = entry["size"]
-    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_FILE_SIZE:
-        raise ManifestError(f"{key}.size", "must be a non-negative integer up to 16 TiB")
+    size = _size(entry["size"], f"{key}.size")
     args = _table(entry.get("args", {}), f"{key}.args")
     module_name, _, func_name = spec.partition(":")
     if not module_name or not func_name:
@@ -487,6 +482,15 @@ def _no_unknown(table: dict[str, Any], allowed: set[str], key: str) -> None:
 def _str(v: Any, key: str) -> str:
     if not isinstance(v, str):
         raise ManifestError(key, "must be a string")
+    return v
+
+
+def _size(v: Any, key: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ManifestError(key, "must be a non-negative integer")
+    problem = file_size_error(v)
+    if problem:
+        raise ManifestError(key, problem)
     return v
 
 
