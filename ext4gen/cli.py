@@ -7,7 +7,10 @@ with exit code 2; tracebacks are for bugs only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import re
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +21,7 @@ from .inspect import describe_image_file, describe_plan
 from .layout.planner import identity_map
 from .model.identity import IdentityMap
 from .model.options import DEDUP_MODES
+from .output import write_image
 from .render.image import Image
 from .verify import compare_tree, e2fsck, is_root, loop_mount
 
@@ -54,7 +58,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     image, _tree = load_image(args)
     t1 = time.perf_counter()
-    image.write(args.output)
+    write_image(image, args.output)
     t2 = time.perf_counter()
     if args.write_map:
         with open(args.write_map, "w", encoding="utf-8") as f:
@@ -88,7 +92,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         if not is_root():
             print("kernel mount: skipped (needs root)")
         else:
-            with loop_mount(path) as mnt:
+            with contextlib.ExitStack() as stack:
+                try:
+                    mnt = stack.enter_context(loop_mount(path))
+                except subprocess.CalledProcessError as e:
+                    print(f"kernel mount: FAILED (mount exit {e.returncode})")
+                    return 1
                 if tree is None:
                     count = sum(len(files) + len(dirs) for _r, dirs, files in os.walk(mnt))
                     print(f"kernel mount: ok ({count} entries)")
@@ -163,13 +172,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def one_line(text: str) -> str:
+    """An error message exactly as one printable line: names from manifests, archives and
+    directories may hold newlines, control characters or lone surrogates."""
+    text = _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except Ext4genError as e:
-        print(f"ext4gen: {e}", file=sys.stderr)
+        print(f"ext4gen: {one_line(str(e))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

@@ -122,7 +122,10 @@ def import_directory(tree: Tree, host_dir: str, target: str = "/", *, key: str =
                 except OSError as e:
                     raise ManifestError(shown, f"cannot read: {e.strerror}") from None
             elif kind == SYMLINK:
-                node.target = os.readlink(path)
+                try:
+                    node.target = os.readlink(path)
+                except OSError as e:  # replaced or removed since it was listed
+                    raise ManifestError(shown, f"cannot read symlink: {e.strerror}") from None
             elif kind in (CHARDEV, BLOCKDEV):
                 node.rdev = (os.major(st.st_rdev), os.minor(st.st_rdev))
             tree.add(image_path, node)
