@@ -28,17 +28,20 @@ def plan(tree: Tree, options: ImageOptions | None = None) -> Image:
         return Image(plan_tree(tree, options))
 
 
-def load(source: str, *, source_root: str | None = None,
-         **overrides: object) -> tuple[Tree, ImageOptions]:
+def load(source: str, *, source_root: str | None = None, generator_path: tuple[str, ...] = (),
+         load_generators: bool = True, **overrides: object) -> tuple[Tree, ImageOptions]:
     """Load a SOURCE (manifest file or ``-``, host directory, tar archive) into a tree and options.
 
     ``overrides`` set :class:`ImageOptions` fields (None leaves the source's choice).
+    A manifest's generators come from modules beside it or in ``generator_path``;
+    ``load_generators=False`` leaves them unimported until their bytes are read.
     """
     with gc_paused():
-        return _load(source, source_root, overrides)
+        return _load(source, source_root, overrides, tuple(generator_path), load_generators)
 
 
-def _load(source: str, source_root: str | None, overrides: dict[str, object]
+def _load(source: str, source_root: str | None, overrides: dict[str, object],
+          generator_path: tuple[str, ...] = (), load_generators: bool = True
           ) -> tuple[Tree, ImageOptions]:
     import os
 
@@ -60,7 +63,8 @@ def _load(source: str, source_root: str | None, overrides: dict[str, object]
         tree.resolve_links()
         options = ImageOptions(epoch_ns=epoch_ns)
     else:
-        tree, options = load_manifest(source, source_root=source_root)
+        tree, options = load_manifest(source, source_root=source_root, generator_path=generator_path,
+                                      load_generators=load_generators)
     for k, v in overrides.items():
         if v is not None:
             setattr(options, k, v)

@@ -29,12 +29,17 @@ EXIT_USAGE = 2
 SUBCOMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 
-def load_image(args: argparse.Namespace) -> tuple[Image, object]:
-    """Plan the SOURCE named by the command line into an Image; returns (image, tree)."""
+def load_image(args: argparse.Namespace, *, reads_data: bool = True) -> tuple[Image, object]:
+    """Plan the SOURCE named by the command line into an Image; returns (image, tree).
+
+    Commands that never read file data (inspect) leave generator modules unimported.
+    """
     from . import load, plan
 
     base_map = IdentityMap.load(args.base_map) if getattr(args, "base_map", None) else None
     tree, options = load(args.source, source_root=getattr(args, "source_root", None),
+                         generator_path=tuple(getattr(args, "generator_path", None) or ()),
+                         load_generators=reads_data,
                          dedup=getattr(args, "dedup", None), base_map=base_map,
                          inline_data=False if getattr(args, "no_inline_data", False) else None)
     try:
@@ -117,7 +122,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if is_image_file(args.source):
         print(describe_image_file(args.source))
     else:
-        image, _tree = load_image(args)
+        image, _tree = load_image(args, reads_data=False)
         print(describe_plan(image))
     return 0
 
@@ -146,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def source_args(sp: argparse.ArgumentParser, what: str = "SOURCE") -> None:
         add_source_arguments(sp, what)
+        sp.add_argument("--generator-path", metavar="DIR", action="append",
+                        help="also look for a manifest's generator modules in DIR (repeatable); "
+                        "by default only modules beside the manifest may be named")
 
     b = sub.add_parser("build", help="write the image to a sparse file")
     source_args(b)

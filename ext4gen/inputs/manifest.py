@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import importlib
-import importlib.util
 import json
 import os
 import re
 import sys
 import tomllib
 import uuid as uuid_mod
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import ManifestError
@@ -38,6 +36,7 @@ from ..model.tree import (
     file_size_error,
 )
 from ..model.xattrs import ACL_ACCESS, ACL_DEFAULT, XattrError, normalize_vfs_acl, parse_acl_text, split_name
+from .generators import Generator
 
 TOP_KEYS = {"image", "defaults", "import"}
 IMPORT_KEYS = {"source", "target"}
@@ -57,12 +56,15 @@ DEVICE_KEYS = ("major", "minor")
 UINT32 = (1 << 32) - 1
 
 
-def load_manifest(path: str, *, epoch_env: str | None = None,
-                  source_root: str | None = None) -> tuple[Tree, ImageOptions]:
+def load_manifest(path: str, *, epoch_env: str | None = None, source_root: str | None = None,
+                  generator_path: Sequence[str] = (), load_generators: bool = True
+                  ) -> tuple[Tree, ImageOptions]:
     """Read a manifest file (``-`` = stdin); ``.json`` or a leading ``{`` is JSON, else TOML.
 
     A manifest from stdin may only name host files below the current directory
-    unless ``source_root`` says otherwise: its author is unknown.
+    unless ``source_root`` says otherwise: its author is unknown.  Generator
+    modules are imported now unless ``load_generators`` is false (commands that
+    never read file data).
     """
     try:
         if path == "-":
@@ -79,7 +81,8 @@ def load_manifest(path: str, *, epoch_env: str | None = None,
     del raw  # a million-entry manifest: the text, the document and the tree must not all coexist
     try:
         return parse_manifest(doc, base_dir=base_dir, epoch_env=epoch_env, source_root=source_root,
-                              consume=True)
+                              consume=True, generator_path=generator_path,
+                              load_generators=load_generators)
     except ManifestError as e:
         raise ManifestError(e.key, e.message, origin=path) from None
 
@@ -161,7 +164,9 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def parse_manifest(doc: dict[str, Any], *, base_dir: str = ".", epoch_env: str | None = None,
-                   source_root: str | None = None, consume: bool = False) -> tuple[Tree, ImageOptions]:
+                   source_root: str | None = None, consume: bool = False,
+                   generator_path: Sequence[str] = (), load_generators: bool = True
+                   ) -> tuple[Tree, ImageOptions]:
     """Turn a parsed manifest document into a tree; relative sources use ``base_dir``.
 
     With ``source_root``, every host path must resolve (symlinks and ``..``
@@ -169,7 +174,7 @@ def parse_manifest(doc: dict[str, Any], *, base_dir: str = ".", epoch_env: str |
     ``consume``, each entry is removed from ``doc`` once it is a node, so the
     memory of the document is reused for the tree instead of adding to it.
     """
-    host = HostPaths(base_dir, source_root)
+    host = HostPaths(base_dir, source_root, generator_path)
     if epoch_env is None:
         epoch_env = os.environ.get("SOURCE_DATE_EPOCH")
     for k in doc:
@@ -280,6 +285,9 @@ def parse_manifest(doc: dict[str, Any], *, base_dir: str = ".", epoch_env: str |
             tree.add(path, Node(FILE, meta_for(entry, key, d_mode), key=key, source=source,
                                 xattrs=xattrs))
     tree.resolve_links()
+    if load_generators:
+        for gen in host.generators:
+            gen.load()
     return tree, opts
 
 
@@ -400,9 +408,12 @@ def import_source(tree: Tree, host: str, target: str, *, key: str) -> None:
 class HostPaths:
     """Resolves manifest-relative host paths and enforces ``--source-root``."""
 
-    def __init__(self, base_dir: str, source_root: str | None) -> None:
+    def __init__(self, base_dir: str, source_root: str | None,
+                 generator_path: Sequence[str] = ()) -> None:
         self.base_dir = base_dir
         self.root = os.path.realpath(source_root) if source_root else None
+        self.generator_search = [base_dir, *(os.path.abspath(d) for d in generator_path)]
+        self.generators: list[Generator] = []
 
     def resolve(self, rel: str, key: str) -> str:
         path = os.path.join(self.base_dir, rel)
@@ -418,7 +429,7 @@ def _content(entry: dict[str, Any], key: str, host: HostPaths) -> Source:
         if host.root is not None:
             raise ManifestError(f"{key}.generator", "generators run code and are refused with a "
                                 "source root (untrusted manifest)")
-        return _generator(entry, key, host.base_dir)
+        return _generator(entry, key, host)
     for k in GENERATOR_KEYS:
         if k in entry:
             raise ManifestError(f"{key}.{k}", "only valid with generator")
@@ -453,10 +464,11 @@ def _content(entry: dict[str, Any], key: str, host: HostPaths) -> Source:
     return src
 
 
-def _generator(entry: dict[str, Any], key: str, base_dir: str) -> CallableSource:
+def _generator(entry: dict[str, Any], key: str, host: HostPaths) -> CallableSource:
     """``generator = "module:function"``: called as ``function(offset, length, **args)``.
 
-    The manifest's directory is importable, so a generator can live beside it.
+    The module is found now (beside the manifest, or in a ``--generator-path``
+    directory) and imported only when bytes are needed; see generators.py.
     """
     spec = _str(entry["generator"], f"{key}.generator")
     for k in ("text", "base64", "source"):
@@ -466,56 +478,12 @@ def _generator(entry: dict[str, Any], key: str, base_dir: str) -> CallableSource
         raise ManifestError(f"{key}.size", "a generator needs its size declared up front")
     size = _size(entry["size"], f"{key}.size")
     args = _table(entry.get("args", {}), f"{key}.args")
-    module_name, _, func_name = spec.partition(":")
-    if not module_name or not func_name:
-        raise ManifestError(f"{key}.generator", "expected \"module:function\"")
-    try:
-        func = getattr(_generator_module(module_name, base_dir), func_name)
-    except Exception as e:  # import errors of user code are input errors
-        raise ManifestError(f"{key}.generator", f"cannot load {spec}: {e}") from None
-    if not callable(func):
-        raise ManifestError(f"{key}.generator", f"{spec} is not callable")
     identity = entry.get("identity")
     if identity is not None:
         identity = ("manifest-identity", _str(identity, f"{key}.identity"))
-
-    def read(offset: int, length: int) -> bytes:
-        return func(offset, length, **args)
-
-    return CallableSource(size, read, identity=identity, name=spec)
-
-
-def _generator_module(name: str, base_dir: str) -> Any:
-    """The module a generator names.
-
-    One beside the manifest is loaded from its file under a name unique to that
-    file: two manifests in different directories may both have a ``gen.py``,
-    and a plain import would hand the second the first one's module.  Other
-    names are ordinary imports (installed packages).  The manifest's directory
-    stays importable for the generator's own sibling imports.
-    """
-    if base_dir not in sys.path:
-        sys.path.insert(0, base_dir)
-    rel = os.path.join(base_dir, *name.split("."))
-    for path in (rel + ".py", os.path.join(rel, "__init__.py")):
-        if os.path.isfile(path):
-            real = os.path.realpath(path)
-            unique = "_ext4gen_generator_" + hashlib.sha256(real.encode()).hexdigest()[:20]
-            module = sys.modules.get(unique)
-            if module is None:
-                spec = importlib.util.spec_from_file_location(unique, real)
-                assert spec is not None and spec.loader is not None
-                module = importlib.util.module_from_spec(spec)
-                sys.modules[unique] = module
-                try:
-                    spec.loader.exec_module(module)
-                except BaseException:
-                    del sys.modules[unique]
-                    raise
-                # also importable by its plain name (first come), e.g. to inspect its state
-                sys.modules.setdefault(name, module)
-            return module
-    return importlib.import_module(name)
+    gen = Generator(spec, f"{key}.generator", host.generator_search, args)
+    host.generators.append(gen)
+    return CallableSource(size, gen, identity=identity, name=spec)
 
 
 def _table(v: Any, key: str) -> dict[str, Any]:
