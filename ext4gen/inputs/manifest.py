@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import json
 import os
 import re
@@ -18,6 +19,7 @@ from typing import Any
 
 from ..errors import ManifestError
 from ..model import times
+from ..model.confine import pinned_source
 from ..model.options import DEDUP_MODES, ImageOptions
 from ..model.sources import CallableSource, HostFileSource, InlineSource, Source, ZeroSource
 from ..model.tree import (
@@ -415,6 +417,12 @@ class HostPaths:
         self.generator_search = [base_dir, *(os.path.abspath(d) for d in generator_path)]
         self.generators: list[Generator] = []
 
+    def open_file(self, rel: str, path: str) -> HostFileSource:
+        """The source file, pinned; under a source root, opened beneath it (see confine.py)."""
+        if self.root is None:
+            return HostFileSource(path)
+        return pinned_source(self.root, os.path.join(os.path.realpath(self.base_dir), rel))
+
     def resolve(self, rel: str, key: str) -> str:
         path = os.path.join(self.base_dir, rel)
         if self.root is not None:
@@ -449,14 +457,18 @@ def _content(entry: dict[str, Any], key: str, host: HostPaths) -> Source:
             raise ManifestError(f"{key}.base64", "invalid base64") from None
     if k == "size":
         return ZeroSource(_size(v, f"{key}.size"))
-    path = host.resolve(_str(v, f"{key}.source"), f"{key}.source")
+    rel = _str(v, f"{key}.source")
+    path = host.resolve(rel, f"{key}.source")
     try:
-        src = HostFileSource(path)
+        src = host.open_file(rel, path)
     except FileNotFoundError:
         raise ManifestError(f"{key}.source", f"source file {path} does not exist") from None
     except IsADirectoryError:
         raise ManifestError(f"{key}.source", f"source {path} is not a regular file") from None
     except OSError as e:
+        if e.errno in (errno.EXDEV, errno.ELOOP):
+            raise ManifestError(f"{key}.source", f"{path} is outside the source root "
+                                f"{host.root}") from None
         raise ManifestError(f"{key}.source", f"cannot read source {path}: {e.strerror}") from None
     problem = file_size_error(src.size)
     if problem:
