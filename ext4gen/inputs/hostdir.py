@@ -66,15 +66,23 @@ def read_xattrs(path: bytes, shown: str) -> dict[bytes, bytes]:
     return out
 
 
-def _list_dir(path: bytes) -> list[tuple[bytes, os.stat_result]]:
+def _list_dir(path: bytes, expect: os.stat_result) -> list[tuple[bytes, os.stat_result]]:
     """(name, lstat) of the entries of ``path``, listed without moving its atime
-    (which the image records, so a second build would differ)."""
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    (which the image records, so a second build would differ).
+
+    The directory must still be the one ``expect`` describes: a subdirectory
+    swapped for a symlink (or another directory) while the tree is walked would
+    otherwise import whatever the new name points to.
+    """
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
     try:
         fd = os.open(path, flags | os.O_NOATIME)
     except PermissionError:
         fd = os.open(path, flags)
     try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (expect.st_dev, expect.st_ino):
+            raise OSError(errno.ESTALE, "directory was replaced while it was imported")
         with os.scandir(fd) as it:
             names = sorted(os.fsencode(e.name) for e in it)
         return [(n, os.stat(n, dir_fd=fd, follow_symlinks=False)) for n in names]
@@ -96,11 +104,11 @@ def import_directory(tree: Tree, host_dir: str, target: str = "/", *, key: str =
     links: dict[tuple[int, int], Node] = {}
     tree.add(target, Node(DIR, meta_from_stat(st), key=key, xattrs=read_xattrs(top, host_dir) or NO_XATTRS,
                           imported=True))
-    stack = [(top, target_parts)]
+    stack = [(top, target_parts, st)]
     while stack:
-        host, parts = stack.pop()
+        host, parts, dir_st = stack.pop()
         try:
-            entries = _list_dir(host)
+            entries = _list_dir(host, dir_st)
         except OSError as e:
             raise ManifestError(os.fsdecode(host), f"cannot list directory: {e.strerror}") from None
         for name, st in entries:
@@ -132,4 +140,4 @@ def import_directory(tree: Tree, host_dir: str, target: str = "/", *, key: str =
             if kind != DIR and st.st_nlink > 1:
                 links[(st.st_dev, st.st_ino)] = node
             if kind == DIR:
-                stack.append((path, child_parts))
+                stack.append((path, child_parts, st))

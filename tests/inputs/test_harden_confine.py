@@ -102,3 +102,31 @@ def test_a_symlink_inside_the_root_is_still_followed(tmp_path: Path):
     with contextlib.redirect_stderr(err):
         assert main(["build", str(m), "-o", str(tmp_path / "x.img"), "--source-root", str(root)]) == 2
     assert "outside the source root" in err.getvalue()
+
+
+def test_a_subdirectory_swapped_for_a_symlink_during_an_import_is_refused(tmp_path: Path, monkeypatch):
+    """The walk opens each directory without following links and checks it is the one listed."""
+    from ext4gen.inputs import hostdir
+
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "f").write_bytes(b"inside")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "f").write_bytes(MARK)
+    real = hostdir._list_dir
+
+    def list_then_swap(path: bytes, *rest):
+        entries = real(path, *rest)
+        if path == os.fsencode(src):  # the race, made deterministic: after the parent's listing
+            os.rename(src / "sub", tmp_path / "moved")
+            os.symlink(outside, src / "sub")
+        return entries
+
+    monkeypatch.setattr(hostdir, "_list_dir", list_then_swap)
+    out = tmp_path / "x.img"
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(["build", str(src), "-o", str(out), "-q"])
+    assert rc == 2 and err.getvalue().count("\n") == 1 and "sub" in err.getvalue(), err.getvalue()
+    assert not out.exists() or MARK not in out.read_bytes()
