@@ -12,6 +12,7 @@ import os
 import stat
 
 from ..errors import ManifestError
+from ..model import times
 from ..model.sources import HostFileSource
 from ..model.tree import (
     BLOCKDEV,
@@ -122,7 +123,12 @@ def import_directory(tree: Tree, host_dir: str, target: str = "/", *, key: str =
                 if known is not None:
                     tree.add(image_path, known)
                     continue
-            node = Node(kind, meta_from_stat(st), key=shown, xattrs=read_xattrs(path, shown) or NO_XATTRS,
+            meta = meta_from_stat(st)
+            for ns in (meta.atime, meta.mtime, meta.ctime):
+                problem = times.range_error(ns)
+                if problem:
+                    raise ManifestError(shown, problem)
+            node = Node(kind, meta, key=shown, xattrs=read_xattrs(path, shown) or NO_XATTRS,
                         imported=True)
             if kind == FILE:
                 try:

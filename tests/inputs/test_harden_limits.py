@@ -58,3 +58,17 @@ def test_the_limit_itself_builds_clean_and_the_kernel_reads_its_last_byte(tmp_pa
         assert Path(mnt, "big").stat().st_size == LIMIT
         f.seek(LIMIT - 1)
         assert f.read(2) == b"\0"
+
+
+@pytest.mark.parametrize("seconds,ok", [(10737418239, True), (10737418240, False),
+                                        (12884901887, False), (12884901888, True),
+                                        (15032385535, True), (15032385536, False)])
+def test_times_e2fsck_misreads_are_refused_and_their_neighbours_build_clean(tmp_path: Path, capsys,
+                                                                             seconds: int, ok: bool):
+    """Epoch bits 3 with a 'negative' low word look to e2fsck like an old kernel's pre-1970 bug."""
+    rc, err = _build(tmp_path, f'["/a"]\ntext = "x"\nmtime = {seconds}\n', capsys)
+    if ok:
+        assert rc == 0, err
+        assert e2fsck(str(tmp_path / "x.img")) == (0, [])
+    else:
+        assert rc == 2 and err.count("\n") == 1 and '"/a".mtime' in err, err
