@@ -33,8 +33,8 @@ from strategies import NAME_CHARS, metadata
 from ext4gen.cli import main
 from ext4gen.verify import e2fsck
 
-MANIFEST_EXAMPLES = 800
-TAR_EXAMPLES = 400
+MANIFEST_EXAMPLES = 700
+TAR_EXAMPLES = 350
 CASE_TIMEOUT = 30  # seconds: anything slower is a hang
 FUZZ = dict(deadline=None, database=None, derandomize=not os.environ.get("EXT4GEN_PROPERTY_RANDOM"),
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
