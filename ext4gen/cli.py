@@ -66,8 +66,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     write_image(image, args.output)
     t2 = time.perf_counter()
     if args.write_map:
-        with open(args.write_map, "w", encoding="utf-8") as f:
-            f.write(identity_map(image.plan).to_json())
+        try:
+            with open(args.write_map, "w", encoding="utf-8") as f:
+                f.write(identity_map(image.plan).to_json())
+        except OSError as e:
+            raise Ext4genError(f"{args.write_map}: cannot write the identity map: {e.strerror}") from None
     if not args.quiet:
         print(f"{args.output}: {image.size} bytes, planned in {t1 - t0:.3f} s, "
               f"written in {t2 - t1:.3f} s", file=sys.stderr)

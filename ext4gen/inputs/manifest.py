@@ -105,7 +105,7 @@ def _decode(raw: bytes, path: str) -> dict[str, Any]:
                             "deeply") from None
     if not isinstance(doc, dict):
         raise ManifestError(path, "the manifest must be a table/object")
-    if is_json and _MAYBE_SURROGATE.search(raw):
+    if is_json and (b"\\u" in raw or b"\xed" in raw) and _MAYBE_SURROGATE.search(raw):
         try:
             _refuse_lone_surrogates(doc)
         except ManifestError as e:
