@@ -10,7 +10,6 @@ import binascii
 import errno
 import json
 import os
-import re
 import sys
 import tomllib
 import uuid as uuid_mod
@@ -39,6 +38,7 @@ from ..model.tree import (
 )
 from ..model.xattrs import ACL_ACCESS, ACL_DEFAULT, XattrError, normalize_vfs_acl, parse_acl_text, split_name
 from .generators import Generator
+from .surrogates import may_hold_surrogates, refuse_lone_surrogates
 
 TOP_KEYS = {"image", "defaults", "import"}
 IMPORT_KEYS = {"source", "target"}
@@ -105,54 +105,12 @@ def _decode(raw: bytes, path: str) -> dict[str, Any]:
                             "deeply") from None
     if not isinstance(doc, dict):
         raise ManifestError(path, "the manifest must be a table/object")
-    if is_json and (b"\\u" in raw or b"\xed" in raw) and _MAYBE_SURROGATE.search(raw):
+    if is_json and may_hold_surrogates(raw):
         try:
-            _refuse_lone_surrogates(doc)
+            refuse_lone_surrogates(doc)
         except ManifestError as e:
             raise ManifestError(e.key, e.message, origin=path) from None
     return doc
-
-
-# JSON can spell a lone surrogate as an escape, or (json.loads decodes bytes with
-# "surrogatepass") as its three UTF-8-like bytes; TOML refuses both itself.
-_MAYBE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
-
-
-def _refuse_lone_surrogates(doc: dict[str, Any]) -> None:
-    """A string with a lone surrogate is not Unicode: no name, text or target can hold it.
-
-    Only run when the raw text may contain one, so ordinary manifests pay nothing;
-    iterative, since the document may be nested as deeply as the parser allowed.
-    """
-    stack: list[tuple[str, Any]] = [("", doc)]
-    while stack:
-        where, value = stack.pop()
-        if isinstance(value, dict):
-            items: Any = value.items()
-        elif isinstance(value, list):
-            items = ((f"[{i}]", v) for i, v in enumerate(value))
-        else:
-            if isinstance(value, str) and not _is_unicode(value):
-                raise ManifestError(where, "not valid Unicode (a lone surrogate)")
-            continue
-        for k, v in items:
-            if isinstance(value, dict):
-                shown = f'"{k}"' if not where and k.startswith("/") else k
-                if not _is_unicode(k):
-                    raise ManifestError(f"{where}.{shown}" if where else shown,
-                                        "key is not valid Unicode (a lone surrogate)")
-                child = f"{where}.{shown}" if where else shown
-            else:
-                child = where + k
-            stack.append((child, v))
-
-
-def _is_unicode(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
