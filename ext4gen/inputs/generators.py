@@ -79,7 +79,10 @@ def _find_module(name: str, search: Sequence[str]) -> tuple[str, str] | None:
         rel = os.path.join(directory, *name.split("."))
         for path in (rel + ".py", os.path.join(rel, "__init__.py")):
             if os.path.isfile(path):
-                return directory, os.path.realpath(path)
+                try:
+                    return directory, os.path.realpath(path)
+                except OSError:  # changed while it was resolved: as if absent
+                    continue
     return None
 
 

@@ -384,7 +384,10 @@ class HostPaths:
     def resolve(self, rel: str, key: str) -> str:
         path = os.path.join(self.base_dir, rel)
         if self.root is not None:
-            real = os.path.realpath(path)
+            try:
+                real = os.path.realpath(path)
+            except OSError as e:  # a component changed while it was resolved
+                raise ManifestError(key, f"cannot resolve {path}: {e.strerror}") from None
             if real != self.root and not real.startswith(self.root.rstrip("/") + "/"):
                 raise ManifestError(key, f"{path} is outside the source root {self.root}")
         return path
