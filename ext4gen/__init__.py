@@ -29,16 +29,20 @@ def plan(tree: Tree, options: ImageOptions | None = None) -> Image:
 
 
 def load(source: str, *, source_root: str | None = None, source_options: SourceOptions | None = None,
+         generator_path: tuple[str, ...] = (), load_generators: bool = True,
          **overrides: object) -> tuple[Tree, ImageOptions]:
     """Load a SOURCE (manifest file or ``-``, host directory, tar archive) into a tree and options.
 
     ``overrides`` set :class:`ImageOptions` fields (None leaves the source's choice);
     ``source_options`` adjust the tree (owners, times, labels), winning over a
     manifest's ``[image]`` keys one by one.  A tree built in code is adjusted
-    with :func:`adjust`.
+    with :func:`adjust`.  A manifest's generators come from modules beside it or
+    in ``generator_path``; ``load_generators=False`` leaves them unimported until
+    their bytes are read.
     """
     with gc_paused():
-        return _load(source, source_root, overrides, source_options)
+        return _load(source, source_root, overrides, source_options, tuple(generator_path),
+                     load_generators)
 
 
 def adjust(tree: Tree, source_options: SourceOptions, *, epoch_ns: int | None = None) -> None:
@@ -49,7 +53,8 @@ def adjust(tree: Tree, source_options: SourceOptions, *, epoch_ns: int | None = 
 
 
 def _load(source: str, source_root: str | None, overrides: dict[str, object],
-          source_options: SourceOptions | None = None) -> tuple[Tree, ImageOptions]:
+          source_options: SourceOptions | None = None, generator_path: tuple[str, ...] = (),
+          load_generators: bool = True) -> tuple[Tree, ImageOptions]:
     import os
 
     from .inputs.manifest import import_source
@@ -72,7 +77,8 @@ def _load(source: str, source_root: str | None, overrides: dict[str, object],
         adjust(tree, opts, epoch_ns=epoch_ns if epoch else None)
         options = ImageOptions(epoch_ns=epoch_ns)
     else:
-        tree, options = load_manifest(source, source_root=source_root, source_options=source_options)
+        tree, options = load_manifest(source, source_root=source_root, source_options=source_options,
+                                      generator_path=generator_path, load_generators=load_generators)
     for k, v in overrides.items():
         if v is not None:
             setattr(options, k, v)

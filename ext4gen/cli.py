@@ -7,7 +7,10 @@ with exit code 2; tracebacks are for bugs only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import re
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +24,7 @@ from .inspect import describe_image_file, describe_plan
 from .layout.planner import identity_map
 from .model.identity import IdentityMap
 from .model.options import DEDUP_MODES, TIMES_MODES, ImageFlags, SourceOptions, check_label, uuid_value
+from .output import write_image
 from .render.image import Image
 from .verify import compare_tree, e2fsck, is_root, loop_mount
 
@@ -28,8 +32,11 @@ EXIT_USAGE = 2
 SUBCOMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 
-def load_image(args: argparse.Namespace) -> tuple[Image, object]:
-    """Plan the SOURCE named by the command line into an Image; returns (image, tree)."""
+def load_image(args: argparse.Namespace, *, reads_data: bool = True) -> tuple[Image, object]:
+    """Plan the SOURCE named by the command line into an Image; returns (image, tree).
+
+    Commands that never read file data (inspect) leave generator modules unimported.
+    """
     from . import load, plan
 
     problem = source_problem(args.source, image_ok=False)
@@ -40,6 +47,8 @@ def load_image(args: argparse.Namespace) -> tuple[Image, object]:
     given = getattr(args, "flags", None)  # serve's validation passes them as ImageFlags JSON
     flags = ImageFlags.from_json(given) if given else image_flags(args)
     tree, options = load(args.source, source_root=getattr(args, "source_root", None),
+                         generator_path=tuple(getattr(args, "generator_path", None) or ()),
+                         load_generators=reads_data,
                          dedup=getattr(args, "dedup", None), base_map=base_map,
                          inline_data=False if getattr(args, "no_inline_data", False) else None,
                          **flags.load_kwargs())
@@ -110,11 +119,14 @@ def cmd_build(args: argparse.Namespace) -> int:
     t1 = time.perf_counter()
     with progress.phase(f"writing {args.output}", _data_bytes(image) if progress._enabled else None,
                         unit="B", scale=True) as tick:
-        image.write(args.output, progress=tick)
+        write_image(image, args.output, progress=tick)
     t2 = time.perf_counter()
     if args.write_map:
-        with open(args.write_map, "w", encoding="utf-8") as f:
-            f.write(identity_map(image.plan).to_json())
+        try:
+            with open(args.write_map, "w", encoding="utf-8") as f:
+                f.write(identity_map(image.plan).to_json())
+        except OSError as e:
+            raise Ext4genError(f"{args.write_map}: cannot write the identity map: {e.strerror}") from None
     if not args.quiet:
         print(f"{args.output}: {image.size} bytes, planned in {t1 - t0:.3f} s, "
               f"written in {t2 - t1:.3f} s", file=sys.stderr)
@@ -145,7 +157,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         if not is_root():
             print("kernel mount: skipped (needs root)")
         else:
-            with loop_mount(path) as mnt:
+            with contextlib.ExitStack() as stack:
+                try:
+                    mnt = stack.enter_context(loop_mount(path))
+                except subprocess.CalledProcessError as e:
+                    print(f"kernel mount: FAILED (mount exit {e.returncode})")
+                    return 1
                 if tree is None:
                     count = sum(len(files) + len(dirs) for _r, dirs, files in os.walk(mnt))
                     print(f"kernel mount: ok ({count} entries)")
@@ -189,7 +206,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if is_image_file(args.source):
         print(describe_image_file(args.source))
     else:
-        image, _tree = load_image(args)
+        image, _tree = load_image(args, reads_data=False)
         print(describe_plan(image))
     return 0
 
@@ -300,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def source_args(sp: argparse.ArgumentParser, what: str = "SOURCE") -> None:
         add_source_arguments(sp, what)
+        sp.add_argument("--generator-path", metavar="DIR", action="append",
+                        help="also look for a manifest's generator modules in DIR (repeatable); "
+                        "by default only modules beside the manifest may be named")
 
     b = sub.add_parser("build", help="write the image to a sparse file")
     source_args(b)
@@ -326,6 +346,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def one_line(text: str) -> str:
+    """An error message exactly as one printable line: names from manifests, archives and
+    directories may hold newlines, control characters or lone surrogates."""
+    text = _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -333,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except Ext4genError as e:
-        print(f"ext4gen: {e}", file=sys.stderr)
+        print(f"ext4gen: {one_line(str(e))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid as uuid_mod
 
+from .errors import Ext4genError
 from .format.features import FEATURE_NAMES, feature_names
 from .format.superblock import BLOCK_SIZE, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, ext4_super_block
 from .render.image import Image
@@ -31,8 +32,21 @@ def _superblock_lines(raw: bytes) -> list[str]:
 
 
 def describe_image_file(path: str) -> str:
-    with open(path, "rb") as f:
-        raw = f.read(BLOCK_SIZE)
+    """The superblock summary of an image file; one-line errors for what is not ext4."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(BLOCK_SIZE)
+    except OSError as e:
+        raise Ext4genError(f"{path}: cannot read the image: {e.strerror}") from None
+    if len(raw) < SUPERBLOCK_OFFSET + 1024:
+        raise Ext4genError(f"{path}: not an ext4 image: only {len(raw)} bytes, the superblock "
+                           f"ends at {SUPERBLOCK_OFFSET + 1024}")
+    sb = ext4_super_block.parse(raw[SUPERBLOCK_OFFSET : SUPERBLOCK_OFFSET + 1024])
+    if sb.s_log_block_size > 6:  # ext4 blocks are 1 KiB .. 64 KiB
+        raise Ext4genError(f"{path}: not a valid ext4 superblock: s_log_block_size "
+                           f"{sb.s_log_block_size} (at most 6, for 64 KiB blocks)")
+    if sb.s_blocks_per_group == 0:
+        raise Ext4genError(f"{path}: not a valid ext4 superblock: s_blocks_per_group is 0")
     return "\n".join(_superblock_lines(raw))
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from .. import progress
 from ..errors import ManifestError
+from ..model import times
 from ..model.sources import HostFileSource
 from ..model.tree import (
     BLOCKDEV,
@@ -75,15 +76,23 @@ def _lstat_or(path: bytes, st: os.stat_result) -> os.stat_result:
         return st
 
 
-def _list_dir(path: bytes) -> list[tuple[bytes, os.stat_result]]:
+def _list_dir(path: bytes, expect: os.stat_result) -> list[tuple[bytes, os.stat_result]]:
     """(name, lstat) of the entries of ``path``, listed without moving its atime
-    (which the image records, so a second build would differ)."""
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    (which the image records, so a second build would differ).
+
+    The directory must still be the one ``expect`` describes: a subdirectory
+    swapped for a symlink (or another directory) while the tree is walked would
+    otherwise import whatever the new name points to.
+    """
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
     try:
         fd = os.open(path, flags | os.O_NOATIME)
     except PermissionError:
         fd = os.open(path, flags)
     try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (expect.st_dev, expect.st_ino):
+            raise OSError(errno.ESTALE, "directory was replaced while it was imported")
         with os.scandir(fd) as it:
             names = sorted(os.fsencode(e.name) for e in it)
         return [(n, os.stat(n, dir_fd=fd, follow_symlinks=False)) for n in names]
@@ -113,18 +122,19 @@ def import_directory(tree: Tree, host_dir: str, target: str = "/", *, key: str =
     links: dict[tuple[int, int], Node] = {}
     tree.add(target, Node(DIR, meta_from_stat(st), key=key, xattrs=read_xattrs(top, host_dir) or NO_XATTRS,
                           imported=True))
-    stack = [(top, target_parts)]
+    stack = [(top, target_parts, st)]
     with progress.phase(f"importing {host_dir}") as tick:
         _walk(tree, stack, links, one_file_system, st_top, tick)
 
 
-def _walk(tree: Tree, stack: list[tuple[bytes, list[bytes]]], links: dict[tuple[int, int], Node],
-          one_file_system: bool, st_top: os.stat_result, tick: Callable[[int], object]) -> None:
+def _walk(tree: Tree, stack: list[tuple[bytes, list[bytes], os.stat_result]],
+          links: dict[tuple[int, int], Node], one_file_system: bool, st_top: os.stat_result,
+          tick: Callable[[int], object]) -> None:
     """Depth-first over ``stack``: every entry becomes a node (hard links share one)."""
     while stack:
-        host, parts = stack.pop()
+        host, parts, dir_st = stack.pop()
         try:
-            entries = _list_dir(host)
+            entries = _list_dir(host, dir_st)
         except OSError as e:
             raise ManifestError(os.fsdecode(host), f"cannot list directory: {e.strerror}") from None
         tick(len(entries))
@@ -139,7 +149,12 @@ def _walk(tree: Tree, stack: list[tuple[bytes, list[bytes]]], links: dict[tuple[
                 if known is not None:
                     tree.add(image_path, known)
                     continue
-            node = Node(kind, meta_from_stat(st), key=shown, xattrs=read_xattrs(path, shown) or NO_XATTRS,
+            meta = meta_from_stat(st)
+            for ns in (meta.atime, meta.mtime, meta.ctime):
+                problem = times.range_error(ns)
+                if problem:
+                    raise ManifestError(shown, problem)
+            node = Node(kind, meta, key=shown, xattrs=read_xattrs(path, shown) or NO_XATTRS,
                         imported=True)
             if kind == FILE:
                 try:
@@ -147,7 +162,10 @@ def _walk(tree: Tree, stack: list[tuple[bytes, list[bytes]]], links: dict[tuple[
                 except OSError as e:
                     raise ManifestError(shown, f"cannot read: {e.strerror}") from None
             elif kind == SYMLINK:
-                node.target = os.readlink(path)
+                try:
+                    node.target = os.readlink(path)
+                except OSError as e:  # replaced or removed since it was listed
+                    raise ManifestError(shown, f"cannot read symlink: {e.strerror}") from None
             elif kind in (CHARDEV, BLOCKDEV):
                 node.rdev = (os.major(st.st_rdev), os.minor(st.st_rdev))
             if kind == SYMLINK:
@@ -158,4 +176,4 @@ def _walk(tree: Tree, stack: list[tuple[bytes, list[bytes]]], links: dict[tuple[
             if kind != DIR and st.st_nlink > 1:
                 links[(st.st_dev, st.st_ino)] = node
             if kind == DIR and not (one_file_system and st.st_dev != st_top.st_dev):
-                stack.append((path, child_parts))
+                stack.append((path, child_parts, st))

@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import importlib
-import importlib.util
+import errno
 import json
 import os
 import sys
 import tomllib
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import ManifestError
 from ..model import times
+from ..model.confine import pinned_source
 from ..model.options import DEDUP_MODES, ImageOptions, SourceOptions, check_label, uuid_value
 from ..model.sources import CallableSource, HostFileSource, InlineSource, Source, ZeroSource
 from ..model.tree import (
@@ -33,10 +33,13 @@ from ..model.tree import (
     Meta,
     Node,
     Tree,
+    file_size_error,
 )
 from ..model.xattrs import ACL_ACCESS, ACL_DEFAULT, XattrError, normalize_vfs_acl, parse_acl_text, split_name
 from .adjust import apply_source_options
+from .generators import Generator
 from .image_keys import SOURCE_OPTION_KEYS, parse_source_options
+from .surrogates import may_hold_surrogates, refuse_lone_surrogates
 
 TOP_KEYS = {"image", "defaults", "import"}
 IMPORT_KEYS = {"source", "target"}
@@ -54,15 +57,17 @@ TIME_KEYS = frozenset({"atime", "mtime", "ctime", "crtime"})
 ENTRY_TYPES = (FILE, DIR, SYMLINK, "hardlink", CHARDEV, BLOCKDEV, FIFO, SOCKET)
 DEVICE_KEYS = ("major", "minor")
 UINT32 = (1 << 32) - 1
-MAX_FILE_SIZE = (1 << 32) * 4096  # 2^32 blocks of 4 KiB with extents
 
 
 def load_manifest(path: str, *, epoch_env: str | None = None, source_root: str | None = None,
-                  source_options: SourceOptions | None = None) -> tuple[Tree, ImageOptions]:
+                  source_options: SourceOptions | None = None, generator_path: Sequence[str] = (),
+                  load_generators: bool = True) -> tuple[Tree, ImageOptions]:
     """Read a manifest file (``-`` = stdin); ``.json`` or a leading ``{`` is JSON, else TOML.
 
     A manifest from stdin may only name host files below the current directory
-    unless ``source_root`` says otherwise: its author is unknown.
+    unless ``source_root`` says otherwise: its author is unknown.  Generator
+    modules are imported now unless ``load_generators`` is false (commands that
+    never read file data).
     """
     try:
         if path == "-":
@@ -79,7 +84,8 @@ def load_manifest(path: str, *, epoch_env: str | None = None, source_root: str |
     del raw  # a million-entry manifest: the text, the document and the tree must not all coexist
     try:
         return parse_manifest(doc, base_dir=base_dir, epoch_env=epoch_env, source_root=source_root,
-                              consume=True, source_options=source_options)
+                              consume=True, source_options=source_options,
+                              generator_path=generator_path, load_generators=load_generators)
     except ManifestError as e:
         raise ManifestError(e.key, e.message, origin=path) from None
 
@@ -95,8 +101,16 @@ def _decode(raw: bytes, path: str) -> dict[str, Any]:
         raise ManifestError(e.key, e.message, origin=path) from None
     except (ValueError, UnicodeDecodeError) as e:
         raise ManifestError(path, f"not valid {'JSON' if is_json else 'TOML'}: {e}") from None
+    except RecursionError:
+        raise ManifestError(path, f"not valid {'JSON' if is_json else 'TOML'}: nested too "
+                            "deeply") from None
     if not isinstance(doc, dict):
         raise ManifestError(path, "the manifest must be a table/object")
+    if is_json and may_hold_surrogates(raw):
+        try:
+            refuse_lone_surrogates(doc)
+        except ManifestError as e:
+            raise ManifestError(e.key, e.message, origin=path) from None
     return doc
 
 
@@ -112,7 +126,8 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def parse_manifest(doc: dict[str, Any], *, base_dir: str = ".", epoch_env: str | None = None,
                    source_root: str | None = None, consume: bool = False,
-                   source_options: SourceOptions | None = None) -> tuple[Tree, ImageOptions]:
+                   source_options: SourceOptions | None = None, generator_path: Sequence[str] = (),
+                   load_generators: bool = True) -> tuple[Tree, ImageOptions]:
     """Turn a parsed manifest document into a tree; relative sources use ``base_dir``.
 
     With ``source_root``, every host path must resolve (symlinks and ``..``
@@ -121,7 +136,7 @@ def parse_manifest(doc: dict[str, Any], *, base_dir: str = ".", epoch_env: str |
     memory of the document is reused for the tree instead of adding to it.
     ``source_options`` (from the command line) win over the ``[image]`` table's, key by key.
     """
-    host = HostPaths(base_dir, source_root)
+    host = HostPaths(base_dir, source_root, generator_path)
     if epoch_env is None:
         epoch_env = os.environ.get("SOURCE_DATE_EPOCH")
     for k in doc:
@@ -238,6 +253,9 @@ def parse_manifest(doc: dict[str, Any], *, base_dir: str = ".", epoch_env: str |
     # By default SOURCE_DATE_EPOCH clamps imported inodes only: without imports, no walk for it.
     clamp_epoch = epoch_ns if epoch_env is not None and (imports or adjust.times) else None
     apply_source_options(tree, adjust, clamp_epoch)
+    if load_generators:
+        for gen in host.generators:
+            gen.load()
     return tree, opts
 
 
@@ -358,14 +376,26 @@ def import_source(tree: Tree, host: str, target: str, *, key: str, one_file_syst
 class HostPaths:
     """Resolves manifest-relative host paths and enforces ``--source-root``."""
 
-    def __init__(self, base_dir: str, source_root: str | None) -> None:
+    def __init__(self, base_dir: str, source_root: str | None,
+                 generator_path: Sequence[str] = ()) -> None:
         self.base_dir = base_dir
         self.root = os.path.realpath(source_root) if source_root else None
+        self.generator_search = [base_dir, *(os.path.abspath(d) for d in generator_path)]
+        self.generators: list[Generator] = []
+
+    def open_file(self, rel: str, path: str) -> HostFileSource:
+        """The source file, pinned; under a source root, opened beneath it (see confine.py)."""
+        if self.root is None:
+            return HostFileSource(path)
+        return pinned_source(self.root, os.path.join(os.path.realpath(self.base_dir), rel))
 
     def resolve(self, rel: str, key: str) -> str:
         path = os.path.join(self.base_dir, rel)
         if self.root is not None:
-            real = os.path.realpath(path)
+            try:
+                real = os.path.realpath(path)
+            except OSError as e:  # a component changed while it was resolved
+                raise ManifestError(key, f"cannot resolve {path}: {e.strerror}") from None
             if real != self.root and not real.startswith(self.root.rstrip("/") + "/"):
                 raise ManifestError(key, f"{path} is outside the source root {self.root}")
         return path
@@ -376,7 +406,7 @@ def _content(entry: dict[str, Any], key: str, host: HostPaths) -> Source:
         if host.root is not None:
             raise ManifestError(f"{key}.generator", "generators run code and are refused with a "
                                 "source root (untrusted manifest)")
-        return _generator(entry, key, host.base_dir)
+        return _generator(entry, key, host)
     for k in GENERATOR_KEYS:
         if k in entry:
             raise ManifestError(f"{key}.{k}", "only valid with generator")
@@ -395,29 +425,31 @@ def _content(entry: dict[str, Any], key: str, host: HostPaths) -> Source:
         except binascii.Error:
             raise ManifestError(f"{key}.base64", "invalid base64") from None
     if k == "size":
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ManifestError(f"{key}.size", "must be a non-negative integer")
-        if v > MAX_FILE_SIZE:
-            raise ManifestError(f"{key}.size", "larger than ext4's 16 TiB file limit")
-        return ZeroSource(v)
-    path = host.resolve(_str(v, f"{key}.source"), f"{key}.source")
+        return ZeroSource(_size(v, f"{key}.size"))
+    rel = _str(v, f"{key}.source")
+    path = host.resolve(rel, f"{key}.source")
     try:
-        src = HostFileSource(path)
+        src = host.open_file(rel, path)
     except FileNotFoundError:
         raise ManifestError(f"{key}.source", f"source file {path} does not exist") from None
     except IsADirectoryError:
         raise ManifestError(f"{key}.source", f"source {path} is not a regular file") from None
     except OSError as e:
+        if e.errno in (errno.EXDEV, errno.ELOOP):
+            raise ManifestError(f"{key}.source", f"{path} is outside the source root "
+                                f"{host.root}") from None
         raise ManifestError(f"{key}.source", f"cannot read source {path}: {e.strerror}") from None
-    if src.size > MAX_FILE_SIZE:
-        raise ManifestError(f"{key}.source", "larger than ext4's 16 TiB file limit")
+    problem = file_size_error(src.size)
+    if problem:
+        raise ManifestError(f"{key}.source", f"{path}: {problem}")
     return src
 
 
-def _generator(entry: dict[str, Any], key: str, base_dir: str) -> CallableSource:
+def _generator(entry: dict[str, Any], key: str, host: HostPaths) -> CallableSource:
     """``generator = "module:function"``: called as ``function(offset, length, **args)``.
 
-    The manifest's directory is importable, so a generator can live beside it.
+    The module is found now (beside the manifest, or in a ``--generator-path``
+    directory) and imported only when bytes are needed; see generators.py.
     """
     spec = _str(entry["generator"], f"{key}.generator")
     for k in ("text", "base64", "source"):
@@ -425,60 +457,14 @@ def _generator(entry: dict[str, Any], key: str, base_dir: str) -> CallableSource
             raise ManifestError(f"{key}.{k}", "conflicts with generator")
     if "size" not in entry:
         raise ManifestError(f"{key}.size", "a generator needs its size declared up front")
-    size = entry["size"]
-    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_FILE_SIZE:
-        raise ManifestError(f"{key}.size", "must be a non-negative integer up to 16 TiB")
+    size = _size(entry["size"], f"{key}.size")
     args = _table(entry.get("args", {}), f"{key}.args")
-    module_name, _, func_name = spec.partition(":")
-    if not module_name or not func_name:
-        raise ManifestError(f"{key}.generator", "expected \"module:function\"")
-    try:
-        func = getattr(_generator_module(module_name, base_dir), func_name)
-    except Exception as e:  # import errors of user code are input errors
-        raise ManifestError(f"{key}.generator", f"cannot load {spec}: {e}") from None
-    if not callable(func):
-        raise ManifestError(f"{key}.generator", f"{spec} is not callable")
     identity = entry.get("identity")
     if identity is not None:
         identity = ("manifest-identity", _str(identity, f"{key}.identity"))
-
-    def read(offset: int, length: int) -> bytes:
-        return func(offset, length, **args)
-
-    return CallableSource(size, read, identity=identity, name=spec)
-
-
-def _generator_module(name: str, base_dir: str) -> Any:
-    """The module a generator names.
-
-    One beside the manifest is loaded from its file under a name unique to that
-    file: two manifests in different directories may both have a ``gen.py``,
-    and a plain import would hand the second the first one's module.  Other
-    names are ordinary imports (installed packages).  The manifest's directory
-    stays importable for the generator's own sibling imports.
-    """
-    if base_dir not in sys.path:
-        sys.path.insert(0, base_dir)
-    rel = os.path.join(base_dir, *name.split("."))
-    for path in (rel + ".py", os.path.join(rel, "__init__.py")):
-        if os.path.isfile(path):
-            real = os.path.realpath(path)
-            unique = "_ext4gen_generator_" + hashlib.sha256(real.encode()).hexdigest()[:20]
-            module = sys.modules.get(unique)
-            if module is None:
-                spec = importlib.util.spec_from_file_location(unique, real)
-                assert spec is not None and spec.loader is not None
-                module = importlib.util.module_from_spec(spec)
-                sys.modules[unique] = module
-                try:
-                    spec.loader.exec_module(module)
-                except BaseException:
-                    del sys.modules[unique]
-                    raise
-                # also importable by its plain name (first come), e.g. to inspect its state
-                sys.modules.setdefault(name, module)
-            return module
-    return importlib.import_module(name)
+    gen = Generator(spec, f"{key}.generator", host.generator_search, args)
+    host.generators.append(gen)
+    return CallableSource(size, gen, identity=identity, name=spec)
 
 
 def _table(v: Any, key: str) -> dict[str, Any]:
@@ -496,6 +482,15 @@ def _no_unknown(table: dict[str, Any], allowed: set[str], key: str) -> None:
 def _str(v: Any, key: str) -> str:
     if not isinstance(v, str):
         raise ManifestError(key, "must be a string")
+    return v
+
+
+def _size(v: Any, key: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ManifestError(key, "must be a non-negative integer")
+    problem = file_size_error(v)
+    if problem:
+        raise ManifestError(key, problem)
     return v
 
 

@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import lzma
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -19,8 +20,25 @@ import tempfile
 from ..errors import ManifestError
 from ..model import times
 from ..model.sources import HostFile, HostFileSource, InlineSource
-from ..model.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, NO_XATTRS, SYMLINK, Meta, Node, Tree, split_path
+from ..model.tree import (
+    BLOCKDEV,
+    CHARDEV,
+    DIR,
+    FIFO,
+    FILE,
+    NO_XATTRS,
+    SYMLINK,
+    SYMLINK_MAX,
+    Meta,
+    Node,
+    Tree,
+    file_size_error,
+    split_path,
+)
 from ..model.xattrs import ACL_ACCESS, ACL_DEFAULT, XattrError, normalize_vfs_acl, parse_acl_text, split_name
+
+UINT32 = (1 << 32) - 1
+MAJOR_MAX, MINOR_MAX = 0xFFF, 0xFFFFF  # the kernel's new_encode_dev: 12 + 20 bits
 
 _COMPRESSED = (
     (b"\x1f\x8b", gzip.open, "gzip"),
@@ -69,14 +87,43 @@ def uncompressed(path: str) -> str:
     return out
 
 
-def _pax_time(m: tarfile.TarInfo, name: str, fallback: int) -> int:
+_PAX_DECIMAL = re.compile(r"^(-?\d+)(?:\.(\d+))?$")
+
+
+def _member_time(m: tarfile.TarInfo, name: str, fallback: int | None, shown: str) -> int:
+    """A PAX time exactly as written (ns), the header's seconds, or ``fallback``.
+
+    Out of ext4's range, not a number (``nan``, ``1e300``) or unparsable: refused,
+    never replaced by another time.
+    """
     value = m.pax_headers.get(name)
     if value is None:
-        return fallback
+        if fallback is not None:
+            return fallback
+        value = m.mtime  # ustar/GNU header seconds (an int; base-256 may be huge or negative)
+    elif (found := _PAX_DECIMAL.match(value.strip())) is not None:
+        sec, frac = found.groups()
+        value = f"{sec}.{frac[:9]}" if frac else sec  # ext4 keeps nanoseconds
+    else:
+        raise ManifestError(shown, f"PAX {name} {value[:40]!r} is not a decimal number of seconds")
     try:
-        return times.parse_time(value)
-    except ValueError:
-        return fallback
+        return times.parse_time(value if not isinstance(value, float) else int(value))
+    except (ValueError, OverflowError) as e:
+        raise ManifestError(shown, f"{name} {str(value)[:40]}: {e}") from None
+
+
+def _member_id(m: tarfile.TarInfo, name: str, shown: str) -> int:
+    """uid/gid as the member says, if ext4 can store it (32 bits, not (uid_t)-1)."""
+    raw = m.pax_headers.get(name)
+    value: object = getattr(m, name)
+    if raw is not None:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ManifestError(shown, f"PAX {name} {raw[:40]!r} is not an integer") from None
+    if not isinstance(value, int) or not 0 <= value < UINT32:
+        raise ManifestError(shown, f"{name} {value} is outside 0 .. {UINT32 - 1}")
+    return value
 
 
 def _member_xattrs(m: tarfile.TarInfo, shown: str) -> dict[bytes, bytes]:
@@ -141,7 +188,7 @@ def import_tar(tree: Tree, tar_path: str, target: str = "/", *, key: str = "") -
         plain = uncompressed(tar_path)
         hf = HostFile(plain)
         tf = tarfile.open(plain, "r:")
-    except (OSError, tarfile.TarError) as e:
+    except (OSError, tarfile.TarError, ValueError, OverflowError, EOFError) as e:
         raise ManifestError(key, f"cannot read tar archive {tar_path}: {e}") from None
     base = split_path(target, key)
     with tf:
@@ -149,50 +196,97 @@ def import_tar(tree: Tree, tar_path: str, target: str = "/", *, key: str = "") -
             members = iter(tf)
             for m in members:
                 _add_member(tree, hf, m, base, tar_path)
-        except tarfile.TarError as e:
+        except (tarfile.TarError, ValueError, OverflowError, EOFError) as e:  # tarfile's own parsing
             raise ManifestError(key, f"corrupt tar archive {tar_path}: {e}") from None
 
 
 def _add_member(tree: Tree, hf: HostFile, m: tarfile.TarInfo, base: list[bytes], tar_path: str) -> None:
+    """One member becomes exactly what it says, or is refused naming it."""
     name = m.name.encode("utf-8", "surrogateescape")
     parts = [p for p in name.split(b"/") if p and p != b"."]
     shown = f"{tar_path}:{m.name}"
     if b".." in parts:
         raise ManifestError(shown, "member path escapes the archive root ('..')")
+    if not parts and not m.isdir():
+        raise ManifestError(shown, "only a directory can stand for the archive root")
     path = b"/" + b"/".join(base + parts)
-    mtime = _pax_time(m, "mtime", int(m.mtime) * times.NS)
-    meta = Meta(m.mode & 0o7777, m.uid, m.gid, _pax_time(m, "atime", mtime), mtime,
-                _pax_time(m, "ctime", mtime), _pax_time(m, "ctime", mtime))
-    xattrs = _member_xattrs(m, shown) or NO_XATTRS
     if m.islnk():
-        link = [p for p in m.linkname.encode("utf-8", "surrogateescape").split(b"/") if p and p != b"."]
-        tree.add_hardlink(path, b"/" + b"/".join(base + link), shown)
+        _add_hardlink(tree, m, base, path, shown)
         return
+    mtime = _member_time(m, "mtime", None, shown)
+    ctime = _member_time(m, "ctime", mtime, shown)
+    meta = Meta(m.mode & 0o7777, _member_id(m, "uid", shown), _member_id(m, "gid", shown),
+                _member_time(m, "atime", mtime, shown), mtime, ctime, ctime)
+    xattrs = _member_xattrs(m, shown) or NO_XATTRS
     node = Node(FILE, meta, key=shown, xattrs=xattrs, imported=True)
     if m.isdir():
         node.kind = DIR
     elif m.issym():
         node.kind = SYMLINK
-        node.target = m.linkname.encode("utf-8", "surrogateescape")
+        node.target = _symlink_target(m, shown)
     elif m.ischr() or m.isblk():
         node.kind = CHARDEV if m.ischr() else BLOCKDEV
+        if not (0 <= m.devmajor <= MAJOR_MAX and 0 <= m.devminor <= MINOR_MAX):
+            raise ManifestError(shown, f"device {m.devmajor}:{m.devminor} is outside what ext4 "
+                                f"stores (major 0 .. {MAJOR_MAX}, minor 0 .. {MINOR_MAX})")
         node.rdev = (m.devmajor, m.devminor)
     elif m.isfifo():
         node.kind = FIFO
     elif m.isreg():
-        if m.sparse:
-            segments, pos = [], m.offset_data
-            for off, length in m.sparse:
-                if length:
-                    segments.append((off, length, pos))
-                pos += length
-            node.source = HostFileSource(hf, size=m.size, segments=segments)
-        elif m.size:
-            node.source = HostFileSource(hf, base_offset=m.offset_data, size=m.size)
-        else:
-            node.source = InlineSource(b"")
+        node.source = _file_source(hf, m, shown)
     else:
         raise ManifestError(shown, f"unsupported tar member type {m.type!r}")
-    if not parts:
-        node.kind = DIR
     tree.add(path, node)
+
+
+def _add_hardlink(tree: Tree, m: tarfile.TarInfo, base: list[bytes], path: bytes, shown: str) -> None:
+    """Link to the member of that name *as it is now*: a later member of the same name
+    replaces the name, not the inode the link already shares (GNU tar does the same)."""
+    link = [p for p in m.linkname.encode("utf-8", "surrogateescape").split(b"/") if p and p != b"."]
+    if b".." in link:
+        raise ManifestError(shown, "hard link target escapes the archive root ('..')")
+    node = tree.lookup(base + link)
+    if node is None:
+        raise ManifestError(shown, f"hard link to {m.linkname!r}, which is not an earlier member")
+    if node.kind == DIR:
+        raise ManifestError(shown, f"hard link to directory {m.linkname!r}")
+    tree.add(path, node)
+
+
+def _symlink_target(m: tarfile.TarInfo, shown: str) -> bytes:
+    target = m.linkname.encode("utf-8", "surrogateescape")
+    if not target:
+        raise ManifestError(shown, "symlink target is empty")
+    if b"\0" in target:
+        raise ManifestError(shown, "symlink target contains NUL")
+    if len(target) > SYMLINK_MAX:
+        raise ManifestError(shown, f"symlink target is {len(target)} bytes, over the "
+                            f"{SYMLINK_MAX}-byte limit")
+    return target
+
+
+def _file_source(hf: HostFile, m: tarfile.TarInfo, shown: str) -> HostFileSource | InlineSource:
+    """The member's bytes in the archive; a sparse map must describe a real file."""
+    problem = file_size_error(m.size)
+    if problem:
+        raise ManifestError(shown, problem)
+    archive_size = hf.pin.st_size
+    if m.sparse is None:
+        if m.offset_data + m.size > archive_size:
+            raise ManifestError(shown, "member data runs past the end of the archive")
+        if not m.size:
+            return InlineSource(b"")
+        return HostFileSource(hf, base_offset=m.offset_data, size=m.size)
+    segments, pos, end = [], m.offset_data, 0
+    for off, length in m.sparse:
+        if not (isinstance(off, int) and isinstance(length, int)) or off < end or length < 0 \
+                or off + length > m.size:
+            raise ManifestError(shown, f"sparse map entry {off},{length} is out of order, "
+                                f"negative or past the file size {m.size}")
+        if length:
+            segments.append((off, length, pos))
+        pos += length
+        end = off + length
+    if pos > archive_size:
+        raise ManifestError(shown, "member data runs past the end of the archive")
+    return HostFileSource(hf, size=m.size, segments=segments)

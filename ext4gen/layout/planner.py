@@ -20,12 +20,13 @@ the filesystem is exactly as large as its content, with exact free counters.
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .. import progress
-from ..errors import ManifestError
+from ..errors import ManifestError, SourceError
 from ..format.dirhash import seed_words
 from ..format.ondisk import (
     BLOCK_SIZE,
@@ -57,9 +58,21 @@ from ..format.ondisk import (
 )
 from ..model.identity import IdentityMap
 from ..model.options import ImageOptions
-from ..model.sources import HostFileSource, InlineSource, ZeroSource
+from ..model.sources import HostFileSource, InlineSource, Source, ZeroSource
 from ..model.times import NS
-from ..model.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Meta, Node, Tree
+from ..model.tree import (
+    BLOCKDEV,
+    CHARDEV,
+    DIR,
+    FIFO,
+    FILE,
+    SOCKET,
+    SYMLINK,
+    Meta,
+    Node,
+    Tree,
+    file_size_error,
+)
 from ..model.xattrs import DiskXattr, XattrError, split_placement, to_disk
 from . import dirents
 from .dedup import DataAllocator, DedupStats, Extent, ExtentBuilder, Run
@@ -148,6 +161,10 @@ class Plan:
     used_dirs_per_group: list[int]
     used_inodes_per_group: list[int]
     last_used_index_per_group: list[int]  # -1 when the group has no used inode
+    #: inode number -> content of an inline file whose source is a host file, read once
+    #: at plan time: its bytes live in an inode-table block shared with 15 other inodes,
+    #: so a source changed later must neither fail that block nor change what it holds.
+    inline_bytes: dict[int, bytes] = field(default_factory=dict)
 
     def paths(self) -> Iterator[tuple[bytes, InodePlan]]:
         """Every name of every inode, found by walking the tree (kept only while needed)."""
@@ -184,7 +201,7 @@ def plan_tree(tree: Tree, options: ImageOptions | None = None) -> Plan:
     tree.resolve_links()
     inodes = _number_inodes(tree, options)
     allocator = DataAllocator(options.dedup)
-    _allocate_data(inodes, options, allocator)
+    inline_bytes = _allocate_data(inodes, options, allocator)
     # After the data: the default UUID and hash seed digest the content read for dedup.
     seed = _identity_digest(tree, options, inodes, allocator.content_digest())
     base = options.base_map
@@ -275,12 +292,17 @@ def plan_tree(tree: Tree, options: ImageOptions | None = None) -> Plan:
         used_dirs_per_group=dirs,
         used_inodes_per_group=used,
         last_used_index_per_group=last_idx,
+        inline_bytes=inline_bytes,
     )
 
 
 def _allocate_data(inodes: list[InodePlan | None], options: ImageOptions,
-                   allocator: DataAllocator) -> None:
-    """Files and long symlinks: inline, or data blocks (deduplicated), in inode order."""
+                   allocator: DataAllocator) -> dict[int, bytes]:
+    """Files and long symlinks: inline, or data blocks (deduplicated), in inode order.
+
+    Returns the bytes of inline host files, read once here so that serving never
+    touches their sources again (a changed tiny file cannot fail an inode-table block).
+    """
     to_hash = 0
     if options.dedup == "content":
         to_hash = sum(ip.node.source.size for ip in inodes if ip is not None and ip.node.kind == FILE
@@ -288,31 +310,68 @@ def _allocate_data(inodes: list[InodePlan | None], options: ImageOptions,
     with progress.phase("hashing", to_hash or None, unit="B", scale=True) as tick:
         allocator.on_read = tick
         try:
-            _allocate_each(inodes, options, allocator)
+            return _allocate_each(inodes, options, allocator)
         finally:
             allocator.on_read = None
 
 
 def _allocate_each(inodes: list[InodePlan | None], options: ImageOptions,
-                   allocator: DataAllocator) -> None:
+                   allocator: DataAllocator) -> dict[int, bytes]:
+    inline_bytes: dict[int, bytes] = {}
     for ip in inodes:
         if ip is None:
             continue
         node = ip.node
         if node.kind == FILE:
-            assert node.source is not None
-            ip.size = node.source.size
-            if (options.inline_data and 0 < ip.size <= MAX_INLINE_SIZE and not node.source.all_zero
-                    and _xattrs_fit_beside(node, ip.size)):
+            source = node.source
+            assert source is not None
+            ip.size = source.size
+            problem = file_size_error(ip.size)
+            if problem:
+                raise ManifestError(node.key or "/", problem)
+            # Dynamic content (generators) is never inlined: it must be produced on read,
+            # and a failure must cost its own data blocks, not a block of 16 inodes.
+            if (options.inline_data and 0 < ip.size <= MAX_INLINE_SIZE and source.plan_readable
+                    and not source.all_zero and _xattrs_fit_beside(node, ip.size)):
                 ip.inline_size = ip.size
                 ip.flags |= EXT4_INLINE_DATA_FL
+                if isinstance(source, HostFileSource):
+                    inline_bytes[ip.ino] = _read_at_plan_time(source, node.key)
             else:
-                ip.extents = allocator.allocate(node.source)
+                ip.extents = allocator.allocate(source)
         elif node.kind == SYMLINK:
             ip.size = len(node.target)
             if ip.size > FAST_SYMLINK_MAX:
                 ip.extents = allocator.allocate(InlineSource(node.target))
     allocator.finish()
+    return inline_bytes
+
+
+def _read_at_plan_time(source: Source, key: str) -> bytes:
+    """All bytes of a small pinned source, checked against its pin, for an inline inode."""
+    buf = bytearray(source.size)
+    direct = source.direct() if isinstance(source, HostFileSource) else None
+    try:
+        if direct is None:  # sparse or segmented: the general path
+            source.readinto(memoryview(buf), 0)
+            return bytes(buf)
+        # One file read once: open, read, close, without taking a slot of the
+        # serve-time descriptor cache for bytes that will never be read again.
+        hf, base = direct
+        fd = hf.open_pinned()
+        try:
+            got = 0
+            while got < len(buf):
+                n = os.preadv(fd, [memoryview(buf)[got:]], base + got)
+                if n <= 0:
+                    raise SourceError(f"{hf.path}: source is shorter than planned")
+                got += n
+            hf.check(os.fstat(fd))
+        finally:
+            os.close(fd)
+    except (SourceError, OSError) as e:
+        raise ManifestError(key or "/", f"cannot read source: {e}") from None
+    return bytes(buf)
 
 
 def _number_inodes(tree: Tree, options: ImageOptions) -> list[InodePlan | None]:

@@ -14,6 +14,11 @@ NS = 1_000_000_000
 MIN_TIME_NS = -(1 << 31) * NS
 MAX_TIME_NS = ((1 << 34) - (1 << 31)) * NS - 1
 
+# e2fsck reads a time whose epoch bits are 3 and whose low 32 bits look negative as a
+# pre-1970 time misencoded by old kernels ("Timestamp(s) on inode N beyond 2310-04-04 are
+# likely pre-1970"): seconds [3 * 2^32 - 2^31, 3 * 2^32), 2310-04-04 .. 2378-04-22.
+E2FSCK_SUSPECT_NS = range(((3 << 32) - (1 << 31)) * NS, (3 << 32) * NS)
+
 _DECIMAL = re.compile(r"^(-?)(\d+)(?:\.(\d{1,9}))?$")
 
 
@@ -39,9 +44,20 @@ def parse_time(value: object) -> int:
             ns = _parse_rfc3339(value)
     else:
         raise ValueError(f"expected seconds or an RFC 3339 string, got {type(value).__name__}")
-    if not MIN_TIME_NS <= ns <= MAX_TIME_NS:
-        raise ValueError("time outside ext4's range (1901-12-13 .. 2446-05-10)")
+    problem = range_error(ns)
+    if problem:
+        raise ValueError(problem)
     return ns
+
+
+def range_error(ns: int) -> str | None:
+    """Why ext4 (as e2fsck checks it) cannot hold this time, or None when it can."""
+    if not MIN_TIME_NS <= ns <= MAX_TIME_NS:
+        return "time outside ext4's range (1901-12-13 .. 2446-05-10)"
+    if ns in E2FSCK_SUSPECT_NS:
+        return ("times from 2310-04-04 to 2378-04-22 are refused: e2fsck takes them for "
+                "pre-1970 times misencoded by old kernels")
+    return None
 
 
 def _parse_rfc3339(text: str) -> int:

@@ -17,6 +17,21 @@ from .sources import Source
 
 NAME_MAX = 255
 SYMLINK_MAX = 4095
+#: The largest regular file the kernel opens with 4 KiB blocks and extents: its
+#: s_maxbytes is (2^32 - 1) blocks (ext4_max_size keeps one logical block spare so an
+#: extent's length can reach the end).  e2fsck would accept up to 2^44 - 1 bytes, but
+#: the kernel reports a bigger i_size as corruption (EFSCORRUPTED on stat).
+MAX_FILE_SIZE = ((1 << 32) - 1) * 4096
+
+
+def file_size_error(size: int) -> str | None:
+    """The one-line complaint for a regular-file size ext4 cannot hold, else None."""
+    if size < 0:
+        return f"size {size} is negative"
+    if size > MAX_FILE_SIZE:
+        return (f"size {size} is over ext4's file size limit of {MAX_FILE_SIZE} bytes "
+                "((2^32 - 1) blocks of 4 KiB)")
+    return None
 
 FILE, DIR, SYMLINK = "file", "dir", "symlink"
 CHARDEV, BLOCKDEV, FIFO, SOCKET = "chardev", "blockdev", "fifo", "socket"

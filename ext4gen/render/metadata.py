@@ -324,6 +324,9 @@ class MetadataGenerator:
         if ip.node.kind == DIR:
             assert ip.entries is not None
             return inline.dir_content(ip.entries)
+        snapshot = self.plan.inline_bytes.get(ip.ino)  # host files: read at plan time
+        if snapshot is not None:
+            return snapshot
         assert ip.node.source is not None
         buf = bytearray(ip.inline_size)
         ip.node.source.readinto(memoryview(buf), 0)

@@ -1,0 +1,116 @@
+"""Open host files beneath a source root, and pin what was opened, not what a name meant.
+
+``--source-root`` promises that an untrusted manifest reads nothing outside a
+directory.  Checking a resolved name and opening it later loses a race against
+anyone who can swap a path component for a symlink in between; so the file is
+opened with ``openat2(RESOLVE_BENEATH)`` relative to the root (the kernel
+refuses any step out of it, symlinks and ``..`` included), and the pin (device,
+inode, size, times) is taken from that descriptor.  Every later open by name
+(plan-time hashing, serve-time reads) is checked against the pin, so a name
+swapped afterwards fails with EIO instead of serving another file.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import stat
+
+from .sources import HostFileSource
+
+_SYS_OPENAT2 = 437  # the same number on every architecture (added after the syscall table merge)
+_RESOLVE_NO_MAGICLINKS = 0x02
+_RESOLVE_BENEATH = 0x08
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def _openat2(dir_fd: int, path: str, flags: int) -> int:
+    how = _OpenHow(flags, 0, _RESOLVE_BENEATH | _RESOLVE_NO_MAGICLINKS)
+    fd = _libc.syscall(_SYS_OPENAT2, ctypes.c_int(dir_fd), os.fsencode(path), ctypes.byref(how),
+                       ctypes.c_size_t(ctypes.sizeof(how)))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return int(fd)
+
+
+def _walk_nofollow(dir_fd: int, path: str, flags: int) -> int:
+    """Fallback without openat2: one component at a time, never following a symlink."""
+    parts = [p for p in path.split("/") if p and p != "."]
+    if not parts or ".." in parts:
+        raise OSError(errno.EXDEV, "path leaves the source root", path)
+    fd = os.dup(dir_fd)
+    try:
+        for name in parts[:-1]:
+            nxt = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        return os.open(parts[-1], flags | os.O_NOFOLLOW, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def open_beneath(root: str, rel: str) -> int:
+    """A read descriptor for ``rel`` inside ``root``; OSError(EXDEV) if it would leave it."""
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for flags in (os.O_RDONLY | os.O_CLOEXEC | os.O_NOATIME, os.O_RDONLY | os.O_CLOEXEC):
+            try:
+                return _openat2(root_fd, rel, flags)
+            except PermissionError:
+                continue  # O_NOATIME needs ownership; retry without it
+            except OSError as e:
+                if e.errno != errno.ENOSYS:
+                    raise
+                return _walk_nofollow(root_fd, rel, flags & ~os.O_NOATIME)
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), rel)
+    finally:
+        os.close(root_fd)
+
+
+def pinned_source(root: str, path: str) -> HostFileSource:
+    """The host file at ``path`` (absolute, under ``root``) as opened beneath ``root``, pinned.
+
+    Raises OSError: EXDEV when the path leaves the root, IsADirectoryError for
+    anything but a regular file, or whatever open(2) reported.
+    """
+    rel = os.path.relpath(path, root)
+    fd = open_beneath(root, rel)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "not a regular file", path)
+        segments = _data_segments(fd, st.st_size) if st.st_blocks * 512 < st.st_size else None
+    finally:
+        os.close(fd)
+    return HostFileSource(path, st=st, segments=segments, detect_holes=False)
+
+
+def _data_segments(fd: int, size: int) -> list[tuple[int, int, int]] | None:
+    """Data runs of the opened file (SEEK_DATA/SEEK_HOLE), None when it is one dense run."""
+    segments = []
+    pos = 0
+    try:
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:
+                break  # ENXIO: only a hole remains
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            if end <= start:
+                break
+            segments.append((start, end - start, start))
+            pos = end
+    except OSError:
+        return None
+    if not size or (len(segments) == 1 and segments[0][:2] == (0, size)):
+        return None
+    return segments

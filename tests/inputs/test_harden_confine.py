@@ -1,0 +1,132 @@
+"""Issue 11 item 6: ``--source-root`` checks what is opened, not what a name meant earlier.
+
+A thread swaps ``target`` between a regular file and a symlink to a secret
+outside the root while the manifest is built again and again: no image may
+ever hold the secret, and a lost race is a one-line error, never a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import threading
+import time
+from pathlib import Path
+
+import ext4gen
+from ext4gen.cli import main
+
+MARK = b"SECRET-MARKER-0123456789"
+
+
+def _swapper(root: Path, secret: Path, stop: threading.Event) -> None:
+    target = root / "target"
+    i = 0
+    while not stop.is_set():
+        i += 1
+        tmp = root / f".swap{i % 2}"
+        if i % 2:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            os.symlink(secret, tmp)
+        else:
+            tmp.write_bytes(b"p" * 3000)
+        os.replace(tmp, target)
+
+
+def _race(tmp_path: Path, body: str, seconds: float) -> tuple[int, int, list[str]]:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = outside / "secret"
+    secret.write_bytes(MARK * 120)
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "target").write_bytes(b"p" * 3000)
+    m = root / "m.toml"
+    m.write_text(body)
+    out = tmp_path / "x.img"
+    stop = threading.Event()
+    swapper = threading.Thread(target=_swapper, args=(root, secret, stop), daemon=True)
+    swapper.start()
+    built = refused = 0
+    errors: list[str] = []
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err):
+                rc = main(["build", str(m), "-o", str(out), "--source-root", str(root), "-q"])
+            if rc == 0:
+                built += 1
+                assert MARK not in out.read_bytes(), "the secret outside the root was imported"
+            else:
+                refused += 1
+                text = err.getvalue()
+                assert rc == 2 and text.count("\n") == 1 and text.startswith("ext4gen: "), text
+                errors.append(text)
+    finally:
+        stop.set()
+        swapper.join()
+    return built, refused, errors
+
+
+def test_swapping_a_source_for_a_symlink_never_imports_the_secret(tmp_path: Path):
+    built, refused, _errors = _race(tmp_path, '["/x"]\nsource = "target"\n', 4.0)
+    assert built > 20 and refused > 0, (built, refused)
+
+
+def test_a_small_inline_source_is_confined_too(tmp_path: Path):
+    """Tiny sources are read at plan time (inline data): the same pin applies."""
+    (tmp_path / "small").mkdir()
+    built, refused, _errors = _race(tmp_path / "small", '["/x"]\nsource = "target"\n'
+                                    '["/y"]\ntext = "y"\n[image]\ndedup = "none"\n', 2.0)
+    assert built > 10, (built, refused)
+
+
+def test_a_symlink_inside_the_root_is_still_followed(tmp_path: Path):
+    root = tmp_path / "root"
+    (root / "d").mkdir(parents=True)
+    (root / "d" / "real").write_bytes(b"inside")
+    os.symlink("d/real", root / "link")
+    os.symlink(str(tmp_path / "elsewhere"), root / "abs")
+    (tmp_path / "elsewhere").write_bytes(MARK)
+    m = root / "m.toml"
+    m.write_text('["/x"]\nsource = "link"\n')
+    tree, _opts = ext4gen.load(str(m), source_root=str(root))
+    buf = bytearray(6)
+    tree.lookup([b"x"]).source.readinto(memoryview(buf), 0)
+    assert bytes(buf) == b"inside"
+    m.write_text('["/x"]\nsource = "abs"\n')
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(["build", str(m), "-o", str(tmp_path / "x.img"), "--source-root", str(root)]) == 2
+    assert "outside the source root" in err.getvalue()
+
+
+def test_a_subdirectory_swapped_for_a_symlink_during_an_import_is_refused(tmp_path: Path, monkeypatch):
+    """The walk opens each directory without following links and checks it is the one listed."""
+    from ext4gen.inputs import hostdir
+
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "f").write_bytes(b"inside")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "f").write_bytes(MARK)
+    real = hostdir._list_dir
+
+    def list_then_swap(path: bytes, *rest):
+        entries = real(path, *rest)
+        if path == os.fsencode(src):  # the race, made deterministic: after the parent's listing
+            os.rename(src / "sub", tmp_path / "moved")
+            os.symlink(outside, src / "sub")
+        return entries
+
+    monkeypatch.setattr(hostdir, "_list_dir", list_then_swap)
+    out = tmp_path / "x.img"
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(["build", str(src), "-o", str(out), "-q"])
+    assert rc == 2 and err.getvalue().count("\n") == 1 and "sub" in err.getvalue(), err.getvalue()
+    assert not out.exists() or MARK not in out.read_bytes()
