@@ -11,10 +11,10 @@ Typical use::
 from __future__ import annotations
 
 from .errors import Ext4genError, ManifestError, SourceError
-from .gcpause import gc_paused
 from .inputs.manifest import load_manifest, parse_manifest
+from .inputs.source import BuildChoices, load_source, plan_loaded
 from .layout.planner import Plan, plan_tree
-from .model.options import ImageOptions
+from .model.options import ImageOptions, check_dedup
 from .model.sources import CallableSource, HostFileSource, InlineSource, Source, ZeroSource
 from .model.tree import Meta, Node, Tree
 from .render.image import Image
@@ -24,8 +24,7 @@ __version__ = "0.1.0"
 
 def plan(tree: Tree, options: ImageOptions | None = None) -> Image:
     """Plan the whole layout of ``tree`` and return the lazily generated image."""
-    with gc_paused():
-        return Image(plan_tree(tree, options))
+    return plan_loaded(tree, options, None)
 
 
 def load(source: str, *, source_root: str | None = None,
@@ -34,33 +33,9 @@ def load(source: str, *, source_root: str | None = None,
 
     ``overrides`` set :class:`ImageOptions` fields (None leaves the source's choice).
     """
-    with gc_paused():
-        return _load(source, source_root, overrides)
-
-
-def _load(source: str, source_root: str | None, overrides: dict[str, object]
-          ) -> tuple[Tree, ImageOptions]:
-    import os
-
-    from .inputs.manifest import import_source
-    from .inputs.tar import is_tar
-
-    if source != "-" and (os.path.isdir(source) or is_tar(source)):
-        if source_root is not None:
-            from .inputs.manifest import HostPaths
-
-            source = HostPaths(os.getcwd(), source_root).resolve(source, source)
-        epoch = os.environ.get("SOURCE_DATE_EPOCH")
-        try:
-            epoch_ns = int(epoch) * 1_000_000_000 if epoch else 0
-        except ValueError:
-            raise ManifestError("SOURCE_DATE_EPOCH", "must be an integer number of seconds") from None
-        tree = Tree(Meta(0o755, 0, 0, epoch_ns, epoch_ns, epoch_ns, epoch_ns))
-        import_source(tree, source, "/", key=source)
-        tree.resolve_links()
-        options = ImageOptions(epoch_ns=epoch_ns)
-    else:
-        tree, options = load_manifest(source, source_root=source_root)
+    if overrides.get("dedup") is not None:
+        check_dedup(overrides["dedup"])
+    tree, options = load_source(source, BuildChoices(source_root=source_root))
     for k, v in overrides.items():
         if v is not None:
             setattr(options, k, v)

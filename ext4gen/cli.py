@@ -13,32 +13,22 @@ import time
 from collections.abc import Callable, Sequence
 
 from . import __version__
-from .errors import Ext4genError, ManifestError
+from .errors import Ext4genError
+from .inputs.source import add_source_arguments, choices_from_args, plan_source
 from .inspect import describe_image_file, describe_plan
 from .layout.planner import identity_map
-from .model.identity import IdentityMap
-from .model.options import DEDUP_MODES
+from .model.tree import Tree
 from .render.image import Image
+from .serve.commands import COMMANDS as SERVE_COMMANDS
 from .verify import compare_tree, e2fsck, is_root, loop_mount
 
 EXIT_USAGE = 2
 SUBCOMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 
-def load_image(args: argparse.Namespace) -> tuple[Image, object]:
+def load_image(args: argparse.Namespace) -> tuple[Image, Tree]:
     """Plan the SOURCE named by the command line into an Image; returns (image, tree)."""
-    from . import load, plan
-
-    base_map = IdentityMap.load(args.base_map) if getattr(args, "base_map", None) else None
-    tree, options = load(args.source, source_root=getattr(args, "source_root", None),
-                         dedup=getattr(args, "dedup", None), base_map=base_map,
-                         inline_data=False if getattr(args, "no_inline_data", False) else None)
-    try:
-        return plan(tree, options), tree
-    except ManifestError as e:  # found while planning: say which SOURCE it came from
-        if e.origin is not None:
-            raise
-        raise ManifestError(e.key, e.message, origin=args.source) from None
+    return plan_source(args.source, choices_from_args(args))
 
 
 def is_image_file(path: str) -> bool:
@@ -113,19 +103,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_source_arguments(sp: argparse.ArgumentParser, what: str = "SOURCE") -> None:
-    """The SOURCE argument and the options that shape the planned image (shared with serve)."""
-    sp.add_argument("source", metavar=what, help="a manifest (.toml/.json, or - for stdin), a host "
-                    "directory or a tar archive" + (", or an ext4 image file" if what != "SOURCE" else ""))
-    sp.add_argument("--dedup", choices=DEDUP_MODES, help="override the manifest's image.dedup")
-    sp.add_argument("--no-inline-data", action="store_true",
-                    help="store every file and directory in blocks (no inline_data feature)")
-    sp.add_argument("--base-map", metavar="FILE", help="keep the inode numbers and generations "
-                    "recorded by an earlier `build --write-map`")
-    sp.add_argument("--source-root", metavar="DIR", help="refuse host paths outside DIR (and "
-                    "generators); a manifest on stdin defaults to the current directory")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ext4gen",
@@ -135,11 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"ext4gen {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def source_args(sp: argparse.ArgumentParser, what: str = "SOURCE") -> None:
-        add_source_arguments(sp, what)
-
     b = sub.add_parser("build", help="write the image to a sparse file")
-    source_args(b)
+    add_source_arguments(b)
     b.add_argument("-o", "--output", required=True, metavar="IMAGE")
     b.add_argument("--write-map", metavar="FILE",
                    help="write the identity map (path -> inode, generation) for a later --base-map")
@@ -148,17 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check", help="e2fsck -fn, then (as root) a read-only mount compared "
                        "with the source")
-    source_args(c, "SOURCE|IMAGE")
+    add_source_arguments(c, "SOURCE|IMAGE")
     c.set_defaults(func=cmd_check)
 
     i = sub.add_parser("inspect", help="geometry, features, blocks by kind, dedup savings")
-    source_args(i, "SOURCE|IMAGE")
+    add_source_arguments(i, "SOURCE|IMAGE")
     i.set_defaults(func=cmd_inspect)
 
-    # serve/mount/umount live in serve.commands, which itself uses this module's helpers
-    from .serve import commands
-
-    for _name, register in commands.COMMANDS:
+    for _name, register in SERVE_COMMANDS:  # serve, mount, umount
         register(sub)
     return p
 

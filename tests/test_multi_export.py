@@ -28,8 +28,8 @@ from nbd_helpers import (
     subreaper,
 )
 
+from ext4gen.serve import child_env, plugin_path
 from ext4gen.serve.blockset import CHUNK, BlockSet
-from ext4gen.serve.commands import child_env, plugin_path
 from ext4gen.serve.exports import default_name, parse_export_arg
 
 BLOCK = 4096

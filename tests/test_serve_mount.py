@@ -17,7 +17,7 @@ import pytest
 from nbd_helpers import CLI, kill_pid, make_source_tree, pid_running, program, subreaper
 
 import ext4gen
-from ext4gen.serve.commands import is_mountpoint, mount_state_dir
+from ext4gen.serve import is_mountpoint, mount_state_dir
 from ext4gen.verify import compare_tree
 
 pytestmark = pytest.mark.root

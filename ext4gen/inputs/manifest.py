@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import ManifestError
 from ..model import times
-from ..model.options import DEDUP_MODES, ImageOptions
+from ..model.options import ImageOptions, check_dedup, source_date_epoch_ns
 from ..model.sources import CallableSource, HostFileSource, InlineSource, Source, ZeroSource
 from ..model.tree import (
     BLOCKDEV,
@@ -119,21 +119,13 @@ def parse_manifest(doc: dict[str, Any], *, base_dir: str = ".", epoch_env: str |
     memory of the document is reused for the tree instead of adding to it.
     """
     host = HostPaths(base_dir, source_root)
-    if epoch_env is None:
-        epoch_env = os.environ.get("SOURCE_DATE_EPOCH")
     for k in doc:
         if k not in TOP_KEYS and not k.startswith("/"):
             raise ManifestError(k, "unknown top-level key (entries must be absolute paths)")
     opts = _parse_image(_table(doc.get("image", {}), "image"))
     defaults = _table(doc.get("defaults", {}), "defaults")
     _no_unknown(defaults, DEFAULT_KEYS, "defaults")
-    if epoch_env is not None:
-        try:
-            epoch_ns = int(epoch_env) * times.NS
-        except ValueError:
-            raise ManifestError("SOURCE_DATE_EPOCH", "must be an integer number of seconds") from None
-    else:
-        epoch_ns = 0
+    epoch_ns = source_date_epoch_ns(epoch_env)
     default_time = _time(defaults["mtime"], "defaults.mtime") if "mtime" in defaults else epoch_ns
     # The superblock is stamped only from SOURCE_DATE_EPOCH: a default file time in the
     # future would make e2fsck report "last write time is in the future".
@@ -252,10 +244,7 @@ def _parse_image(table: dict[str, Any]) -> ImageOptions:
             raise ManifestError("image.inline_data", "must be true or false")
         opts.inline_data = table["inline_data"]
     if "dedup" in table:
-        dedup = _str(table["dedup"], "image.dedup")
-        if dedup not in DEDUP_MODES:
-            raise ManifestError("image.dedup", f"must be one of {', '.join(DEDUP_MODES)}")
-        opts.dedup = dedup
+        opts.dedup = check_dedup(_str(table["dedup"], "image.dedup"), "image.dedup")
     return opts
 
 
