@@ -9,10 +9,13 @@ configuration, interleaved over rounds, and measures for each:
   cache warm: this machine is shared, so the bench does not drop caches);
 * ``again``: the same copy a second time through the same server (what a C
   cache filter could take off the Python path);
-* ``qd1`` / ``qd16``: 4 KiB random reads (fio's nbd engine), after ``again``.
+* ``qd1`` / ``qd16``: 4 KiB random reads (fio's nbd engine), after ``again``;
+* ``cold QD1``: the same at queue depth 1 before anything else (``first`` then
+  starts with fio's blocks cached).
 
 Configurations: ``--threads`` 1, 2 and 4; the ``cache`` filter
-(``cache-on-read=true``); the ``readahead`` filter.  Also measures time to
+(``cache-on-read=true``, with its default 64 KiB blocks and with 4 KiB); the
+``readahead`` filter.  Also measures time to
 serve (launch until the URI line) and the supervisor's and nbdkit's RSS.
 Every server is stopped by pid even when a step fails.  Usage::
 
@@ -43,6 +46,8 @@ CONFIGS: dict[str, list[str]] = {
     "threads=2": ["--threads", "2"],
     "threads=4": ["--threads", "4"],
     "cache filter": ["--filter", "cache", "--param", "cache-on-read=true"],
+    "cache4k filter": ["--filter", "cache", "--param", "cache-on-read=true",
+                       "--param", "cache-min-block-size=4096"],
     "readahead filter": ["--filter", "readahead"],
 }
 
@@ -77,6 +82,7 @@ def measure(tree: Path, extra: list[str], runtime: float, work: Path) -> dict[st
         nbdkit = int(kids[0])
         out["rss_supervisor_mib"] = rss_mib(proc.pid)
         out["rss_nbdkit_mib"] = rss_mib(nbdkit)
+        out["cold_qd1_iops"] = fio_randread(uri, 1, runtime)["iops"]  # nothing cached yet
         out["first_s"] = copy_seconds(uri)
         out["again_s"] = copy_seconds(uri)
         out["qd1_iops"] = fio_randread(uri, 1, runtime)["iops"]
@@ -116,9 +122,10 @@ def main() -> int:
             print(json.dumps({"round": rnd, "config": name, **r}), file=sys.stderr, flush=True)
     base = {k: statistics.median(r[k] for r in got["threads=1 (default)"])
             for k in got["threads=1 (default)"][0]} if "threads=1 (default)" in got else None
-    print(f"| config | time to serve | first copy | again | QD1 IOPS | QD16 IOPS | RSS sup/nbdkit |"
+    print(f"| config | time to serve | cold QD1 IOPS | first copy | again | QD1 IOPS | QD16 IOPS "
+          f"| RSS sup/nbdkit |"
           f"  ({args.tree}, {size / 2**20:.0f} MiB of files, medians of {args.rounds})")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, rs in got.items():
         m = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
         ratios = bool(base) and name != "threads=1 (default)"
@@ -126,7 +133,8 @@ def main() -> int:
         def rel(k: str, m: dict[str, float] = m, ratios: bool = ratios) -> str:
             return f" ({m[k] / base[k]:.2f}×)" if ratios and base else ""
 
-        print(f"| {name} | {m['time_to_serve_s']:.2f} s | {m['first_s']:.2f} s{rel('first_s')} | "
+        print(f"| {name} | {m['time_to_serve_s']:.2f} s | "
+              f"{m['cold_qd1_iops']:,.0f}{rel('cold_qd1_iops')} | {m['first_s']:.2f} s{rel('first_s')} | "
               f"{m['again_s']:.2f} s{rel('again_s')} | {m['qd1_iops']:,.0f}{rel('qd1_iops')} | "
               f"{m['qd16_iops']:,.0f}{rel('qd16_iops')} | "
               f"{m['rss_supervisor_mib']:.0f}/{m['rss_nbdkit_mib']:.0f} MiB |")

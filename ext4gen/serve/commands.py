@@ -26,6 +26,7 @@ def _serve_options(args: argparse.Namespace) -> ServeOptions:
                         inline_data=False if args.no_inline_data else None,
                         base_map=args.base_map, source_root=args.source_root, verbose=args.verbose,
                         pidfile=args.pidfile, log=args.log, max_clients=args.max_clients,
+                        cache=args.cache,
                         tls=args.tls, tls_psk=args.tls_psk, tls_certificates=args.tls_certificates,
                         sources=[args.source, *getattr(args, "more_sources", [])])
 
@@ -83,6 +84,9 @@ def _add_server_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--max-clients", type=int, metavar="N",
                     help="refuse clients beyond N connected at once (default: what the "
                     "descriptor budget leaves room for; 0: no limit)")
+    sp.add_argument("--cache", metavar="SIZE", help="keep up to SIZE (e.g. 256M) of read "
+                    "blocks in nbdkit's C cache filter: warm reads skip Python, but a cached "
+                    "block is served as planned after its source changes instead of EIO")
     sp.add_argument("-v", "--verbose", action="store_true",
                     help="nbdkit -v: debug output, including per-connection read statistics")
 

@@ -11,13 +11,16 @@ takes as SOURCE: a manifest file, a host directory or a tar archive.  Each
 becomes one NBD export, named NAME or after the file (``site.toml`` →
 ``site``; see :mod:`ext4gen.serve.exports`).  The first is the default export, the
 one a client gets when it asks for ``""``.  The other keys are the build
-options of the same names and apply to every source.
+options of the same names and apply to every source.  The keys are decoded by
+:class:`ext4gen.serve.options.PluginConfig`, beside the code ``ext4gen serve``
+writes them with (which also passes ``error_file=`` and ``supervisor=``).
 
-Every source is planned once, before nbdkit accepts connections, into one
-immutable :class:`ext4gen.Image` that every connection and thread of that
-export shares.  The plugin only translates: it advertises what an immutable
-disk can promise (parallel, multi-conn, read-only, extents), picks the image
-by the export name the client negotiated, and maps library errors to errno.
+Every source is planned once, here and only here (``ext4gen serve`` does not
+plan it first), before nbdkit accepts connections, into one immutable
+:class:`ext4gen.Image` that every connection and thread of that export shares.
+The plugin only translates: it advertises what an immutable disk can promise
+(parallel, multi-conn, read-only, extents), picks the image by the export name
+the client negotiated, and maps library errors to errno.
 
 The embedded interpreter (Debian's python3) must find the ``ext4gen`` package
 and its dependencies; ``ext4gen serve`` arranges that through PYTHONPATH.

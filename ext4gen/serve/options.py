@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 
 from ..errors import Ext4genError
@@ -91,6 +92,7 @@ class ServeOptions:
     workdir: str | None = None
     sources: list[str] = field(default_factory=list)
     max_clients: int | None = None  # None: default_max_clients(threads); 0: no limit
+    cache: str | None = None  # nbdkit cache filter over reads, bounded to this size (e.g. 256M)
     tls: str | None = None  # off | on | require; None: require when a PSK or certificates are given
     tls_psk: str | None = None
     tls_certificates: str | None = None
@@ -126,6 +128,8 @@ class ServeOptions:
         for p in self.params:
             if "=" not in p:
                 raise ServeError(f"--param {p}: expected KEY=VALUE")
+        if self.cache is not None and not re.fullmatch(r"[1-9][0-9]*[KMGT]?", self.cache):
+            raise ServeError(f"--cache {self.cache}: expected a size such as 256M or 2G")
         if self.port is not None and not 0 < self.port < 65536:
             raise ServeError(f"--port {self.port}: not a TCP port")
         self._check_tls()
