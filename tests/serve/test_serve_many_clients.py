@@ -18,7 +18,16 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from nbd_helpers import CLI, START_TIMEOUT, children, import_nbd, kill_pid, program
+from nbd_helpers import (
+    CLI,
+    START_TIMEOUT,
+    children,
+    import_nbd,
+    kill_pid,
+    make_source_tree,
+    program,
+    serving,
+)
 
 from ext4gen.serve.options import default_max_clients
 
@@ -126,3 +135,21 @@ def test_idle_connections_cannot_starve_a_new_client(tmp_path: Path):
             proc.wait()
         for pid in nbdkits:
             kill_pid(pid)
+
+
+def test_max_clients_refuses_at_once_and_admits_again(tmp_path: Path):
+    nbd = import_nbd()
+    manifest = make_source_tree(tmp_path)
+    with serving(manifest, tmp_path / "nbd.sock", "--max-clients", "2") as server:
+        first, second = nbd.NBD(), nbd.NBD()
+        first.connect_uri(server.uri)
+        second.connect_uri(server.uri)
+        started = time.monotonic()
+        third = _within(10, lambda: _serve_one(nbd, server.uri))
+        assert third == "refused" and time.monotonic() - started < 10
+        first.shutdown()
+        deadline = time.monotonic() + 10
+        while _serve_one(nbd, server.uri) != "served":  # the freed place is given again
+            assert time.monotonic() < deadline, "no client admitted after one left"
+            time.sleep(0.1)
+        assert second.pread(4096, 0) and server.alive()
