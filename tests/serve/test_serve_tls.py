@@ -96,3 +96,46 @@ def test_what_counts_as_loopback(bind: str, loopback: bool):
     assert is_loopback(bind) is loopback
     opts = ServeOptions(source="m.toml", port=10809, bind=bind)
     assert opts.exposed_without_tls() is not loopback
+
+
+def _x509_dir(base: Path) -> Path:
+    """A CA and a server certificate for 127.0.0.1 (openssl), as nbdkit wants them."""
+    d = base / "pki"
+    d.mkdir()
+
+    def ssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca-key.pem", "-out",
+        "ca-cert.pem", "-days", "2", "-subj", "/CN=ext4gen test CA")
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server-key.pem", "-out", "server.csr",
+        "-subj", "/CN=127.0.0.1")
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    ssl("x509", "-req", "-in", "server.csr", "-CA", "ca-cert.pem", "-CAkey", "ca-key.pem",
+        "-CAcreateserial", "-out", "server-cert.pem", "-days", "2", "-extfile", "san.ext")
+    return d
+
+
+def test_x509_tls_with_a_verified_server_certificate(tmp_path: Path):
+    nbd = import_nbd()
+    manifest = make_source_tree(tmp_path)
+    reference = build_image(manifest, tmp_path / "ref.img")
+    pki = _x509_dir(tmp_path)
+    port = _free_port()
+    proc = subprocess.Popen([*CLI, "serve", str(manifest), "--port", str(port), "--bind",
+                             "127.0.0.1", "--tls-certificates", str(pki), "--foreground"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == f"nbds://127.0.0.1:{port}"
+        h = nbd.NBD()
+        h.set_tls(nbd.TLS_REQUIRE)
+        h.set_tls_certificates(str(pki))  # the client reads ca-cert.pem to verify the server
+        h.set_tls_verify_peer(True)
+        h.connect_tcp("127.0.0.1", str(port))
+        assert h.get_tls_negotiated()
+        assert h.pread(len(reference), 0) == reference
+        h.shutdown()
+    finally:
+        proc.terminate()
+        proc.wait(30)
