@@ -37,8 +37,9 @@ from typing import Any, NoReturn
 import pytest
 
 import ext4gen
-from ext4gen.errors import Ext4genError, ManifestError
-from ext4gen.model.options import DEDUP_MODES, ImageOptions
+from ext4gen.errors import Ext4genError
+from ext4gen.inputs.source import BuildChoices, plan_loaded, plan_source
+from ext4gen.model.options import ImageOptions
 from ext4gen.model.tree import Tree
 from ext4gen.render.image import Image
 
@@ -53,23 +54,8 @@ def fail(error: Ext4genError) -> NoReturn:
 
 def _overrides(dedup: str | None, inline_data: bool | None) -> dict[str, object]:
     """Build options the caller set; None leaves the manifest's own choice."""
-    out: dict[str, object] = {}
-    if dedup is not None:
-        if dedup not in DEDUP_MODES:
-            raise ValueError(f"dedup must be one of {', '.join(DEDUP_MODES)}, not {dedup!r}")
-        out["dedup"] = dedup
-    if inline_data is not None:
-        out["inline_data"] = bool(inline_data)
-    return out
-
-
-def _plan(tree: Tree, options: ImageOptions, origin: str) -> Image:
-    try:
-        return ext4gen.plan(tree, options)
-    except ManifestError as e:  # found while planning: name the input, as the CLI does
-        if e.origin is not None:
-            raise
-        raise ManifestError(e.key, e.message, origin=origin) from None
+    choices = BuildChoices(dedup=dedup, inline_data=None if inline_data is None else bool(inline_data))
+    return choices.overrides()
 
 
 def plan_manifest(manifest: Manifest, *, dedup: str | None = None,
@@ -78,17 +64,16 @@ def plan_manifest(manifest: Manifest, *, dedup: str | None = None,
     overrides = _overrides(dedup, inline_data)
     if isinstance(manifest, tuple):
         tree, options = manifest
-        return _plan(tree, dataclasses.replace(options, **overrides), "<tree>")
+        return plan_loaded(tree, dataclasses.replace(options, **overrides), "<tree>")
     if isinstance(manifest, Tree):
-        return _plan(manifest, ImageOptions(**overrides), "<tree>")  # type: ignore[arg-type]
+        return plan_loaded(manifest, ImageOptions(**overrides), "<tree>")  # type: ignore[arg-type]
     if isinstance(manifest, dict):
         tree, options = ext4gen.parse_manifest(manifest, base_dir=os.getcwd())
-        # replace() re-runs ImageOptions' own checks (a bad dedup is a ValueError here)
-        return _plan(tree, dataclasses.replace(options, **overrides), "<manifest dict>")
+        return plan_loaded(tree, dataclasses.replace(options, **overrides), "<manifest dict>")
     if isinstance(manifest, str | os.PathLike):
-        path = os.fspath(manifest)
-        tree, options = ext4gen.load(path, **overrides)
-        return _plan(tree, options, path)
+        choices = BuildChoices(dedup=dedup, inline_data=inline_data)
+        image, _tree = plan_source(os.fspath(manifest), choices)
+        return image
     raise TypeError(f"ext4gen fixtures take a manifest path, a manifest dict or an ext4gen.Tree, "
                     f"not {type(manifest).__name__}")
 
@@ -266,25 +251,27 @@ def serving(manifest: Manifest, directory: Path, *, dedup: str | None = None,
             inline_data: bool | None = None) -> Iterator[Any]:
     """Serve ``manifest`` with ``ext4gen serve`` in the background; always stop it.
 
-    Yields the :class:`ext4gen.serve.commands.Background` (``.uri``, ``.pid``,
-    ``.nbdkit_pid``, ``.log``).  The manifest is planned here first, so bad
-    input fails with its one line before a server starts.  Raises Ext4genError.
+    Yields the :class:`ext4gen.serve.Background` (``.uri``, ``.pid``,
+    ``.nbdkit_pid``, ``.log``).  The server plans the manifest once; bad input
+    fails with its one line before anything serves.  Raises Ext4genError.
     For a server outliving one test (a module-scoped fixture), use this directly.
     """
-    from ext4gen.serve import commands as serve_commands
+    from ext4gen.serve import ServeOptions, start_background
 
     source = servable_source(manifest, directory)
-    # The dict itself, not its served copy: errors then name its keys, not a temp file.
-    plan_manifest(manifest, dedup=dedup, inline_data=inline_data)
     fd, log = tempfile.mkstemp(prefix="serve-", suffix=".log", dir=directory)
     os.close(fd)
-    opts = serve_commands.ServeOptions(source=source, dedup=dedup, log=log)
-    if inline_data is False:
-        opts.no_inline_data = True
-    elif inline_data:
-        opts.params.append("inline_data=true")  # the CLI has only --no-inline-data
-    opts.check()
-    server = serve_commands.start_background(opts)
+    opts = ServeOptions(source=source, dedup=dedup, log=log,
+                        inline_data=None if inline_data is None else bool(inline_data))
+    try:
+        opts.check()
+        server = start_background(opts)
+    except Ext4genError as e:
+        # A dict is served from a temporary copy: name its keys, not that file.
+        prefix = f"{source}: "
+        if isinstance(manifest, dict) and str(e).startswith(prefix):
+            raise Ext4genError(str(e)[len(prefix):]) from None
+        raise
     try:
         yield server
     finally:

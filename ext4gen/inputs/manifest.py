@@ -18,7 +18,14 @@ from typing import Any
 from ..errors import ManifestError
 from ..model import times
 from ..model.confine import pinned_source
-from ..model.options import DEDUP_MODES, ImageOptions, SourceOptions, check_label, uuid_value
+from ..model.options import (
+    ImageOptions,
+    SourceOptions,
+    check_dedup,
+    check_label,
+    source_date_epoch_ns,
+    uuid_value,
+)
 from ..model.sources import CallableSource, HostFileSource, InlineSource, Source, ZeroSource
 from ..model.tree import (
     BLOCKDEV,
@@ -147,13 +154,7 @@ def parse_manifest(doc: dict[str, Any], *, base_dir: str = ".", epoch_env: str |
     adjust = (source_options or SourceOptions()).over(parse_source_options(image_table, host))
     defaults = _table(doc.get("defaults", {}), "defaults")
     _no_unknown(defaults, DEFAULT_KEYS, "defaults")
-    if epoch_env is not None:
-        try:
-            epoch_ns = int(epoch_env) * times.NS
-        except ValueError:
-            raise ManifestError("SOURCE_DATE_EPOCH", "must be an integer number of seconds") from None
-    else:
-        epoch_ns = 0
+    epoch_ns = source_date_epoch_ns(epoch_env)
     default_time = _time(defaults["mtime"], "defaults.mtime") if "mtime" in defaults else epoch_ns
     # The superblock is stamped only from SOURCE_DATE_EPOCH: a default file time in the
     # future would make e2fsck report "last write time is in the future".
@@ -251,7 +252,7 @@ def parse_manifest(doc: dict[str, Any], *, base_dir: str = ".", epoch_env: str |
                                 xattrs=xattrs))
     tree.resolve_links()
     # By default SOURCE_DATE_EPOCH clamps imported inodes only: without imports, no walk for it.
-    clamp_epoch = epoch_ns if epoch_env is not None and (imports or adjust.times) else None
+    clamp_epoch = epoch_ns if epoch_env and (imports or adjust.times) else None
     apply_source_options(tree, adjust, clamp_epoch)
     if load_generators:
         for gen in host.generators:
@@ -279,10 +280,7 @@ def _parse_image(table: dict[str, Any]) -> ImageOptions:
             raise ManifestError("image.inline_data", "must be true or false")
         opts.inline_data = table["inline_data"]
     if "dedup" in table:
-        dedup = _str(table["dedup"], "image.dedup")
-        if dedup not in DEDUP_MODES:
-            raise ManifestError("image.dedup", f"must be one of {', '.join(DEDUP_MODES)}")
-        opts.dedup = dedup
+        opts.dedup = check_dedup(_str(table["dedup"], "image.dedup"), "image.dedup")
     return opts
 
 

@@ -1,12 +1,38 @@
-"""Image-wide choices that are not part of the tree."""
+"""Image-wide choices that are not part of the tree, and the one place they are checked."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields
 
+from ..errors import ManifestError
 from .identity import IdentityMap
 
 DEDUP_MODES = ("content", "none")
+NS = 1_000_000_000
+
+
+def check_dedup(value: object, key: str = "dedup") -> str:
+    """``value`` if it names a dedup mode; else one line naming ``key`` (manifest or option)."""
+    if value not in DEDUP_MODES:
+        raise ManifestError(key, f"must be one of {', '.join(DEDUP_MODES)}, not {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def source_date_epoch_ns(value: str | None = None) -> int:
+    """SOURCE_DATE_EPOCH (``value``, else the environment's) in nanoseconds; 0 when unset.
+
+    Every input that stamps times from it (manifests, host directories, tars)
+    parses it here, so they agree on what a bad value is.
+    """
+    if value is None:
+        value = os.environ.get("SOURCE_DATE_EPOCH")
+    if not value:
+        return 0
+    try:
+        return int(value) * NS
+    except ValueError:
+        raise ManifestError("SOURCE_DATE_EPOCH", "must be an integer number of seconds") from None
 
 
 @dataclass
@@ -26,8 +52,7 @@ class ImageOptions:
     base_map: IdentityMap | None = None  # keep inode numbers/generations of a previous build
 
     def __post_init__(self) -> None:
-        if self.dedup not in DEDUP_MODES:
-            raise ValueError(f"dedup must be one of {', '.join(DEDUP_MODES)}")
+        check_dedup(self.dedup)
 
 
 TIMES_MODES = ("keep", "clamp", "epoch")
@@ -152,9 +177,13 @@ class ImageFlags:
         return cls(label=doc.get("label"), uuid=doc.get("uuid"), hash_seed=doc.get("hash_seed"),
                    source=SourceOptions.from_json(doc.get("source", {})))
 
-    def load_kwargs(self) -> dict[str, object]:
-        """Keyword arguments for :func:`ext4gen.load`."""
-        return {"label": self.label,
-                "uuid": uuid_value(self.uuid) if self.uuid is not None else None,
-                "hash_seed": uuid_value(self.hash_seed) if self.hash_seed is not None else None,
-                "source_options": self.source}
+    def image_overrides(self) -> dict[str, object]:
+        """The :class:`ImageOptions` fields these flags set (``random`` drawn now)."""
+        out: dict[str, object] = {}
+        if self.label is not None:
+            out["label"] = self.label
+        if self.uuid is not None:
+            out["uuid"] = uuid_value(self.uuid)
+        if self.hash_seed is not None:
+            out["hash_seed"] = uuid_value(self.hash_seed)
+        return out

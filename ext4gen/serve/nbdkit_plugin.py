@@ -2,7 +2,6 @@
 
     nbdkit python plugins/ext4gen_nbdkit.py source=[NAME=]PATH [source=[NAME=]PATH …]
         [dedup=content|none] [inline_data=false] [base_map=FILE] [source_root=DIR]
-        [options=JSON]   # the image options of the CLI (label, uuid, owners, times, labels…)
 
 (``plugins/ext4gen_nbdkit.py`` re-exports this module; nbdkit can also load
 this file directly, which is what ``ext4gen serve`` does for installed copies.)
@@ -12,13 +11,16 @@ takes as SOURCE: a manifest file, a host directory or a tar archive.  Each
 becomes one NBD export, named NAME or after the file (``site.toml`` →
 ``site``; see :mod:`ext4gen.serve.exports`).  The first is the default export, the
 one a client gets when it asks for ``""``.  The other keys are the build
-options of the same names and apply to every source.
+options of the same names and apply to every source.  The keys are decoded by
+:class:`ext4gen.serve.options.PluginConfig`, beside the code ``ext4gen serve``
+writes them with (which also passes ``error_file=`` and ``supervisor=``).
 
-Every source is planned once, before nbdkit accepts connections, into one
-immutable :class:`ext4gen.Image` that every connection and thread of that
-export shares.  The plugin only translates: it advertises what an immutable
-disk can promise (parallel, multi-conn, read-only, extents), picks the image
-by the export name the client negotiated, and maps library errors to errno.
+Every source is planned once, here and only here (``ext4gen serve`` does not
+plan it first), before nbdkit accepts connections, into one immutable
+:class:`ext4gen.Image` that every connection and thread of that export shares.
+The plugin only translates: it advertises what an immutable disk can promise
+(parallel, multi-conn, read-only, extents), picks the image by the export name
+the client negotiated, and maps library errors to errno.
 
 The embedded interpreter (Debian's python3) must find the ``ext4gen`` package
 and its dependencies; ``ext4gen serve`` arranges that through PYTHONPATH.
@@ -38,11 +40,12 @@ API_VERSION = 2
 
 try:
     import ext4gen
-    from ext4gen.errors import Ext4genError, ManifestError, SourceError
-    from ext4gen.model.identity import IdentityMap
-    from ext4gen.model.options import DEDUP_MODES, ImageFlags
+    from ext4gen.errors import Ext4genError, SourceError
+    from ext4gen.inputs.source import plan_source
     from ext4gen.serve.blockset import BlockSet
-    from ext4gen.serve.exports import ExportSpec, resolve_exports
+    from ext4gen.serve.exports import ExportSpec
+    from ext4gen.serve.options import PluginConfig
+    from ext4gen.serve.processes import STOP_GRACE, exit_with
 except ImportError as _e:  # pragma: no cover - depends on the host's PYTHONPATH
     print(f"ext4gen: the nbdkit plugin cannot import the ext4gen library ({_e}); "
           "start it with `ext4gen serve` or set PYTHONPATH", file=sys.stderr, flush=True)
@@ -52,12 +55,7 @@ MAX_REQUEST = 32 << 20
 BLOCK = 4096
 _EXTENT_ZERO = nbdkit.EXTENT_HOLE | nbdkit.EXTENT_ZERO
 
-_sources: list[str] = []  # the raw `source=` values, in order
-_dedup: str | None = None
-_inline_data: bool | None = None
-_base_map: str | None = None
-_source_root: str | None = None
-_flags: ImageFlags | None = None  # options=JSON: label, uuid, owners, times, labels (as the CLI's)
+_config = PluginConfig()  # filled by config(), one key=value at a time
 _exports: dict[str, _Export] = {}  # by name, in the order given; the first is the default
 _started = 0.0
 
@@ -67,7 +65,17 @@ def _fail(message: str) -> None:
 
     Raising would make nbdkit print a multi-line Python traceback; bad input is
     not a bug, so it gets the same one-line form as the CLI and exit status 1.
+    Under ``ext4gen serve`` the line goes to the supervisor's error file instead,
+    and the supervisor reports it as the CLI's own error (exit 2).
     """
+    if _config.error_file:  # (``open`` here is the plugin's own callback: os.open it is)
+        try:
+            fd = os.open(_config.error_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.write(fd, message.encode("utf-8", "replace") + b"\n")
+            os.close(fd)
+            os._exit(1)
+        except OSError:
+            pass
     print(f"ext4gen: {message}", file=sys.stderr, flush=True)
     os._exit(1)
 
@@ -125,69 +133,40 @@ _ids_lock = threading.Lock()
 
 # -- configuration -----------------------------------------------------------
 
-_BOOLS = {"1": True, "true": True, "yes": True, "on": True,
-          "0": False, "false": False, "no": False, "off": False}
-
-
 def config(key: str, value: str) -> None:
-    global _dedup, _inline_data, _base_map, _source_root, _flags
-    if key in ("manifest", "source"):
-        _sources.append(value)
-    elif key == "dedup":
-        if value not in DEDUP_MODES:
-            _fail(f"dedup: must be one of {', '.join(DEDUP_MODES)}, not {value!r}")
-        _dedup = value
-    elif key == "inline_data":
-        if value.lower() not in _BOOLS:
-            _fail(f"inline_data: must be true or false, not {value!r}")
-        _inline_data = _BOOLS[value.lower()]
-    elif key == "base_map":
-        _base_map = value
-    elif key == "source_root":
-        _source_root = value
-    elif key == "options":
-        try:
-            _flags = ImageFlags.from_json(value)
-        except (ValueError, TypeError, KeyError) as e:
-            _fail(f"options: not the JSON ext4gen serve passes: {e}")
-    else:
-        _fail(f"{key}: unknown plugin parameter (expected manifest=PATH or source=[NAME=]PATH, "
-              "dedup=MODE, inline_data=BOOL, base_map=FILE, source_root=DIR, options=JSON)")
+    try:
+        _config.set(key, value)
+    except Ext4genError as e:
+        _fail(str(e))
 
 
 def _plan(spec: ExportSpec) -> _Export:
-    base_map = IdentityMap.load(_base_map) if _base_map else None
-    tree, options = ext4gen.load(spec.source, source_root=_source_root, dedup=_dedup,
-                                 base_map=base_map, inline_data=_inline_data,
-                                 **(_flags.load_kwargs() if _flags else {}))
-    try:
-        image = ext4gen.plan(tree, options)
-    except ManifestError as e:  # found while planning: name the SOURCE, as the CLI does
-        if e.origin is not None:
-            raise
-        raise ManifestError(e.key, e.message, origin=spec.source) from None
+    image, _tree = plan_source(spec.source, _config.choices)
     geo = image.plan.geometry
-    label = getattr(options, "label", "") or ""
+    label = image.plan.options.label
     description = (f"ext4gen{' ' + label if label else ''}: {os.path.basename(spec.source)}, "
                    f"{image.size} bytes, {geo.blocks_count} blocks of 4096")
     nbdkit.debug(f"ext4gen: planned export {spec.name!r} from {spec.source}: {image.size} bytes, "
-                 f"{geo.used_blocks} used blocks, dedup={getattr(options, 'dedup', '?')}")
+                 f"{geo.used_blocks} used blocks, dedup={image.plan.options.dedup}")
     return _Export(spec, image, description)
 
 
 def config_complete() -> None:
-    """Plan every image before nbdkit binds its socket, so bad input never serves."""
+    """Plan every image, once, before nbdkit binds its socket, so bad input never serves."""
     global _started
-    if not _sources:
-        _fail("manifest=PATH is required (or source=[NAME=]PATH, once per export)")
     try:
-        if _base_map and len(_sources) > 1:
-            _fail("base_map: applies to one source; serve sources with base maps separately")
-        for spec in resolve_exports(_sources):
+        for spec in _config.exports():
             _exports[spec.name] = _plan(spec)
     except Ext4genError as e:
         _fail(str(e))
     _started = time.monotonic()
+
+
+def get_ready() -> None:
+    """Under a supervisor, go with it (after a grace for in-flight replies) if it dies."""
+    if _config.supervisor is not None:
+        exit_with(_config.supervisor, STOP_GRACE,
+                  lambda msg: print(f"ext4gen: {msg}", file=sys.stderr, flush=True))
 
 
 def thread_model() -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ext4gen.serve.commands import pid_alive
+from ext4gen.serve import pid_alive
 from ext4gen.verify import is_root
 
 pytest_plugins = ["pytester"]

@@ -55,16 +55,20 @@ class CliServer:
 
     Only for tests of what the CLI itself does (signals, exit code, its log,
     flags and their defaults); elsewhere ``helpers.servers`` starts the server.
+    ``more`` are further SOURCE arguments (``[NAME=]PATH``), one export each;
+    ``uris`` then holds the URI serve printed for each export, in order.
     """
 
-    def __init__(self, manifest: Path | str, sock: Path, *extra: str, log: Path | None = None) -> None:
+    def __init__(self, manifest: Path | str, sock: Path, *extra: str, log: Path | None = None,
+                 more: tuple[str, ...] = ()) -> None:
         self.sock = sock
         self.log = log or sock.with_suffix(".log")
         self._logf = open(self.log, "wb")
         self.proc = subprocess.Popen(
-            [*CLI, "serve", str(manifest), "--socket", str(sock), "--foreground", *extra],
+            [*CLI, "serve", str(manifest), *more, "--socket", str(sock), "--foreground", *extra],
             stdout=subprocess.PIPE, stderr=self._logf, stdin=subprocess.DEVNULL)
-        self.uri = self._read_uri()
+        self.uris = [self._read_uri() for _ in range(1 + len(more))]
+        self.uri = self.uris[0]
         nbdkits = [p for p in children(self.proc.pid) if program(p) == "nbdkit"]
         assert len(nbdkits) == 1, f"expected one nbdkit child, found {nbdkits}"
         self.nbdkit_pid = nbdkits[0]
@@ -107,9 +111,10 @@ class CliServer:
 
 
 @contextmanager
-def cli_serving(manifest: Path | str, sock: Path, *extra: str) -> Iterator[CliServer]:
+def cli_serving(manifest: Path | str, sock: Path, *extra: str,
+                more: tuple[str, ...] = ()) -> Iterator[CliServer]:
     """A :class:`CliServer` stopped (by pid if need be) when the block ends, whatever happened."""
-    server = CliServer(manifest, sock, *extra)
+    server = CliServer(manifest, sock, *extra, more=more)
     try:
         yield server
     finally:

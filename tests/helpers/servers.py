@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from ext4gen.serve.commands import Background, ServeOptions, start_background
+from ext4gen.serve import Background, ServeOptions, start_background
 from helpers.processes import pid_running
 
 DEBIAN_DIST_PACKAGES = "/usr/lib/python3/dist-packages"

@@ -21,7 +21,8 @@ from helpers.cli import build_cli, run_cli
 from helpers.encoders import capability_v2
 
 import ext4gen
-from ext4gen.cli import build_parser, image_flags
+from ext4gen.cli import build_parser
+from ext4gen.inputs.arguments import image_flags
 from ext4gen.inputs.fs_config import FsConfigEntry, FsConfigError, parse_fs_config
 from ext4gen.verify import compare_tree, e2fsck
 
@@ -101,7 +102,8 @@ def _build(tmp_path: Path, source: Path, *flags: str) -> tuple[Path, object]:
     rc, complaints = e2fsck(str(image))
     assert rc == 0 and complaints == [], complaints
     args = build_parser().parse_args(["build", str(source), "-o", str(image), *flags])
-    tree, _options = ext4gen.load(str(source), **image_flags(args).load_kwargs())
+    flags = image_flags(args)
+    tree, _options = ext4gen.load(str(source), source_options=flags.source, **flags.image_overrides())
     return image, tree
 
 

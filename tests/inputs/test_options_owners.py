@@ -21,7 +21,8 @@ from helpers.encoders import vfs_acl
 from helpers.mounts import scratch_tmpfs
 
 import ext4gen
-from ext4gen.cli import build_parser, image_flags
+from ext4gen.cli import build_parser
+from ext4gen.inputs.arguments import image_flags
 from ext4gen.inputs.ownership import IdMap, parse_id_range, parse_root_owner
 from ext4gen.model.options import IdRange
 from ext4gen.verify import compare_tree, e2fsck
@@ -57,7 +58,8 @@ def _build_and_mount(source: Path, image: Path, *flags: str) -> tuple[object, It
     rc, complaints = e2fsck(str(image))
     assert rc == 0 and complaints == [], complaints
     args = build_parser().parse_args(["build", str(source), "-o", str(image), *flags])
-    tree, _options = ext4gen.load(str(source), **image_flags(args).load_kwargs())
+    flags = image_flags(args)
+    tree, _options = ext4gen.load(str(source), source_options=flags.source, **flags.image_overrides())
     return tree, mounted(image)
 
 

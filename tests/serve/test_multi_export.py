@@ -23,8 +23,8 @@ from helpers.processes import kill_pid, pid_running, subreaper
 from helpers.servers import connect, import_nbd, serving_sources
 from helpers.trees import make_source_tree
 
+from ext4gen.serve import child_env, plugin_path
 from ext4gen.serve.blockset import CHUNK, BlockSet
-from ext4gen.serve.commands import child_env, plugin_path
 from ext4gen.serve.exports import default_name, parse_export_arg
 
 BLOCK = 4096

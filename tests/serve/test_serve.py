@@ -28,7 +28,7 @@ from helpers.servers import Export, connect, export, import_nbd, nbdinfo_json
 from helpers.trees import make_source_tree
 
 import ext4gen
-from ext4gen.serve.commands import child_env, plugin_path
+from ext4gen.serve import child_env, plugin_path
 from ext4gen.verify import compare_tree, is_root
 
 BLOCK = 4096
@@ -265,7 +265,7 @@ def test_an_idle_client_does_not_keep_the_server_alive_after_sigterm(manifest: P
 def test_a_killed_server_leaves_no_nbdkit_and_its_leftovers_are_collected(manifest: Path,
                                                                          tmp_path: Path):
     """SIGKILL gives ext4gen serve no chance to clean up: nbdkit must still die with it."""
-    from ext4gen.serve.commands import runtime_dir
+    from ext4gen.serve import runtime_dir
 
     server = CliServer(manifest, tmp_path / "nbd.sock")
     try:

@@ -19,7 +19,7 @@ from helpers.processes import kill_pid, pid_running, program, subreaper
 from helpers.trees import make_source_tree
 
 import ext4gen
-from ext4gen.serve.commands import is_mountpoint, mount_state_dir
+from ext4gen.serve import is_mountpoint, mount_state_dir
 from ext4gen.verify import compare_tree
 
 pytestmark = pytest.mark.root

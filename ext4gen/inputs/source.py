@@ -1,0 +1,136 @@
+"""The one front door: any SOURCE becomes a tree, and a tree becomes a planned image.
+
+``ext4gen build/check/inspect/serve``, the nbdkit plugin, the pytest fixtures and
+the library's :func:`ext4gen.load` / :func:`ext4gen.plan` all come through here,
+so a SOURCE means the same thing everywhere and every error names its origin.
+
+What a SOURCE string is gets decided by :data:`SOURCE_KINDS`, a table tried in
+order: new inputs (OCI layouts, remote URLs …) add a row before the manifest,
+which is the catch-all.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..errors import ManifestError
+from ..gcpause import gc_paused
+from ..layout.planner import plan_tree
+from ..model.identity import IdentityMap
+from ..model.options import ImageFlags, ImageOptions, SourceOptions, check_dedup, source_date_epoch_ns
+from ..model.tree import Meta, Tree
+from ..render.image import Image
+from .adjust import apply_source_options
+from .manifest import HostPaths, import_source, load_manifest
+from .tar import is_tar
+
+# Each planning run appends "PID ORIGIN" here when set: how tests prove a serve plans once.
+PLAN_LOG_ENV = "EXT4GEN_PLAN_LOG"
+
+
+@dataclass(frozen=True)
+class BuildChoices:
+    """The options that shape an image and that every front door takes the same way.
+
+    None leaves the SOURCE's own choice (a manifest's ``[image]`` table).
+    """
+
+    dedup: str | None = None
+    inline_data: bool | None = None
+    base_map: str | None = None  # an identity map written by ``build --write-map``
+    source_root: str | None = None  # host paths must resolve inside it; generators refused
+    flags: ImageFlags = field(default_factory=ImageFlags)  # label, uuid, owners, times, labels …
+    generator_path: tuple[str, ...] = ()  # more directories generator modules may come from
+    load_generators: bool = True  # False: commands that read no data never import them
+
+    def __post_init__(self) -> None:
+        if self.dedup is not None:
+            check_dedup(self.dedup)
+
+    def overrides(self) -> dict[str, object]:
+        """:class:`ImageOptions` fields to set over the SOURCE's own."""
+        out: dict[str, object] = {}
+        if self.dedup is not None:
+            out["dedup"] = self.dedup
+        if self.inline_data is not None:
+            out["inline_data"] = self.inline_data
+        if self.base_map is not None:
+            out["base_map"] = IdentityMap.load(self.base_map)
+        for name, value in self.flags.image_overrides().items():
+            out[name] = value
+        return out
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    """One row of the dispatch table: a name, a test on the SOURCE string, and its loader."""
+
+    name: str
+    matches: Callable[[str], bool]
+    load: Callable[[str, BuildChoices], tuple[Tree, ImageOptions]]
+
+
+def _host_tree(source: str, choices: BuildChoices) -> tuple[Tree, ImageOptions]:
+    """A directory or archive as the whole image: its root gets the defaults a manifest's has."""
+    if choices.source_root is not None:
+        source = HostPaths(os.getcwd(), choices.source_root).resolve(source, source)
+    epoch_ns = source_date_epoch_ns()
+    adjust: SourceOptions = choices.flags.source
+    tree = Tree(Meta(0o755, 0, 0, epoch_ns, epoch_ns, epoch_ns, epoch_ns))
+    # chooses directory or tar itself
+    import_source(tree, source, "/", key=source, one_file_system=bool(adjust.one_file_system))
+    tree.resolve_links()
+    apply_source_options(tree, adjust, epoch_ns if os.environ.get("SOURCE_DATE_EPOCH") else None)
+    return tree, ImageOptions(epoch_ns=epoch_ns)
+
+
+def _manifest(source: str, choices: BuildChoices) -> tuple[Tree, ImageOptions]:
+    return load_manifest(source, source_root=choices.source_root, source_options=choices.flags.source,
+                         generator_path=choices.generator_path, load_generators=choices.load_generators)
+
+
+def _is_host_path(test: Callable[[str], bool]) -> Callable[[str], bool]:
+    return lambda source: source != "-" and test(source)
+
+
+SOURCE_KINDS: list[SourceKind] = [
+    SourceKind("directory", _is_host_path(os.path.isdir), _host_tree),
+    SourceKind("tar", _is_host_path(is_tar), _host_tree),
+    SourceKind("manifest", lambda source: True, _manifest),  # the catch-all: keep it last
+]
+
+
+def source_kind(source: str) -> SourceKind:
+    return next(kind for kind in SOURCE_KINDS if kind.matches(source))
+
+
+def load_source(source: str, choices: BuildChoices = BuildChoices()) -> tuple[Tree, ImageOptions]:
+    """Load a SOURCE (manifest file or ``-``, host directory, tar …) into a tree and options."""
+    with gc_paused():
+        tree, options = source_kind(source).load(source, choices)
+        for name, value in choices.overrides().items():
+            setattr(options, name, value)
+        return tree, options
+
+
+def plan_loaded(tree: Tree, options: ImageOptions | None, origin: str | None) -> Image:
+    """Plan a loaded tree; an error found while planning names ``origin`` as loading would."""
+    log = os.environ.get(PLAN_LOG_ENV)
+    if log:
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(f"{os.getpid()} {origin or '<tree>'}\n")
+    try:
+        with gc_paused():
+            return Image(plan_tree(tree, options))
+    except ManifestError as e:
+        if e.origin is not None or origin is None:
+            raise
+        raise ManifestError(e.key, e.message, origin=origin) from None
+
+
+def plan_source(source: str, choices: BuildChoices = BuildChoices()) -> tuple[Image, Tree]:
+    """Load and plan a SOURCE exactly as ``ext4gen build`` does; returns (image, tree)."""
+    tree, options = load_source(source, choices)
+    return plan_loaded(tree, options, source), tree
