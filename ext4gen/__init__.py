@@ -43,10 +43,18 @@ def _load(source: str, source_root: str | None, overrides: dict[str, object]
     import os
 
     from .inputs.manifest import import_source
+    from .inputs.oci import is_oci_source
     from .inputs.tar import is_tar
 
-    if source != "-" and (os.path.isdir(source) or is_tar(source)):
-        if source_root is not None:
+    oci = is_oci_source(source) and not os.path.exists(source)  # a container image (inputs/oci.py)
+    if source != "-" and (oci or os.path.isdir(source) or is_tar(source)):
+        if source_root is not None and oci:
+            from .inputs.manifest import HostPaths
+            from .inputs.oci import absolute_source
+
+            root = HostPaths(os.getcwd(), source_root)
+            source = absolute_source(source, lambda p: root.resolve(p, source))
+        elif source_root is not None:
             from .inputs.manifest import HostPaths
 
             source = HostPaths(os.getcwd(), source_root).resolve(source, source)
@@ -56,7 +64,12 @@ def _load(source: str, source_root: str | None, overrides: dict[str, object]
         except ValueError:
             raise ManifestError("SOURCE_DATE_EPOCH", "must be an integer number of seconds") from None
         tree = Tree(Meta(0o755, 0, 0, epoch_ns, epoch_ns, epoch_ns, epoch_ns))
-        import_source(tree, source, "/", key=source)
+        if oci:
+            from .inputs.oci import import_oci
+
+            import_oci(tree, source)
+        else:
+            import_source(tree, source, "/", key=source)
         tree.resolve_links()
         options = ImageOptions(epoch_ns=epoch_ns)
     else:

@@ -15,10 +15,12 @@ import os
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Callable
+from typing import NamedTuple
 
 from ..errors import ManifestError
 from ..model import times
-from ..model.sources import HostFile, HostFileSource, InlineSource
+from ..model.sources import HostFile, HostFileSource, InlineSource, Source
 from ..model.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, NO_XATTRS, SYMLINK, Meta, Node, Tree, split_path
 from ..model.xattrs import ACL_ACCESS, ACL_DEFAULT, XattrError, normalize_vfs_acl, parse_acl_text, split_name
 
@@ -153,7 +155,42 @@ def import_tar(tree: Tree, tar_path: str, target: str = "/", *, key: str = "") -
             raise ManifestError(key, f"corrupt tar archive {tar_path}: {e}") from None
 
 
+class Member(NamedTuple):
+    """One tar member as the tree sees it: its image path and a node, or a hard link."""
+
+    path: bytes
+    shown: str  # "archive:member", for messages
+    node: Node | None  # None for a hard link
+    link: bytes | None  # the hard link's target path in the image
+
+
 def _add_member(tree: Tree, hf: HostFile, m: tarfile.TarInfo, base: list[bytes], tar_path: str) -> None:
+    mem = member_node(m, base, tar_path, lambda m: _host_source(hf, m))
+    if mem.node is None:
+        assert mem.link is not None
+        tree.add_hardlink(mem.path, mem.link, mem.shown)
+        return
+    tree.add(mem.path, mem.node)
+
+
+def _host_source(hf: HostFile, m: tarfile.TarInfo) -> Source:
+    """A regular member's bytes, served by offset from the (uncompressed) archive."""
+    if m.sparse:
+        segments, pos = [], m.offset_data
+        for off, length in m.sparse:
+            if length:
+                segments.append((off, length, pos))
+            pos += length
+        return HostFileSource(hf, size=m.size, segments=segments)
+    if m.size:
+        return HostFileSource(hf, base_offset=m.offset_data, size=m.size)
+    return InlineSource(b"")
+
+
+def member_node(m: tarfile.TarInfo, base: list[bytes], tar_path: str,
+                source_for: Callable[[tarfile.TarInfo], Source]) -> Member:
+    """Convert one member (metadata, xattrs, ACLs, type) to a node; ``source_for`` gives a
+    regular file's content, so layers of container images can serve it their own way."""
     name = m.name.encode("utf-8", "surrogateescape")
     parts = [p for p in name.split(b"/") if p and p != b"."]
     shown = f"{tar_path}:{m.name}"
@@ -166,8 +203,7 @@ def _add_member(tree: Tree, hf: HostFile, m: tarfile.TarInfo, base: list[bytes],
     xattrs = _member_xattrs(m, shown) or NO_XATTRS
     if m.islnk():
         link = [p for p in m.linkname.encode("utf-8", "surrogateescape").split(b"/") if p and p != b"."]
-        tree.add_hardlink(path, b"/" + b"/".join(base + link), shown)
-        return
+        return Member(path, shown, None, b"/" + b"/".join(base + link))
     node = Node(FILE, meta, key=shown, xattrs=xattrs, imported=True)
     if m.isdir():
         node.kind = DIR
@@ -180,19 +216,9 @@ def _add_member(tree: Tree, hf: HostFile, m: tarfile.TarInfo, base: list[bytes],
     elif m.isfifo():
         node.kind = FIFO
     elif m.isreg():
-        if m.sparse:
-            segments, pos = [], m.offset_data
-            for off, length in m.sparse:
-                if length:
-                    segments.append((off, length, pos))
-                pos += length
-            node.source = HostFileSource(hf, size=m.size, segments=segments)
-        elif m.size:
-            node.source = HostFileSource(hf, base_offset=m.offset_data, size=m.size)
-        else:
-            node.source = InlineSource(b"")
+        node.source = source_for(m)
     else:
         raise ManifestError(shown, f"unsupported tar member type {m.type!r}")
     if not parts:
         node.kind = DIR
-    tree.add(path, node)
+    return Member(path, shown, node, None)

@@ -1,0 +1,280 @@
+"""Random access into compressed layers, without a decompressed copy anywhere.
+
+gzip: indexed_gzip (zlib's zran) records a checkpoint — compressed position
+plus the 32 KiB window — every ``GZIP_SPACING`` compressed bytes during the one
+pass planning makes anyway; a read restarts at the nearest checkpoint, so it
+decompresses at most one span before its first byte.  The index is exported to
+the cache keyed by the blob digest.
+
+zstd: a decompressor's state cannot be saved, so restart points are frame
+boundaries.  Multi-frame layers get one per frame; a single-frame layer (what
+skopeo and containerd write) can only be decompressed from its start.  A forward
+cursor makes sequential reads (the kernel's readahead, dedup hashing) cost one
+pass, but a backward read in a single-frame layer re-decompresses from the start
+of the frame: the documented limit (docs/OCI.md).
+"""
+
+from __future__ import annotations
+
+import bisect
+import io
+import threading
+from typing import Any
+
+from ..errors import SourceError
+from .blobs import Blob, BlobReader
+
+GZIP_SPACING = 2 << 20  # compressed bytes between checkpoints (32 KiB window each: ~1.6 % of the blob)
+ZSTD_CHUNK = 64 << 10
+
+
+class LayerStats:
+    """What serving cost: compressed bytes read from the blob, bytes decompressed."""
+
+    __slots__ = ("compressed_read", "decompressed", "restarts")
+
+    def __init__(self) -> None:
+        self.compressed_read = 0
+        self.decompressed = 0
+        self.restarts = 0
+
+
+class CompressedLayer:
+    """The decompressed bytes of one layer blob, readable at any offset (thread-safe)."""
+
+    def __init__(self, blob: Blob, compression: str) -> None:
+        self.blob = blob
+        self.compression = compression
+        self.size = 0  # uncompressed; set by the scan or the cached index
+        self.stats = LayerStats()
+        self._lock = threading.Lock()
+        self._reader: BlobReader | None = None
+
+    def pread(self, buf: memoryview, offset: int) -> None:
+        """Fill ``buf`` with uncompressed bytes from ``offset``; SourceError if the blob changed."""
+        with self._lock:
+            try:
+                if self._reader is None:
+                    self._reader = self.blob.reader()
+                    self._open(self._reader)
+                before = self._reader.bytes_read
+                self._read(buf, offset)
+                self.stats.compressed_read += self._reader.bytes_read - before
+                self._reader.check()
+            except SourceError:
+                self._drop()
+                raise
+            except (OSError, ValueError, EOFError) as e:
+                self._drop()
+                raise SourceError(f"{self.blob.file.path}: cannot decompress layer "
+                                  f"{self.blob.digest}: {e}") from e
+
+    def _drop(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+        self._reader = None
+
+    def _open(self, reader: BlobReader) -> None:
+        raise NotImplementedError
+
+    def _read(self, buf: memoryview, offset: int) -> None:
+        raise NotImplementedError
+
+    def scan_file(self, reader: BlobReader) -> tuple[io.RawIOBase | Any, str]:
+        """A file object over the uncompressed tar for planning's one pass, and its tarfile mode."""
+        raise NotImplementedError
+
+    def finish_scan(self, f: Any) -> None:
+        """After the members were read: run to the end (the size, the last checkpoints)."""
+        raise NotImplementedError
+
+    def index_state(self) -> dict[str, Any]:
+        """What the cache keeps besides the members (JSON-able)."""
+        return {"size": self.size}
+
+    def load_state(self, state: dict[str, Any], index_bytes: bytes | None) -> None:
+        self.size = int(state["size"])
+
+    def index_bytes(self) -> bytes | None:
+        return None
+
+
+class GzipLayer(CompressedLayer):
+    def __init__(self, blob: Blob) -> None:
+        super().__init__(blob, "gzip")
+        self._index: bytes | None = None
+        self._points: list[int] = []  # uncompressed offsets of the checkpoints
+        self._gz: Any = None
+
+    def scan_file(self, reader: BlobReader) -> tuple[Any, str]:
+        import indexed_gzip
+
+        gz = indexed_gzip.IndexedGzipFile(fileobj=reader, spacing=GZIP_SPACING, buffer_size=256 << 10)
+        return gz, "r:"
+
+    def finish_scan(self, f: Any) -> None:
+        f.build_full_index()  # to the end of the stream: the index then covers every offset
+        self.size = f.seek(0, io.SEEK_END)
+        bio = io.BytesIO()
+        f.export_index(fileobj=bio)
+        self._index = bio.getvalue()
+        self._points = [u for u, _c in f.seek_points()]
+
+    def index_state(self) -> dict[str, Any]:
+        return {"size": self.size, "points": self._points}
+
+    def load_state(self, state: dict[str, Any], index_bytes: bytes | None) -> None:
+        super().load_state(state, index_bytes)
+        if index_bytes is None:
+            raise ValueError("gzip layer without its index")
+        self._index = index_bytes
+        self._points = [int(p) for p in state["points"]]
+
+    def index_bytes(self) -> bytes | None:
+        return self._index
+
+    @property
+    def span_count(self) -> int:
+        return len(self._points)
+
+    def span_of(self, offset: int) -> tuple[int, int]:
+        """[start, end) of the index span holding uncompressed ``offset``."""
+        i = bisect.bisect_right(self._points, offset) - 1
+        start = self._points[i] if i >= 0 else 0
+        end = self._points[i + 1] if i + 1 < len(self._points) else self.size
+        return start, end
+
+    def _open(self, reader: BlobReader) -> None:
+        import indexed_gzip
+
+        assert self._index is not None
+        gz = indexed_gzip._IndexedGzipFile(fileobj=reader, spacing=GZIP_SPACING, auto_build=False,
+                                           readbuf_size=64 << 10)
+        gz.import_index(fileobj=io.BytesIO(self._index))
+        self._gz = gz
+
+    def _drop(self) -> None:
+        self._gz = None
+        super()._drop()
+
+    def _read(self, buf: memoryview, offset: int) -> None:
+        gz = self._gz
+        pos = gz.tell()
+        start, _end = self.span_of(offset)
+        # zran continues forward from where it stands unless a checkpoint is closer
+        restart = not (start <= pos <= offset)
+        if restart:
+            self.stats.restarts += 1
+            pos = start
+        gz.seek(offset)
+        got = 0
+        while got < len(buf):
+            n = gz.readinto(buf[got:])
+            if not n:
+                raise SourceError(f"{self.blob.file.path}: layer {self.blob.digest} is shorter than planned")
+            got += n
+        self.stats.decompressed += offset + got - pos
+
+
+class ZstdLayer(CompressedLayer):
+    def __init__(self, blob: Blob) -> None:
+        super().__init__(blob, "zstd")
+        self.frames: list[tuple[int, int]] = [(0, 0)]  # (compressed, uncompressed) frame starts
+        self._cursor: Any = None
+        self._upos = 0
+
+    def scan_file(self, reader: BlobReader) -> tuple[Any, str]:
+        return _ZstdScan(reader, self), "r|"
+
+    def finish_scan(self, f: Any) -> None:
+        while f.read(1 << 20):
+            pass
+        self.size = f.upos
+
+    def index_state(self) -> dict[str, Any]:
+        return {"size": self.size, "frames": self.frames}
+
+    def load_state(self, state: dict[str, Any], index_bytes: bytes | None) -> None:
+        super().load_state(state, index_bytes)
+        self.frames = [(int(c), int(u)) for c, u in state["frames"]]
+
+    def _open(self, reader: BlobReader) -> None:
+        self._cursor = None
+
+    def _drop(self) -> None:
+        self._cursor = None
+        super()._drop()
+
+    def _read(self, buf: memoryview, offset: int) -> None:
+        import zstandard
+
+        assert self._reader is not None
+        i = bisect.bisect_right([u for _c, u in self.frames], offset) - 1
+        comp, ustart = self.frames[max(i, 0)]
+        if self._cursor is None or not (ustart <= self._upos <= offset):
+            self.stats.restarts += 1
+            self._reader.seek(comp)
+            self._cursor = zstandard.ZstdDecompressor().stream_reader(
+                self._reader, read_size=ZSTD_CHUNK, read_across_frames=True, closefd=False)
+            self._upos = ustart
+        skip = offset - self._upos
+        scratch = bytearray(min(skip, 1 << 20)) if skip else b""
+        while skip:
+            n = self._cursor.readinto(memoryview(scratch)[: min(skip, len(scratch))])
+            if not n:
+                raise SourceError(f"{self.blob.file.path}: layer {self.blob.digest} is shorter than planned")
+            skip -= n
+            self.stats.decompressed += n
+        got = 0
+        while got < len(buf):
+            n = self._cursor.readinto(buf[got:])
+            if not n:
+                raise SourceError(f"{self.blob.file.path}: layer {self.blob.digest} is shorter than planned")
+            got += n
+        self.stats.decompressed += got
+        self._upos = offset + got
+
+
+class _ZstdScan(io.RawIOBase):
+    """Forward-only decompression for the planning pass; records where each frame starts."""
+
+    def __init__(self, reader: BlobReader, layer: ZstdLayer) -> None:
+        import zstandard
+
+        super().__init__()
+        self._zstd = zstandard
+        self.reader = reader
+        self.layer = layer
+        self.dobj = zstandard.ZstdDecompressor().decompressobj()
+        self.fed = 0  # compressed bytes given to the decompressors
+        self.upos = 0
+        self.pending = memoryview(b"")
+        layer.frames = [(0, 0)]
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: memoryview | bytearray) -> int:  # type: ignore[override]
+        while not self.pending:
+            chunk = self.reader.read(ZSTD_CHUNK)
+            if not chunk:
+                return 0
+            self.fed += len(chunk)
+            out = b""
+            while chunk:
+                out += self.dobj.decompress(chunk)
+                chunk = b""
+                if self.dobj.eof:
+                    rest = self.dobj.unused_data
+                    frame_start = self.fed - len(rest)
+                    produced = self.upos + len(self.pending) + len(out)
+                    if rest or frame_start < self.reader.blob.size:
+                        self.layer.frames.append((frame_start, produced))
+                    self.dobj = self._zstd.ZstdDecompressor().decompressobj()
+                    chunk = rest
+            self.pending = memoryview(out)
+        n = min(len(b), len(self.pending))
+        b[:n] = self.pending[:n]
+        self.pending = self.pending[n:]
+        self.upos += n
+        return n
