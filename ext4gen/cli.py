@@ -116,12 +116,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def add_source_arguments(sp: argparse.ArgumentParser, what: str = "SOURCE") -> None:
     """The SOURCE argument and the options that shape the planned image (shared with serve)."""
     sp.add_argument("source", metavar=what, help="a manifest (.toml/.json, or - for stdin), a host "
-                    "directory or a tar archive" + (", or an ext4 image file" if what != "SOURCE" else ""))
+                    "directory, a tar archive or a container image (oci:DIR[:REF], "
+                    "oci-archive:FILE[:REF], docker-archive:FILE)"
+                    + (", or an ext4 image file" if what != "SOURCE" else ""))
     sp.add_argument("--dedup", choices=DEDUP_MODES, help="override the manifest's image.dedup")
     sp.add_argument("--no-inline-data", action="store_true",
                     help="store every file and directory in blocks (no inline_data feature)")
     sp.add_argument("--base-map", metavar="FILE", help="keep the inode numbers and generations "
                     "recorded by an earlier `build --write-map`")
+    sp.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="which image of a multi-platform "
+                    "container image SOURCE (oci:, oci-archive:); default: this host's")
     sp.add_argument("--source-root", metavar="DIR", help="refuse host paths outside DIR (and "
                     "generators); a manifest on stdin defaults to the current directory")
 
@@ -166,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "platform", None):  # read by inputs/oci.py here and in nbdkit's planning
+        from .inputs.oci import PLATFORM_ENV
+
+        os.environ[PLATFORM_ENV] = args.platform
     try:
         return int(args.func(args) or 0)
     except Ext4genError as e:

@@ -26,6 +26,7 @@ PACKAGES=(
     fuse3                             # nbdfuse needs fusermount3 and /dev/fuse
     util-linux mount procps           # mount, losetup, findmnt, flock; pgrep
     ca-certificates                   # pip over https
+    umoci skopeo                      # container images for the OCI tests (made by real tools)
 )
 
 # Packages only the boot-disk example (examples/bootdisk, tests/test_bootdisk.py)
@@ -116,7 +117,7 @@ venv_works() {
     [[ -x $VENV/bin/ext4gen && -x $VENV/bin/ruff && -x $VENV/bin/pytest ]] || return 1
     "$VENV/bin/python" - "$ROOT" >/dev/null 2>&1 <<'PYEOF'
 import os, sys
-import construct, crc32c, hypothesis, nbd, pytest, xxhash  # noqa: F401
+import construct, crc32c, hypothesis, indexed_gzip, nbd, pytest, xxhash, zstandard  # noqa: F401
 import ext4gen
 assert os.path.dirname(os.path.dirname(os.path.abspath(ext4gen.__file__))) == sys.argv[1]
 PYEOF

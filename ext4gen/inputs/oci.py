@@ -71,6 +71,13 @@ def absolute_source(source: str, resolve: Callable[[str], str] = os.path.abspath
     return f"{transport}:{os.path.abspath(resolve(path))}" + (f":{ref}" if ref else "")
 
 
+def absolute_any(source: str) -> str:
+    """os.path.abspath for any SOURCE, keeping a container image's transport and reference."""
+    if is_oci_source(source) and not os.path.exists(source):
+        return absolute_source(source)
+    return os.path.abspath(source)
+
+
 def open_image(source: str, platform: str | None = None) -> ImageRef:
     """Resolve the SOURCE to one image manifest, its config and its layer blobs."""
     transport, path, ref = split_source(source)

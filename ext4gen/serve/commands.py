@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import Ext4genError
+from ..inputs.oci import absolute_any  # os.path.abspath that keeps oci:PATH[:REF] forms intact
 from .exports import ExportSpec, parse_export_arg, resolve_exports
 
 # Worker threads per connection.  One, because nbdkit 1.32.4 to 1.33.2 (Debian
@@ -203,7 +204,7 @@ class ServeOptions:
         if any(parse_export_arg(a)[1] == "-" for a in raw):
             raise ServeError("serve and mount need a SOURCE file, not stdin: nbdkit reads it "
                              "itself (save the manifest to a file first)")
-        self.exports = [ExportSpec(e.name, os.path.abspath(e.source))
+        self.exports = [ExportSpec(e.name, absolute_any(e.source))
                         for e in resolve_exports(raw)]
         self.source = self.exports[0].source
         if self.base_map and len(self.exports) > 1:
@@ -381,7 +382,7 @@ def supervise(opts: ServeOptions, *, ready: Callable[[str, int], None] | None = 
         _write_atomic(os.path.join(workdir, "server.json"), json.dumps(
             {"uri": uri, "uris": uris, "socket": sock, "port": opts.port,
              "supervisor_pid": os.getpid(), "nbdkit_pid": nbdkit_pid,
-             "source": os.path.abspath(opts.source),
+             "source": absolute_any(opts.source),
              "exports": {e.name: e.source for e in opts.exports}}))
         if opts.pidfile:
             _write_atomic(opts.pidfile, f"{os.getpid()}\n")
@@ -717,7 +718,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     opts.socket = str(sdir / "nbd.sock")
     opts.pidfile = str(sdir / "serve.pid")
     opts.log = str(sdir / "serve.log")
-    state = MountState(mountpoint=mnt, source=os.path.abspath(opts.source), dir=str(sdir),
+    state = MountState(mountpoint=mnt, source=absolute_any(opts.source), dir=str(sdir),
                        disk=str(fuse_dir / "disk"), server={})
     try:
         server = start_background(opts)
