@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 from . import __version__
 from .errors import Ext4genError, ManifestError
-from .inspect import describe_image_file, describe_plan
+from .inspect import describe_image_file, describe_plan, describe_source
 from .layout.planner import identity_map
 from .model.identity import IdentityMap
 from .model.options import DEDUP_MODES
@@ -108,8 +108,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if is_image_file(args.source):
         print(describe_image_file(args.source))
     else:
-        image, _tree = load_image(args)
+        image, tree = load_image(args)
         print(describe_plan(image))
+        extra = describe_source(tree)
+        if extra:
+            print(extra)
     return 0
 
 
