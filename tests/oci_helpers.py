@@ -175,3 +175,41 @@ def compare_trees(ours: str, reference: str, *, ignore: tuple[str, ...] = ("lost
         if _xattrs(pa) != _xattrs(pb):
             diffs.append(f"{p}: xattrs {_xattrs(pa)!r} != {_xattrs(pb)!r}")
     return diffs
+
+
+def make_small(root: Path, layers: list[dict[str, bytes]]) -> Path:
+    """An umoci layout whose tag ``vN`` has the first N layers, each adding ``files`` (path → bytes)."""
+    need_tools()
+    layout = root / "small"
+    run("umoci", "init", "--layout", layout)
+    run("umoci", "new", "--image", f"{layout}:v0")
+    for i, files in enumerate(layers, 1):
+        def change(r: Path, files: dict[str, bytes] = files) -> None:
+            for rel, data in files.items():
+                (r / rel).parent.mkdir(parents=True, exist_ok=True)
+                (r / rel).write_bytes(data)
+        _edit(layout, root, f"v{i - 1}", f"v{i}", change)
+    return layout
+
+
+def write_blob(layout: Path, doc: dict) -> tuple[str, int]:  # type: ignore[type-arg]
+    """Store a JSON document as a blob of ``layout``; returns (digest, size)."""
+    import hashlib
+    import json
+
+    data = json.dumps(doc).encode()
+    digest = hashlib.sha256(data).hexdigest()
+    (layout / "blobs/sha256" / digest).write_bytes(data)
+    return f"sha256:{digest}", len(data)
+
+
+def read_json(path: Path) -> dict:  # type: ignore[type-arg]
+    import json
+
+    return json.loads(path.read_text())
+
+
+def descriptor(layout: Path, tag: str) -> dict:  # type: ignore[type-arg]
+    index = read_json(layout / "index.json")
+    return next(d for d in index["manifests"]
+                if d.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag)

@@ -55,12 +55,17 @@ def split_source(source: str, base_dir: str = "") -> tuple[str, str, str]:
     transport, _, rest = source.partition(":")
     if transport not in TRANSPORTS or not rest:
         raise ManifestError(source, f"expected {transport or 'oci'}:PATH[:REF]")
-    path, ref = rest, ""
-    if not os.path.exists(os.path.join(base_dir, rest)) and ":" in rest:
-        head, _, tail = rest.rpartition(":")
-        if head and "/" not in tail:
-            path, ref = head, tail
-    return transport, path, ref
+    if os.path.exists(os.path.join(base_dir, rest)) or ":" not in rest:
+        return transport, rest, ""
+    pos = rest.find(":")
+    while pos > 0:  # a docker reference may hold ":" and "/" (name:tag): the first existing path wins
+        if os.path.exists(os.path.join(base_dir, rest[:pos])):
+            return transport, rest[:pos], rest[pos + 1 :]
+        pos = rest.find(":", pos + 1)
+    head, _, tail = rest.rpartition(":")
+    if head and "/" not in tail:
+        return transport, head, tail
+    return transport, rest, ""
 
 
 def absolute_source(source: str, resolve: Callable[[str], str] = os.path.abspath,

@@ -272,7 +272,11 @@ def resolve_docker_archive(store: ArchiveStore, ref: str) -> ImageRef:
         raise ManifestError(store.source, f"manifest.json: not valid JSON: {e}") from None
     if not isinstance(entries, list) or not entries:
         raise ManifestError(store.source, "manifest.json lists no images")
-    if ref:
+    if ref.startswith("@") and ref[1:].isdigit():  # @N: the N-th image of the archive
+        if int(ref[1:]) >= len(entries):
+            raise ManifestError(store.source, f"no image {ref} (the archive holds {len(entries)})")
+        entries = [entries[int(ref[1:])]]
+    elif ref:
         named = [e for e in entries if ref in (e.get("RepoTags") or [])
                  or any(t.endswith("/" + ref) for t in e.get("RepoTags") or [])]
         if not named:
