@@ -26,7 +26,7 @@ from ..model.blobs import Blob
 from ..model.seekable import CompressedLayer, GzipLayer, ZstdLayer
 from .oci_layout import Layer
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 MAX_PINS = 8
 
 

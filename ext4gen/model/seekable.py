@@ -104,6 +104,7 @@ class GzipLayer(CompressedLayer):
         super().__init__(blob, "gzip")
         self._index: bytes | None = None
         self._points: list[int] = []  # uncompressed offsets of the checkpoints
+        self._cpoints: list[int] = []  # their compressed offsets
         self._gz: Any = None
 
     def scan_file(self, reader: BlobReader) -> tuple[Any, str]:
@@ -118,10 +119,12 @@ class GzipLayer(CompressedLayer):
         bio = io.BytesIO()
         f.export_index(fileobj=bio)
         self._index = bio.getvalue()
-        self._points = [u for u, _c in f.seek_points()]
+        points = list(f.seek_points())
+        self._points = [u for u, _c in points]
+        self._cpoints = [c for _u, c in points]
 
     def index_state(self) -> dict[str, Any]:
-        return {"size": self.size, "points": self._points}
+        return {"size": self.size, "points": self._points, "cpoints": self._cpoints}
 
     def load_state(self, state: dict[str, Any], index_bytes: bytes | None) -> None:
         super().load_state(state, index_bytes)
@@ -129,6 +132,7 @@ class GzipLayer(CompressedLayer):
             raise ValueError("gzip layer without its index")
         self._index = index_bytes
         self._points = [int(p) for p in state["points"]]
+        self._cpoints = [int(p) for p in state["cpoints"]]
 
     def index_bytes(self) -> bytes | None:
         return self._index
@@ -143,6 +147,12 @@ class GzipLayer(CompressedLayer):
         start = self._points[i] if i >= 0 else 0
         end = self._points[i + 1] if i + 1 < len(self._points) else self.size
         return start, end
+
+    def compressed_span_of(self, offset: int) -> tuple[int, int]:
+        """[start, end) in the blob of the index span holding uncompressed ``offset``."""
+        i = max(bisect.bisect_right(self._points, offset) - 1, 0)
+        end = self._cpoints[i + 1] if i + 1 < len(self._cpoints) else self.blob.size
+        return self._cpoints[i], end
 
     def _open(self, reader: BlobReader) -> None:
         import indexed_gzip
