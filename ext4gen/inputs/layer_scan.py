@@ -33,9 +33,11 @@ MAX_PINS = 8
 @dataclass
 class ScannedLayer:
     layer: Layer
-    members: list[tarfile.TarInfo]
+    members: list[tarfile.TarInfo]  # emptied once applied (a big image has millions)
     stream: CompressedLayer | None  # None: a plain tar, served by offset
     size: int  # uncompressed bytes
+    member_count: int = 0
+    whiteouts: int = 0  # .wh.* members, opaque markers included
 
 
 def scan_layer(layer: Layer) -> ScannedLayer:

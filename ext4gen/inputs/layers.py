@@ -63,6 +63,7 @@ def apply_layer(tree: Tree, scanned: ScannedLayer, shown: str, base: list[bytes]
     adds: list[tarfile.TarInfo] = []
     opaque: list[list[bytes]] = []
     whiteouts: list[list[bytes]] = []
+    scanned.member_count = len(scanned.members)
     for m in scanned.members:
         parts = _components(m.name)
         if b".." in parts:
@@ -73,6 +74,8 @@ def apply_layer(tree: Tree, scanned: ScannedLayer, shown: str, base: list[bytes]
             whiteouts.append([*parts[:-1], parts[-1][len(WHITEOUT) :]])
         else:
             adds.append(m)
+    scanned.whiteouts = len(opaque) + len(whiteouts)
+    scanned.members = []  # the nodes hold what is needed now
     removed = 0
     for d in opaque:
         node = tree.lookup(base + d)

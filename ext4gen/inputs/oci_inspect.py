@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import posixpath
 from typing import Any
 
 from ..model.seekable import GzipLayer, ZstdLayer
 from .layer_scan import ScannedLayer
 from .oci import OciImport, imported
-
-_WHITEOUT = ".wh."
 
 
 def describe_tree_source(tree: object) -> str | None:
@@ -39,9 +36,8 @@ def describe_oci(imp: OciImport) -> list[str]:
         f"{'members':>7}  {'whiteouts':>9}  index",
     ]
     for i, s in enumerate(imp.layers, 1):
-        whiteouts = sum(1 for m in s.members if posixpath.basename(m.name.rstrip("/")).startswith(_WHITEOUT))
         lines.append(f"  {i:>2}  {s.layer.blob.digest[:19]:<19}  {s.layer.media_type:<44}  "
-                     f"{s.layer.blob.size:>12}  {s.size:>12}  {len(s.members):>7}  {whiteouts:>9}  "
+                     f"{s.layer.blob.size:>12}  {s.size:>12}  {s.member_count:>7}  {s.whiteouts:>9}  "
                      f"{_index(s)}")
     return lines
 

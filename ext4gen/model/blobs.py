@@ -50,6 +50,7 @@ class Blob:
             mv = memoryview(buf)
             while n := r.readinto(mv):
                 h.update(mv[:n])
+            r.check()  # the bytes hashed are the bytes pinned
         if h.hexdigest() != want:
             raise ManifestError(self.shown, f"digest mismatch: the blob hashes to sha256:{h.hexdigest()}, "
                                 f"not {self.digest}")

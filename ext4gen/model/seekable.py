@@ -64,7 +64,7 @@ class CompressedLayer:
             except SourceError:
                 self._drop()
                 raise
-            except (OSError, ValueError, EOFError) as e:
+            except Exception as e:  # zlib, zran and zstd errors alike: this request fails, not the server
                 self._drop()
                 raise SourceError(f"{self.blob.file.path}: cannot decompress layer "
                                   f"{self.blob.digest}: {e}") from e

@@ -189,3 +189,29 @@ def test_docker_archive_with_tags(layout: Path, tmp_path: Path) -> None:
     assert names(ext4gen.load(f"docker-archive:{archive}:@0")[0], b"etc") == [b"one", b"two"]
     with pytest.raises(ManifestError, match="no image named 'other:v1'"):
         ext4gen.load(f"docker-archive:{archive}:other:v1")
+
+
+def test_inspect_shows_the_config_and_the_layer_table(layout: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import gzip
+    import io
+    import tarfile
+
+    run("umoci", "config", "--image", f"{layout}:v2", "--config.entrypoint", "/bin/app",
+        "--config.cmd", "--flag", "--config.env", "A=1", "--config.label", "k=v")
+    assert main(["inspect", f"oci:{layout}:v2"]) == 0
+    out = capsys.readouterr().out
+    for line in ('entrypoint:     ["/bin/app"]', 'cmd:            ["--flag"]', "env:            A=1",
+                 "labels:         k=v", "layers (2, bottom first; 0 lower entries removed by whiteouts):"):
+        assert line in out, out
+    manifest = read_json(layout / "blobs/sha256" / descriptor(layout, "v2")["digest"].split(":")[1])
+    rows = [r.split() for r in out.splitlines() if r.strip()[:2] in ("1 ", "2 ")]
+    assert len(rows) == 2
+    for row, desc in zip(rows, manifest["layers"], strict=True):
+        blob = (layout / "blobs/sha256" / desc["digest"].split(":")[1]).read_bytes()
+        plain = gzip.decompress(blob)
+        with tarfile.open(fileobj=io.BytesIO(plain)) as tf:
+            members = len(tf.getmembers())
+        assert row[1] == desc["digest"][:19] and row[2] == desc["mediaType"]
+        assert [int(x) for x in row[3:6]] == [len(blob), len(plain), members]
+        assert row[6] == "0" and row[7] == "gzip,"  # no whiteouts; a gzip index
