@@ -2,9 +2,11 @@
 
 gzip: indexed_gzip (zlib's zran) records a checkpoint — compressed position
 plus the 32 KiB window — every ``GZIP_SPACING`` compressed bytes during the one
-pass planning makes anyway; a read restarts at the nearest checkpoint, so it
-decompresses at most one span before its first byte.  The index is exported to
-the cache keyed by the blob digest.
+pass planning makes anyway.  zran inflates from a checkpoint on every call, so a
+read decompresses the whole span(s) it falls in, in one call, and the layer keeps
+the last few spans in memory (``PIECES_KEPT``): a lone read inflates one span,
+sequential reads inflate each span once.  The index is exported to the cache keyed
+by the blob digest; decompressed bytes never leave memory.
 
 zstd: a decompressor's state cannot be saved, so restart points are frame
 boundaries.  Multi-frame layers get one per frame; a single-frame layer (what
@@ -19,6 +21,7 @@ from __future__ import annotations
 import bisect
 import io
 import threading
+from collections import OrderedDict
 from typing import Any
 
 from ..errors import SourceError
@@ -26,6 +29,8 @@ from .blobs import Blob, BlobReader
 
 GZIP_SPACING = 2 << 20  # compressed bytes between checkpoints (32 KiB window each: ~1.6 % of the blob)
 ZSTD_CHUNK = 64 << 10
+PIECE_MAX = 8 << 20  # largest decompressed piece kept (a span of very compressible data is cut)
+PIECES_KEPT = 8  # decompressed pieces kept per gzip layer: 16-64 MiB of memory at most, never disk
 
 
 class LayerStats:
@@ -106,6 +111,7 @@ class GzipLayer(CompressedLayer):
         self._points: list[int] = []  # uncompressed offsets of the checkpoints
         self._cpoints: list[int] = []  # their compressed offsets
         self._gz: Any = None
+        self._pieces: OrderedDict[int, memoryview] = OrderedDict()  # span start -> bytes (LRU)
 
     def scan_file(self, reader: BlobReader) -> tuple[Any, str]:
         import indexed_gzip
@@ -165,25 +171,52 @@ class GzipLayer(CompressedLayer):
 
     def _drop(self) -> None:
         self._gz = None
+        self._pieces.clear()  # the blob may have changed: keep nothing read from it
         super()._drop()
 
     def _read(self, buf: memoryview, offset: int) -> None:
-        gz = self._gz
-        pos = gz.tell()
-        start, _end = self.span_of(offset)
-        # zran continues forward from where it stands unless a checkpoint is closer
-        restart = not (start <= pos <= offset)
-        if restart:
-            self.stats.restarts += 1
-            pos = start
-        gz.seek(offset)
-        got = 0
-        while got < len(buf):
-            n = gz.readinto(buf[got:])
-            if not n:
+        """Copy from the decompressed pieces that cover the range (each inflated once, then kept)."""
+        end = offset + len(buf)
+        pos = offset
+        while pos < end:
+            pstart, piece = self._piece(pos)
+            n = min(end, pstart + len(piece)) - pos
+            if n <= 0:
                 raise SourceError(f"{self.blob.file.path}: layer {self.blob.digest} is shorter than planned")
+            buf[pos - offset : pos - offset + n] = piece[pos - pstart : pos - pstart + n]
+            pos += n
+
+    def _piece(self, offset: int) -> tuple[int, memoryview]:
+        """The decompressed piece holding ``offset``: its whole index span, or PIECE_MAX of it.
+
+        zran inflates from the checkpoint on every call, however small, so a piece is
+        read in one call from its span's start and kept (a few per layer, in memory):
+        sequential reads inflate each span once, a lone read at most one span.
+        """
+        start, end = self.span_of(offset)
+        if end - start > PIECE_MAX:  # a very compressible span: bounded pieces of it
+            start += (offset - start) // PIECE_MAX * PIECE_MAX
+            end = min(end, start + PIECE_MAX)
+        hit = self._pieces.get(start)
+        if hit is not None:
+            self._pieces.move_to_end(start)
+            return start, hit
+        self.stats.restarts += 1
+        self._gz.seek(start)
+        data = bytearray(end - start)
+        mv = memoryview(data)
+        got = 0
+        while got < len(data):
+            n = self._gz.readinto(mv[got:])
+            if not n:
+                break
             got += n
-        self.stats.decompressed += offset + got - pos
+        self.stats.decompressed += (start - self.span_of(start)[0]) + got
+        piece = mv[:got]
+        self._pieces[start] = piece
+        while len(self._pieces) > PIECES_KEPT:
+            self._pieces.popitem(last=False)
+        return start, piece
 
 
 class ZstdLayer(CompressedLayer):
