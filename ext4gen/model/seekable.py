@@ -12,8 +12,9 @@ zstd: a decompressor's state cannot be saved, so restart points are frame
 boundaries.  Multi-frame layers get one per frame; a single-frame layer (what
 skopeo and containerd write) can only be decompressed from its start.  A forward
 cursor makes sequential reads (the kernel's readahead, dedup hashing) cost one
-pass, but a backward read in a single-frame layer re-decompresses from the start
-of the frame: the documented limit (docs/OCI.md).
+pass, and the last few 2 MiB pieces stay in memory, but a read further back in a
+single-frame layer re-decompresses from the start of the frame: the documented
+limit (docs/OCI.md).
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from .blobs import Blob, BlobReader
 
 GZIP_SPACING = 2 << 20  # compressed bytes between checkpoints (32 KiB window each: ~1.6 % of the blob)
 ZSTD_CHUNK = 64 << 10
+ZSTD_PIECE = 2 << 20  # decompressed piece of a zstd layer kept in memory
 PIECE_MAX = 8 << 20  # largest decompressed piece kept (a span of very compressible data is cut)
-PIECES_KEPT = 8  # decompressed pieces kept per gzip layer: 16-64 MiB of memory at most, never disk
+PIECES_KEPT = 8  # decompressed pieces kept per layer (16-64 MiB of memory at most; never disk)
 
 
 class LayerStats:
@@ -54,6 +56,7 @@ class CompressedLayer:
         self.stats = LayerStats()
         self._lock = threading.Lock()
         self._reader: BlobReader | None = None
+        self._pieces: OrderedDict[int, memoryview] = OrderedDict()  # piece start -> bytes (LRU)
 
     def pread(self, buf: memoryview, offset: int) -> None:
         """Fill ``buf`` with uncompressed bytes from ``offset``; SourceError if the blob changed."""
@@ -78,11 +81,40 @@ class CompressedLayer:
         if self._reader is not None:
             self._reader.close()
         self._reader = None
+        self._pieces.clear()  # the blob may have changed: keep nothing read from it
 
     def _open(self, reader: BlobReader) -> None:
         raise NotImplementedError
 
     def _read(self, buf: memoryview, offset: int) -> None:
+        """Copy from the decompressed pieces that cover the range (each inflated once, then kept)."""
+        end = offset + len(buf)
+        pos = offset
+        while pos < end:
+            pstart, piece = self._piece(pos)
+            n = min(end, pstart + len(piece)) - pos
+            if n <= 0:
+                raise SourceError(f"{self.blob.file.path}: layer {self.blob.digest} is shorter than planned")
+            buf[pos - offset : pos - offset + n] = piece[pos - pstart : pos - pstart + n]
+            pos += n
+
+    def _piece(self, offset: int) -> tuple[int, memoryview]:
+        """The decompressed piece holding ``offset``, from memory or decompressed now (LRU)."""
+        start, end = self._piece_bounds(offset)
+        hit = self._pieces.get(start)
+        if hit is not None:
+            self._pieces.move_to_end(start)
+            return start, hit
+        piece = self._decompress(start, end)
+        self._pieces[start] = piece
+        while len(self._pieces) > PIECES_KEPT:
+            self._pieces.popitem(last=False)
+        return start, piece
+
+    def _piece_bounds(self, offset: int) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def _decompress(self, start: int, end: int) -> memoryview:
         raise NotImplementedError
 
     def scan_file(self, reader: BlobReader) -> tuple[io.RawIOBase | Any, str]:
@@ -111,7 +143,6 @@ class GzipLayer(CompressedLayer):
         self._points: list[int] = []  # uncompressed offsets of the checkpoints
         self._cpoints: list[int] = []  # their compressed offsets
         self._gz: Any = None
-        self._pieces: OrderedDict[int, memoryview] = OrderedDict()  # span start -> bytes (LRU)
 
     def scan_file(self, reader: BlobReader) -> tuple[Any, str]:
         import indexed_gzip
@@ -171,36 +202,22 @@ class GzipLayer(CompressedLayer):
 
     def _drop(self) -> None:
         self._gz = None
-        self._pieces.clear()  # the blob may have changed: keep nothing read from it
         super()._drop()
 
-    def _read(self, buf: memoryview, offset: int) -> None:
-        """Copy from the decompressed pieces that cover the range (each inflated once, then kept)."""
-        end = offset + len(buf)
-        pos = offset
-        while pos < end:
-            pstart, piece = self._piece(pos)
-            n = min(end, pstart + len(piece)) - pos
-            if n <= 0:
-                raise SourceError(f"{self.blob.file.path}: layer {self.blob.digest} is shorter than planned")
-            buf[pos - offset : pos - offset + n] = piece[pos - pstart : pos - pstart + n]
-            pos += n
-
-    def _piece(self, offset: int) -> tuple[int, memoryview]:
-        """The decompressed piece holding ``offset``: its whole index span, or PIECE_MAX of it.
+    def _piece_bounds(self, offset: int) -> tuple[int, int]:
+        """The whole index span holding ``offset`` (or PIECE_MAX of it).
 
         zran inflates from the checkpoint on every call, however small, so a piece is
-        read in one call from its span's start and kept (a few per layer, in memory):
-        sequential reads inflate each span once, a lone read at most one span.
+        read in one call from its span's start: sequential reads inflate each span
+        once, a lone read at most one span.
         """
         start, end = self.span_of(offset)
         if end - start > PIECE_MAX:  # a very compressible span: bounded pieces of it
             start += (offset - start) // PIECE_MAX * PIECE_MAX
             end = min(end, start + PIECE_MAX)
-        hit = self._pieces.get(start)
-        if hit is not None:
-            self._pieces.move_to_end(start)
-            return start, hit
+        return start, end
+
+    def _decompress(self, start: int, end: int) -> memoryview:
         self.stats.restarts += 1
         self._gz.seek(start)
         data = bytearray(end - start)
@@ -212,11 +229,7 @@ class GzipLayer(CompressedLayer):
                 break
             got += n
         self.stats.decompressed += (start - self.span_of(start)[0]) + got
-        piece = mv[:got]
-        self._pieces[start] = piece
-        while len(self._pieces) > PIECES_KEPT:
-            self._pieces.popitem(last=False)
-        return start, piece
+        return mv[:got]
 
 
 class ZstdLayer(CompressedLayer):
@@ -248,34 +261,43 @@ class ZstdLayer(CompressedLayer):
         self._cursor = None
         super()._drop()
 
-    def _read(self, buf: memoryview, offset: int) -> None:
+    def _piece_bounds(self, offset: int) -> tuple[int, int]:
+        """ZSTD_PIECE-aligned pieces (frames give no other boundaries worth having)."""
+        start = offset // ZSTD_PIECE * ZSTD_PIECE
+        return start, min(self.size, start + ZSTD_PIECE)
+
+    def _decompress(self, start: int, end: int) -> memoryview:
+        """Move the cursor to ``start`` (restarting at the frame start if it is past it) and read."""
         import zstandard
 
         assert self._reader is not None
-        i = bisect.bisect_right([u for _c, u in self.frames], offset) - 1
+        i = bisect.bisect_right([u for _c, u in self.frames], start) - 1
         comp, ustart = self.frames[max(i, 0)]
-        if self._cursor is None or not (ustart <= self._upos <= offset):
+        if self._cursor is None or not (ustart <= self._upos <= start):
             self.stats.restarts += 1
             self._reader.seek(comp)
             self._cursor = zstandard.ZstdDecompressor().stream_reader(
                 self._reader, read_size=ZSTD_CHUNK, read_across_frames=True, closefd=False)
             self._upos = ustart
-        skip = offset - self._upos
-        scratch = bytearray(min(skip, 1 << 20)) if skip else b""
-        while skip:
-            n = self._cursor.readinto(memoryview(scratch)[: min(skip, len(scratch))])
+        data = bytearray(end - start)
+        mv = memoryview(data)
+        skip = start - self._upos
+        while skip:  # decompressed and dropped: the price of a single frame
+            n = self._cursor.readinto(mv[: min(skip, len(mv))])
             if not n:
-                raise SourceError(f"{self.blob.file.path}: layer {self.blob.digest} is shorter than planned")
+                break
             skip -= n
+            self._upos += n
             self.stats.decompressed += n
         got = 0
-        while got < len(buf):
-            n = self._cursor.readinto(buf[got:])
+        while got < len(data):
+            n = self._cursor.readinto(mv[got:])
             if not n:
-                raise SourceError(f"{self.blob.file.path}: layer {self.blob.digest} is shorter than planned")
+                break
             got += n
+        self._upos += got
         self.stats.decompressed += got
-        self._upos = offset + got
+        return mv[:got]
 
 
 class _ZstdScan(io.RawIOBase):
