@@ -12,11 +12,12 @@ was hashed before.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tarfile
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from ..model.blobs import Blob
 from ..model.seekable import CompressedLayer, GzipLayer, ZstdLayer
 from .oci_layout import Layer
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 MAX_PINS = 8
 
 
@@ -38,6 +39,8 @@ class ScannedLayer:
     size: int  # uncompressed bytes
     member_count: int = 0
     whiteouts: int = 0  # .wh.* members, opaque markers included
+    #: zstd layers: sha256 of each regular member's bytes, by data offset (see _scan)
+    digests: dict[int, str] = field(default_factory=dict)
 
 
 def scan_layer(layer: Layer) -> ScannedLayer:
@@ -54,19 +57,21 @@ def scan_layer(layer: Layer) -> ScannedLayer:
             if stream is not None:
                 idx = (area / f"{blob.hex}.gzidx").read_bytes() if layer.compression == "gzip" else None
                 stream.load_state(entry["state"], idx)
+            digests = {int(k): str(v) for k, v in entry.get("digests", {}).items()}
             if pin not in entry["verified"]:
                 entry["verified"] = [*entry["verified"][-MAX_PINS + 1 :], pin]
                 _save(area, blob.hex, entry, None)
-            return ScannedLayer(layer, members, stream, int(entry["size"]))
+            return ScannedLayer(layer, members, stream, int(entry["size"]), digests=digests)
         except (OSError, KeyError, TypeError, ValueError):
             pass  # an unusable entry: scan again and replace it
-    members, size = _scan(layer, stream)
+    members, size, digests = _scan(layer, stream)
     if area is not None:
         entry = {"version": CACHE_VERSION, "compression": layer.compression, "size": size,
                  "verified": [pin], "members": [_member_doc(m) for m in members],
-                 "state": stream.index_state() if stream is not None else {}}
+                 "state": stream.index_state() if stream is not None else {},
+                 "digests": {str(k): v for k, v in digests.items()}}
         _save(area, blob.hex, entry, stream.index_bytes() if stream is not None else None)
-    return ScannedLayer(layer, members, stream, size)
+    return ScannedLayer(layer, members, stream, size, digests=digests)
 
 
 def _stream(layer: Layer) -> CompressedLayer | None:
@@ -77,18 +82,31 @@ def _stream(layer: Layer) -> CompressedLayer | None:
     return None
 
 
-def _scan(layer: Layer, stream: CompressedLayer | None) -> tuple[list[tarfile.TarInfo], int]:
+def _scan(layer: Layer, stream: CompressedLayer | None
+          ) -> tuple[list[tarfile.TarInfo], int, dict[int, str]]:
+    """Members, uncompressed size and (zstd) member digests, in one pass over the layer.
+
+    A zstd layer is usually one frame: a read can only restart at its start, so
+    the planner must not read it out of the tar's order to hash blocks for dedup.
+    Its regular members are hashed here instead, in order, and deduplicated as
+    whole files by that digest (ext4gen.inputs.layers).
+    """
     blob = layer.blob
+    digests: dict[int, str] = {}
     try:
         with blob.reader() as reader:
             if stream is None:
                 with tarfile.open(fileobj=reader, mode="r:") as tf:  # type: ignore[call-overload]
-                    return list(tf), blob.size
+                    return list(tf), blob.size, digests
             f, mode = stream.scan_file(reader)
             with tarfile.open(fileobj=f, mode=mode) as tf:
-                members = list(tf)
+                members = []
+                for m in tf:
+                    members.append(m)
+                    if layer.compression == "zstd" and m.isreg() and m.size and not m.sparse:
+                        digests[m.offset_data] = _member_digest(tf, m)
             stream.finish_scan(f)
-            return members, stream.size
+            return members, stream.size, digests
     except (tarfile.TarError, OSError, EOFError, SourceError, ValueError) as e:
         kind = f"{layer.compression} " if layer.compression else ""
         raise ManifestError(blob.shown, f"corrupt {kind}layer: {e}") from None
@@ -96,6 +114,15 @@ def _scan(layer: Layer, stream: CompressedLayer | None) -> tuple[list[tarfile.Ta
         if type(e).__module__.split(".")[0] in ("zstandard", "indexed_gzip"):
             raise ManifestError(blob.shown, f"corrupt {layer.compression} layer: {e}") from None
         raise
+
+
+def _member_digest(tf: tarfile.TarFile, m: tarfile.TarInfo) -> str:
+    h = hashlib.sha256()
+    data = tf.extractfile(m)
+    assert data is not None
+    while chunk := data.read(1 << 20):
+        h.update(chunk)
+    return h.hexdigest()
 
 
 def _area() -> Path | None:

@@ -16,7 +16,7 @@ import tarfile
 from collections.abc import Callable
 
 from ..errors import ManifestError
-from ..model.layer_sources import LayerMemberSource
+from ..model.layer_sources import DigestedLayerMemberSource, LayerMemberSource
 from ..model.sources import HostFileSource, InlineSource, Source
 from ..model.tree import DIR, Node, Tree, split_path
 from .layer_scan import ScannedLayer
@@ -48,6 +48,9 @@ def source_maker(scanned: ScannedLayer) -> Callable[[tarfile.TarInfo], Source]:
         if not m.size:
             return InlineSource(b"")
         if stream is not None:
+            digest = scanned.digests.get(m.offset_data)
+            if digest is not None and not m.sparse:
+                return DigestedLayerMemberSource(stream, m.offset_data, m.size, digest)
             return LayerMemberSource(stream, m.offset_data, m.size, runs(m, 0) if m.sparse else None)
         if m.sparse:
             return HostFileSource(blob.file, size=m.size, segments=runs(m, blob.offset))

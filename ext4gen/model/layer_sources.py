@@ -55,3 +55,19 @@ class LayerMemberSource(Source):
 
     def describe(self) -> str:
         return f"{self.layer.blob.digest}[{self.layer.compression}]@{self.base}+{self.size}"
+
+
+class DigestedLayerMemberSource(LayerMemberSource):
+    """A member whose sha256 the layer scan computed (zstd layers): never read when planning.
+
+    Equal digests mean equal bytes, so dedup shares such files whole by their
+    identity instead of reading them, which in a single-frame zstd layer would
+    cost a decompression from the frame start at every jump back.
+    """
+
+    __slots__ = ("identity",)
+    plan_readable = False
+
+    def __init__(self, layer: CompressedLayer, base: int, size: int, digest: str) -> None:
+        super().__init__(layer, base, size)
+        self.identity = ("sha256", digest)

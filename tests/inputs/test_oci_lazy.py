@@ -20,6 +20,7 @@ from ext4gen.layout.dedup import BLOCK_SIZE
 from ext4gen.model.layer_sources import LayerMemberSource
 from ext4gen.model.seekable import GzipLayer, LayerStats, ZstdLayer
 from ext4gen.model.tree import Tree
+from ext4gen.verify import compare_tree, e2fsck, loop_mount
 
 BIG = os.urandom(10 << 20) + b"a compressible line of text\n" * 200_000
 SMALL = b"the one file this test reads\n" * 100
@@ -150,3 +151,26 @@ def test_other_layer_kinds_read_right_in_any_order(form: str, layout: Path, tmp_
         assert node.source.layer.stats.restarts >= 2
     else:
         assert not isinstance(node.source, LayerMemberSource)  # served by offset from the archive
+
+
+def test_zstd_members_dedup_whole_by_digest_without_reading(tmp_path: Path) -> None:
+    """In a zstd layer, planning reads nothing: files are hashed in the scan, in tar order."""
+    copy_of = os.urandom(5 * BLOCK_SIZE + 7)
+    src = make_small(tmp_path, [{"a/one": copy_of, "a/other": b"x" * 9000},
+                                {"b/two": copy_of, "b/three": copy_of + b"!"}])
+    target = tmp_path / "z"
+    run("skopeo", "copy", "-q", "--dest-compress-format", "zstd", f"oci:{src}:v2", f"oci:{target}:v2")
+    tree, options = ext4gen.load(f"oci:{target}:v2")  # dedup "content", the default
+    image = ext4gen.plan(tree, options)
+    layers = {n.source.layer for n in (tree.lookup([b"a", b"one"]), tree.lookup([b"b", b"two"]))
+              if n is not None and isinstance(n.source, LayerMemberSource)}
+    assert len(layers) == 2 and all(isinstance(x, ZstdLayer) for x in layers)
+    assert sum(x.stats.decompressed for x in layers) == 0  # planning read no file data
+    assert image.plan.dedup_stats.shared_references == 6  # b/two shares a/one's 6 blocks
+    built = tmp_path / "z.img"
+    image.write(built)
+    assert e2fsck(str(built)) == (0, [])
+    if os.geteuid() == 0:
+        with loop_mount(str(built)) as mnt:
+            assert compare_tree(tree, mnt) == []  # the shared file reads right through its extents
+            assert Path(mnt, "b/two").read_bytes() == copy_of
