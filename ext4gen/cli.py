@@ -19,7 +19,7 @@ from . import __version__, progress
 from .errors import Ext4genError, ManifestError
 from .inputs.arguments import add_generator_arguments, add_source_arguments, choices_from_args
 from .inputs.source import plan_source
-from .inspect import describe_image_file, describe_plan
+from .inspect import describe_image_file, describe_plan, describe_source
 from .layout.planner import identity_map
 from .model.tree import Tree
 from .output import write_image
@@ -47,9 +47,10 @@ def source_problem(path: str, *, image_ok: bool) -> str | None:
     loader misreads it (zeros are not "invalid TOML", /dev/null is not an empty manifest)."""
     import stat as stat_mod
 
+    from .inputs.source import source_kind
     from .inputs.tar import is_tar
 
-    if path == "-":
+    if path == "-" or not source_kind(path).host_path:
         return None
     try:
         st = os.stat(path)
@@ -188,8 +189,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if is_image_file(args.source):
         print(describe_image_file(args.source))
     else:
-        image, _tree = load_image(args, reads_data=False)
+        image, tree = load_image(args, reads_data=False)
         print(describe_plan(image))
+        extra = describe_source(tree)
+        if extra:
+            print(extra)
     return 0
 
 
@@ -242,6 +246,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     progress.enable(progress.wanted(bool(getattr(args, "quiet", False))))
+    if getattr(args, "platform", None):  # read by inputs/oci.py here and in nbdkit's planning
+        from .inputs.oci import PLATFORM_ENV
+
+        os.environ[PLATFORM_ENV] = args.platform
     try:
         return int(args.func(args) or 0)
     except Ext4genError as e:

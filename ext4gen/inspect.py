@@ -65,3 +65,10 @@ def describe_plan(image: Image) -> str:
     if s.collisions:
         lines.append(f"  hash collisions rejected by byte comparison: {s.collisions}")
     return "\n".join(lines)
+
+
+def describe_source(tree: object) -> str | None:
+    """Lines about where the tree came from, for SOURCE kinds that have more to say (OCI images)."""
+    from .inputs.oci_inspect import describe_tree_source
+
+    return describe_tree_source(tree)

@@ -232,7 +232,9 @@ def servable_source(manifest: Manifest, directory: Path) -> str:
     test nbdkit's file plugin, not ext4gen's.
     """
     if isinstance(manifest, str | os.PathLike):
-        return os.path.abspath(os.fspath(manifest))
+        from ext4gen.inputs.oci import absolute_any  # keeps oci:PATH[:REF] forms intact
+
+        return absolute_any(os.fspath(manifest))
     if isinstance(manifest, dict):
         digest = hashlib.sha256(canonical_json(manifest).encode()).hexdigest()[:16]
         path = directory / f"manifest-{digest}.json"

@@ -38,6 +38,7 @@ PACKAGES=(
     file                              # nbdinfo runs file(1) on the export
     attr acl selinux-utils            # getfattr/setfattr, getfacl/setfacl, matchpathcon
     coreutils findutils               # stat --printf %W, du, sha256sum, find
+    umoci skopeo                      # container images for the OCI tests (made by real tools)
 )
 
 # Packages only the boot-disk example (examples/bootdisk, tests/e2e/test_bootdisk.py)
@@ -128,7 +129,7 @@ venv_works() {
     [[ -x $VENV/bin/ext4gen && -x $VENV/bin/ruff && -x $VENV/bin/pytest ]] || return 1
     "$VENV/bin/python" - "$ROOT" >/dev/null 2>&1 <<'PYEOF'
 import os, sys
-import construct, crc32c, hypothesis, nbd, pytest, selinux, xxhash  # noqa: F401
+import construct, crc32c, hypothesis, indexed_gzip, nbd, pytest, selinux, xxhash, zstandard  # noqa: F401
 import ext4gen
 assert os.path.dirname(os.path.dirname(os.path.abspath(ext4gen.__file__))) == sys.argv[1]
 PYEOF

@@ -23,7 +23,8 @@ from .source import BuildChoices
 def add_source_arguments(sp: argparse.ArgumentParser, what: str = "SOURCE", *, stdin: bool = True) -> None:
     """The SOURCE argument and the options that shape the planned image (shared with serve)."""
     sp.add_argument("source", metavar=what, help="a manifest (.toml/.json" + (", or - for stdin"
-                    if stdin else "") + "), a host directory or a tar archive"
+                    if stdin else "") + "), a host directory, a tar archive or a container image "
+                    "(oci:DIR[:REF], oci-archive:FILE[:REF], docker-archive:FILE)"
                     + (", or an ext4 image file" if what != "SOURCE" else ""))
     sp.add_argument("-q", "--quiet", action="store_true",
                     help="no progress bars (they are only drawn on a terminal) and no summary line")
@@ -32,6 +33,8 @@ def add_source_arguments(sp: argparse.ArgumentParser, what: str = "SOURCE", *, s
                     help="store every file and directory in blocks (no inline_data feature)")
     sp.add_argument("--base-map", metavar="FILE", help="keep the inode numbers and generations "
                     "recorded by an earlier `build --write-map`")
+    sp.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="which image of a multi-platform "
+                    "container image SOURCE (oci:, oci-archive:); default: this host's")
     sp.add_argument("--source-root", metavar="DIR", help="refuse host paths outside DIR (and "
                     "generators); a manifest on stdin defaults to the current directory")
     add_image_arguments(sp)

@@ -195,8 +195,11 @@ def parse_manifest(doc: dict[str, Any], *, base_dir: str = ".", epoch_env: str |
         k = f"import[{i}]"
         imp = _table(imp, k)
         _no_unknown(imp, IMPORT_KEYS, k)
-        path = host.resolve(_str(imp.get("source"), f"{k}.source"), f"{k}.source")
+        raw_source = _str(imp.get("source"), f"{k}.source")
         target = _str(imp.get("target", "/"), f"{k}.target")
+        if _import_oci(tree, raw_source, target, f"{k}.source", host):
+            continue
+        path = host.resolve(raw_source, f"{k}.source")
         import_source(tree, path, target, key=f"{k}.source",
                       one_file_system=bool(adjust.one_file_system))
     for path in list(doc) if consume else doc:
@@ -369,6 +372,17 @@ def import_source(tree: Tree, host: str, target: str, *, key: str, one_file_syst
         raise ManifestError(key, f"{host} does not exist")
     else:
         raise ManifestError(key, f"{host} is neither a directory nor a tar archive")
+
+
+def _import_oci(tree: Tree, source: str, target: str, key: str, host: HostPaths) -> bool:
+    """Container-image SOURCE forms (oci:, oci-archive:, docker-archive:): see inputs/oci.py."""
+    from .oci import absolute_source, import_oci, is_oci_source
+
+    if not is_oci_source(source) or os.path.exists(os.path.join(host.base_dir, source)):
+        return False
+    import_oci(tree, absolute_source(source, lambda p: host.resolve(p, key), host.base_dir),
+               target=target, key=key)
+    return True
 
 
 class HostPaths:

@@ -70,6 +70,7 @@ class SourceKind:
     name: str
     matches: Callable[[str], bool]
     load: Callable[[str, BuildChoices], tuple[Tree, ImageOptions]]
+    host_path: bool = True  # the SOURCE string is a path on this host (not e.g. oci:DIR:REF)
 
 
 def _host_tree(source: str, choices: BuildChoices) -> tuple[Tree, ImageOptions]:
@@ -86,6 +87,28 @@ def _host_tree(source: str, choices: BuildChoices) -> tuple[Tree, ImageOptions]:
     return tree, ImageOptions(epoch_ns=epoch_ns)
 
 
+def _is_oci(source: str) -> bool:
+    from .oci import is_oci_source
+
+    return is_oci_source(source) and not os.path.exists(source)  # a file may be named "oci:x"
+
+
+def _container_image(source: str, choices: BuildChoices) -> tuple[Tree, ImageOptions]:
+    """A container image's layers applied as the OCI spec says (see inputs/oci.py)."""
+    from .oci import absolute_source, import_oci
+
+    if choices.source_root is not None:
+        root = HostPaths(os.getcwd(), choices.source_root)
+        source = absolute_source(source, lambda p: root.resolve(p, source))
+    epoch_ns = source_date_epoch_ns()
+    tree = Tree(Meta(0o755, 0, 0, epoch_ns, epoch_ns, epoch_ns, epoch_ns))
+    import_oci(tree, source)
+    tree.resolve_links()
+    apply_source_options(tree, choices.flags.source,
+                         epoch_ns if os.environ.get("SOURCE_DATE_EPOCH") else None)
+    return tree, ImageOptions(epoch_ns=epoch_ns)
+
+
 def _manifest(source: str, choices: BuildChoices) -> tuple[Tree, ImageOptions]:
     return load_manifest(source, source_root=choices.source_root, source_options=choices.flags.source,
                          generator_path=choices.generator_path, load_generators=choices.load_generators)
@@ -96,6 +119,7 @@ def _is_host_path(test: Callable[[str], bool]) -> Callable[[str], bool]:
 
 
 SOURCE_KINDS: list[SourceKind] = [
+    SourceKind("container image", _is_oci, _container_image, host_path=False),
     SourceKind("directory", _is_host_path(os.path.isdir), _host_tree),
     SourceKind("tar", _is_host_path(is_tar), _host_tree),
     SourceKind("manifest", lambda source: True, _manifest),  # the catch-all: keep it last

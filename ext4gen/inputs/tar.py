@@ -16,10 +16,12 @@ import re
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Callable
+from typing import NamedTuple
 
 from ..errors import ManifestError
 from ..model import times
-from ..model.sources import HostFile, HostFileSource, InlineSource
+from ..model.sources import HostFile, HostFileSource, InlineSource, Source
 from ..model.tree import (
     BLOCKDEV,
     CHARDEV,
@@ -200,8 +202,31 @@ def import_tar(tree: Tree, tar_path: str, target: str = "/", *, key: str = "") -
             raise ManifestError(key, f"corrupt tar archive {tar_path}: {e}") from None
 
 
+class Member(NamedTuple):
+    """One tar member as the tree sees it: its image path and a node, or a hard link."""
+
+    path: bytes
+    shown: str  # "archive:member", for messages
+    node: Node | None  # None for a hard link
+    link: bytes | None  # the hard link's target path in the image
+
+
 def _add_member(tree: Tree, hf: HostFile, m: tarfile.TarInfo, base: list[bytes], tar_path: str) -> None:
-    """One member becomes exactly what it says, or is refused naming it."""
+    mem = member_node(m, base, tar_path, lambda m: _file_source(hf, m, f"{tar_path}:{m.name}"))
+    if mem.node is None:
+        add_hardlink(tree, m, mem)
+    else:
+        tree.add(mem.path, mem.node)
+
+
+def member_node(m: tarfile.TarInfo, base: list[bytes], tar_path: str,
+                source_for: Callable[[tarfile.TarInfo], Source]) -> Member:
+    """One member becomes exactly what it says, or is refused naming it.
+
+    ``source_for`` gives a regular file's content, so layers of container images
+    can serve it their own way; everything else (metadata, xattrs, ACLs, type and
+    every check) is the same for plain tars and layers.
+    """
     name = m.name.encode("utf-8", "surrogateescape")
     parts = [p for p in name.split(b"/") if p and p != b"."]
     shown = f"{tar_path}:{m.name}"
@@ -211,8 +236,10 @@ def _add_member(tree: Tree, hf: HostFile, m: tarfile.TarInfo, base: list[bytes],
         raise ManifestError(shown, "only a directory can stand for the archive root")
     path = b"/" + b"/".join(base + parts)
     if m.islnk():
-        _add_hardlink(tree, m, base, path, shown)
-        return
+        link = [p for p in m.linkname.encode("utf-8", "surrogateescape").split(b"/") if p and p != b"."]
+        if b".." in link:
+            raise ManifestError(shown, "hard link target escapes the archive root ('..')")
+        return Member(path, shown, None, b"/" + b"/".join(base + link))
     mtime = _member_time(m, "mtime", None, shown)
     ctime = _member_time(m, "ctime", mtime, shown)
     meta = Meta(m.mode & 0o7777, _member_id(m, "uid", shown), _member_id(m, "gid", shown),
@@ -233,24 +260,25 @@ def _add_member(tree: Tree, hf: HostFile, m: tarfile.TarInfo, base: list[bytes],
     elif m.isfifo():
         node.kind = FIFO
     elif m.isreg():
-        node.source = _file_source(hf, m, shown)
+        problem = file_size_error(m.size)
+        if problem:
+            raise ManifestError(shown, problem)
+        node.source = source_for(m)
     else:
         raise ManifestError(shown, f"unsupported tar member type {m.type!r}")
-    tree.add(path, node)
+    return Member(path, shown, node, None)
 
 
-def _add_hardlink(tree: Tree, m: tarfile.TarInfo, base: list[bytes], path: bytes, shown: str) -> None:
+def add_hardlink(tree: Tree, m: tarfile.TarInfo, mem: Member) -> None:
     """Link to the member of that name *as it is now*: a later member of the same name
     replaces the name, not the inode the link already shares (GNU tar does the same)."""
-    link = [p for p in m.linkname.encode("utf-8", "surrogateescape").split(b"/") if p and p != b"."]
-    if b".." in link:
-        raise ManifestError(shown, "hard link target escapes the archive root ('..')")
-    node = tree.lookup(base + link)
+    assert mem.link is not None
+    node = tree.lookup(split_path(mem.link, mem.shown))
     if node is None:
-        raise ManifestError(shown, f"hard link to {m.linkname!r}, which is not an earlier member")
+        raise ManifestError(mem.shown, f"hard link to {m.linkname!r}, which is not an earlier member")
     if node.kind == DIR:
-        raise ManifestError(shown, f"hard link to directory {m.linkname!r}")
-    tree.add(path, node)
+        raise ManifestError(mem.shown, f"hard link to directory {m.linkname!r}")
+    tree.add(mem.path, node)
 
 
 def _symlink_target(m: tarfile.TarInfo, shown: str) -> bytes:

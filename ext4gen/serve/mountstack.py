@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..inputs.oci import absolute_any  # os.path.abspath that keeps oci:PATH[:REF] intact
 from .environment import runtime_dir
 from .options import ServeError, ServeOptions
 from .processes import STOP_TIMEOUT, read_pidfile, stop_pid, wait_gone
@@ -114,7 +115,7 @@ def mount(opts: ServeOptions, mountpoint: str) -> tuple[str, Background]:
     opts.socket = str(sdir / "nbd.sock")
     opts.pidfile = str(sdir / "serve.pid")
     opts.log = str(sdir / "serve.log")
-    state = MountState(mountpoint=mnt, source=os.path.abspath(opts.source), dir=str(sdir),
+    state = MountState(mountpoint=mnt, source=absolute_any(opts.source), dir=str(sdir),
                        disk=str(fuse_dir / "disk"), server={})
     try:
         server = start_background(opts)

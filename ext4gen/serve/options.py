@@ -15,6 +15,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 
 from ..errors import Ext4genError
+from ..inputs.oci import absolute_any  # os.path.abspath that keeps oci:PATH[:REF] intact
 from ..inputs.source import BuildChoices
 from ..model.options import ImageFlags, check_dedup
 from .exports import ExportSpec, parse_export_arg, resolve_exports
@@ -114,7 +115,7 @@ class ServeOptions:
         if any(parse_export_arg(a)[1] == "-" for a in raw):
             raise ServeError("serve and mount need a SOURCE file, not stdin: nbdkit reads it "
                              "itself (save the manifest to a file first)")
-        self.exports = [ExportSpec(e.name, os.path.abspath(e.source))
+        self.exports = [ExportSpec(e.name, absolute_any(e.source))
                         for e in resolve_exports(raw)]
         self.source = self.exports[0].source
         if self.base_map and len(self.exports) > 1:

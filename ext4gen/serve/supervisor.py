@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import Ext4genError
+from ..inputs.oci import absolute_any  # os.path.abspath that keeps oci:PATH[:REF] intact
 from .environment import child_env, has_filter, plugin_path, runtime_dir
 from .options import ServeError, ServeOptions, plugin_args
 from .processes import (
@@ -162,7 +163,7 @@ def _announce(opts: ServeOptions, workdir: str, sock: str | None, nbdkit_pid: in
     write_atomic(os.path.join(workdir, "server.json"), json.dumps(
         {"uri": uris[0], "uris": uris, "socket": sock, "port": opts.port,
          "supervisor_pid": os.getpid(), "nbdkit_pid": nbdkit_pid,
-         "source": os.path.abspath(opts.source),
+         "source": absolute_any(opts.source),
          "exports": {e.name: e.source for e in opts.exports}}))
     if opts.pidfile:
         write_atomic(opts.pidfile, f"{os.getpid()}\n")
