@@ -18,6 +18,7 @@ from .inspect import describe_image_file, describe_plan
 from .layout.planner import identity_map
 from .model.identity import IdentityMap
 from .model.options import DEDUP_MODES
+from .remote import settings as remote_settings
 from .render.image import Image
 from .verify import compare_tree, e2fsck, is_root, loop_mount
 
@@ -124,6 +125,7 @@ def add_source_arguments(sp: argparse.ArgumentParser, what: str = "SOURCE") -> N
                     "recorded by an earlier `build --write-map`")
     sp.add_argument("--source-root", metavar="DIR", help="refuse host paths outside DIR (and "
                     "generators); a manifest on stdin defaults to the current directory")
+    remote_settings.add_arguments(sp)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        remote_settings.apply_arguments(args)
         return int(args.func(args) or 0)
     except Ext4genError as e:
         print(f"ext4gen: {e}", file=sys.stderr)

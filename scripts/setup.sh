@@ -26,6 +26,7 @@ PACKAGES=(
     fuse3                             # nbdfuse needs fusermount3 and /dev/fuse
     util-linux mount procps           # mount, losetup, findmnt, flock; pgrep
     ca-certificates                   # pip over https
+    nginx-light                       # the HTTP origin of the remote-content tests
 )
 
 # Packages only the boot-disk example (examples/bootdisk, tests/e2e/test_bootdisk.py)

@@ -225,7 +225,7 @@ def plan_tree(tree: Tree, options: ImageOptions | None = None) -> Plan:
             assert node.source is not None
             ip.size = node.source.size
             if (options.inline_data and 0 < ip.size <= MAX_INLINE_SIZE and not node.source.all_zero
-                    and _xattrs_fit_beside(node, ip.size)):
+                    and node.source.inline_ok and _xattrs_fit_beside(node, ip.size)):
                 ip.inline_size = ip.size
                 ip.flags |= EXT4_INLINE_DATA_FL
             else:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .identity import IdentityMap
 
@@ -24,6 +24,7 @@ class ImageOptions:
     epoch_ns: int = 0
     inline_data: bool = True  # small files and directories live in their inode
     base_map: IdentityMap | None = None  # keep inode numbers/generations of a previous build
+    prefetch: list[str] = field(default_factory=list)  # image paths to fetch first when served
 
     def __post_init__(self) -> None:
         if self.dedup not in DEDUP_MODES:

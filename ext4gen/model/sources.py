@@ -32,6 +32,9 @@ class Source:
     plan_readable: bool = True
     #: Sources with equal non-None identities have equal content (dedup without reading).
     identity: object = None
+    #: False for content that may fail at serve time (remote): kept out of inodes, so a
+    #: failed fetch is EIO for that file's blocks only, never for an inode table block.
+    inline_ok: bool = True
 
     def readinto(self, buf: memoryview, offset: int) -> None:
         """Fill ``buf`` completely with bytes ``[offset, offset+len(buf))``."""

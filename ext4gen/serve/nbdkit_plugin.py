@@ -158,6 +158,9 @@ def _plan(spec: ExportSpec) -> _Export:
         if e.origin is not None:
             raise
         raise ManifestError(e.key, e.message, origin=spec.source) from None
+    from ext4gen.remote import prefetch  # remote files to fetch first: queued in after_fork
+
+    prefetch.collect(tree, getattr(options, "prefetch", []), spec.source)
     geo = image.plan.geometry
     label = getattr(options, "label", "") or ""
     description = (f"ext4gen{' ' + label if label else ''}: {os.path.basename(spec.source)}, "
@@ -180,6 +183,13 @@ def config_complete() -> None:
     except Ext4genError as e:
         _fail(str(e))
     _started = time.monotonic()
+
+
+def after_fork() -> None:
+    """Background work starts only now: threads do not survive nbdkit's fork."""
+    from ext4gen.remote import prefetch
+
+    prefetch.start()
 
 
 def thread_model() -> int:
