@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for _name, register in commands.COMMANDS:
         register(sub)
+    from .publish import register as register_publish
+
+    register_publish(sub)
     return p
 
 

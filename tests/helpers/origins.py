@@ -97,10 +97,10 @@ http {{
 
     def start(self) -> None:
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        self.proc = subprocess.Popen([nginx, "-p", str(self.dir), "-c", str(self.dir / "nginx.conf"),
-                                      "-e", str(self.dir / "error.log")],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=open(self.dir / "stderr.log", "ab"))  # noqa: SIM115
+        with open(self.dir / "stderr.log", "ab") as err:
+            self.proc = subprocess.Popen([nginx, "-p", str(self.dir), "-c", str(self.dir / "nginx.conf"),
+                                          "-e", str(self.dir / "error.log")],
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
         wait_port(self.port, self.proc)
 
     def stop(self) -> None:
@@ -216,10 +216,10 @@ class MotoS3:
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.log = workdir / "moto.log"
-        self.proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=open(self.log, "ab"),  # noqa: SIM115
-                                     env={**os.environ, **AWS_ENV})
+        with open(self.log, "ab") as err:
+            self.proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(self.port)],
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=err, env={**os.environ, **AWS_ENV})
         try:
             wait_port(self.port, self.proc)
         except BaseException:
@@ -255,3 +255,22 @@ def moto_serving(workdir: Path) -> Iterator[MotoS3]:
         yield server
     finally:
         server.stop()
+
+
+def file_bytes_over_nbd(h, image, path: str) -> bytes:  # h: nbd.NBD, image: ext4gen.Image
+    """A regular file's content read block by block from an NBD export of ``image``.
+
+    ``image`` is the same manifest planned in the test process: planning is
+    deterministic, so its extents are the server's.  Only the file's own data
+    blocks are read, never metadata, so the origin sees exactly its fetches.
+    """
+    plan = image.plan
+    for p, ip in plan.paths():
+        if p == path.encode():
+            out = bytearray(ip.size)
+            for logical, n, phys in plan.physical_extents(ip):
+                start = logical * 4096
+                want = min(n * 4096, ip.size - start)
+                out[start : start + want] = h.pread(want, phys * 4096)
+            return bytes(out)
+    raise KeyError(path)
