@@ -36,6 +36,7 @@ from .remote.origins import parse_s3_url
 from .remote.settings import DEFAULT_CHUNK_SIZE
 
 DEFAULT_INLINE_MAX = 1024
+ZERO_BLOCK = bytes(4096)
 
 
 class PublishError(Ext4genError):
@@ -117,7 +118,8 @@ class S3Store(Store):
 
 
 class Publisher:
-    def __init__(self, store: Store, chunk_size: int, inline_max: int) -> None:
+    def __init__(self, store: Store, chunk_size: int, inline_max: int, zero_holes: bool) -> None:
+        self.zero_holes = zero_holes  # dedup=content: all-zero blocks are holes, as in a local build
         self.store = store
         self.chunk_size = chunk_size
         self.inline_max = inline_max
@@ -133,6 +135,8 @@ class Publisher:
             return {"base64": base64.b64encode(bytes(buf)).decode()}
         whole = hashlib.sha256()
         chunks: list[str] = []
+        zero_blocks: list[int] = []
+        ranges = source.data_ranges() if not self.zero_holes else None
         buf = bytearray(self.chunk_size)
         with tempfile.TemporaryFile(prefix="ext4gen-publish-") as spool:
             for off in range(0, size, self.chunk_size):
@@ -143,6 +147,9 @@ class Publisher:
                     raise PublishError(f"{key}: cannot read its content: {e}") from None
                 whole.update(mv)
                 chunks.append(hashlib.sha256(mv).hexdigest())
+                if self.zero_holes:
+                    zero_blocks += [(off + i) // 4096 for i in range(0, len(mv), 4096)
+                                    if mv[i : i + 4096] == ZERO_BLOCK[: len(mv) - i]]
                 spool.write(mv)
             spool.seek(0)
             digest = whole.hexdigest()
@@ -154,6 +161,9 @@ class Publisher:
         out: dict[str, Any] = {**self.store.location(digest), "size": size, "sha256": digest}
         if len(chunks) > 1:
             out["chunks"] = {"size": self.chunk_size, "sha256": chunks}
+        holes = _runs(zero_blocks, size) if self.zero_holes else _gaps(ranges, size)
+        if holes:
+            out["holes"] = holes
         return out
 
     def entry(self, node: Node, key: str) -> dict[str, Any]:
@@ -199,6 +209,34 @@ class Publisher:
         return doc
 
 
+def _runs(blocks: list[int], size: int) -> list[list[int]]:
+    """Consecutive block numbers as [start, end) byte ranges (the last ends at most at ``size``)."""
+    out: list[list[int]] = []
+    for b in blocks:
+        if out and out[-1][1] == b * 4096:
+            out[-1][1] = min(size, (b + 1) * 4096)
+        else:
+            out.append([b * 4096, min(size, (b + 1) * 4096)])
+    return out
+
+
+def _gaps(ranges: list[tuple[int, int]] | None, size: int) -> list[list[int]]:
+    """The holes of a sparse source: what lies between its data ranges, block aligned."""
+    if ranges is None:
+        return []
+    out, pos = [], 0
+    for start, end in ranges:
+        first = -(-pos // 4096) * 4096
+        last = start // 4096 * 4096
+        if last > first:
+            out.append([first, last])
+        pos = max(pos, end)
+    first = -(-pos // 4096) * 4096
+    if first < size:
+        out.append([first, size])
+    return out
+
+
 def cmd_publish(args: argparse.Namespace) -> int:
     from . import load
 
@@ -210,7 +248,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
             raise PublishError("--base-url: needed when DEST is a directory (the URL an HTTP "
                                "server publishes it at)")
         store = DirStore(args.dest, args.base_url)
-    pub = Publisher(store, args.chunk_size, args.inline_max)
+    pub = Publisher(store, args.chunk_size, args.inline_max, options.dedup == "content")
     doc = pub.manifest(tree, options)
     text = json.dumps(doc, indent=1) + "\n"
     tmp = f"{args.output}.{os.getpid()}.tmp"

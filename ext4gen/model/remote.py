@@ -28,14 +28,15 @@ from .sources import Source
 class RemoteSource(Source):
     """``size`` bytes of one remote object, read in chunks of ``chunk_size``."""
 
-    __slots__ = ("_last", "chunk_digests", "chunk_size", "identity", "origin", "settings", "sha256",
-                 "size")
+    __slots__ = ("_last", "chunk_digests", "chunk_size", "holes", "identity", "origin", "settings",
+                 "sha256", "size")
     plan_readable = False
     inline_ok = False
 
     def __init__(self, origin: Origin, size: int, settings: RemoteSettings, *,
                  sha256: bytes | None = None, chunk_size: int | None = None,
-                 chunk_digests: list[bytes] | None = None) -> None:
+                 chunk_digests: list[bytes] | None = None,
+                 holes: list[tuple[int, int]] | None = None) -> None:
         self.origin = origin
         self.size = size
         self.settings = settings
@@ -43,12 +44,29 @@ class RemoteSource(Source):
         self.chunk_size = chunk_size or settings.chunk_size
         self.chunk_digests = chunk_digests
         self._last = -2  # the chunk read last, for read-ahead
+        self.holes = holes or None  # declared zero ranges: never fetched, stored as holes
         if sha256 is not None:
             self.identity = ("sha256", sha256)
         elif chunk_digests is not None:
             self.identity = ("sha256-chunks", self.chunk_size, tuple(chunk_digests))
         else:
             self.identity = None
+
+    def data_ranges(self) -> list[tuple[int, int]] | None:
+        if self.holes is None:
+            return None
+        out, pos = [], 0
+        for start, end in self.holes:
+            if start > pos:
+                out.append((pos, start))
+            pos = end
+        if pos < self.size:
+            out.append((pos, self.size))
+        return out
+
+    @property
+    def all_zero(self) -> bool:
+        return self.holes is not None and self.data_ranges() == []
 
     def describe(self) -> str:
         return f"{self.origin.name} ({self.size} bytes)"

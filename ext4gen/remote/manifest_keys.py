@@ -16,7 +16,7 @@ from ..errors import ManifestError, SourceError
 from . import settings as settings_mod
 from .settings import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, RemoteSettings
 
-REMOTE_KEYS = frozenset({"url", "s3", "sha256", "chunks"})
+REMOTE_KEYS = frozenset({"url", "s3", "sha256", "chunks", "holes"})
 LOCATION_KEYS = ("url", "s3")
 MAX_FILE_SIZE = (1 << 32) * 4096
 
@@ -74,6 +74,29 @@ def _chunks(v: Any, key: str, size: int | None) -> tuple[int, list[bytes]]:
     return cs, digests
 
 
+def _holes(v: Any, key: str, size: int | None) -> list[tuple[int, int]]:
+    """``holes = [[START, END], …]``: byte ranges known to be zeros, stored as holes.
+
+    4 KiB aligned (END may be the file size), in order, not overlapping: they let
+    an image of remote files have the same holes as one of the local files.
+    """
+    if not isinstance(v, list):
+        raise ManifestError(key, "must be an array of [START, END] byte ranges")
+    out: list[tuple[int, int]] = []
+    for i, r in enumerate(v):
+        k = f"{key}[{i}]"
+        if (not isinstance(r, list) or len(r) != 2
+                or not all(isinstance(x, int) and not isinstance(x, bool) for x in r)):
+            raise ManifestError(k, "must be [START, END]")
+        start, end = r
+        if start % 4096 or (end % 4096 and end != size) or not 0 <= start < end:
+            raise ManifestError(k, "must be 4096-aligned (END may be the file size) with START < END")
+        if (out and start < out[-1][1]) or (size is not None and end > size):
+            raise ManifestError(k, "ranges must be in order, not overlap and end within the file")
+        out.append((start, end))
+    return out
+
+
 def remote_content(entry: dict[str, Any], key: str, settings: RemoteSettings):  # -> RemoteSource
     from ..model.remote import RemoteSource
     from .origins import HttpOrigin, S3Origin, check_url, head_with_retries, parse_s3_url
@@ -105,6 +128,9 @@ def remote_content(entry: dict[str, Any], key: str, settings: RemoteSettings):  
                              or not 0 <= size <= MAX_FILE_SIZE):
         raise ManifestError(f"{key}.size", "must be a non-negative integer up to 16 TiB")
     sha = _digest(entry["sha256"], f"{key}.sha256") if "sha256" in entry else None
+    if "holes" in entry and size is None:
+        raise ManifestError(f"{key}.holes", "needs the size declared")
+    holes = _holes(entry["holes"], f"{key}.holes", size) if "holes" in entry else None
     chunk_size, digests = (_chunks(entry["chunks"], f"{key}.chunks", size) if "chunks" in entry
                            else (None, None))
     if size is None or (sha is None and digests is None):
@@ -120,4 +146,4 @@ def remote_content(entry: dict[str, Any], key: str, settings: RemoteSettings):  
             raise ManifestError(f"{key}.chunks.sha256", f"has {len(digests)} digests; "
                                 f"{size} bytes need {-(-size // chunk_size)}")  # type: ignore[operator]
     return RemoteSource(origin, size, settings, sha256=sha, chunk_size=chunk_size,
-                        chunk_digests=digests)
+                        chunk_digests=digests, holes=holes)

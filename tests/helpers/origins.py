@@ -14,6 +14,7 @@ import contextlib
 import http.client
 import http.server
 import os
+import re
 import shutil
 import socket
 import struct
@@ -239,7 +240,8 @@ class MotoS3:
         if not self.log.exists():
             return 0
         needle = f'"GET /{bucket}/{key}'
-        return sum(1 for ln in self.log.read_text(errors="replace").splitlines() if needle in ln)
+        text = re.sub(r"\x1b\[[0-9;]*m", "", self.log.read_text(errors="replace"))  # werkzeug colours
+        return sum(1 for ln in text.splitlines() if needle in ln)
 
     def alive(self) -> bool:
         return pid_running(self.proc.pid)
