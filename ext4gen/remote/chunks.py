@@ -61,6 +61,7 @@ class ChunkStore:
         self._pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="ext4gen-fetch")
         self._reported: set[str] = set()
         if root is not None:
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._scan()
 
     # -- disk index ----------------------------------------------------------------
