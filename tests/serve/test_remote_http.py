@@ -166,3 +166,23 @@ def test_replaced_object_is_eio(tmp_path, origin, www):
         assert srv.alive()
         h.shutdown()
     assert "changed since the image was planned" in srv.stderr()
+
+
+def test_prefetch_hint_fetches_listed_files_after_start(tmp_path, origin, www, monkeypatch):
+    hints = tmp_path / "boot-set.txt"
+    hints.write_text("# the boot set\n/c.txt\n")
+    monkeypatch.setenv("EXT4GEN_PREFETCH", str(hints))  # what --prefetch FILE sets
+    m = write_manifest(tmp_path / "m.json", {
+        "image": {"prefetch": ["/a.bin"]},
+        "/a.bin": {"url": origin.url("a.bin")}, "/b.bin": {"url": origin.url("b.bin")},
+        "/c.txt": {"url": origin.url("c.txt")}})
+    image = ext4gen.plan(*ext4gen.load(str(m)))
+    with serving_sources(tmp_path / "serve.log", m) as srv:
+        deadline = time.monotonic() + 20
+        while (gets(origin, "a.bin"), gets(origin, "c.txt")) != (3, 1) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (gets(origin, "a.bin"), gets(origin, "b.bin"), gets(origin, "c.txt")) == (3, 0, 1)
+        h = connect(srv.uri)
+        assert file_bytes_over_nbd(h, image, "/a.bin") == www["a.bin"]
+        assert gets(origin, "a.bin") == 3  # the prefetched chunks served the read
+        h.shutdown()
