@@ -106,8 +106,21 @@ class RemoteSource(Source):
         start = index * self.chunk_size
         return start, min(self.size, start + self.chunk_size)
 
-    def chunk(self, index: int, *, background: bool = False) -> bytes:
-        store = chunk_mod.store()
+    def persistent(self) -> bool:
+        """May chunks go to the disk cache?  Not for an object nothing identifies.
+
+        Without digests, a chunk's key is the URL and the pin; a server that sends
+        neither ETag nor Last-Modified gives no way to tell, after a restart, a cached
+        chunk of the old object from one of a replaced object of the same size.
+        """
+        if self.chunk_digests is not None or self.sha256 is not None:
+            return True
+        pin = self.origin.pin
+        return pin is not None and bool(pin.etag or pin.last_modified)
+
+    def chunk(self, index: int, *, background: bool = False,
+              store: chunk_mod.ChunkStore | None = None) -> bytes:
+        store = store or chunk_mod.store()
         if self._whole_only():
             self._fetch_whole(store)
         start, end = self._range(index)
@@ -117,7 +130,8 @@ class RemoteSource(Source):
 
         try:
             return store.get(self.chunk_key(index), fetch, self._verifier(index),
-                             label=f"{self.origin.name} chunk {index}", background=background)
+                             label=f"{self.origin.name} chunk {index}", background=background,
+                             persist=self.persistent())
         except SourceError as e:
             if "SHA-256" in str(e):
                 store.report_once(f"integrity: {e}")
@@ -138,40 +152,40 @@ class RemoteSource(Source):
                               f"declared SHA-256")
             raise SourceError(f"{self.origin.name}: fetched bytes do not match the declared SHA-256")
         for key, data in zip(keys, parts, strict=True):
-            store.get(key, lambda d=data: d, None)
+            store.get(key, lambda d=data: d, None, persist=True)
 
     def readinto(self, buf: memoryview, offset: int) -> None:
         n = len(buf)
+        store = chunk_mod.store()
         if offset < 0 or offset + n > self.size:
             raise SourceError(f"{self.origin.name}: read past the planned size")
         pos = 0
         cs = self.chunk_size
         while pos < n:
             index = (offset + pos) // cs
-            data = self.chunk(index)
+            data = self.chunk(index, store=store)
             within = offset + pos - index * cs
             step = min(n - pos, len(data) - within)
             if step <= 0:
                 raise SourceError(f"{self.origin.name}: chunk {index} is shorter than planned")
             buf[pos : pos + step] = memoryview(data)[within : within + step]
             pos += step
-            self._read_ahead(index)
+            self._read_ahead(index, store)
 
-    def _read_ahead(self, index: int) -> None:
+    def _read_ahead(self, index: int, store: chunk_mod.ChunkStore) -> None:
         """After two consecutive chunks, fetch the next ones in the background."""
         last, self._last = self._last, index
         if last != index - 1:
             return
-        store = chunk_mod.store()
         for nxt in range(index + 1, min(self.nchunks, index + 1 + chunk_mod.READ_AHEAD)):
             if not store.cached(self.chunk_key(nxt)):
-                store.submit(lambda i=nxt: self.chunk(i, background=True))
+                store.submit(lambda i=nxt: self.chunk(i, background=True, store=store))
 
     def prefetch(self) -> None:
         """Fetch every chunk not cached yet (the boot set), in the background."""
         store = chunk_mod.store()
         for i in range(self.nchunks):
             if not store.cached(self.chunk_key(i)):
-                store.submit(lambda i=i: self.chunk(i, background=True))
+                store.submit(lambda i=i: self.chunk(i, background=True, store=store))
 
 

@@ -144,7 +144,7 @@ class ChunkStore:
     # -- lookups -----------------------------------------------------------------
 
     def get(self, key: str, fetch: Callable[[], bytes], verify: Callable[[bytes], bool] | None,
-            *, label: str = "", background: bool = False) -> bytes:
+            *, label: str = "", background: bool = False, persist: bool = True) -> bytes:
         """The chunk ``key``: from memory, from disk (re-verified) or from ``fetch()`` once."""
         with self._lock:
             data = self._memory.get(key)
@@ -174,7 +174,8 @@ class ChunkStore:
                 if verify is not None and not verify(data):
                     self.stats.verify_failures += 1
                     raise SourceError(f"{label or key}: fetched bytes do not match the declared SHA-256")
-                self._save(key, data)
+                if persist:
+                    self._save(key, data)
             with self._lock:
                 self._memory[key] = data
                 while len(self._memory) > MEMORY_CHUNKS:
@@ -237,6 +238,26 @@ def store() -> ChunkStore:
                 root = None
             _store = ChunkStore(root, settings.cache_size())
         return _store
+
+
+def summary() -> str | None:
+    """One line of fetch statistics, or None when nothing remote was read."""
+    s = _store
+    if s is None:
+        return None
+    st = s.stats
+    return (f"remote chunks: {st.fetches} fetched ({st.fetched_bytes} bytes), {st.memory_hits} "
+            f"memory hits, {st.disk_hits} disk hits, {st.verify_failures} failed verification; "
+            f"cache {s._disk_bytes} bytes in {s.root}")
+
+
+def shutdown() -> None:
+    """Stop background fetches and retry loops: the server is going away."""
+    from .origins import STOPPING
+
+    STOPPING.set()
+    if _store is not None:
+        _store._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def sha256_ok(digest: bytes) -> Callable[[bytes], bool]:

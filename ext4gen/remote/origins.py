@@ -25,6 +25,8 @@ CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 15.0
 BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 2.0
+#: Set when the server stops: retry loops end at once instead of spending their budget.
+STOPPING = threading.Event()
 
 
 class TransientError(Exception):
@@ -77,6 +79,8 @@ def fetch_range(origin: Origin, start: int, end: int, deadline: float) -> bytes:
     last = "no attempt"
     while True:
         left = deadline - time.monotonic()
+        if STOPPING.is_set():
+            raise SourceError(f"{origin.name}: the server is stopping")
         if left <= 0:
             raise SourceError(f"{origin.name}: bytes {start}-{end - 1} not fetched in time "
                               f"({attempt} attempts; last: {last})")
@@ -90,7 +94,7 @@ def fetch_range(origin: Origin, start: int, end: int, deadline: float) -> bytes:
             last = f"short body ({len(data)} of {end - start} bytes)"
         attempt += 1
         pause = min(BACKOFF_MAX, BACKOFF_FIRST * (2 ** min(attempt, 10)))
-        time.sleep(min(max(0.0, deadline - time.monotonic()), pause * (0.5 + random.random() / 2)))
+        STOPPING.wait(min(max(0.0, deadline - time.monotonic()), pause * (0.5 + random.random() / 2)))
 
 
 def head_with_retries(origin: Origin, timeout: float) -> ObjectInfo:

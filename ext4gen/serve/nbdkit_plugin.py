@@ -332,6 +332,12 @@ def _report_source_error(h: _Handle, reason: str) -> None:
 def cleanup() -> None:
     """One summary line per export; with several, each names its export."""
     secs = time.monotonic() - _started
+    remote = sys.modules.get("ext4gen.remote.chunks")
+    if remote is not None:  # remote content was served: stop its fetch threads, say what they did
+        remote.shutdown()
+        line = remote.summary()
+        if line:
+            print(f"ext4gen: {line}", file=sys.stderr, flush=True)
     for e in _exports.values():
         what = e.source if len(_exports) == 1 else f"{e.source} as export {e.name!r}"
         print(f"ext4gen: served {what} for {secs:.1f} s: {e.stats_line()}",
