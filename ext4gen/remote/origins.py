@@ -174,7 +174,11 @@ class HttpOrigin(Origin):
         import urllib3
 
         r = self._request("GET", {"Range": f"bytes={start}-{end - 1}"}, timeout, False)
+        reusable = False  # a connection goes back to the pool only after a complete exchange
         try:
+            if r.status >= 300:
+                r.drain_conn()  # error bodies are small
+                reusable = True
             self._status(self.url, r.status)
             if r.status == 206:
                 total = (r.headers.get("Content-Range") or "").rpartition("/")[2]
@@ -185,11 +189,19 @@ class HttpOrigin(Origin):
                 raise SourceError(f"{self.url}: the server ignores range requests")
             self.check_pin(ObjectInfo(size, r.headers.get("ETag"), r.headers.get("Last-Modified")))
             try:
-                return r.read(end - start, decode_content=False)
+                data = r.read(end - start, decode_content=False)
             except (urllib3.exceptions.HTTPError, OSError) as e:
                 raise TransientError(f"body: {type(e).__name__}: {e}") from None
+            reusable = r.status == 206 and len(data) == end - start
+            return data
         finally:
-            r.release_conn() if r.status == 206 else r.drain_conn()
+            if reusable:
+                r.release_conn()
+            else:  # a partly read or whole-object body: the connection is not reusable
+                r.close()
+                if r.connection is not None:
+                    r.connection.close()
+                r.release_conn()
 
 
 # -- S3 ------------------------------------------------------------------------------
