@@ -117,3 +117,26 @@ def test_publish_to_s3_then_two_hosts_serve_it(tmp_path, remote_env, monkeypatch
         diffs, count = compare_dirs(a, b)
         assert not diffs, diffs
         assert count > 10
+
+
+def test_publish_to_a_directory_served_by_nginx(tmp_path, remote_env):
+    original = make_source_tree(tmp_path / "orig")
+    reference = tmp_path / "reference.img"
+    build_cli(original, reference)
+    objects = tmp_path / "www" / "objs"
+    with nginx_serving(tmp_path / "nginx", tmp_path / "www") as web:
+        published = tmp_path / "published.json"
+        proc = run_cli("publish", original, objects, "--base-url", web.url("objs"), "-o", published)
+        assert proc.returncode == 0, proc.stderr
+        again = run_cli("publish", original, objects, "--base-url", web.url("objs"), "-o", published)
+        assert "0 uploaded" in again.stderr  # content-addressed: nothing new to store
+        shutil.rmtree(tmp_path / "orig")
+        proc = run_cli("check", published)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "tree matches the source" in proc.stdout
+        served = tmp_path / "served.img"
+        build_cli(published, served)
+        assert all(ln.split()[3] in ("200", "206") for ln in web.requests())
+    with mounted(reference) as a, mounted(served) as b:
+        diffs, _count = compare_dirs(a, b)
+        assert not diffs, diffs
