@@ -23,6 +23,7 @@ from .inspect import describe_image_file, describe_plan, describe_source
 from .layout.planner import identity_map
 from .model.tree import Tree
 from .output import write_image
+from .remote import settings as remote_settings
 from .render.image import Image
 from .serve.commands import COMMANDS as SERVE_COMMANDS
 from .verify import compare_tree, e2fsck, is_root, loop_mount
@@ -229,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for _name, register in SERVE_COMMANDS:  # serve, mount, umount
         register(sub)
+    from .publish import register as register_publish
+
+    register_publish(sub)
     return p
 
 
@@ -251,6 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         os.environ[PLATFORM_ENV] = args.platform
     try:
+        remote_settings.apply_arguments(args)
         return int(args.func(args) or 0)
     except Ext4genError as e:
         print(f"ext4gen: {one_line(str(e))}", file=sys.stderr)

@@ -39,6 +39,7 @@ PACKAGES=(
     attr acl selinux-utils            # getfattr/setfattr, getfacl/setfacl, matchpathcon
     coreutils findutils               # stat --printf %W, du, sha256sum, find
     umoci skopeo                      # container images for the OCI tests (made by real tools)
+    nginx-light                       # the HTTP origin of the remote-content tests
 )
 
 # Packages only the boot-disk example (examples/bootdisk, tests/e2e/test_bootdisk.py)

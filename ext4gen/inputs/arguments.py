@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import ManifestError
 from ..model.options import DEDUP_MODES, TIMES_MODES, ImageFlags, SourceOptions, check_label, uuid_value
+from ..remote import settings as remote_settings
 from .image_keys import check_mount_point
 from .ownership import check_id_map, parse_id_range, parse_owner, parse_root_owner
 from .source import BuildChoices
@@ -37,6 +38,7 @@ def add_source_arguments(sp: argparse.ArgumentParser, what: str = "SOURCE", *, s
                     "container image SOURCE (oci:, oci-archive:); default: this host's")
     sp.add_argument("--source-root", metavar="DIR", help="refuse host paths outside DIR (and "
                     "generators); a manifest on stdin defaults to the current directory")
+    remote_settings.add_arguments(sp)
     add_image_arguments(sp)
 
 

@@ -43,6 +43,8 @@ from ..model.tree import (
     file_size_error,
 )
 from ..model.xattrs import ACL_ACCESS, ACL_DEFAULT, XattrError, normalize_vfs_acl, parse_acl_text, split_name
+from ..remote import settings as remote_settings
+from ..remote.manifest_keys import REMOTE_KEYS, parse_image_keys, remote_content
 from .adjust import apply_source_options
 from .generators import Generator
 from .image_keys import SOURCE_OPTION_KEYS, parse_source_options
@@ -50,13 +52,14 @@ from .surrogates import may_hold_surrogates, refuse_lone_surrogates
 
 TOP_KEYS = {"image", "defaults", "import"}
 IMPORT_KEYS = {"source", "target"}
-IMAGE_KEYS = {"label", "uuid", "hash_seed", "dedup", "inline_data", *SOURCE_OPTION_KEYS}
+IMAGE_KEYS = {"label", "uuid", "hash_seed", "dedup", "inline_data", *SOURCE_OPTION_KEYS,
+              *remote_settings.IMAGE_KEYS}
 DEFAULT_KEYS = {"uid", "gid", "mode", "dir_mode", "mtime"}
 ENTRY_KEYS = {
     "type", "mode", "uid", "gid", "mtime", "atime", "ctime", "crtime",
     "text", "base64", "source", "size", "target", "major", "minor",
     "xattrs", "acl", "default_acl", "generator", "args", "identity",
-}
+} | REMOTE_KEYS
 CONTENT_KEYS = ("text", "base64", "source", "size", "generator")
 GENERATOR_KEYS = ("args", "identity")
 XATTR_KEYS = frozenset({"xattrs", "acl", "default_acl"})
@@ -152,6 +155,7 @@ def parse_manifest(doc: dict[str, Any], *, base_dir: str = ".", epoch_env: str |
     image_table = _table(doc.get("image", {}), "image")
     opts = _parse_image(image_table)
     adjust = (source_options or SourceOptions()).over(parse_source_options(image_table, host))
+    remote, opts.prefetch = parse_image_keys(image_table)  # url/s3 entries: see ext4gen.remote
     defaults = _table(doc.get("defaults", {}), "defaults")
     _no_unknown(defaults, DEFAULT_KEYS, "defaults")
     epoch_ns = source_date_epoch_ns(epoch_env)
@@ -249,8 +253,11 @@ def parse_manifest(doc: dict[str, Any], *, base_dir: str = ".", epoch_env: str |
             tree.add(path, Node(SYMLINK, meta_for(entry, key, 0o777), key=key, target=target,
                                 xattrs=xattrs))
         else:
-            _only(entry, key, set(CONTENT_KEYS) | set(GENERATOR_KEYS), "file")
-            source = _content(entry, key, host)
+            _only(entry, key, set(CONTENT_KEYS) | set(GENERATOR_KEYS) | REMOTE_KEYS, "file")
+            if entry.keys().isdisjoint(REMOTE_KEYS):
+                source = _content(entry, key, host)
+            else:
+                source = remote_content(entry, key, remote)
             tree.add(path, Node(FILE, meta_for(entry, key, d_mode), key=key, source=source,
                                 xattrs=xattrs))
     tree.resolve_links()
@@ -294,7 +301,7 @@ def _entry_type(entry: dict[str, Any], key: str) -> str:
             raise ManifestError(f"{key}.type", f"unknown type {kind!r} (expected one of "
                                 f"{', '.join(ENTRY_TYPES)})")
         return kind
-    if any(k in entry for k in CONTENT_KEYS):
+    if any(k in entry for k in CONTENT_KEYS) or "url" in entry or "s3" in entry:
         return FILE
     if "target" in entry:
         raise ManifestError(key, "'target' needs type = \"symlink\" or \"hardlink\"")
@@ -349,7 +356,7 @@ def _bounded(v: Any, key: str, limit: int) -> int:
     return v
 
 
-_SPECIFIC_KEYS = frozenset(CONTENT_KEYS) | {"target"} | frozenset(DEVICE_KEYS)
+_SPECIFIC_KEYS = frozenset(CONTENT_KEYS) | {"target"} | frozenset(DEVICE_KEYS) | REMOTE_KEYS
 
 
 def _only(entry: dict[str, Any], key: str, allowed: set[str], what: str) -> None:

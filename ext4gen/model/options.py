@@ -50,6 +50,7 @@ class ImageOptions:
     epoch_ns: int = 0
     inline_data: bool = True  # small files and directories live in their inode
     base_map: IdentityMap | None = None  # keep inode numbers/generations of a previous build
+    prefetch: list[str] = field(default_factory=list)  # image paths to fetch first when served
 
     def __post_init__(self) -> None:
         check_dedup(self.dedup)

@@ -28,7 +28,9 @@ class Source:
 
     __slots__ = ()
     size: int = 0
-    #: False for sources that must not be read at plan time (dynamic content).
+    #: False for sources that must not be read at plan time (dynamic or remote content).
+    #: Only plan-readable files are inlined: their bytes are taken when planning, so a
+    #: source that fails later costs its own data blocks, never an inode-table block.
     plan_readable: bool = True
     #: Sources with equal non-None identities have equal content (dedup without reading).
     identity: object = None

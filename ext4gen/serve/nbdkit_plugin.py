@@ -141,7 +141,10 @@ def config(key: str, value: str) -> None:
 
 
 def _plan(spec: ExportSpec) -> _Export:
-    image, _tree = plan_source(spec.source, _config.choices)
+    image, tree = plan_source(spec.source, _config.choices)
+    from ext4gen.remote import prefetch  # remote files to fetch first: queued in after_fork
+
+    prefetch.collect(tree, image.plan.options.prefetch, spec.source)
     geo = image.plan.geometry
     label = image.plan.options.label
     description = (f"ext4gen{' ' + label if label else ''}: {os.path.basename(spec.source)}, "
@@ -167,6 +170,11 @@ def get_ready() -> None:
     if _config.supervisor is not None:
         exit_with(_config.supervisor, STOP_GRACE,
                   lambda msg: print(f"ext4gen: {msg}", file=sys.stderr, flush=True))
+def after_fork() -> None:
+    """Background work starts only now: threads do not survive nbdkit's fork."""
+    from ext4gen.remote import prefetch
+
+    prefetch.start()
 
 
 def thread_model() -> int:
@@ -309,6 +317,12 @@ def _report_source_error(h: _Handle, reason: str) -> None:
 def cleanup() -> None:
     """One summary line per export; with several, each names its export."""
     secs = time.monotonic() - _started
+    remote = sys.modules.get("ext4gen.remote.chunks")
+    if remote is not None:  # remote content was served: stop its fetch threads, say what they did
+        remote.shutdown()
+        line = remote.summary()
+        if line:
+            print(f"ext4gen: {line}", file=sys.stderr, flush=True)
     for e in _exports.values():
         what = e.source if len(_exports) == 1 else f"{e.source} as export {e.name!r}"
         print(f"ext4gen: served {what} for {secs:.1f} s: {e.stats_line()}",
