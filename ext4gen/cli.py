@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for _name, register in commands.COMMANDS:
         register(sub)
+    from . import cache_cli
+
+    cache_cli.register(sub)
     return p
 
 
