@@ -20,6 +20,7 @@ import xxhash
 
 from ..format.ondisk import BLOCK_SIZE, EXT_INIT_MAX_LEN
 from ..model.sources import Source
+from .digest_cache import DigestCache, Record, Relation, source_key
 
 ZERO_BLOCK = bytes(BLOCK_SIZE)
 READ_CHUNK = 1 << 20
@@ -52,6 +53,9 @@ class DedupStats:
     shared_references: int = 0  # references that reuse an existing block
     collisions: int = 0  # hash hits whose bytes differed
     bytes_hashed: int = 0
+    digest_hits: int = 0  # host files placed from saved digests (no data read)
+    digest_misses: int = 0  # host files read and hashed, their digests saved
+    bytes_compared: int = 0  # bytes read to compare a saved block with a new candidate
 
 
 class ExtentBuilder:
@@ -112,6 +116,8 @@ class DataAllocator:
     _run_starts: list[int] = field(default_factory=list)
     _by_hash: dict[bytes, int | list[int]] = field(default_factory=dict)
     _by_identity: dict[tuple[object, int], list[Extent]] = field(default_factory=dict)
+    digests: DigestCache | None = None  # opened on the first file that content dedup reads
+    _digests_opened: bool = False
 
     def allocate(self, source: Source) -> list[Extent]:
         """Give every non-hole block of ``source`` a physical block; return its extents."""
@@ -157,14 +163,37 @@ class DataAllocator:
         return start
 
     def _allocate_content(self, source: Source, spans: list[tuple[int, int]]) -> list[Extent]:
+        if self.digests is None and not self._digests_opened:
+            self._digests_opened = True
+            self.digests = DigestCache.open()
+        key = source_key(source) if self.digests is not None else None
+        record = self.digests.lookup(source, key) if key is not None else None  # type: ignore[union-attr]
+        nblocks = sum(n for _f, n in spans)
+        if record is not None and len(record.keys) == 16 * nblocks:
+            self.stats.digest_hits += 1
+            placer = _Placer(self, source, record)
+            for first, nspan in spans:
+                placer.run = None
+                for logical in range(first, first + nspan):
+                    placer.place(logical, None)
+            if placer.changed:  # a verdict had to be made again: keep the new one
+                self.digests.store(key, placer.record())  # type: ignore[union-attr, arg-type]
+            return placer.builder.finish()
+        placer = _Placer(self, source, None)
+        self._hash_spans(placer, spans)
+        if key is not None:
+            self.stats.digest_misses += 1
+            self.digests.store(key, placer.record())  # type: ignore[union-attr]
+        return placer.builder.finish()
+
+    def _hash_spans(self, placer: _Placer, spans: list[tuple[int, int]]) -> None:
+        """Read the file's data spans chunk by chunk and place every block with its bytes at hand."""
+        source = placer.source
         size = source.size
-        stats = self.stats
-        zero_key = block_hash(ZERO_BLOCK)
-        builder = ExtentBuilder()
         buf = bytearray(min(READ_CHUNK, -(-size // BLOCK_SIZE) * BLOCK_SIZE))
         mv = memoryview(buf)
         for first, nspan in spans:
-            run: Run | None = None  # the run new blocks of this file extend
+            placer.run = None
             offset = first * BLOCK_SIZE
             span_end = min(size, (first + nspan) * BLOCK_SIZE)
             while offset < span_end:
@@ -173,47 +202,18 @@ class DataAllocator:
                 if n % BLOCK_SIZE:
                     pad = -n % BLOCK_SIZE
                     mv[n : n + pad] = ZERO_BLOCK[:pad]
-                stats.bytes_hashed += n
+                self.stats.bytes_hashed += n
                 for pos in range(0, n, BLOCK_SIZE):
-                    block = mv[pos : pos + BLOCK_SIZE]
-                    logical = (offset + pos) // BLOCK_SIZE
-                    key = block_hash(block)
-                    if key == zero_key and block == ZERO_BLOCK:
-                        stats.zero_blocks += 1
-                        run = None
-                        continue
-                    stats.data_blocks_referenced += 1
-                    phys = self._find_equal(key, block)
-                    if phys is not None:
-                        stats.shared_references += 1
-                        self.shared = True
-                        builder.add(logical, phys)
-                        continue
-                    nbytes = min(BLOCK_SIZE, size - offset - pos)
-                    if (run is not None and run.block + run.nblocks == self.next_block
-                            and run.offset + run.nblocks * BLOCK_SIZE == offset + pos):
-                        run.nblocks += 1
-                        run.nbytes += nbytes
-                        phys = self.next_block
-                        self.next_block += 1
-                    else:
-                        phys = self._new_run(source, offset + pos, 1, nbytes)
-                        run = self.runs[-1]
-                    stats.unique_blocks += 1
-                    self._remember(key, phys)
-                    builder.add(logical, phys)
+                    placer.place((offset + pos) // BLOCK_SIZE, mv[pos : pos + BLOCK_SIZE])
                 offset += n
-        return builder.finish()
 
-    def _find_equal(self, key: bytes, block: memoryview) -> int | None:
-        hit = self._by_hash.get(key)
-        if hit is None:
+    def relation(self, phys: int) -> Relation | None:
+        """(source key, pin, offset) of the bytes of an allocated block, if they come from a host file."""
+        run = self.runs[bisect.bisect_right(self._run_starts, phys) - 1]
+        key = source_key(run.source)
+        if key is None:
             return None
-        for phys in (hit,) if isinstance(hit, int) else hit:
-            if self.block_bytes(phys) == block:
-                return phys
-        self.stats.collisions += 1
-        return None
+        return key, tuple(run.source.pin), run.offset + (phys - run.block) * BLOCK_SIZE  # type: ignore[attr-defined]
 
     def _remember(self, key: bytes, phys: int) -> None:
         hit = self._by_hash.get(key)
@@ -234,6 +234,115 @@ class DataAllocator:
         return bytes(buf)
 
     def finish(self) -> None:
-        """Drop the lookup tables: they are only needed while allocating."""
+        """Save what was learnt for the next plan, and drop the lookup tables."""
+        if self.digests is not None:
+            self.digests.save()
+            self.digests = None
         self._by_hash = {}
         self._by_identity = {}
+
+
+class _Placer:
+    """Places the blocks of one file, from its bytes (first run) or from a saved record.
+
+    The decisions are the same either way, so the image does not depend on the
+    cache: an all-zero block becomes a hole, a block equal (by bytes) to an
+    earlier one shares it, any other block is new.  With a record, "by bytes"
+    is the recorded verdict when the candidate is the very block it names;
+    otherwise both blocks are read and compared, and the record is updated.
+    """
+
+    __slots__ = ("alloc", "builder", "changed", "equal", "keys", "ordinal", "run", "source", "zero_key",
+                 "zeros")
+
+    def __init__(self, alloc: DataAllocator, source: Source, record: Record | None) -> None:
+        self.alloc = alloc
+        self.source = source
+        self.builder = ExtentBuilder()
+        self.run: Run | None = None  # the run new blocks of this file extend
+        self.ordinal = 0
+        self.keys = bytearray() if record is None else record.keys
+        self.zeros: set[int] | frozenset[int] = set() if record is None else record.zeros
+        self.equal: dict[int, Relation] = {} if record is None else dict(record.equal)
+        self.changed = False
+        self.zero_key = block_hash(ZERO_BLOCK)  # through the module attribute tests replace
+
+    def record(self) -> Record:
+        return Record(tuple(self.source.pin), bytes(self.keys), frozenset(self.zeros), self.equal)  # type: ignore[attr-defined]
+
+    def place(self, logical: int, block: memoryview | None) -> None:
+        """Place one block; ``block`` is its 4 KiB (zero-padded) content, or None from a record."""
+        alloc, stats, ordinal = self.alloc, self.alloc.stats, self.ordinal
+        self.ordinal += 1
+        if block is None:
+            key = bytes(self.keys[16 * ordinal : 16 * ordinal + 16])
+            if ordinal in self.zeros:
+                stats.zero_blocks += 1
+                self.run = None
+                return
+        else:
+            key = block_hash(block)
+            self.keys += key  # type: ignore[operator]
+            if key == self.zero_key and block == ZERO_BLOCK:
+                self.zeros.add(ordinal)  # type: ignore[union-attr]
+                stats.zero_blocks += 1
+                self.run = None
+                return
+        stats.data_blocks_referenced += 1
+        phys = self._find_equal(key, block, logical, ordinal)
+        if phys is not None:
+            stats.shared_references += 1
+            alloc.shared = True
+            self.builder.add(logical, phys)
+            return
+        offset = logical * BLOCK_SIZE
+        nbytes = min(BLOCK_SIZE, self.source.size - offset)
+        run = self.run
+        if (run is not None and run.block + run.nblocks == alloc.next_block
+                and run.offset + run.nblocks * BLOCK_SIZE == offset):
+            run.nblocks += 1
+            run.nbytes += nbytes
+            phys = alloc.next_block
+            alloc.next_block += 1
+        else:
+            phys = alloc._new_run(self.source, offset, 1, nbytes)
+            self.run = alloc.runs[-1]
+        stats.unique_blocks += 1
+        alloc._remember(key, phys)
+        self.builder.add(logical, phys)
+
+    def _find_equal(self, key: bytes, block: memoryview | None, logical: int, ordinal: int) -> int | None:
+        """An earlier block with the same bytes, by a saved verdict on that very block or by reading."""
+        alloc = self.alloc
+        hit = alloc._by_hash.get(key)
+        if hit is None:
+            return None
+        verdict = self.equal.get(ordinal) if block is None else None
+        for phys in (hit,) if isinstance(hit, int) else hit:
+            if verdict is not None and alloc.relation(phys) == verdict:
+                return phys
+            if block is None:  # a saved record without a verdict for this candidate: read
+                block = memoryview(_read_block(self.source, logical))
+                alloc.stats.bytes_compared += BLOCK_SIZE
+            if alloc.block_bytes(phys) == block:
+                rel = alloc.relation(phys)
+                if self.equal.get(ordinal) != rel:
+                    self.changed = True
+                    if rel is None:
+                        self.equal.pop(ordinal, None)
+                    else:
+                        self.equal[ordinal] = rel
+                return phys
+        alloc.stats.collisions += 1
+        if self.equal.pop(ordinal, None) is not None:
+            self.changed = True
+        return None
+
+
+def _read_block(source: Source, logical: int) -> bytes:
+    """Block ``logical`` of ``source``, zero-padded to 4 KiB."""
+    offset = logical * BLOCK_SIZE
+    buf = bytearray(BLOCK_SIZE)
+    n = max(0, min(BLOCK_SIZE, source.size - offset))
+    source.readinto(memoryview(buf)[:n], offset)
+    return bytes(buf)
