@@ -81,6 +81,16 @@ class ExtentBuilder:
             physical += step
             count -= step
 
+    def add_blocks(self, logical: int, physical: int, count: int) -> None:
+        """Exactly what ``count`` calls of ``add(…, 1)`` give: the open extent is filled first."""
+        n = self._n
+        if n and logical == self._l + n and physical == self._p + n:
+            take = min(count, EXT_INIT_MAX_LEN - n)
+            self._n = n + take
+            logical, physical, count = logical + take, physical + take, count - take
+        if count:
+            self.add(logical, physical, count)
+
     def finish(self) -> list[Extent]:
         if self._n:
             self.extents.append((self._l, self._n, self._p))
@@ -118,6 +128,7 @@ class DataAllocator:
     _by_identity: dict[tuple[object, int], list[Extent]] = field(default_factory=dict)
     digests: DigestCache | None = None  # opened on the first file that content dedup reads
     _digests_opened: bool = False
+    _source_keys: dict[Source, str | None] = field(default_factory=dict)  # memo of source_key
 
     def allocate(self, source: Source) -> list[Extent]:
         """Give every non-hole block of ``source`` a physical block; return its extents."""
@@ -167,15 +178,13 @@ class DataAllocator:
             self._digests_opened = True
             self.digests = DigestCache.open()
         key = source_key(source) if self.digests is not None else None
+        self._source_keys[source] = key
         record = self.digests.lookup(source, key) if key is not None else None  # type: ignore[union-attr]
         nblocks = sum(n for _f, n in spans)
         if record is not None and len(record.keys) == 16 * nblocks:
             self.stats.digest_hits += 1
             placer = _Placer(self, source, record)
-            for first, nspan in spans:
-                placer.run = None
-                for logical in range(first, first + nspan):
-                    placer.place(logical, None)
+            placer.place_saved(spans)
             if placer.changed:  # a verdict had to be made again: keep the new one
                 self.digests.store(key, placer.record())  # type: ignore[union-attr, arg-type]
             return placer.builder.finish()
@@ -210,10 +219,13 @@ class DataAllocator:
     def relation(self, phys: int) -> Relation | None:
         """(source key, pin, offset) of the bytes of an allocated block, if they come from a host file."""
         run = self.runs[bisect.bisect_right(self._run_starts, phys) - 1]
-        key = source_key(run.source)
+        source = run.source
+        key = self._source_keys.get(source, False)
+        if key is False:
+            key = self._source_keys[source] = source_key(source)
         if key is None:
             return None
-        return key, tuple(run.source.pin), run.offset + (phys - run.block) * BLOCK_SIZE  # type: ignore[attr-defined]
+        return key, source.pin, run.offset + (phys - run.block) * BLOCK_SIZE  # type: ignore[attr-defined, return-value]
 
     def _remember(self, key: bytes, phys: int) -> None:
         hit = self._by_hash.get(key)
@@ -240,6 +252,7 @@ class DataAllocator:
             self.digests = None
         self._by_hash = {}
         self._by_identity = {}
+        self._source_keys = {}
 
 
 class _Placer:
@@ -310,6 +323,98 @@ class _Placer:
         stats.unique_blocks += 1
         alloc._remember(key, phys)
         self.builder.add(logical, phys)
+
+    def place_saved(self, spans: list[tuple[int, int]]) -> None:
+        """:meth:`place` for every block of a saved record; this is the whole of a restart.
+
+        Blocks without a zero mark or a verdict are placed a stretch at a time:
+        when none of their keys is known yet and none repeats, each would be a
+        new block extending the same run, so the stretch is allocated at once
+        (set operations instead of a Python step per block).  Anything else
+        goes block by block through :meth:`place`, so the decisions, and the
+        image, are the same as a first run's (a test compares them).
+        """
+        alloc, stats = self.alloc, self.alloc.stats
+        keys, by_hash = self.keys, alloc._by_hash
+        special = sorted(set(self.zeros) | self.equal.keys())
+        size = self.source.size
+        ordinal = 0
+        for first, nspan in spans:
+            self.run = None
+            logical, end = first, first + nspan
+            while logical < end:
+                o = ordinal + logical - first
+                nxt = bisect.bisect_left(special, o)
+                stop = min(end, first + (special[nxt] - ordinal) if nxt < len(special) else end)
+                if stop == logical:  # a zero or a verdict
+                    n = self._share_saved(logical, o, end)
+                    if not n:
+                        self.ordinal = o
+                        self.place(logical, None)
+                        n = 1
+                    logical += n
+                    continue
+                ks = [keys[16 * i : 16 * i + 16] for i in range(o, o + stop - logical)]
+                if len(set(ks)) != len(ks) or not by_hash.keys().isdisjoint(ks):
+                    for i in range(logical, stop):  # a duplicate among them: the general way
+                        self.ordinal = ordinal + i - first
+                        self.place(i, None)
+                    logical = stop
+                    continue
+                n = len(ks)
+                offset = logical * BLOCK_SIZE
+                nbytes = min(n * BLOCK_SIZE, size - offset)
+                phys = alloc.next_block
+                run = self.run
+                if (run is not None and run.block + run.nblocks == phys
+                        and run.offset + run.nblocks * BLOCK_SIZE == offset):
+                    run.nblocks += n
+                    run.nbytes += nbytes
+                    alloc.next_block += n
+                else:
+                    alloc._new_run(self.source, offset, n, nbytes)
+                    self.run = alloc.runs[-1]
+                stats.data_blocks_referenced += n
+                stats.unique_blocks += n
+                by_hash.update(zip(ks, range(phys, phys + n), strict=True))
+                self.builder.add_blocks(logical, phys, n)
+                logical = stop
+            ordinal += nspan
+        self.ordinal = ordinal
+
+    def _share_saved(self, logical: int, o: int, end: int) -> int:
+        """Share a stretch of blocks whose verdicts name consecutive blocks of one earlier run.
+
+        That is what a duplicate file looks like on a restart.  Returns how many
+        blocks were placed (0: not such a stretch, place them one by one).  The
+        stretch is taken only when every block's key leads to exactly the block
+        its verdict names, which is what :meth:`_find_equal` would accept.
+        """
+        equal = self.equal
+        first = equal.get(o)
+        if first is None:
+            return 0
+        k = 1
+        while logical + k < end and o + k in equal:
+            k += 1
+        alloc = self.alloc
+        keys = self.keys
+        hits = [alloc._by_hash.get(keys[16 * i : 16 * i + 16]) for i in range(o, o + k)]
+        p0 = hits[0]
+        if type(p0) is not int or alloc.relation(p0) != first:
+            return 0
+        run = alloc.runs[bisect.bisect_right(alloc._run_starts, p0) - 1]
+        k = min(k, run.block + run.nblocks - p0)  # the same run: offsets follow the blocks
+        name, pin, off = first
+        want = [(name, pin, off + i * BLOCK_SIZE) for i in range(k)]
+        if hits[:k] != list(range(p0, p0 + k)) or [equal[o + i] for i in range(k)] != want:
+            return 0
+        stats = alloc.stats
+        stats.data_blocks_referenced += k
+        stats.shared_references += k
+        alloc.shared = True
+        self.builder.add_blocks(logical, p0, k)
+        return k
 
     def _find_equal(self, key: bytes, block: memoryview | None, logical: int, ordinal: int) -> int | None:
         """An earlier block with the same bytes, by a saved verdict on that very block or by reading."""

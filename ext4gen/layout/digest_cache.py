@@ -45,7 +45,7 @@ from ..cache import CacheError, cache_area, enforce_bound, seal, touch, unseal, 
 from ..model.sources import HostFileSource, Source
 
 AREA = "digests"
-FORMAT = 1
+FORMAT = 2
 
 Relation = tuple[str, tuple[int, ...], int]  # (source key, its pin, source offset)
 
@@ -60,14 +60,24 @@ class Record:
     equal: dict[int, Relation] = field(default_factory=dict)  # ordinal -> block compared equal
 
     def to_json(self) -> list:
+        """[pin, keys (base64), zero ordinals, [[source key, pin] …], [ordinal, target, offset, …]].
+
+        Verdicts name their targets through a small table: a duplicate file's
+        blocks all point into the same earlier file.
+        """
+        targets: dict[tuple[str, tuple[int, ...]], int] = {}
+        flat: list[int] = []
+        for o, (k, p, off) in sorted(self.equal.items()):
+            flat += (o, targets.setdefault((k, tuple(p)), len(targets)), off)
         return [list(self.pin), base64.b64encode(self.keys).decode(), sorted(self.zeros),
-                [[o, k, list(p), off] for o, (k, p, off) in sorted(self.equal.items())]]
+                [[k, list(p)] for k, p in targets], flat]
 
     @classmethod
     def from_json(cls, v: list) -> Record:
-        pin, keys, zeros, equal = v
-        return cls(tuple(pin), base64.b64decode(keys), frozenset(zeros),
-                   {o: (k, tuple(p), off) for o, k, p, off in equal})
+        pin, keys, zeros, targets, flat = v
+        table = [(k, tuple(p)) for k, p in targets]
+        equal = {flat[i]: (*table[flat[i + 1]], flat[i + 2]) for i in range(0, len(flat), 3)}
+        return cls(tuple(pin), base64.b64decode(keys), frozenset(zeros), equal)  # type: ignore[arg-type]
 
 
 def source_key(source: Source) -> str | None:
