@@ -234,8 +234,18 @@ _KEY_FILE = "seal.key"
 _MAC_SIZE = 32
 
 
+_KEYS: dict[Path, bytes] = {}  # read once per process and root
+
+
 def _seal_key() -> bytes:
     """A random key private to this cache (mode 0600 in the checked root), made on first use."""
+    key = _KEYS.get(cache_root())
+    if key is None:
+        key = _KEYS[cache_root()] = _read_or_make_key()
+    return key
+
+
+def _read_or_make_key() -> bytes:
     root = checked_root()
     path = root / _KEY_FILE
     try:

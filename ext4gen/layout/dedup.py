@@ -14,6 +14,7 @@ holes.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import xxhash
@@ -21,6 +22,7 @@ import xxhash
 from ..format.ondisk import BLOCK_SIZE, EXT_INIT_MAX_LEN
 from ..model.sources import Source
 from .digest_cache import DigestCache, Record, Relation, source_key
+from .readahead import ReadAhead
 
 ZERO_BLOCK = bytes(BLOCK_SIZE)
 READ_CHUNK = 1 << 20
@@ -129,6 +131,7 @@ class DataAllocator:
     digests: DigestCache | None = None  # opened on the first file that content dedup reads
     _digests_opened: bool = False
     _source_keys: dict[Source, str | None] = field(default_factory=dict)  # memo of source_key
+    _readahead: ReadAhead | None = None
 
     def allocate(self, source: Source) -> list[Extent]:
         """Give every non-hole block of ``source`` a physical block; return its extents."""
@@ -174,9 +177,7 @@ class DataAllocator:
         return start
 
     def _allocate_content(self, source: Source, spans: list[tuple[int, int]]) -> list[Extent]:
-        if self.digests is None and not self._digests_opened:
-            self._digests_opened = True
-            self.digests = DigestCache.open()
+        self._open_digests()
         key = source_key(source) if self.digests is not None else None
         self._source_keys[source] = key
         record = self.digests.lookup(source, key) if key is not None else None  # type: ignore[union-attr]
@@ -195,9 +196,40 @@ class DataAllocator:
             self.digests.store(key, placer.record())  # type: ignore[union-attr]
         return placer.builder.finish()
 
+    def expect(self, sources: Iterable[Source]) -> None:
+        """The host files content dedup will read, in order: read them ahead in a thread."""
+        if self.mode != "content" or not ReadAhead.enabled():
+            return
+        self._open_digests()
+        digests = self.digests
+
+        def wanted(source: Source) -> bool:
+            key = source_key(source) if digests is not None else None
+            return key is None or digests.lookup(source, key) is None  # type: ignore[union-attr]
+
+        items = ((s, block_spans(s.data_ranges(), s.size)) for s in sources
+                 if s.plan_readable and s.size and not s.all_zero)
+        self._readahead = ReadAhead(items, wanted)
+
+    def _open_digests(self) -> None:
+        if not self._digests_opened:
+            self._digests_opened = True
+            self.digests = DigestCache.open()
+
     def _hash_spans(self, placer: _Placer, spans: list[tuple[int, int]]) -> None:
         """Read the file's data spans chunk by chunk and place every block with its bytes at hand."""
         source = placer.source
+        data = self._readahead.take(source) if self._readahead is not None else None
+        if data is not None:
+            mv = memoryview(data)
+            pos = 0
+            for first, nspan in spans:
+                placer.run = None
+                for logical in range(first, first + nspan):
+                    placer.place(logical, mv[pos : pos + BLOCK_SIZE])
+                    pos += BLOCK_SIZE
+                self.stats.bytes_hashed += min(source.size, (first + nspan) * BLOCK_SIZE) - first * BLOCK_SIZE
+            return
         size = source.size
         buf = bytearray(min(READ_CHUNK, -(-size // BLOCK_SIZE) * BLOCK_SIZE))
         mv = memoryview(buf)
@@ -247,6 +279,9 @@ class DataAllocator:
 
     def finish(self) -> None:
         """Save what was learnt for the next plan, and drop the lookup tables."""
+        if self._readahead is not None:
+            self._readahead.close()
+            self._readahead = None
         if self.digests is not None:
             self.digests.save()
             self.digests = None
@@ -302,7 +337,7 @@ class _Placer:
                 self.run = None
                 return
         stats.data_blocks_referenced += 1
-        phys = self._find_equal(key, block, logical, ordinal)
+        phys = self._find_equal(key, block, logical, ordinal) if key in alloc._by_hash else None
         if phys is not None:
             stats.shared_references += 1
             alloc.shared = True

@@ -188,6 +188,9 @@ def plan_tree(tree: Tree, options: ImageOptions | None = None) -> Plan:
     hash_seed = options.hash_seed or (base.hash_seed if base else None) or _uuid_from(seed[16:32])
     hash_words = seed_words(hash_seed)
     allocator = DataAllocator(options.dedup)
+    inline_max = MAX_INLINE_SIZE if options.inline_data else 0
+    allocator.expect(ip.node.source for ip in inodes  # type: ignore[misc]
+                     if ip is not None and ip.node.kind == FILE and ip.node.source.size > inline_max)
     dir_blocks = 0
     dir_block_owner: list[tuple[InodePlan, int]] = []
     large_dir = False
