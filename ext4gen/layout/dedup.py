@@ -132,6 +132,7 @@ class DataAllocator:
     _digests_opened: bool = False
     _source_keys: dict[Source, str | None] = field(default_factory=dict)  # memo of source_key
     _readahead: ReadAhead | None = None
+    _zero_key: bytes | None = None
 
     def allocate(self, source: Source) -> list[Extent]:
         """Give every non-hole block of ``source`` a physical block; return its extents."""
@@ -259,6 +260,12 @@ class DataAllocator:
             return None
         return key, source.pin, run.offset + (phys - run.block) * BLOCK_SIZE  # type: ignore[attr-defined, return-value]
 
+    def zero_key(self) -> bytes:
+        """The key of an all-zero block, through ``block_hash`` (which tests replace), once per plan."""
+        if self._zero_key is None:
+            self._zero_key = block_hash(ZERO_BLOCK)
+        return self._zero_key
+
     def _remember(self, key: bytes, phys: int) -> None:
         hit = self._by_hash.get(key)
         if hit is None:
@@ -311,9 +318,9 @@ class _Placer:
         self.ordinal = 0
         self.keys = bytearray() if record is None else record.keys
         self.zeros: set[int] | frozenset[int] = set() if record is None else record.zeros
-        self.equal: dict[int, Relation] = {} if record is None else dict(record.equal)
+        self.equal: dict[int, Relation] = {} if record is None else record.equal
         self.changed = False
-        self.zero_key = block_hash(ZERO_BLOCK)  # through the module attribute tests replace
+        self.zero_key = alloc.zero_key()
 
     def record(self) -> Record:
         return Record(tuple(self.source.pin), bytes(self.keys), frozenset(self.zeros), self.equal)  # type: ignore[attr-defined]
@@ -369,18 +376,18 @@ class _Placer:
         goes block by block through :meth:`place`, so the decisions, and the
         image, are the same as a first run's (a test compares them).
         """
-        alloc, stats = self.alloc, self.alloc.stats
-        keys, by_hash = self.keys, alloc._by_hash
-        special = sorted(set(self.zeros) | self.equal.keys())
-        size = self.source.size
+        special = sorted(set(self.zeros) | self.equal.keys()) if self.zeros or self.equal else []
         ordinal = 0
         for first, nspan in spans:
             self.run = None
             logical, end = first, first + nspan
             while logical < end:
                 o = ordinal + logical - first
-                nxt = bisect.bisect_left(special, o)
-                stop = min(end, first + (special[nxt] - ordinal) if nxt < len(special) else end)
+                if special:
+                    nxt = bisect.bisect_left(special, o)
+                    stop = min(end, first + (special[nxt] - ordinal) if nxt < len(special) else end)
+                else:
+                    stop = end
                 if stop == logical:  # a zero or a verdict
                     n = self._share_saved(logical, o, end)
                     if not n:
@@ -388,34 +395,49 @@ class _Placer:
                         self.place(logical, None)
                         n = 1
                     logical += n
-                    continue
-                ks = [keys[16 * i : 16 * i + 16] for i in range(o, o + stop - logical)]
-                if len(set(ks)) != len(ks) or not by_hash.keys().isdisjoint(ks):
-                    for i in range(logical, stop):  # a duplicate among them: the general way
+                elif self._new_stretch(logical, o, stop - logical):
+                    logical = stop
+                else:  # a key seen before among them: the general way
+                    for i in range(logical, stop):
                         self.ordinal = ordinal + i - first
                         self.place(i, None)
                     logical = stop
-                    continue
-                n = len(ks)
-                offset = logical * BLOCK_SIZE
-                nbytes = min(n * BLOCK_SIZE, size - offset)
-                phys = alloc.next_block
-                run = self.run
-                if (run is not None and run.block + run.nblocks == phys
-                        and run.offset + run.nblocks * BLOCK_SIZE == offset):
-                    run.nblocks += n
-                    run.nbytes += nbytes
-                    alloc.next_block += n
-                else:
-                    alloc._new_run(self.source, offset, n, nbytes)
-                    self.run = alloc.runs[-1]
-                stats.data_blocks_referenced += n
-                stats.unique_blocks += n
-                by_hash.update(zip(ks, range(phys, phys + n), strict=True))
-                self.builder.add_blocks(logical, phys, n)
-                logical = stop
             ordinal += nspan
         self.ordinal = ordinal
+
+    def _new_stretch(self, logical: int, o: int, n: int) -> bool:
+        """Allocate ``n`` saved blocks as new ones if none has a key already seen (else False)."""
+        alloc = self.alloc
+        keys, by_hash = self.keys, alloc._by_hash
+        if n == 1:
+            ks = [keys[16 * o : 16 * o + 16]]
+            if ks[0] in by_hash:
+                return False
+        else:
+            ks = [keys[16 * i : 16 * i + 16] for i in range(o, o + n)]
+            if len(set(ks)) != n or not by_hash.keys().isdisjoint(ks):
+                return False
+        offset = logical * BLOCK_SIZE
+        nbytes = min(n * BLOCK_SIZE, self.source.size - offset)
+        phys = alloc.next_block
+        run = self.run
+        if (run is not None and run.block + run.nblocks == phys
+                and run.offset + run.nblocks * BLOCK_SIZE == offset):
+            run.nblocks += n
+            run.nbytes += nbytes
+            alloc.next_block += n
+        else:
+            alloc._new_run(self.source, offset, n, nbytes)
+            self.run = alloc.runs[-1]
+        stats = alloc.stats
+        stats.data_blocks_referenced += n
+        stats.unique_blocks += n
+        if n == 1:
+            by_hash[ks[0]] = phys
+        else:
+            by_hash.update(zip(ks, range(phys, phys + n), strict=True))
+        self.builder.add_blocks(logical, phys, n)
+        return True
 
     def _share_saved(self, logical: int, o: int, end: int) -> int:
         """Share a stretch of blocks whose verdicts name consecutive blocks of one earlier run.

@@ -75,8 +75,10 @@ class Record:
     @classmethod
     def from_json(cls, v: list) -> Record:
         pin, keys, zeros, targets, flat = v
-        table = [(k, tuple(p)) for k, p in targets]
-        equal = {flat[i]: (*table[flat[i + 1]], flat[i + 2]) for i in range(0, len(flat), 3)}
+        equal = {}
+        if flat:
+            table = [(k, tuple(p)) for k, p in targets]
+            equal = {flat[i]: (*table[flat[i + 1]], flat[i + 2]) for i in range(0, len(flat), 3)}
         return cls(tuple(pin), base64.b64decode(keys), frozenset(zeros), equal)  # type: ignore[arg-type]
 
 
@@ -86,7 +88,10 @@ def source_key(source: Source) -> str | None:
         return None
     segs = source.segments
     seg = "" if segs is None else hashlib.sha256(repr(segs).encode()).hexdigest()[:16]
-    return f"{os.path.abspath(source.path)}\0{source.base_offset}\0{source.size}\0{seg}"
+    path = source.path
+    if not path.startswith("/"):
+        path = os.path.abspath(path)
+    return f"{path}\0{source.base_offset}\0{source.size}\0{seg}"
 
 
 class DigestCache:
@@ -96,6 +101,7 @@ class DigestCache:
         self.area = area
         self._groups: dict[str, dict[str, list]] = {}  # group file name -> key -> raw record
         self._dirty: set[str] = set()
+        self._names: dict[str, str] = {}  # directory -> group file name
 
     @classmethod
     def open(cls) -> DigestCache | None:
@@ -108,10 +114,14 @@ class DigestCache:
             print(f"ext4gen: warning: {e}; planning without saved digests", file=sys.stderr)
             return None
 
-    @staticmethod
-    def _group(key: str) -> str:
-        directory = os.path.dirname(key.split("\0", 1)[0])
-        return hashlib.sha256(directory.encode("utf-8", "surrogateescape")).hexdigest()[:32] + ".json"
+    def _group(self, key: str) -> str:
+        """The file of the key's directory (the name hashes the directory's path)."""
+        directory = key.partition("\0")[0].rpartition("/")[0]
+        group = self._names.get(directory)
+        if group is None:
+            digest = hashlib.sha256(directory.encode("utf-8", "surrogateescape")).hexdigest()
+            group = self._names[directory] = digest[:32] + ".json"
+        return group
 
     def _load(self, group: str) -> dict[str, list]:
         records = self._groups.get(group)
@@ -132,7 +142,7 @@ class DigestCache:
     def lookup(self, source: Source, key: str) -> Record | None:
         """The saved record of ``source`` if its pin still holds, else None (stale or missing)."""
         raw = self._load(self._group(key)).get(key)
-        if raw is None:
+        if raw is None or not isinstance(raw, list) or raw[0] != [*source.pin]:  # type: ignore[attr-defined]
             return None
         try:
             rec = Record.from_json(raw)
