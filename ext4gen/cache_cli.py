@@ -24,7 +24,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         found = cache.entries(area)
         nbytes = sum(e.nbytes for e in found)
         total += nbytes
-        print(f"  {area:10} {len(found):8} entries {_size(nbytes):>12}")
+        print(f"  {area:10} {len(found):8} {'entry  ' if len(found) == 1 else 'entries'} {_size(nbytes):>12}")
     print(f"total {_size(total)} of a {_size(limit)} bound (${cache.MAX_ENV}); "
           f"least recently used entries are evicted beyond it")
     return 0
@@ -36,7 +36,8 @@ def cmd_clear(args: argparse.Namespace) -> int:
         print(f"cache area {args.area}: nothing to clear")
         return 0
     n, nbytes = cache.clear(args.area)
-    print(f"removed {n} entries ({_size(nbytes)}) from {cache.cache_root() / (args.area or '')}")
+    print(f"removed {n} {'entry' if n == 1 else 'entries'} ({_size(nbytes)}) "
+          f"from {cache.cache_root() / (args.area or '')}")
     return 0
 
 

@@ -214,13 +214,13 @@ def test_cache_show_and_clear(tmp_path: Path, _private_cache: Path) -> None:
     assert shown.returncode == 0, shown.stderr
     assert f"cache root: {_private_cache}" in shown.stdout
     (line,) = [x for x in shown.stdout.splitlines() if x.split()[:1] == ["tar"]]
-    assert line.split()[1] == "1" and "entries" in line
+    assert line.split()[1] == "1" and "entry" in line
     assert "bound" in shown.stdout and "4.0 GiB" in shown.stdout
     assert "1.0 GiB" in _cli("cache", "show", env={"EXT4GEN_CACHE_MAX": "1G"}).stdout
     bad = _cli("cache", env={"EXT4GEN_CACHE_MAX": "lots"})
     assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1 and "EXT4GEN_CACHE_MAX" in bad.stderr
     cleared = _cli("cache", "clear", "tar")
-    assert cleared.returncode == 0 and "removed 1 entries" in cleared.stdout
+    assert cleared.returncode == 0 and "removed 1 entry" in cleared.stdout
     assert list((_private_cache / "tar").iterdir()) == []
 
 
