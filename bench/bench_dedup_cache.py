@@ -17,7 +17,7 @@ Prints min / median wall seconds, CPU seconds, and ratios to mkfs; ``others``
 is how many cores other processes kept busy meanwhile (a shared machine).
 Usage (root)::
 
-    .venv/bin/python bench/bench_dedup_cache.py [--trees t1,t2] [--rounds 3] [--json OUT]
+    .venv/bin/python bench/bench_dedup_cache.py [--trees t1,t2] [--rounds 3] [--json OUT] [--rev REV]
 """
 
 from __future__ import annotations
@@ -141,9 +141,17 @@ def main() -> None:
     ap.add_argument("--trees", default="t1,t2")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", metavar="OUT")
+    ap.add_argument("--rev", default="HEAD", help="commit to benchmark (exported to the cache)")
+    ap.add_argument("--worktree", action="store_true", help="benchmark the working tree as it is")
+    ap.add_argument("--quiet-wait", type=float, default=5.0,
+                    help="seconds to wait, before each step, for other processes to use < 0.3 cores")
     args = ap.parse_args()
-    bench_build.SRC = bench_build.REPO
-    bench_build.QUIET_WAIT = 5.0
+    if args.worktree:
+        bench_build.SRC, sha = bench_build.REPO, "worktree"
+    else:
+        bench_build.SRC, sha = trees.source_snapshot(args.rev)
+    bench_build.QUIET_WAIT = args.quiet_wait
+    print(f"ext4gen at {sha}", file=sys.stderr)
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
