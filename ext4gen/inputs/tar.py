@@ -18,6 +18,7 @@ import shutil
 import stat
 import tarfile
 import tempfile
+import zlib
 from pathlib import Path
 
 from ..cache import cache_area, enforce_bound, hold, seal, touch, unseal, write_atomic
@@ -105,7 +106,7 @@ def _decompress(path: str, opener: object, name: str, data: Path, sidecar: Path,
         with os.fdopen(os.dup(fd), "wb") as dst, opener(path, "rb") as src:  # type: ignore[operator]
             shutil.copyfileobj(src, dst, 1 << 20)
         os.replace(tmp, data)
-    except (OSError, EOFError, lzma.LZMAError) as e:
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
         os.close(fd)
         os.unlink(tmp)
         raise ManifestError(path, f"cannot decompress {name} archive: {e}") from None

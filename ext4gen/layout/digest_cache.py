@@ -48,6 +48,7 @@ AREA = "digests"
 FORMAT = 2
 
 Relation = tuple[str, tuple[int, ...], int]  # (source key, its pin, source offset)
+_NO_ZEROS: frozenset[int] = frozenset()
 
 
 @dataclass(slots=True)
@@ -65,6 +66,8 @@ class Record:
         Verdicts name their targets through a small table: a duplicate file's
         blocks all point into the same earlier file.
         """
+        if not self.equal and not self.zeros:  # most files
+            return [list(self.pin), base64.b64encode(self.keys).decode(), [], [], []]
         targets: dict[tuple[str, tuple[int, ...]], int] = {}
         flat: list[int] = []
         for o, (k, p, off) in sorted(self.equal.items()):
@@ -75,10 +78,10 @@ class Record:
     @classmethod
     def from_json(cls, v: list) -> Record:
         pin, keys, zeros, targets, flat = v
-        equal = {}
-        if flat:
-            table = [(k, tuple(p)) for k, p in targets]
-            equal = {flat[i]: (*table[flat[i + 1]], flat[i + 2]) for i in range(0, len(flat), 3)}
+        if not flat and not zeros:  # most files
+            return cls(tuple(pin), base64.b64decode(keys), _NO_ZEROS, {})
+        table = [(k, tuple(p)) for k, p in targets]
+        equal = {flat[i]: (*table[flat[i + 1]], flat[i + 2]) for i in range(0, len(flat), 3)}
         return cls(tuple(pin), base64.b64decode(keys), frozenset(zeros), equal)  # type: ignore[arg-type]
 
 
@@ -102,6 +105,7 @@ class DigestCache:
         self._groups: dict[str, dict[str, list]] = {}  # group file name -> key -> raw record
         self._dirty: set[str] = set()
         self._names: dict[str, str] = {}  # directory -> group file name
+        self._last = ("", "")  # (key, group) of the last lookup
 
     @classmethod
     def open(cls) -> DigestCache | None:
@@ -141,17 +145,18 @@ class DigestCache:
 
     def lookup(self, source: Source, key: str) -> Record | None:
         """The saved record of ``source`` if its pin still holds, else None (stale or missing)."""
-        raw = self._load(self._group(key)).get(key)
+        group = self._group(key)
+        self._last = (key, group)  # store() usually follows for the same file
+        raw = self._load(group).get(key)
         if raw is None or not isinstance(raw, list) or raw[0] != [*source.pin]:  # type: ignore[attr-defined]
             return None
         try:
-            rec = Record.from_json(raw)
-        except (ValueError, TypeError):
+            return Record.from_json(raw)
+        except (ValueError, TypeError, IndexError, KeyError):
             return None
-        return rec if rec.pin == tuple(source.pin) else None  # type: ignore[attr-defined]
 
     def store(self, key: str, record: Record) -> None:
-        group = self._group(key)
+        group = self._last[1] if self._last[0] == key else self._group(key)
         self._load(group)[key] = record.to_json()
         self._dirty.add(group)
 
