@@ -229,3 +229,14 @@ def test_cache_show_and_clear(tmp_path: Path, _private_cache: Path) -> None:
 def test_cache_max_parses_sizes(monkeypatch: pytest.MonkeyPatch, text: str, value: int) -> None:
     monkeypatch.setenv("EXT4GEN_CACHE_MAX", text)
     assert cache.cache_max() == value
+
+
+def test_a_corrupt_compressed_stream_is_one_line_and_leaves_no_entry(tmp_path: Path,
+                                                                     _private_cache: Path) -> None:
+    data = gzip.compress(os.urandom(1000) + bytes(100_000))
+    bad = tmp_path / "bad.tar.gz"
+    bad.write_bytes(data[:20] + bytes(50) + data[70:])  # zlib.error, not an OSError
+    proc = _cli("inspect", str(bad))
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert "cannot decompress gzip archive" in proc.stderr
+    assert list((_private_cache / "tar").iterdir()) == []
