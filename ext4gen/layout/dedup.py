@@ -179,9 +179,12 @@ class DataAllocator:
         return start
 
     def _allocate_content(self, source: Source, spans: list[tuple[int, int]]) -> list[Extent]:
-        self._open_digests()
-        key = source_key(source) if self.digests is not None else None
+        key = source_key(source)  # None for sources that are not host files: nothing to save
         self._source_keys[source] = key
+        if key is not None:
+            self._open_digests()
+            if self.digests is None:
+                key = None
         record = self.digests.lookup(source, key) if key is not None else None  # type: ignore[union-attr]
         nblocks = sum(n for _f, n in spans)
         if record is not None and len(record.keys) == 16 * nblocks:

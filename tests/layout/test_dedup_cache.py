@@ -220,3 +220,19 @@ def test_an_untrusted_cache_means_planning_without_it(host: Path, tmp_path: Path
     assert image.plan.dedup_stats.digest_misses == 0
     assert _digest(image) == _reference(host, monkeypatch)
     assert not (tmp_path / "cache" / AREA).exists()
+
+
+def test_a_tree_without_host_files_never_touches_the_cache(tmp_path: Path, capfd: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inline content has nothing to save: no cache directory, no warning about an untrusted one."""
+    monkeypatch.setenv("EXT4GEN_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir(mode=0o700)
+    os.chmod(tmp_path / "cache", 0o777)
+    tree = ext4gen.Tree(ext4gen.Meta(0o755, 0, 0, 0, 0, 0, 0))
+    for i, data in enumerate((U1 + U2, U2 + U1, Z + X)):
+        tree.add(f"/f{i}", ext4gen.Node("file", ext4gen.Meta(0o644, 0, 0, 0, 0, 0, 0),
+                                        source=ext4gen.InlineSource(data)))
+    image = ext4gen.plan(tree, ext4gen.ImageOptions(dedup="content"))
+    assert image.plan.dedup_stats.shared_references == 2
+    assert capfd.readouterr().err == ""
+    assert list((tmp_path / "cache").iterdir()) == []
