@@ -12,8 +12,8 @@ Files the digest cache already knows are skipped (a restart reads nothing),
 and so are large files (read chunk by chunk as before, bounding memory).
 
 Off by default, ``EXT4GEN_PLAN_THREADS=1`` turns it on: on the 2-core build
-machine, shared with other work, T1's first plan took 10-80 % more CPU and wall
-time with the worker than without (three interleaved rounds).  Every read
+machine, shared with other work, the first plan took 25 % (T1) and 32 % (T2)
+more CPU with the worker than without, in every round (docs/PERFORMANCE.md).  Every read
 the worker makes releases and retakes the GIL several times (descriptor cache,
 fstat pin checks, preadv), and each retake waits for the main thread's
 switch interval, so the two threads convoy instead of overlapping.
