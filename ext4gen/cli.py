@@ -233,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .publish import register as register_publish
 
     register_publish(sub)
+    from . import cache_cli
+
+    cache_cli.register(sub)
     return p
 
 

@@ -2,7 +2,8 @@
 
 Members of an uncompressed tar are served straight from the archive by offset
 (pinned like any host file), so planning reads headers only.  Compressed
-archives are decompressed once into a cache keyed by the archive's identity.
+archives are decompressed once into the user's cache (``cache_area("tar")``),
+keyed by the archive's identity and checked before every use.
 """
 
 from __future__ import annotations
@@ -10,18 +11,23 @@ from __future__ import annotations
 import bz2
 import gzip
 import hashlib
+import json
 import lzma
 import os
 import re
 import shutil
+import stat
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import NamedTuple
 
+from ..cache import cache_area, enforce_bound, hold, seal, touch, unseal, write_atomic
 from ..errors import ManifestError
 from ..model import times
-from ..model.sources import HostFile, HostFileSource, InlineSource, Source
+from ..model.sources import HostFile, HostFileSource, InlineSource, Pin, Source
 from ..model.tree import (
     BLOCKDEV,
     CHARDEV,
@@ -49,10 +55,6 @@ _COMPRESSED = (
 )
 
 
-def cache_dir() -> str:
-    return os.environ.get("EXT4GEN_CACHE", "/var/tmp/ext4gen-cache")
-
-
 def is_tar(path: str) -> bool:
     """True for tar archives, compressed or not (checked by content, not by name)."""
     try:
@@ -66,27 +68,72 @@ def is_tar(path: str) -> bool:
 
 
 def uncompressed(path: str) -> str:
-    """``path`` itself for a plain tar; else a cached decompressed copy (made once)."""
+    """``path`` itself for a plain tar; else a verified decompressed copy in the cache (made once)."""
     with open(path, "rb") as f:
         head = f.read(6)
     found = [(opener, name) for magic, opener, name in _COMPRESSED if head.startswith(magic)]
     if not found:
         return path
     opener, name = found[0]
-    st = os.stat(path)
-    ident = f"{os.path.abspath(path)}\0{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}"
-    os.makedirs(cache_dir(), exist_ok=True)
-    out = os.path.join(cache_dir(), hashlib.sha256(ident.encode()).hexdigest()[:32] + ".tar")
-    if not os.path.exists(out):
-        fd, tmp = tempfile.mkstemp(dir=cache_dir(), suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as dst, opener(path, "rb") as src:  # type: ignore[operator]
-                shutil.copyfileobj(src, dst, 1 << 20)
-            os.replace(tmp, out)
-        except (OSError, EOFError, lzma.LZMAError) as e:
-            os.unlink(tmp)
-            raise ManifestError(path, f"cannot decompress {name} archive: {e}") from None
-    return out
+    source = os.path.abspath(path)
+    src_pin = list(Pin.of(os.stat(path)))
+    ident = "\0".join([source, *map(str, src_pin)])
+    key = hashlib.sha256(ident.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    area = cache_area("tar")
+    data, sidecar = area / f"{key}.tar", area / f"{key}.json"
+    fd = _open_verified(data, sidecar, source, src_pin)
+    if fd is None:
+        fd = _decompress(path, opener, name, data, sidecar, source, src_pin)
+        hold(fd)
+        enforce_bound()
+    else:
+        hold(fd)
+    return str(data)
+
+
+def _open_verified(data: Path, sidecar: Path, source: str, src_pin: list[int]) -> int | None:
+    """A descriptor of the cached copy if it is exactly the file ext4gen made from this source.
+
+    The sidecar is sealed (a keyed MAC, see ext4gen.cache.seal) and names the
+    source's path and pin and the copy's own pin as it was right after it was
+    written: inode and ctime cannot be put back, so a planted, replaced,
+    truncated or rewritten copy never matches and is made again.
+    """
+    try:
+        body = unseal(sidecar.read_bytes())
+        meta = json.loads(body) if body is not None else None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("source") != source or meta.get("source_pin") != src_pin:
+        return None
+    try:
+        fd = os.open(data, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or list(Pin.of(st)) != meta.get("entry_pin"):
+        os.close(fd)
+        return None
+    touch(sidecar)
+    return fd
+
+
+def _decompress(path: str, opener: object, name: str, data: Path, sidecar: Path, source: str,
+                src_pin: list[int]) -> int:
+    """Decompress into a fresh file, rename it into place, then seal a sidecar naming both pins."""
+    fd, tmp = tempfile.mkstemp(dir=data.parent, prefix=".tmp-", suffix=".tar")
+    try:
+        with os.fdopen(os.dup(fd), "wb") as dst, opener(path, "rb") as src:  # type: ignore[operator]
+            shutil.copyfileobj(src, dst, 1 << 20)
+        os.replace(tmp, data)
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
+        os.close(fd)
+        os.unlink(tmp)
+        raise ManifestError(path, f"cannot decompress {name} archive: {e}") from None
+    meta = {"source": source, "source_pin": src_pin, "entry_pin": list(Pin.of(os.fstat(fd))),
+            "compression": name}
+    write_atomic(sidecar, seal(json.dumps(meta).encode()))
+    return fd
 
 
 _PAX_DECIMAL = re.compile(r"^(-?\d+)(?:\.(\d+))?$")

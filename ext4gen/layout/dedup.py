@@ -22,6 +22,8 @@ import xxhash
 
 from ..format.ondisk import BLOCK_SIZE, EXT_INIT_MAX_LEN
 from ..model.sources import Source
+from .digest_cache import DigestCache, Relation, source_key
+from .placer import Placer
 
 ZERO_BLOCK = bytes(BLOCK_SIZE)
 READ_CHUNK = 1 << 20
@@ -54,6 +56,9 @@ class DedupStats:
     shared_references: int = 0  # references that reuse an existing block
     collisions: int = 0  # hash hits whose bytes differed
     bytes_hashed: int = 0
+    digest_hits: int = 0  # host files placed from saved digests (no data read)
+    digest_misses: int = 0  # host files read and hashed, their digests saved
+    bytes_compared: int = 0  # bytes read to compare a saved block with a new candidate
 
 
 class ExtentBuilder:
@@ -78,6 +83,16 @@ class ExtentBuilder:
             logical += step
             physical += step
             count -= step
+
+    def add_blocks(self, logical: int, physical: int, count: int) -> None:
+        """Exactly what ``count`` calls of ``add(…, 1)`` give: the open extent is filled first."""
+        n = self._n
+        if n and logical == self._l + n and physical == self._p + n:
+            take = min(count, EXT_INIT_MAX_LEN - n)
+            self._n = n + take
+            logical, physical, count = logical + take, physical + take, count - take
+        if count:
+            self.add(logical, physical, count)
 
     def finish(self) -> list[Extent]:
         if self._n:
@@ -114,11 +129,17 @@ class DataAllocator:
     _run_starts: list[int] = field(default_factory=list)
     _by_hash: dict[bytes, int | list[int]] = field(default_factory=dict)
     _by_identity: dict[tuple[object, int], list[Extent]] = field(default_factory=dict)
-    _content: Any = field(default_factory=xxhash.xxh3_128)  # every byte read, in order
+    digests: DigestCache | None = None  # opened on the first file that content dedup reads
+    _digests_opened: bool = False
+    _source_keys: dict[Source, str | None] = field(default_factory=dict)  # memo of source_key
+    _zero_key: bytes | None = None
+    # Every file's block keys, in plan order, whether hashed now or taken from the digest
+    # cache: the content the default UUID and hash seed derive from, the same either way.
+    _content: Any = field(default_factory=xxhash.xxh3_128)
     on_read: Callable[[int], object] | None = None  # told the bytes read for hashing (progress)
 
     def content_digest(self) -> bytes:
-        """A digest of all the source bytes read while allocating (none with mode "none")."""
+        """A digest of the block keys of every file content dedup placed (none with mode "none")."""
         return self._content.digest()
 
     def allocate(self, source: Source) -> list[Extent]:
@@ -165,66 +186,82 @@ class DataAllocator:
         return start
 
     def _allocate_content(self, source: Source, spans: list[tuple[int, int]]) -> list[Extent]:
+        key = source_key(source)  # None for sources that are not host files: nothing to save
+        self._source_keys[source] = key
+        if key is not None:
+            self._open_digests()
+            if self.digests is None:
+                key = None
+        record = self.digests.lookup(source, key) if key is not None else None  # type: ignore[union-attr]
+        nblocks = sum(n for _f, n in spans)
+        if record is not None and len(record.keys) == 16 * nblocks:
+            self.stats.digest_hits += 1
+            placer = Placer(self, source, record)
+            placer.place_saved(spans)
+            if placer.changed:  # a verdict had to be made again: keep the new one
+                self.digests.store(key, placer.record())  # type: ignore[union-attr, arg-type]
+            self._content.update(placer.keys)
+            return placer.builder.finish()
+        placer = Placer(self, source, None)
+        self._hash_spans(placer, spans)
+        if key is not None:
+            self.stats.digest_misses += 1
+            self.digests.store(key, placer.record())  # type: ignore[union-attr]
+        self._content.update(placer.keys)
+        return placer.builder.finish()
+
+    def _open_digests(self) -> None:
+        if not self._digests_opened:
+            self._digests_opened = True
+            self.digests = DigestCache.open()
+
+    def _hash_spans(self, placer: Placer, spans: list[tuple[int, int]]) -> None:
+        """Read the file's data spans chunk by chunk and place every block with its bytes at hand."""
+        source = placer.source
         size = source.size
-        stats = self.stats
-        zero_key = block_hash(ZERO_BLOCK)
-        builder = ExtentBuilder()
         buf = bytearray(min(READ_CHUNK, -(-size // BLOCK_SIZE) * BLOCK_SIZE))
         mv = memoryview(buf)
         for first, nspan in spans:
-            run: Run | None = None  # the run new blocks of this file extend
+            placer.run = None
             offset = first * BLOCK_SIZE
             span_end = min(size, (first + nspan) * BLOCK_SIZE)
             while offset < span_end:
                 n = min(len(buf), span_end - offset)
                 source.readinto(mv[:n], offset)
-                self._content.update(mv[:n])
-                if self.on_read is not None:
-                    self.on_read(n)
                 if n % BLOCK_SIZE:
                     pad = -n % BLOCK_SIZE
                     mv[n : n + pad] = ZERO_BLOCK[:pad]
-                stats.bytes_hashed += n
+                self.stats.bytes_hashed += n
+                if self.on_read is not None:
+                    self.on_read(n)
                 for pos in range(0, n, BLOCK_SIZE):
-                    block = mv[pos : pos + BLOCK_SIZE]
-                    logical = (offset + pos) // BLOCK_SIZE
-                    key = block_hash(block)
-                    if key == zero_key and block == ZERO_BLOCK:
-                        stats.zero_blocks += 1
-                        run = None
-                        continue
-                    stats.data_blocks_referenced += 1
-                    phys = self._find_equal(key, block)
-                    if phys is not None:
-                        stats.shared_references += 1
-                        self.shared = True
-                        builder.add(logical, phys)
-                        continue
-                    nbytes = min(BLOCK_SIZE, size - offset - pos)
-                    if (run is not None and run.block + run.nblocks == self.next_block
-                            and run.offset + run.nblocks * BLOCK_SIZE == offset + pos):
-                        run.nblocks += 1
-                        run.nbytes += nbytes
-                        phys = self.next_block
-                        self.next_block += 1
-                    else:
-                        phys = self._new_run(source, offset + pos, 1, nbytes)
-                        run = self.runs[-1]
-                    stats.unique_blocks += 1
-                    self._remember(key, phys)
-                    builder.add(logical, phys)
+                    placer.place((offset + pos) // BLOCK_SIZE, mv[pos : pos + BLOCK_SIZE])
                 offset += n
-        return builder.finish()
 
-    def _find_equal(self, key: bytes, block: memoryview) -> int | None:
-        hit = self._by_hash.get(key)
-        if hit is None:
+    def relation(self, phys: int) -> Relation | None:
+        """(source key, pin, offset) of the bytes of an allocated block, if they come from a host file."""
+        run = self.runs[bisect.bisect_right(self._run_starts, phys) - 1]
+        source = run.source
+        key = self._source_keys.get(source, False)
+        if key is False:
+            key = self._source_keys[source] = source_key(source)
+        if key is None:
             return None
-        for phys in (hit,) if isinstance(hit, int) else hit:
-            if self.block_bytes(phys) == block:
-                return phys
-        self.stats.collisions += 1
-        return None
+        return key, source.pin, run.offset + (phys - run.block) * BLOCK_SIZE  # type: ignore[attr-defined, return-value]
+
+    def zero_key(self) -> bytes:
+        """The key of an all-zero block, through ``block_hash`` (which tests replace), once per plan."""
+        if self._zero_key is None:
+            self._zero_key = block_hash(ZERO_BLOCK)
+        return self._zero_key
+
+    @staticmethod
+    def extent_builder() -> ExtentBuilder:
+        return ExtentBuilder()
+
+    def hash_block(self, block: memoryview) -> bytes:
+        """``block_hash`` looked up at call time, so a test's replacement is what the placer uses."""
+        return block_hash(block)
 
     def _remember(self, key: bytes, phys: int) -> None:
         hit = self._by_hash.get(key)
@@ -245,6 +282,10 @@ class DataAllocator:
         return bytes(buf)
 
     def finish(self) -> None:
-        """Drop the lookup tables: they are only needed while allocating."""
+        """Save what was learnt for the next plan, and drop the lookup tables."""
+        if self.digests is not None:
+            self.digests.save()
+            self.digests = None
         self._by_hash = {}
         self._by_identity = {}
+        self._source_keys = {}

@@ -37,10 +37,10 @@ FIXED_NS = 1_700_000_000_000_000_000  # 2023-11-14T22:13:20Z, on every copied fi
 # manifest (relative to examples/) -> SHA-256 of its image, recorded from the code of issue 9's move
 # (the TOML and JSON demo manifests describe one tree, hence one image)
 PINS = {
-    "demo/manifest.toml": "2a6f414178b750608aa9c765fc0b73ba1982b14b061daffa44672e8c2234dfbb",
-    "demo/manifest.json": "2a6f414178b750608aa9c765fc0b73ba1982b14b061daffa44672e8c2234dfbb",
-    "ci-fixture/fixture.toml": "a92ee5505253b98af5a436ae32012355479f9eec7210fda7fa889c52b956c761",
-    "bootdisk/data.toml": "2ebda4cecacab667221dfd8085eaaaf502808b670cb2ce64d8b8b9de92000538",
+    "demo/manifest.toml": "49158b6d231c5991f30e6d225bfe6bd8d72682bb5fb904bfc269fca76c135134",
+    "demo/manifest.json": "49158b6d231c5991f30e6d225bfe6bd8d72682bb5fb904bfc269fca76c135134",
+    "ci-fixture/fixture.toml": "fc600015a4b7cc0fa512409bf0f5fd9d813fc355ccfb6fa9ac51950085e42e48",
+    "bootdisk/data.toml": "0e2b5543ee0863a38cc0cea7feeccabd4d629c06dc1d0498aab4ea4be3942f89",
 }
 
 

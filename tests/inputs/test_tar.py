@@ -238,13 +238,13 @@ def test_compressed_tar_is_decompressed_once_into_the_cache(tmp_path: Path, comp
         _small_tree(src)
         archive = tmp_path / "small.tar.z"  # detected by content, not by name
         gnu_tar(src, archive, "--format=posix", *COMPRESS[compression])
-        cache = tmp_path / "cache"
+        cache = tmp_path / "cache" / "tar"
         tree, options = ext4gen.load(str(archive))
-        cached = list(cache.iterdir())
-        assert len(cached) == 1 and cached[0].suffix == ".tar"
+        cached = list(cache.glob("*.tar"))
+        assert len(cached) == 1
         before = cached[0].stat().st_mtime_ns, cached[0].stat().st_ino
         tree2, _ = ext4gen.load(str(archive))  # a second load reuses the decompressed copy
-        assert list(cache.iterdir()) == cached
+        assert list(cache.glob("*.tar")) == cached
         assert (cached[0].stat().st_mtime_ns, cached[0].stat().st_ino) == before
         with mounted(ext4_image((tree, options))) as mnt:
             diffs = compare_tree(tree2, mnt)

@@ -1,0 +1,233 @@
+"""Placing the blocks of one file for content dedup: hole, shared with an earlier block, or new.
+
+Split from :mod:`.dedup` (the allocator and its tables): the placer holds the
+per-file state and the two ways a file's blocks arrive, with their bytes (first
+run) or from a saved digest record (restart), which must give the same decisions.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import TYPE_CHECKING
+
+from ..format.ondisk import BLOCK_SIZE
+from ..model.sources import Source
+from .digest_cache import Record, Relation
+
+if TYPE_CHECKING:
+    from .dedup import DataAllocator, ExtentBuilder, Run
+
+ZERO_BLOCK = bytes(BLOCK_SIZE)
+
+
+class Placer:
+    """Places the blocks of one file, from its bytes (first run) or from a saved record.
+
+    The decisions are the same either way, so the image does not depend on the
+    cache: an all-zero block becomes a hole, a block equal (by bytes) to an
+    earlier one shares it, any other block is new.  With a record, "by bytes"
+    is the recorded verdict when the candidate is the very block it names;
+    otherwise both blocks are read and compared, and the record is updated.
+    """
+
+    __slots__ = ("alloc", "builder", "changed", "equal", "keys", "ordinal", "run", "source", "zero_key",
+                 "zeros")
+
+    def __init__(self, alloc: DataAllocator, source: Source, record: Record | None) -> None:
+        self.alloc = alloc
+        self.source = source
+        self.builder: ExtentBuilder = alloc.extent_builder()
+        self.run: Run | None = None  # the run new blocks of this file extend
+        self.ordinal = 0
+        self.keys = bytearray() if record is None else record.keys
+        self.zeros: set[int] | frozenset[int] = set() if record is None else record.zeros
+        self.equal: dict[int, Relation] = {} if record is None else record.equal
+        self.changed = False
+        self.zero_key = alloc.zero_key()
+
+    def record(self) -> Record:
+        return Record(tuple(self.source.pin), bytes(self.keys), frozenset(self.zeros), self.equal)  # type: ignore[attr-defined]
+
+    def place(self, logical: int, block: memoryview | None) -> None:
+        """Place one block; ``block`` is its 4 KiB (zero-padded) content, or None from a record."""
+        alloc, stats, ordinal = self.alloc, self.alloc.stats, self.ordinal
+        self.ordinal += 1
+        if block is None:
+            key = bytes(self.keys[16 * ordinal : 16 * ordinal + 16])
+            if ordinal in self.zeros:
+                stats.zero_blocks += 1
+                self.run = None
+                return
+        else:
+            key = alloc.hash_block(block)
+            self.keys += key  # type: ignore[operator]
+            if key == self.zero_key and block == ZERO_BLOCK:
+                self.zeros.add(ordinal)  # type: ignore[union-attr]
+                stats.zero_blocks += 1
+                self.run = None
+                return
+        stats.data_blocks_referenced += 1
+        phys = self._find_equal(key, block, logical, ordinal) if key in alloc._by_hash else None
+        if phys is not None:
+            stats.shared_references += 1
+            alloc.shared = True
+            self.builder.add(logical, phys)
+            return
+        offset = logical * BLOCK_SIZE
+        nbytes = min(BLOCK_SIZE, self.source.size - offset)
+        run = self.run
+        if (run is not None and run.block + run.nblocks == alloc.next_block
+                and run.offset + run.nblocks * BLOCK_SIZE == offset):
+            run.nblocks += 1
+            run.nbytes += nbytes
+            phys = alloc.next_block
+            alloc.next_block += 1
+        else:
+            phys = alloc._new_run(self.source, offset, 1, nbytes)
+            self.run = alloc.runs[-1]
+        stats.unique_blocks += 1
+        alloc._remember(key, phys)
+        self.builder.add(logical, phys)
+
+    def place_saved(self, spans: list[tuple[int, int]]) -> None:
+        """:meth:`place` for every block of a saved record; this is the whole of a restart.
+
+        Blocks without a zero mark or a verdict are placed a stretch at a time:
+        when none of their keys is known yet and none repeats, each would be a
+        new block extending the same run, so the stretch is allocated at once
+        (set operations instead of a Python step per block).  Anything else
+        goes block by block through :meth:`place`, so the decisions, and the
+        image, are the same as a first run's (a test compares them).
+        """
+        special = sorted(set(self.zeros) | self.equal.keys()) if self.zeros or self.equal else []
+        ordinal = 0
+        for first, nspan in spans:
+            self.run = None
+            logical, end = first, first + nspan
+            while logical < end:
+                o = ordinal + logical - first
+                if special:
+                    nxt = bisect.bisect_left(special, o)
+                    stop = min(end, first + (special[nxt] - ordinal) if nxt < len(special) else end)
+                else:
+                    stop = end
+                if stop == logical:  # a zero or a verdict
+                    n = self._share_saved(logical, o, end)
+                    if not n:
+                        self.ordinal = o
+                        self.place(logical, None)
+                        n = 1
+                    logical += n
+                elif self._new_stretch(logical, o, stop - logical):
+                    logical = stop
+                else:  # a key seen before among them: the general way
+                    for i in range(logical, stop):
+                        self.ordinal = ordinal + i - first
+                        self.place(i, None)
+                    logical = stop
+            ordinal += nspan
+        self.ordinal = ordinal
+
+    def _new_stretch(self, logical: int, o: int, n: int) -> bool:
+        """Allocate ``n`` saved blocks as new ones if none has a key already seen (else False)."""
+        alloc = self.alloc
+        keys, by_hash = self.keys, alloc._by_hash
+        if n == 1:
+            ks = [keys[16 * o : 16 * o + 16]]
+            if ks[0] in by_hash:
+                return False
+        else:
+            ks = [keys[16 * i : 16 * i + 16] for i in range(o, o + n)]
+            if len(set(ks)) != n or not by_hash.keys().isdisjoint(ks):
+                return False
+        offset = logical * BLOCK_SIZE
+        nbytes = min(n * BLOCK_SIZE, self.source.size - offset)
+        phys = alloc.next_block
+        run = self.run
+        if (run is not None and run.block + run.nblocks == phys
+                and run.offset + run.nblocks * BLOCK_SIZE == offset):
+            run.nblocks += n
+            run.nbytes += nbytes
+            alloc.next_block += n
+        else:
+            alloc._new_run(self.source, offset, n, nbytes)
+            self.run = alloc.runs[-1]
+        stats = alloc.stats
+        stats.data_blocks_referenced += n
+        stats.unique_blocks += n
+        if n == 1:
+            by_hash[ks[0]] = phys
+        else:
+            by_hash.update(zip(ks, range(phys, phys + n), strict=True))
+        self.builder.add_blocks(logical, phys, n)
+        return True
+
+    def _share_saved(self, logical: int, o: int, end: int) -> int:
+        """Share a stretch of blocks whose verdicts name consecutive blocks of one earlier run.
+
+        That is what a duplicate file looks like on a restart.  Returns how many
+        blocks were placed (0: not such a stretch, place them one by one).  The
+        stretch is taken only when every block's key leads to exactly the block
+        its verdict names, which is what :meth:`_find_equal` would accept.
+        """
+        equal = self.equal
+        first = equal.get(o)
+        if first is None:
+            return 0
+        k = 1
+        while logical + k < end and o + k in equal:
+            k += 1
+        alloc = self.alloc
+        keys = self.keys
+        hits = [alloc._by_hash.get(keys[16 * i : 16 * i + 16]) for i in range(o, o + k)]
+        p0 = hits[0]
+        if type(p0) is not int or alloc.relation(p0) != first:
+            return 0
+        run = alloc.runs[bisect.bisect_right(alloc._run_starts, p0) - 1]
+        k = min(k, run.block + run.nblocks - p0)  # the same run: offsets follow the blocks
+        name, pin, off = first
+        want = [(name, pin, off + i * BLOCK_SIZE) for i in range(k)]
+        if hits[:k] != list(range(p0, p0 + k)) or [equal[o + i] for i in range(k)] != want:
+            return 0
+        stats = alloc.stats
+        stats.data_blocks_referenced += k
+        stats.shared_references += k
+        alloc.shared = True
+        self.builder.add_blocks(logical, p0, k)
+        return k
+
+    def _find_equal(self, key: bytes, block: memoryview | None, logical: int, ordinal: int) -> int | None:
+        """An earlier block with the same bytes, by a saved verdict on that very block or by reading."""
+        alloc = self.alloc
+        hit = alloc._by_hash.get(key)
+        if hit is None:
+            return None
+        verdict = self.equal.get(ordinal) if block is None else None
+        for phys in (hit,) if isinstance(hit, int) else hit:
+            if verdict is not None and alloc.relation(phys) == verdict:
+                return phys
+            if block is None:  # a saved record without a verdict for this candidate: read
+                block = memoryview(_read_block(self.source, logical))
+                alloc.stats.bytes_compared += BLOCK_SIZE
+            if alloc.block_bytes(phys) == block:
+                rel = alloc.relation(phys)
+                if self.equal.get(ordinal) != rel:
+                    self.changed = True
+                    if rel is None:
+                        self.equal.pop(ordinal, None)
+                    else:
+                        self.equal[ordinal] = rel
+                return phys
+        alloc.stats.collisions += 1
+        if self.equal.pop(ordinal, None) is not None:
+            self.changed = True
+        return None
+
+
+def _read_block(source: Source, logical: int) -> bytes:
+    """Block ``logical`` of ``source``, zero-padded to 4 KiB."""
+    offset = logical * BLOCK_SIZE
+    buf = bytearray(BLOCK_SIZE)
+    n = max(0, min(BLOCK_SIZE, source.size - offset))
+    source.readinto(memoryview(buf)[:n], offset)
+    return bytes(buf)
