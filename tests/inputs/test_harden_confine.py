@@ -33,6 +33,11 @@ def _swapper(root: Path, secret: Path, stop: threading.Event) -> None:
         else:
             tmp.write_bytes(b"p" * 3000)
         os.replace(tmp, target)
+        if not i % 2:
+            # Dwell on the regular file for a moment: a build takes a few GIL switch
+            # intervals (planning, the digest cache, writing), and with a swap at every
+            # switch almost none would see one file throughout and build at all.
+            stop.wait(0.012)
 
 
 def _race(tmp_path: Path, body: str, seconds: float) -> tuple[int, int, list[str]]:
