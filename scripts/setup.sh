@@ -26,6 +26,7 @@ PACKAGES=(
     fuse3                             # nbdfuse needs fusermount3 and /dev/fuse
     util-linux mount procps           # mount, losetup, findmnt, flock; pgrep
     ca-certificates                   # pip over https
+    gcc python3-dev                   # build the compiled read path (ext4gen/render/_fastread.c)
 )
 
 # Packages only the boot-disk example (examples/bootdisk, tests/test_bootdisk.py)
@@ -93,6 +94,7 @@ stamp_value() {
         printf 'root=%s\n' "$ROOT"
         "$PY" -c 'import sys; print(sys.version)'
         sha256sum <"$ROOT/pyproject.toml"
+        cat "$ROOT/setup.py" "$ROOT/ext4gen/render/_fastread.c" 2>/dev/null | sha256sum  # the extension
     } | sha256sum | cut -d' ' -f1
 }
 

@@ -1,0 +1,21 @@
+"""Build configuration beyond pyproject.toml: the compiled read path (a plain CPython extension).
+
+``optional=True``: without a C compiler or Python headers the install still
+succeeds and ext4gen serves with its pure-Python read path (it says so once in
+the server log).  ``scripts/setup.sh`` installs gcc and python3-dev, so the
+normal ``pip install -e .`` builds it next to its source.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "ext4gen.render._fastread",
+            sources=["ext4gen/render/_fastread.c"],
+            extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",
+                                "-Wno-missing-field-initializers", "-Wno-cast-function-type"],
+            optional=True,
+        )
+    ]
+)
