@@ -496,6 +496,9 @@ def main() -> None:
     a = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench_serve.py needs root (drop_caches, loop mounts)")
+    for tool in ("fio", "nbdcopy", "nbdfuse"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"bench_serve.py needs {tool} (apt install fio libnbd-bin)")
     global SRC, QUIET_WAIT
     QUIET_WAIT = a.quiet_wait
     SRC, sha = (REPO, "worktree") if a.worktree else trees.source_snapshot(a.rev)

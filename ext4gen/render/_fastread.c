@@ -762,7 +762,7 @@ static void Table_dealloc(Table *t) {
     if (t->files) {
         for (Py_ssize_t k = 0; k < t->nfiles; k++) {
             if (t->files[k].fd >= 0)
-                close(t->files[k].fd);
+                close_entry(t, &t->files[k]); /* gives its share of the budget back */
             free(t->files[k].path);
         }
     }

@@ -87,11 +87,15 @@ class MetaRegion(Region):
         pos, n = 0, len(mv)
         offset = self.start + rel
         stats = image._stats
+        fast = image._fast
         while pos < n:
             block, within = divmod(offset + pos, BLOCK_SIZE)
             step = min(n - pos, BLOCK_SIZE - within)
             stats.metadata_block_lookups += 1
-            mv[pos : pos + step] = memoryview(image._block(block, self))[within : within + step]
+            data = image._block(block, self)
+            if fast is not None:  # (again) for the compiled path, which may have evicted it
+                fast.put_block(block, data)
+            mv[pos : pos + step] = memoryview(data)[within : within + step]
             pos += step
         stats.bytes_metadata += n
 
@@ -206,10 +210,7 @@ class Image:
     def _render_block(self, block: int, region: MetaRegion) -> bytes:
         """Render one metadata block (the LRU in front of this is keyed by block and region)."""
         self._stats.metadata_blocks_generated += 1
-        data = region.render(block - region.first_block)
-        if self._fast is not None:
-            self._fast.put_block(block, data)
-        return data
+        return region.render(block - region.first_block)
 
     # -- public API -----------------------------------------------------------
     def readinto(self, buf: bytearray | memoryview, offset: int) -> None:
@@ -221,17 +222,8 @@ class Image:
         fast = self._fast
         if fast is not None:
             left = fast.read(mv, offset)  # the whole request without the GIL, or most of it
-            if left is None:
-                return
-            if left.__class__ is str:
-                raise SourceError(left)
-            try:
-                for lo, hi in left:
-                    self._fill(mv[lo - offset : hi - offset], lo, hi)
-            except SourceError:
-                self._stats.source_errors += 1
-                raise
-            fast.mark(offset, len(mv))
+            if left is not None:
+                self.complete(mv, offset, left)
             return
         self._stats.requests += 1
         try:
@@ -239,6 +231,28 @@ class Image:
         except SourceError:
             self._stats.source_errors += 1
             raise
+
+    @property
+    def fast_read(self) -> Callable[[memoryview, int], object] | None:
+        """The compiled path's ``read(buf, offset)`` (None on the pure-Python path).
+
+        For the nbdkit plugin's hot path: None back means the request is done;
+        anything else goes to :meth:`complete`.  Everyone else calls readinto.
+        """
+        return None if self._fast is None else self._fast.read
+
+    def complete(self, mv: memoryview, offset: int, left: object) -> None:
+        """Finish a request the compiled path left work in: ``left`` is a failure reason
+        (raised as SourceError) or the image ranges for the region records to fill."""
+        if isinstance(left, str):
+            raise SourceError(left)
+        try:
+            for lo, hi in left:  # type: ignore[attr-defined]
+                self._fill(mv[lo - offset : hi - offset], lo, hi)
+        except SourceError:
+            self._stats.source_errors += 1
+            raise
+        self._fast.mark(offset, len(mv))
 
     def _fill(self, mv: memoryview, offset: int, end: int) -> None:
         """Fill ``mv`` (image bytes ``offset..end``) region by region: one call per region,

@@ -111,12 +111,14 @@ class _Export:
 class _Handle:
     """One client connection; counts its own traffic for the close-time debug line."""
 
-    __slots__ = ("blocks", "errors", "export", "id", "image", "opened", "read_bytes", "reads")
+    __slots__ = ("blocks", "errors", "export", "fast_read", "id", "image", "opened", "read_bytes",
+                 "reads")
 
     def __init__(self, ident: int, export: _Export) -> None:
         self.id = ident
         self.export = export
         self.image = export.image  # one attribute hop less per read
+        self.fast_read = export.image.fast_read
         self.blocks = export.blocks_read
         self.reads = 0
         self.read_bytes = 0
@@ -280,7 +282,13 @@ def can_cache(h: _Handle) -> int:
 
 def pread(h: _Handle, buf: memoryview, offset: int, flags: int) -> None:
     try:
-        h.image.readinto(buf, offset)  # fills nbdkit's buffer in place
+        fast = h.fast_read
+        if fast is None:
+            h.image.readinto(buf, offset)  # fills nbdkit's buffer in place
+        else:  # compiled: the whole request without the GIL, unless something is left
+            left = fast(buf, offset)
+            if left is not None:
+                h.image.complete(buf, offset, left)
     except SourceError as err:
         h.errors += 1
         _ERRORS.report(str(err))
