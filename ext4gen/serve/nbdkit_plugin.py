@@ -388,6 +388,11 @@ def _start_serving() -> None:
     if why and not fastpath.pure_python_requested():
         print(f"ext4gen: serving with the pure-Python read path: {why}", file=sys.stderr, flush=True)
     nbdkit.debug(f"ext4gen: read path: {'pure Python (' + why + ')' if why else 'compiled'}")
+
+
+def after_fork() -> None:
+    """Start the log filter here, not earlier: its thread would not survive nbdkit's fork
+    into the background, and a stderr pipe nobody reads would block the server."""
     fd = fastpath.start_log_filter(": pread: error: ")
     if fd >= 0:
         _ERRORS.fd = fd
