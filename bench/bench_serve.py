@@ -75,10 +75,12 @@ def plugin_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 def build_extension(src: Path) -> None:
     """Compile the read path's C extension inside an exported snapshot (git has no .so)."""
-    code = ("from setuptools import Extension, setup; setup(name='x', script_args=['-q', 'build_ext', "
-            "'--inplace'], ext_modules=[Extension('ext4gen.render._fastread', "
-            "['ext4gen/render/_fastread.c'], extra_compile_args=['-O2'])])")
-    if (src / "ext4gen" / "render" / "_fastread.c").exists():
+    mods = [(f"ext4gen.{c.parent.name}.{c.stem}", str(c.relative_to(src)))
+            for c in sorted(src.glob("ext4gen/*/_*.c"))]
+    code = ("import sys; from setuptools import Extension, setup; setup(name='x', script_args=['-q', "
+            "'build_ext', '--inplace'], ext_modules=[Extension(m, [c], extra_compile_args=['-O2']) "
+            f"for m, c in {mods!r}])")
+    if mods:
         subprocess.run([PY, "-c", code], cwd=str(src), check=True, capture_output=True)
 
 

@@ -95,18 +95,6 @@ def table_for(regions: Sequence[Region], size: int) -> Any | None:
     return _fastread.Table(starts, kinds, aux, file_offs, data_lens, files, slots, CACHE_BLOCKS)
 
 
-def start_log_filter(marker: str) -> int:
-    """Drop stderr lines holding ``marker`` (nbdkit's per-request error lines and their
-    tracebacks) in a thread that needs no GIL; returns a descriptor of the real stderr,
-    or -1 when there is no filter (no extension: the lines stay)."""
-    return -1 if _fastread is None else _fastread.start_log_filter(marker)
-
-
-def stop_log_filter() -> int:
-    """Put stderr back after the filter drained; returns how many lines it dropped."""
-    return 0 if _fastread is None else _fastread.stop_log_filter()
-
-
 def _default_budget() -> None:
     from ..model.sources import source_fd_budget
 

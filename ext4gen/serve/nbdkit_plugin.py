@@ -43,6 +43,10 @@ try:
     from ext4gen.model.sources import raise_fd_limit, source_fd_budget
     from ext4gen.render import fastpath
     from ext4gen.serve.blockset import ReadBlocks
+    try:
+        from ext4gen.serve import _logfilter  # type: ignore[attr-defined]
+    except ImportError:  # not built: nbdkit's own error lines stay in the log
+        _logfilter = None
     from ext4gen.serve.exports import ExportSpec, resolve_exports
 except ImportError as _e:  # pragma: no cover - depends on the host's PYTHONPATH
     print(f"ext4gen: the nbdkit plugin cannot import the ext4gen library ({_e}); "
@@ -393,16 +397,18 @@ def _start_serving() -> None:
 def after_fork() -> None:
     """Start the log filter here, not earlier: its thread would not survive nbdkit's fork
     into the background, and a stderr pipe nobody reads would block the server."""
-    fd = fastpath.start_log_filter(": pread: error: ")
-    if fd >= 0:
-        _ERRORS.fd = fd
+    if _logfilter is not None:
+        fd = _logfilter.start(": pread: error: ")
+        if fd >= 0:
+            _ERRORS.fd = fd
 
 
 # -- statistics -------------------------------------------------------------------
 
 def cleanup() -> None:
     """One summary line per export; with several, each names its export."""
-    fastpath.stop_log_filter()
+    if _logfilter is not None:
+        _logfilter.stop()
     _ERRORS.fd = 2
     _ERRORS.summarize()
     secs = time.monotonic() - _started
