@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Serving benchmark: the ext4gen nbdkit plugin against nbdkit ``file`` and a trivial Python plugin.
 
-All three serve the same T1 filesystem: ``file`` and the trivial plugin
-(``bench/preadv_plugin.py``) serve the ``ext4gen build`` output of T1; the
-ext4gen plugin synthesizes it from the T1 manifest.  In one run:
+All serve the same T1 filesystem: ``file`` and the trivial plugin
+(``bench/preadv_plugin.py``, one ``os.preadv`` per request: the ceiling of any
+Python plugin) serve the ``ext4gen build`` output of T1; the ext4gen plugin
+synthesizes it from the T1 manifest, once with its compiled read path
+(``ext4gen``) and once with ``EXT4GEN_PURE_PYTHON=1`` (``ext4gen-pure``).  In one run:
 
 * sequential ``nbdcopy --no-extents URI null:`` (first pass with caches
   dropped, then warm), for nbdkit ``--threads`` 1, 2 and 16;
@@ -15,6 +17,9 @@ Every server, fuse mount and loop mount is torn down (umount, kill by pid)
 even when a step fails.  Usage (root)::
 
     .venv/bin/python bench/bench_serve.py [--threads 1,2,16] [--runtime 5] [--json OUT]
+
+It prints the ratios against issue 10's targets: sequential ≥ 0.9× file,
+4 KiB random QD1 and QD16 ≥ 0.95× the trivial plugin.
 """
 
 from __future__ import annotations
@@ -59,11 +64,24 @@ def drop_caches() -> None:
         f.write("3\n")
 
 
-def plugin_env() -> dict[str, str]:
+def plugin_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """Let nbdkit's embedded python3 import ext4gen (from SRC) and its dependencies (venv)."""
     site = sysconfig.get_paths()["purelib"]
     platlib = sysconfig.get_paths()["platlib"]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys([str(SRC), site, platlib]))}
+    env = {k: v for k, v in os.environ.items() if k != "EXT4GEN_PURE_PYTHON"}
+    return {**env, "PYTHONPATH": os.pathsep.join(dict.fromkeys([str(SRC), site, platlib])),
+            **(extra or {})}
+
+
+def build_extension(src: Path) -> None:
+    """Compile the read path's C extension inside an exported snapshot (git has no .so)."""
+    mods = [(f"ext4gen.{c.parent.name}.{c.stem}", str(c.relative_to(src)))
+            for c in sorted(src.glob("ext4gen/*/_*.c"))]
+    code = ("import sys; from setuptools import Extension, setup; setup(name='x', script_args=['-q', "
+            "'build_ext', '--inplace'], ext_modules=[Extension(m, [c], extra_compile_args=['-O2']) "
+            f"for m, c in {mods!r}])")
+    if mods:
+        subprocess.run([PY, "-c", code], cwd=str(src), check=True, capture_output=True)
 
 
 def _kill(pid: int, sig: int) -> None:
@@ -77,6 +95,7 @@ class Server:
     def __init__(self, label: str, plugin: list[str], threads: int, filters: list[str] | None = None,
                  filter_params: list[str] | None = None):
         self.label = label
+        self.env = plugin_env(ENVS.get(label.split("/")[0]))
         self.dir = Path(tempfile.mkdtemp(prefix=f"nbd-{label}-", dir=WORK))
         self.sock = self.dir / "sock"
         self.pidfile = self.dir / "pid"
@@ -94,7 +113,7 @@ class Server:
         t0 = time.perf_counter()
         with open(self.logfile, "wb") as logf:
             self.proc = subprocess.Popen(self.cmd, stdout=logf, stderr=subprocess.STDOUT,
-                                         env=plugin_env(), cwd=str(self.dir))
+                                         env=self.env, cwd=str(self.dir))
         try:
             deadline = time.monotonic() + 300
             while not self.pidfile.exists():
@@ -221,11 +240,16 @@ def prepare() -> tuple[Path, Path, int]:
     return manifest, image, image.stat().st_size
 
 
+ENVS = {"ext4gen-pure": {"EXT4GEN_PURE_PYTHON": "1"}}  # per server label, on top of plugin_env()
+
+
 def plugins(manifest: Path, image: Path) -> dict[str, list[str]]:
+    ext4gen = ["python", str(SRC / "plugins" / "ext4gen_nbdkit.py"), f"manifest={manifest}"]
     return {
         "file": ["file", f"file={image}"],
         "pyfile": ["python", str(HERE / "preadv_plugin.py"), f"file={image}"],
-        "ext4gen": ["python", str(SRC / "plugins" / "ext4gen_nbdkit.py"), f"manifest={manifest}"],
+        "ext4gen": ext4gen,
+        "ext4gen-pure": ext4gen,
     }
 
 
@@ -432,13 +456,20 @@ def ratios(res: dict, threads_list: list[int]) -> dict:
         f, p, e = (runs.get(f"{n}/t{t}") for n in ("file", "pyfile", "ext4gen"))
         if not (f and p and e):
             continue
-        out[f"t{t}"] = {
+        out[f"t{t}"] = r = {
             "seq_warm_ext4gen_over_file": e["seq_warm"]["MiB_s"] / f["seq_warm"]["MiB_s"],
             "seq_cold_ext4gen_over_file": e["seq_cold"]["MiB_s"] / f["seq_cold"]["MiB_s"],
             "qd1_ext4gen_over_pyfile": e["rand_qd1"]["iops"] / p["rand_qd1"]["iops"],
             "qd16_ext4gen_over_pyfile": e["rand_qd16"]["iops"] / p["rand_qd16"]["iops"],
+            "qd1_ext4gen_over_file": e["rand_qd1"]["iops"] / f["rand_qd1"]["iops"],
+            "qd16_ext4gen_over_file": e["rand_qd16"]["iops"] / f["rand_qd16"]["iops"],
             "pyfile_seq_over_file": p["seq_warm"]["MiB_s"] / f["seq_warm"]["MiB_s"],
         }
+        pure = runs.get(f"ext4gen-pure/t{t}")
+        if pure:
+            r["seq_warm_pure_over_file"] = pure["seq_warm"]["MiB_s"] / f["seq_warm"]["MiB_s"]
+            r["qd1_pure_over_pyfile"] = pure["rand_qd1"]["iops"] / p["rand_qd1"]["iops"]
+            r["qd16_pure_over_pyfile"] = pure["rand_qd16"]["iops"] / p["rand_qd16"]["iops"]
     c = res["cache"]
     ref = runs.get("file/t16")
     if {"file", "ext4gen"} <= c.keys() and ref:
@@ -467,9 +498,14 @@ def main() -> None:
     a = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench_serve.py needs root (drop_caches, loop mounts)")
+    for tool in ("fio", "nbdcopy", "nbdfuse"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"bench_serve.py needs {tool} (apt install fio libnbd-bin)")
     global SRC, QUIET_WAIT
     QUIET_WAIT = a.quiet_wait
     SRC, sha = (REPO, "worktree") if a.worktree else trees.source_snapshot(a.rev)
+    if not a.worktree:
+        build_extension(SRC)
     if not (SRC / "plugins" / "ext4gen_nbdkit.py").exists():
         raise SystemExit(f"no plugins/ext4gen_nbdkit.py in {sha}")
     threads_list = [int(x) for x in a.threads.split(",")]
@@ -490,6 +526,12 @@ def main() -> None:
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result["ratios"], indent=1))
+    for t in threads_list:
+        r = result["ratios"].get(f"t{t}")
+        if r:
+            log(f"--threads {t}: sequential {r['seq_warm_ext4gen_over_file']:.2f}x file (target 0.9); "
+                f"4 KiB random QD1 {r['qd1_ext4gen_over_pyfile']:.2f}x, QD16 "
+                f"{r['qd16_ext4gen_over_pyfile']:.2f}x the trivial plugin (target 0.95)")
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ def serve_tables(r: dict) -> str:
            "| nbdkit --threads | plugin | seq cold MiB/s | seq warm MiB/s | 4k QD1 IOPS (mean lat) "
            "| 4k QD16 IOPS |", "| ---: | --- | ---: | ---: | ---: | ---: |"]
     for t in threads:
-        for p in ("file", "pyfile", "ext4gen"):
+        for p in ("file", "pyfile", "ext4gen", "ext4gen-pure"):
             x = runs.get(f"{p}/t{t}")
             if not x:
                 continue

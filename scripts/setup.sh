@@ -40,6 +40,7 @@ PACKAGES=(
     coreutils findutils               # stat --printf %W, du, sha256sum, find
     umoci skopeo                      # container images for the OCI tests (made by real tools)
     nginx-light                       # the HTTP origin of the remote-content tests
+    gcc python3-dev                   # build the compiled read path (ext4gen/render/_fastread.c)
 )
 
 # Packages only the boot-disk example (examples/bootdisk, tests/e2e/test_bootdisk.py)
@@ -107,6 +108,7 @@ stamp_value() {
         printf 'root=%s\n' "$ROOT"
         "$PY" -c 'import sys; print(sys.version)'
         sha256sum <"$ROOT/pyproject.toml"
+        cat "$ROOT/setup.py" "$ROOT"/ext4gen/*/_*.c 2>/dev/null | sha256sum  # the extensions
     } | sha256sum | cut -d' ' -f1
 }
 

@@ -42,6 +42,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+# -- both read paths for the serving tests (issue 10) ----------------------------
+
+# Test modules (by basename prefix) whose every test runs twice: with the compiled read
+# path and with EXT4GEN_PURE_PYTHON=1, which the servers they start inherit.
+BOTH_READ_PATHS = ("test_serve", "test_multi_export", "test_readpath_serve")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    name = metafunc.module.__name__.rpartition(".")[2]
+    if "read_path" in metafunc.fixturenames and name.startswith(BOTH_READ_PATHS):
+        metafunc.parametrize("read_path", ["compiled", "pure"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """"compiled" (the default everywhere) or "pure" (EXT4GEN_PURE_PYTHON=1)."""
+    path = getattr(request, "param", "compiled")
+    if path == "pure":
+        monkeypatch.setenv("EXT4GEN_PURE_PYTHON", "1")
+    else:
+        monkeypatch.delenv("EXT4GEN_PURE_PYTHON", raising=False)
+    return path
+
+
 # -- the proof -----------------------------------------------------------------
 
 # The session's ``ext4_image`` (tests/ get it from the ext4gen pytest plugin), for the many

@@ -350,7 +350,7 @@ def _allocate_each(inodes: list[InodePlan | None], options: ImageOptions,
 def _read_at_plan_time(source: Source, key: str) -> bytes:
     """All bytes of a small pinned source, checked against its pin, for an inline inode."""
     buf = bytearray(source.size)
-    direct = source.direct() if isinstance(source, HostFileSource) else None
+    direct = source.host_range()
     try:
         if direct is None:  # sparse or segmented: the general path
             source.readinto(memoryview(buf), 0)

@@ -54,6 +54,15 @@ class Source:
         """True when the content is known to be zeros without reading it."""
         return False
 
+    def host_range(self) -> tuple[HostFile, int] | None:
+        """(file, offset in it of this source's byte 0) when the bytes are one plain range of a host file.
+
+        Such bytes can be read without running any Python (the compiled read
+        path opens the file itself); every other source says None and is read
+        through :meth:`readinto`.
+        """
+        return None
+
 
 _ZEROS = memoryview(bytes(1 << 20))
 
@@ -310,26 +319,66 @@ class _FdCache:
             self._fds.clear()
 
 
-def _fd_limit() -> int:
-    """The descriptor limit less a margin, after raising the soft limit toward the hard one.
+def fd_soft_limit() -> int:
+    """The process's soft descriptor limit (1024 when it cannot be read)."""
+    try:
+        import resource
 
-    Trees of many files otherwise reopen sources on most reads (Debian's soft
-    limit is 1024; the hard limit is usually far higher).
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, ValueError, OSError):
+        return 1024
+    return 1 << 20 if soft == resource.RLIM_INFINITY else soft
+
+
+FD_LIMIT_WANTED = 65536  # the soft descriptor limit serving asks for (capped by the hard one)
+
+
+def serving_fd_limit(want: int = FD_LIMIT_WANTED) -> int:
+    """The soft descriptor limit :func:`raise_fd_limit` will reach in a process with these
+    limits (the CLI asks, to size nbdkit's client limit before nbdkit exists)."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, ValueError, OSError):
+        return 1024
+    target = want if hard == resource.RLIM_INFINITY else min(hard, want)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 20
+    return max(soft, target)
+
+
+def raise_fd_limit(want: int = FD_LIMIT_WANTED) -> int:
+    """Raise the soft descriptor limit toward the hard one (at most ``want``); return it.
+
+    Called once when serving starts, never as a side effect of an import: trees
+    of many files otherwise reopen sources on most reads (Debian's soft limit
+    is 1024; the hard limit is usually far higher).
     """
     try:
         import resource
 
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
-        if soft != resource.RLIM_INFINITY and soft < want:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-            soft = want
+        target = serving_fd_limit(want)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     except (ImportError, ValueError, OSError):
-        soft = 1024
-    return max(16, min(65536, soft - 512, soft // 2 if soft < 2048 else soft))
+        pass
+    return fd_soft_limit()
 
 
-FD_CACHE = _FdCache(_fd_limit())
+def source_fd_budget(soft: int | None = None) -> int:
+    """How many descriptors cached source files may hold: half the soft limit.
+
+    The other half is for client connections and the server itself, by design:
+    a cache that filled the table (as it once did, all but 512) left a client
+    flood nothing to accept with, and nbdkit spun on EMFILE.  ``ext4gen serve``
+    also caps connections (nbdkit's limit filter) within that other half.
+    """
+    return max(16, (fd_soft_limit() if soft is None else soft) // 2)
+
+
+FD_CACHE = _FdCache(source_fd_budget())
 
 
 class HostFileSource(Source):
@@ -358,8 +407,7 @@ class HostFileSource(Source):
     def pin(self) -> Pin:
         return self.file.pin
 
-    def direct(self) -> tuple[HostFile, int] | None:
-        """(file, file offset of source offset 0) when the bytes are one plain range of it."""
+    def host_range(self) -> tuple[HostFile, int] | None:
         return None if self.segments is not None else (self.file, self.base_offset)
 
     def describe(self) -> str:

@@ -1,10 +1,12 @@
 """The virtual disk: a sorted region map over a :class:`Plan`.
 
-Like nbdkit's floppy plugin, the disk is a sorted list of byte regions, each
-filled on demand: metadata blocks are rendered by :class:`MetadataGenerator`
-(through a small LRU cache), file data is copied from its source straight into
-the caller's buffer, and everything else is zeros.  The image is immutable, so
-one instance can be shared by any number of threads and connections.
+Like nbdkit's floppy plugin, the disk is a sorted list of byte regions, each a
+record that fills itself on demand: metadata blocks are rendered by
+:class:`MetadataGenerator` (through a small LRU cache), file data is copied
+from its source straight into the caller's buffer, and everything else is
+zeros.  A read is one bisect and one ``fill`` call per region it covers.  The
+image is immutable, so one instance can be shared by any number of threads and
+connections.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from ..errors import SourceError
 from ..format.ondisk import BLOCK_SIZE, EXT4_BG_BLOCK_UNINIT, EXT4_BG_INODE_UNINIT
 from ..layout.dedup import Run
 from ..layout.planner import Plan
-from ..model.sources import HostFile, HostFileSource
+from ..model.sources import HostFile
 from ..model.sources import zero_fill as _zero_fill
+from . import fastpath
 from .metadata import MetadataGenerator
 
 META, DATA, ZERO = "metadata", "data", "zero"
@@ -29,7 +32,7 @@ META_CACHE_BLOCKS = 2048
 
 @dataclass
 class ReadStats:
-    """Counters of what reads cost; updated without locks (approximate under threads)."""
+    """Counters of what reads cost: plain ints under the GIL (approximate under threads)."""
 
     requests: int = 0
     bytes_metadata: int = 0
@@ -44,62 +47,136 @@ class ReadStats:
         return max(0, self.metadata_block_lookups - self.metadata_blocks_generated)
 
 
-class Image:
-    """A read-only ext4 image whose bytes are produced only when read."""
+# -- regions: records that know how to fill themselves -------------------------------------
 
-    def __init__(self, plan: Plan, *, cache_blocks: int = META_CACHE_BLOCKS) -> None:
+class Region:
+    """Image bytes ``start..end`` of one kind; ``fill`` writes ``mv`` from ``rel`` bytes in."""
+
+    __slots__ = ("end", "start")
+    kind = ""
+
+    def __init__(self, start: int, end: int) -> None:
+        self.start = start
+        self.end = end
+
+    def fill(self, image: Image, mv: memoryview, rel: int) -> None:
+        raise NotImplementedError
+
+
+class ZeroRegion(Region):
+    __slots__ = ()
+    kind = ZERO
+
+    def fill(self, image: Image, mv: memoryview, rel: int) -> None:
+        _zero_fill(mv)
+        image._stats.bytes_zero += len(mv)
+
+
+class MetaRegion(Region):
+    """Blocks ``first_block``… rendered by ``render(index within the region)``."""
+
+    __slots__ = ("first_block", "render")
+    kind = META
+
+    def __init__(self, first_block: int, nblocks: int, render: Callable[[int], bytes]) -> None:
+        super().__init__(first_block * BLOCK_SIZE, (first_block + nblocks) * BLOCK_SIZE)
+        self.first_block = first_block
+        self.render = render
+
+    def fill(self, image: Image, mv: memoryview, rel: int) -> None:
+        pos, n = 0, len(mv)
+        offset = self.start + rel
+        stats = image._stats
+        fast = image._fast
+        while pos < n:
+            block, within = divmod(offset + pos, BLOCK_SIZE)
+            step = min(n - pos, BLOCK_SIZE - within)
+            stats.metadata_block_lookups += 1
+            data = image._block(block, self)
+            if fast is not None:  # (again) for the compiled path, which may have evicted it
+                fast.put_block(block, data)
+            mv[pos : pos + step] = memoryview(data)[within : within + step]
+            pos += step
+        stats.bytes_metadata += n
+
+
+class DataRegion(Region):
+    """One data run: ``nbytes`` from ``source`` at ``source_offset``, zeros to the block end.
+
+    ``host``/``file_offset``: where those bytes lie in one host file when they
+    are a plain range of it (read without Python by the compiled path, and in
+    batches by the pure one).
+    """
+
+    __slots__ = ("file_offset", "host", "nbytes", "source", "source_offset")
+    kind = DATA
+
+    def __init__(self, start: int, end: int, run: Run) -> None:
+        super().__init__(start, end)
+        self.source, self.source_offset, self.nbytes = run.source, run.offset, run.nbytes
+        host = run.source.host_range()
+        self.host: HostFile | None = host[0] if host else None
+        self.file_offset = host[1] + run.offset if host else 0
+
+    def fill(self, image: Image, mv: memoryview, rel: int) -> None:
+        n = min(len(mv), self.nbytes - rel)
+        if n > 0:
+            self.source.readinto(mv[:n], self.source_offset + rel)
+        if n < len(mv):
+            _zero_fill(mv[max(n, 0) :])
+        image._stats.bytes_data += len(mv)
+
+
+class Image:
+    """A read-only ext4 image whose bytes are produced only when read.
+
+    Reads go through the compiled path (:mod:`ext4gen.render.fastpath`) when it
+    is built and not disabled with ``EXT4GEN_PURE_PYTHON=1``; it serves zero,
+    host-file and cached metadata bytes and leaves the rest to the same region
+    records the pure-Python path uses, so both give the same bytes.
+    """
+
+    def __init__(self, plan: Plan, *, cache_blocks: int = META_CACHE_BLOCKS,
+                 compiled: bool | None = None) -> None:
         self.plan = plan
         self.meta = MetadataGenerator(plan)
         geo = plan.geometry
         self.size = geo.blocks_count * BLOCK_SIZE
-        self.stats = ReadStats()
-        self._starts: list[int] = []
-        self._ends: list[int] = []
-        self._kinds: list[str] = []
-        self._fills: list[Callable[[memoryview, int], None]] = []
-        # Data regions: how many bytes come from the source (zeros after); for those read
-        # straight from a host file, the file and the file offset of the first byte.
-        self._hostfiles: list[HostFile | None] = []
-        self._file_offsets: list[int] = []
-        self._data_lens: list[int] = []
+        self._stats = ReadStats()
+        self._regions: list[Region] = []
         self._build_regions()
+        self._starts = [r.start for r in self._regions]
         self._block = lru_cache(maxsize=cache_blocks)(self._render_block)
+        self._fast = fastpath.table_for(self._regions, self.size) if compiled is not False else None
+        if compiled and self._fast is None:
+            raise RuntimeError(f"the compiled read path is not available: {fastpath.unavailable()}")
+
+    @property
+    def compiled(self) -> bool:
+        """True when reads use the compiled path."""
+        return self._fast is not None
 
     # -- region map ---------------------------------------------------------
-    def _add(self, start: int, end: int, kind: str, fill: Callable[[memoryview, int], None],
-             hostfile: HostFile | None = None, file_offset: int = 0, data_len: int = 0) -> None:
-        if end <= start:
+    def _add(self, region: Region) -> None:
+        if region.end <= region.start:
             return
-        if self._ends and self._ends[-1] != start:
-            raise AssertionError(f"region gap at {self._ends[-1]}..{start}")
-        if kind == ZERO and self._kinds and self._kinds[-1] == ZERO:
-            self._ends[-1] = end
+        last = self._regions[-1] if self._regions else None
+        if last is not None and last.end != region.start:
+            raise AssertionError(f"region gap at {last.end}..{region.start}")
+        if isinstance(region, ZeroRegion) and isinstance(last, ZeroRegion):
+            last.end = region.end
             return
-        self._starts.append(start)
-        self._ends.append(end)
-        self._kinds.append(kind)
-        self._fills.append(fill)
-        self._hostfiles.append(hostfile)
-        self._file_offsets.append(file_offset)
-        self._data_lens.append(data_len)
+        self._regions.append(region)
 
     def _add_meta(self, first_block: int, nblocks: int, render: Callable[[int], bytes]) -> None:
-        """Blocks ``first_block..+nblocks`` rendered by ``render(index)``."""
-        self._renderers.append((first_block, render))
-        start = first_block * BLOCK_SIZE
-
-        def fill(mv: memoryview, rel: int) -> None:
-            self._fill_meta(mv, start + rel)
-
-        self._add(start, (first_block + nblocks) * BLOCK_SIZE, META, fill)
+        if nblocks > 0:
+            self._add(MetaRegion(first_block, nblocks, render))
 
     def _add_zero(self, first_block: int, nblocks: int) -> None:
-        self._add(first_block * BLOCK_SIZE, (first_block + nblocks) * BLOCK_SIZE, ZERO,
-                  lambda mv, rel: _zero_fill(mv))
+        self._add(ZeroRegion(first_block * BLOCK_SIZE, (first_block + nblocks) * BLOCK_SIZE))
 
     def _build_regions(self) -> None:
         plan, geo, meta = self.plan, self.plan.geometry, self.meta
-        self._renderers: list[tuple[int, Callable[[int], bytes]]] = []
         self._add_meta(0, 1, lambda i: meta.superblock())
         self._add_meta(1, geo.gdt_blocks, meta.gdt_block)
         for g in range(geo.groups):
@@ -114,14 +191,9 @@ class Image:
             else:
                 self._add_zero(geo.inode_bitmap_start + g, 1)
         itb = geo.itable_blocks_per_group
-        used_itb = [0] * geo.groups
-        for g in range(geo.groups):
-            if live[g]:
-                used = plan.last_used_index_per_group[g] + 1
-                used_itb[g] = -(-used * 256 // BLOCK_SIZE)
         for g in range(geo.groups):
             first = geo.inode_table_start + g * itb
-            n = used_itb[g]
+            n = -(-(plan.last_used_index_per_group[g] + 1) * 256 // BLOCK_SIZE) if live[g] else 0
             self._add_meta(first, n, lambda k, g=g: meta.inode_table_block(g, k))
             self._add_zero(first + n, itb - n)
         self._add_meta(geo.dir_start, geo.tree_start - geo.dir_start, meta.dir_block)
@@ -131,44 +203,14 @@ class Image:
             # one region per run, the zeros after the source's last byte included: fewer
             # regions per request, and a run's blocks are allocated data either way
             start = (geo.data_start + run.block) * BLOCK_SIZE
-            direct = run.source.direct() if isinstance(run.source, HostFileSource) else None
-            hostfile, file_offset = direct or (None, 0)
-            self._add(start, start + run.nblocks * BLOCK_SIZE, DATA, self._data_filler(run),
-                      hostfile, file_offset + run.offset, run.nbytes)
+            self._add(DataRegion(start, start + run.nblocks * BLOCK_SIZE, run))
         self._add_zero(geo.used_blocks, geo.blocks_count - geo.used_blocks)
-        assert self._ends[-1] == self.size, (self._ends[-1], self.size)
-        self._renderer_starts = [b for b, _r in self._renderers]
+        assert self._regions[-1].end == self.size, (self._regions[-1].end, self.size)
 
-    @staticmethod
-    def _data_filler(run: Run) -> Callable[[memoryview, int], None]:
-        readinto = run.source.readinto
-        base = run.offset
-        nbytes = run.nbytes
-
-        def fill(mv: memoryview, rel: int) -> None:
-            n = min(len(mv), nbytes - rel)
-            if n > 0:
-                readinto(mv[:n], base + rel)
-            if n < len(mv):
-                _zero_fill(mv[max(n, 0) :])
-
-        return fill
-
-    def _render_block(self, block: int) -> bytes:
-        i = bisect.bisect_right(self._renderer_starts, block) - 1
-        first, render = self._renderers[i]
-        self.stats.metadata_blocks_generated += 1
-        return render(block - first)
-
-    def _fill_meta(self, mv: memoryview, offset: int) -> None:
-        pos = 0
-        n = len(mv)
-        while pos < n:
-            block, within = divmod(offset + pos, BLOCK_SIZE)
-            step = min(n - pos, BLOCK_SIZE - within)
-            self.stats.metadata_block_lookups += 1
-            mv[pos : pos + step] = memoryview(self._block(block))[within : within + step]
-            pos += step
+    def _render_block(self, block: int, region: MetaRegion) -> bytes:
+        """Render one metadata block (the LRU in front of this is keyed by block and region)."""
+        self._stats.metadata_blocks_generated += 1
+        return region.render(block - region.first_block)
 
     # -- public API -----------------------------------------------------------
     def readinto(self, buf: bytearray | memoryview, offset: int) -> None:
@@ -177,48 +219,88 @@ class Image:
         end = offset + len(mv)
         if offset < 0 or end > self.size:
             raise ValueError(f"read {offset}+{len(mv)} outside the image (size {self.size})")
-        self.stats.requests += 1
-        i = bisect.bisect_right(self._starts, offset) - 1
+        fast = self._fast
+        if fast is not None:
+            left = fast.read(mv, offset)  # the whole request without the GIL, or most of it
+            if left is not None:
+                self.complete(mv, offset, left)
+            return
+        self._stats.requests += 1
         try:
-            self._fill(mv, offset, end, i)
+            self._fill(mv, offset, end)
         except SourceError:
-            self.stats.source_errors += 1
+            self._stats.source_errors += 1
             raise
 
-    def _fill(self, mv: memoryview, offset: int, end: int, i: int) -> None:
-        """Fill ``mv`` (image bytes ``offset..end``) region by region, starting at region ``i``."""
-        starts, ends, kinds, fills = self._starts, self._ends, self._kinds, self._fills
-        hostfiles = self._hostfiles
-        stats = self.stats
+    @property
+    def fast_read(self) -> Callable[[memoryview, int], object] | None:
+        """The compiled path's ``read(buf, offset)`` (None on the pure-Python path).
+
+        For the nbdkit plugin's hot path: None back means the request is done;
+        anything else goes to :meth:`complete`.  Everyone else calls readinto.
+        """
+        return None if self._fast is None else self._fast.read
+
+    def complete(self, mv: memoryview, offset: int, left: object) -> None:
+        """Finish a request the compiled path left work in: ``left`` is a failure reason
+        (raised as SourceError) or the image ranges for the region records to fill."""
+        if isinstance(left, str):
+            raise SourceError(left)
+        try:
+            for lo, hi in left:  # type: ignore[attr-defined]
+                self._fill(mv[lo - offset : hi - offset], lo, hi)
+        except SourceError:
+            self._stats.source_errors += 1
+            raise
+        self._fast.mark(offset, len(mv))
+
+    def _fill(self, mv: memoryview, offset: int, end: int) -> None:
+        """Fill ``mv`` (image bytes ``offset..end``) region by region: one call per region,
+        except that consecutive runs of one host file are read as one batch."""
+        regions = self._regions
+        i = bisect.bisect_right(self._starts, offset) - 1
         pos = offset
         while pos < end:
-            hostfile = hostfiles[i]
-            if hostfile is not None:  # this and following regions of the same file: one batch
-                first = pos
-                parts = []
+            region = regions[i]
+            host = getattr(region, "host", None)
+            if host is not None:  # this and following regions of the same file: one batch
+                first, parts = pos, []
                 while True:
-                    stop = min(end, ends[i])
-                    rel = pos - starts[i]
-                    parts.append((mv[pos - offset : stop - offset], self._file_offsets[i] + rel,
-                                  self._data_lens[i] - rel))
+                    stop = min(end, region.end)
+                    rel = pos - region.start
+                    parts.append((mv[pos - offset : stop - offset], region.file_offset + rel,
+                                  region.nbytes - rel))
                     pos = stop
                     i += 1
-                    if pos >= end or hostfiles[i] is not hostfile:
+                    if pos >= end or getattr(regions[i], "host", None) is not host:
                         break
-                hostfile.read_parts(parts)
-                stats.bytes_data += pos - first
+                    region = regions[i]
+                host.read_parts(parts)
+                self._stats.bytes_data += pos - first
                 continue
-            stop = min(end, ends[i])
-            kind = kinds[i]
-            fills[i](mv[pos - offset : stop - offset], pos - starts[i])
-            if kind == DATA:
-                stats.bytes_data += stop - pos
-            elif kind == ZERO:
-                stats.bytes_zero += stop - pos
-            else:
-                stats.bytes_metadata += stop - pos
+            stop = min(end, region.end)
+            region.fill(self, mv[pos - offset : stop - offset], pos - region.start)
             pos = stop
             i += 1
+
+    @property
+    def stats(self) -> ReadStats:
+        """What reads have cost so far, both paths together (a snapshot)."""
+        s = ReadStats(**vars(self._stats))
+        if self._fast is not None:
+            c = self._fast.stats()
+            s.requests += c["requests"]
+            s.bytes_metadata += c["bytes_metadata"]
+            s.bytes_data += c["bytes_data"]
+            s.bytes_zero += c["bytes_zero"]
+            s.metadata_block_lookups += c["cache_hits"]
+            s.source_errors += c["source_errors"]
+        return s
+
+    def distinct_blocks_read(self) -> int | None:
+        """Distinct 4 KiB blocks that successful reads covered, as the compiled path counts
+        them for free; None on the pure-Python path (whose caller counts, if it wants to)."""
+        return None if self._fast is None else self._fast.stats()["distinct_blocks"]
 
     def read(self, offset: int, length: int) -> bytes:
         buf = bytearray(length)
@@ -227,7 +309,8 @@ class Image:
 
     def regions(self) -> Iterator[tuple[int, int, str]]:
         """(start, end, kind) of every region, in order."""
-        yield from zip(self._starts, self._ends, self._kinds, strict=True)
+        for r in self._regions:
+            yield r.start, r.end, r.kind
 
     def extents(self, offset: int, length: int) -> Iterator[tuple[int, int, bool]]:
         """(offset, length, is_zero) covering ``[offset, offset+length)``, merged.
@@ -240,11 +323,11 @@ class Image:
         cur_start, cur_zero = offset, None
         pos = offset
         while pos < end:
-            region_end = self._ends[i]
-            if self._kinds[i] == DATA:
-                pieces = ((self._starts[i] + self._data_lens[i], False), (region_end, True))
+            region = self._regions[i]
+            if isinstance(region, DataRegion):
+                pieces = ((region.start + region.nbytes, False), (region.end, True))
             else:
-                pieces = ((region_end, self._kinds[i] == ZERO),)
+                pieces = ((region.end, isinstance(region, ZeroRegion)),)
             for piece_end, zero in pieces:
                 if piece_end <= pos:
                     continue

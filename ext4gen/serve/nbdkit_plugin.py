@@ -42,10 +42,16 @@ try:
     import ext4gen
     from ext4gen.errors import Ext4genError, SourceError
     from ext4gen.inputs.source import plan_source
-    from ext4gen.serve.blockset import BlockSet
+    from ext4gen.model.sources import raise_fd_limit, source_fd_budget
+    from ext4gen.render import fastpath
+    from ext4gen.serve.blockset import ReadBlocks
     from ext4gen.serve.exports import ExportSpec
     from ext4gen.serve.options import PluginConfig
     from ext4gen.serve.processes import STOP_GRACE, exit_with
+    try:
+        from ext4gen.serve import _logfilter  # type: ignore[attr-defined]
+    except ImportError:  # not built: nbdkit's own error lines stay in the log
+        _logfilter = None
 except ImportError as _e:  # pragma: no cover - depends on the host's PYTHONPATH
     print(f"ext4gen: the nbdkit plugin cannot import the ext4gen library ({_e}); "
           "start it with `ext4gen serve` or set PYTHONPATH", file=sys.stderr, flush=True)
@@ -83,8 +89,9 @@ def _fail(message: str) -> None:
 class _Export:
     """One export: its immutable image and the counters the library does not keep.
 
-    Counters are updated under a lock: nbdkit calls us from several threads,
-    and the GIL alone does not make ``+=`` atomic.
+    The read path takes no lock: the image counts its own reads (in C on the
+    compiled path), and the rare counters here are plain ``+=`` (approximate
+    under threads, which is all a statistics line needs).
     """
 
     def __init__(self, spec: ExportSpec, image: ext4gen.Image, description: str) -> None:
@@ -95,32 +102,38 @@ class _Export:
         self.lock = threading.Lock()
         self.connections = 0
         self.open_now = 0
-        self.source_errors = 0
         self.range_errors = 0
         self.extents_calls = 0
-        self.blocks_read = BlockSet()  # distinct 4 KiB blocks any client has read
-        self.reported: set[str] = set()
+        # distinct 4 KiB blocks any client has read (the compiled path counts them itself)
+        self.blocks_read = ReadBlocks() if not image.compiled else None
+
+    def distinct_blocks(self) -> int:
+        n = self.image.distinct_blocks_read()
+        return len(self.blocks_read) if n is None and self.blocks_read is not None else n or 0
 
     def stats_line(self) -> str:
         st = self.image.stats
         total = -(-self.image.size // BLOCK)
-        with self.lock:
-            distinct = len(self.blocks_read)
+        distinct = self.distinct_blocks()
         return (f"{st.requests} reads, {self.extents_calls} extents calls; bytes: "
                 f"metadata {st.bytes_metadata}, data {st.bytes_data}, zero {st.bytes_zero}; "
                 f"metadata blocks generated {st.metadata_blocks_generated}, "
                 f"cache hits {st.metadata_cache_hits}; distinct blocks read {distinct} of {total}; "
-                f"source errors {self.source_errors}; connections {self.connections}")
+                f"source errors {st.source_errors}; connections {self.connections}")
 
 
 class _Handle:
     """One client connection; counts its own traffic for the close-time debug line."""
 
-    __slots__ = ("errors", "export", "id", "opened", "read_bytes", "reads")
+    __slots__ = ("blocks", "errors", "export", "fast_read", "id", "image", "opened", "read_bytes",
+                 "reads")
 
     def __init__(self, ident: int, export: _Export) -> None:
         self.id = ident
         self.export = export
+        self.image = export.image  # one attribute hop less per read
+        self.fast_read = export.image.fast_read
+        self.blocks = export.blocks_read
         self.reads = 0
         self.read_bytes = 0
         self.errors = 0
@@ -162,6 +175,7 @@ def config_complete() -> None:
             _exports[spec.name] = _plan(spec)
     except Ext4genError as e:
         _fail(str(e))
+    _start_serving()
     _started = time.monotonic()
 
 
@@ -170,11 +184,6 @@ def get_ready() -> None:
     if _config.supervisor is not None:
         exit_with(_config.supervisor, STOP_GRACE,
                   lambda msg: print(f"ext4gen: {msg}", file=sys.stderr, flush=True))
-def after_fork() -> None:
-    """Background work starts only now: threads do not survive nbdkit's fork."""
-    from ext4gen.remote import prefetch
-
-    prefetch.start()
 
 
 def thread_model() -> int:
@@ -263,59 +272,138 @@ def can_cache(h: _Handle) -> int:
     return nbdkit.CACHE_EMULATE
 
 
-# -- data path -------------------------------------------------------------------
+# -- data path -------------------------------------------------------------------------------
 
 def pread(h: _Handle, buf: memoryview, offset: int, flags: int) -> None:
-    e = h.export
     try:
-        e.image.readinto(buf, offset)
+        fast = h.fast_read
+        if fast is None:
+            h.image.readinto(buf, offset)  # fills nbdkit's buffer in place
+        else:  # compiled: the whole request without the GIL, unless something is left
+            left = fast(buf, offset)
+            if left is not None:
+                h.image.complete(buf, offset, left)
     except SourceError as err:
-        _report_source_error(h, str(err))
+        h.errors += 1
+        _ERRORS.report(str(err))
         nbdkit.set_error(errno.EIO)
         raise OSError(errno.EIO, f"ext4gen: {err}") from None
     except ValueError as err:  # nbdkit bounds-checks first; kept for defence
-        with e.lock:
-            e.range_errors += 1
+        h.export.range_errors += 1
         h.errors += 1
         nbdkit.set_error(errno.EINVAL)
         raise OSError(errno.EINVAL, f"ext4gen: {err}") from None
     n = len(buf)
     h.reads += 1
     h.read_bytes += n
-    with e.lock:
-        e.blocks_read.add(offset // BLOCK, -(-(offset + n) // BLOCK))
+    if h.blocks is not None:
+        h.blocks.note(offset, n)
 
 
 def extents(h: _Handle, count: int, offset: int, flags: int) -> list[tuple[int, int, int]]:
     out = []
-    for start, length, zero in h.export.image.extents(offset, count):
+    for start, length, zero in h.image.extents(offset, count):
         out.append((start, length, _EXTENT_ZERO if zero else 0))
         if flags & nbdkit.FLAG_REQ_ONE:
             break
-    with h.export.lock:
-        h.export.extents_calls += 1
+    h.export.extents_calls += 1
     return out
 
 
-def _report_source_error(h: _Handle, reason: str) -> None:
-    """Count the failure; say why on stderr once per reason, then only under -v."""
-    h.errors += 1
-    e = h.export
-    with e.lock:
-        e.source_errors += 1
-        first = reason not in e.reported
-        if first and len(e.reported) < 1000:
-            e.reported.add(reason)
-    if first:
-        print(f"ext4gen: read error (EIO to the client): {reason}", file=sys.stderr, flush=True)
-    else:
-        nbdkit.debug(f"ext4gen: read error (EIO to the client): {reason}")
+class _ErrorLog:
+    """Read errors in the server log: one line per distinct reason, then counts.
+
+    nbdkit itself would log every failed request with its traceback (the log
+    filter started in :func:`_start_serving` drops those), so a client retrying
+    a changed file cannot flood the disk.  Repeats are summed and reported as
+    "N more read errors: REASON" at most once a minute and when serving ends.
+    """
+
+    MAX_REASONS = 100  # distinct reasons given a line of their own; the rest are only counted
+    SUMMARY_EVERY = 60.0
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.fd = 2  # the real stderr once the log filter runs
+        self.seen: dict[str, int] = {}  # reason -> repeats not yet reported
+        self.other = 0  # errors beyond MAX_REASONS distinct reasons, not yet reported
+        self.last_summary = time.monotonic()
+
+    def write(self, line: str) -> None:
+        data = (line + "\n").encode(errors="replace")
+        try:
+            while data:
+                data = data[os.write(self.fd, data):]
+        except OSError:
+            pass
+
+    def report(self, reason: str) -> None:
+        with self.lock:  # only failed reads come here
+            repeats = self.seen.get(reason)
+            first = repeats is None and len(self.seen) < self.MAX_REASONS
+            if first:
+                self.seen[reason] = 0
+            elif repeats is not None:
+                self.seen[reason] = repeats + 1
+            else:
+                self.other += 1
+            due = time.monotonic() - self.last_summary >= self.SUMMARY_EVERY
+        if first:
+            self.write(f"ext4gen: read error (EIO to the client): {reason}")
+        else:
+            nbdkit.debug(f"ext4gen: read error (EIO to the client): {reason}")
+        if due:
+            self.summarize()
+
+    def summarize(self) -> None:
+        with self.lock:
+            lines = [f"ext4gen: {n} more read errors: {reason}" for reason, n in self.seen.items() if n]
+            if self.other:
+                lines.append(f"ext4gen: {self.other} more read errors for other reasons")
+            self.seen = dict.fromkeys(self.seen, 0)
+            self.other = 0
+            self.last_summary = time.monotonic()
+        for line in lines:
+            self.write(line)
+
+
+_ERRORS = _ErrorLog()
+
+
+def _start_serving() -> None:
+    """What serving needs once the images are planned: descriptors, the read path, the log.
+
+    The descriptor limit is raised here, explicitly (not by importing a
+    module), and half of it is given to cached sources (see
+    ``source_fd_budget``); the rest stays for clients.
+    """
+    fastpath.set_fd_budget(source_fd_budget(raise_fd_limit()))
+    why = fastpath.unavailable()
+    if why and not fastpath.pure_python_requested():
+        print(f"ext4gen: serving with the pure-Python read path: {why}", file=sys.stderr, flush=True)
+    nbdkit.debug(f"ext4gen: read path: {'pure Python (' + why + ')' if why else 'compiled'}")
+
+
+def after_fork() -> None:
+    """Background work starts only now: threads do not survive nbdkit's fork into the
+    background (and a stderr pipe nobody reads would block the server)."""
+    if _logfilter is not None:
+        fd = _logfilter.start(": pread: error: ")
+        if fd >= 0:
+            _ERRORS.fd = fd
+    from ext4gen.remote import prefetch  # remote files the manifests asked to fetch first
+
+    prefetch.start()
 
 
 # -- statistics -------------------------------------------------------------------
 
 def cleanup() -> None:
     """One summary line per export; with several, each names its export."""
+    if _logfilter is not None:
+        _logfilter.stop()
+    _ERRORS.fd = 2
+    _ERRORS.summarize()
     secs = time.monotonic() - _started
     remote = sys.modules.get("ext4gen.remote.chunks")
     if remote is not None:  # remote content was served: stop its fetch threads, say what they did

@@ -18,6 +18,7 @@ from ..errors import Ext4genError
 from ..inputs.oci import absolute_any  # os.path.abspath that keeps oci:PATH[:REF] intact
 from ..inputs.source import BuildChoices
 from ..model.options import ImageFlags, check_dedup
+from ..model.sources import serving_fd_limit, source_fd_budget
 from .exports import ExportSpec, parse_export_arg, resolve_exports
 
 # Worker threads per connection.  One, because nbdkit 1.32.4 to 1.33.2 (Debian
@@ -27,11 +28,10 @@ from .exports import ExportSpec, parse_export_arg, resolve_exports
 # Connections are still served in parallel, one thread each.
 DEFAULT_THREADS = 1
 
-# Descriptors the plugin's source-descriptor cache leaves free (model/sources.py keeps
-# all but this many).  Clients must fit in them, or nbdkit's accept() fails with EMFILE
-# in a loop that eats a core and floods the log; so serve admits at most
-# (FREE_FDS - FDS_RESERVED) / fds-per-client clients at once, refusing more at once.
-FREE_FDS = 512
+# Clients must fit in the descriptors the plugin's source cache leaves free (half the
+# limit serving raises to: model/sources.py), or nbdkit's accept() fails with EMFILE in
+# a loop that eats a core and floods the log; so serve admits at most that half, less
+# FDS_RESERVED, divided by the descriptors a client costs, and refuses more at once.
 FDS_RESERVED = 64  # nbdkit, the interpreter, listening sockets, a metadata render's files
 TLS_MODES = ("off", "on", "require")
 
@@ -47,7 +47,8 @@ def default_max_clients(threads: int) -> int:
     """Clients that fit the descriptor budget: one socket each, plus a status pipe
     (two descriptors) per connection when it has more than one worker thread."""
     per_client = 1 if threads <= 1 else 3
-    return max(1, (FREE_FDS - FDS_RESERVED) // per_client)
+    limit = serving_fd_limit()
+    return max(1, (limit - source_fd_budget(limit) - FDS_RESERVED) // per_client)
 
 
 def is_loopback(bind: str) -> bool:

@@ -88,6 +88,7 @@ def test_a_request_over_several_runs_of_one_file_reads_them_as_one_batch(
             info.size = size
             tf.addfile(info, io.BytesIO(bytes([65 + i]) * size))
     tree, options = ext4gen.load(str(archive), dedup="none", inline_data=False)
+    monkeypatch.setenv("EXT4GEN_PURE_PYTHON", "1")  # the batching of the Python path (C: test_readpath_*)
     image = ext4gen.plan(tree, options)
     batches: list[int] = []
     real = HostFile.read_parts

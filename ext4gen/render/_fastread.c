@@ -1,0 +1,837 @@
+/*
+ * The compiled read path of ext4gen.render.image.Image: serves a request for
+ * zero, host-file data and already-rendered metadata regions without holding
+ * the GIL, and hands every range it cannot serve back to Python ("misses").
+ *
+ * Why C: nbdkit's Python plugin runs every callback under the GIL, so all the
+ * per-request Python work (region lookup, descriptor cache, pin checks,
+ * counters) serialises the connections.  Here one call does the whole request
+ * with the GIL released: a bisect over a flat region table, zero fills,
+ * coalesced pread of runs of one host file, the freshness pin check (fstat
+ * after the read: dev, ino, size, mtime, ctime, nlink > 0, as in
+ * ext4gen.model.sources.HostFile.check), and copies from a cache of metadata
+ * blocks that Python rendered earlier.
+ *
+ * Thread safety.  Descriptors: one mutex per table, held only to look up,
+ * count users of and evict descriptors, never during I/O; a descriptor in
+ * use is never closed.  Metadata cache: a fixed pool of 4 KiB entries under
+ * seqlocks; writers (put_block) hold the GIL, so there is one writer at a
+ * time, and a reader that raced with a writer reports a miss instead of
+ * copying torn bytes.  Counters: relaxed atomic adds, no lock.
+ *
+ * The image layout is never interpreted here: Python builds the table.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define BLOCK 4096
+#define CHUNK_SHIFT 15 /* blocks per distinct-blocks bitmap chunk: 128 MiB of image */
+
+enum { K_ZERO = 0, K_META = 1, K_FILE = 2, K_PY = 3 };
+
+typedef struct {
+    uint64_t start;    /* image offset; the region ends where the next one starts */
+    int64_t aux;       /* K_FILE: file index; K_META: cache slot of the first block */
+    int64_t file_off;  /* K_FILE: offset in the host file of the region's first byte */
+    int64_t data_len;  /* K_FILE: bytes read from the file; zeros after them */
+    uint8_t kind;
+} region_t;
+
+typedef struct {
+    char *path;
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    int64_t mtime_ns, ctime_ns;
+    int fd;          /* -1: not open */
+    int users;       /* readers holding fd */
+    int ring;        /* index in the clock ring, -1 if none */
+    uint8_t ref;     /* clock reference bit */
+    uint8_t broken;  /* close once unused */
+} hfile_t;
+
+typedef struct {
+    uint32_t seq;    /* odd while being written */
+    uint8_t ref;
+    int32_t slot;    /* which metadata block this entry holds, -1 none */
+    unsigned char data[BLOCK];
+} centry_t;
+
+typedef struct {
+    PyObject_HEAD
+    region_t *regions;  /* n + 1: a sentinel whose start is the image size */
+    Py_ssize_t n;
+    hfile_t *files;
+    Py_ssize_t nfiles;
+    pthread_mutex_t fd_lock;
+    int *ring;          /* file indices with open descriptors, -1 free */
+    int ring_size, ring_used, hand;
+    int32_t *slot_map;  /* metadata block slot -> cache entry, -1 none */
+    Py_ssize_t nslots;
+    centry_t *pool;
+    int pool_size, pool_used, pool_hand;
+    unsigned char **chunks; /* distinct-blocks bitmap, chunks allocated on first touch */
+    Py_ssize_t nchunks;
+    /* counters */
+    uint64_t c_requests, c_meta, c_data, c_zero, c_hits, c_misses, c_errors, c_opens;
+} Table;
+
+#define ADD(field, v) __atomic_fetch_add(&(field), (uint64_t)(v), __ATOMIC_RELAXED)
+
+/* -- errors ---------------------------------------------------------------------------- */
+
+typedef struct {
+    int failed;
+    int err;          /* errno, 0 for a pin failure */
+    const char *what; /* message suffix */
+    Py_ssize_t file;
+} rerr_t;
+
+static void set_err(rerr_t *e, Py_ssize_t file, const char *what, int err) {
+    if (!e->failed) {
+        e->failed = 1;
+        e->file = file;
+        e->what = what;
+        e->err = err;
+    }
+}
+
+/* -- descriptors ------------------------------------------------------------------------- */
+
+static const char *pin_check(const hfile_t *f, const struct stat *st) {
+    int64_t m = (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
+    int64_t c = (int64_t)st->st_ctim.tv_sec * 1000000000 + st->st_ctim.tv_nsec;
+    if (m != f->mtime_ns || st->st_size != f->size || c != f->ctime_ns || st->st_ino != f->ino ||
+        st->st_dev != f->dev)
+        return "source changed since the image was planned";
+    if (st->st_nlink == 0)
+        return "source was deleted since the image was planned";
+    return NULL;
+}
+
+/* Descriptors all tables (exports) of the process may keep open between requests: set by
+ * set_fd_budget() when serving starts, so the rest of the descriptor table stays free for
+ * client connections whatever the tree holds. */
+static int g_budget = 448;
+static int g_open;
+
+static void close_entry(Table *t, hfile_t *f) {
+    close(f->fd);
+    f->fd = -1;
+    f->broken = 0;
+    if (f->ring >= 0) {
+        t->ring[f->ring] = -1;
+        f->ring = -1;
+        __atomic_sub_fetch(&g_open, 1, __ATOMIC_RELAXED);
+    }
+}
+
+/* A ring slot for a new cached descriptor (fd_lock held), counted in g_open: a free one while
+ * the budget allows, else the clock's victim among this table's idle descriptors; -1 if there
+ * is none (the caller then reads with a descriptor of its own and closes it). */
+static int ring_slot(Table *t) {
+    if (__atomic_add_fetch(&g_open, 1, __ATOMIC_RELAXED) <= g_budget) {
+        if (t->ring_used < t->ring_size)
+            return t->ring_used++;
+        for (int s = 0; s < t->ring_size; s++)
+            if (t->ring[s] < 0)
+                return s;
+    }
+    __atomic_sub_fetch(&g_open, 1, __ATOMIC_RELAXED);
+    for (int step = 0; step < 2 * t->ring_used; step++) {
+        int s = t->hand;
+        t->hand = (t->hand + 1) % t->ring_used;
+        int fi = t->ring[s];
+        if (fi < 0)
+            continue;
+        hfile_t *f = &t->files[fi];
+        if (f->users > 0)
+            continue;
+        if (f->ref) {
+            f->ref = 0;
+            continue;
+        }
+        close_entry(t, f);
+        __atomic_add_fetch(&g_open, 1, __ATOMIC_RELAXED);
+        return s;
+    }
+    return -1;
+}
+
+/* The descriptor of file fi with a user counted; *owned set when the caller must close it. */
+static int acquire(Table *t, Py_ssize_t fi, int *owned, rerr_t *e) {
+    hfile_t *f = &t->files[fi];
+    *owned = 0;
+    pthread_mutex_lock(&t->fd_lock);
+    if (f->fd >= 0 && !f->broken) {
+        f->users++;
+        f->ref = 1;
+        int fd = f->fd;
+        pthread_mutex_unlock(&t->fd_lock);
+        return fd;
+    }
+    pthread_mutex_unlock(&t->fd_lock);
+
+    int fd = open(f->path, O_RDONLY | O_CLOEXEC | O_NOATIME);
+    if (fd < 0 && errno == EPERM)
+        fd = open(f->path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        set_err(e, fi, "cannot open source", errno);
+        return -1;
+    }
+    ADD(t->c_opens, 1);
+    struct stat st;
+    const char *bad = fstat(fd, &st) ? "cannot open source" : pin_check(f, &st);
+    if (bad) {
+        set_err(e, fi, bad, bad[0] == 'c' && bad[1] == 'a' ? errno : 0);
+        close(fd);
+        return -1;
+    }
+    pthread_mutex_lock(&t->fd_lock);
+    if (f->fd >= 0 && !f->broken) { /* another thread opened it meanwhile */
+        f->users++;
+        int cached = f->fd;
+        pthread_mutex_unlock(&t->fd_lock);
+        close(fd);
+        return cached;
+    }
+    int s = f->fd < 0 ? ring_slot(t) : -1; /* a broken fd still in use: read uncached */
+    if (s < 0) {
+        pthread_mutex_unlock(&t->fd_lock);
+        *owned = 1;
+        return fd;
+    }
+    t->ring[s] = (int)fi;
+    f->ring = s;
+    f->fd = fd;
+    f->users = 1;
+    f->ref = 1;
+    pthread_mutex_unlock(&t->fd_lock);
+    return fd;
+}
+
+static void release(Table *t, Py_ssize_t fi, int fd, int owned, int broken) {
+    if (owned) {
+        close(fd);
+        return;
+    }
+    hfile_t *f = &t->files[fi];
+    pthread_mutex_lock(&t->fd_lock);
+    f->users--;
+    if (broken)
+        f->broken = 1;
+    if (f->broken && f->users == 0 && f->fd >= 0)
+        close_entry(t, f);
+    pthread_mutex_unlock(&t->fd_lock);
+}
+
+/* -- reading -------------------------------------------------------------------------------- */
+
+static int pread_full(int fd, unsigned char *dst, int64_t n, int64_t off, Py_ssize_t fi, rerr_t *e) {
+    while (n > 0) {
+        ssize_t got = pread(fd, dst, (size_t)n, off);
+        if (got < 0) {
+            if (errno == EINTR)
+                continue;
+            set_err(e, fi, "read failed", errno);
+            return -1;
+        }
+        if (got == 0) {
+            set_err(e, fi, "source is shorter than planned", 0);
+            return -1;
+        }
+        dst += got;
+        off += got;
+        n -= got;
+    }
+    return 0;
+}
+
+/* Fill dst from regions i.. that read host file fi, from image offset pos up to end; returns
+ * the image offset reached.  Runs whose file bytes continue each other become one pread;
+ * the whole batch shares one descriptor and one pin check, made after the last read. */
+static uint64_t read_file_batch(Table *t, unsigned char *base, uint64_t offset, uint64_t pos,
+                                uint64_t end, Py_ssize_t *pi, uint64_t *data_bytes, rerr_t *e) {
+    Py_ssize_t i = *pi;
+    Py_ssize_t fi = t->regions[i].aux;
+    int owned;
+    int fd = acquire(t, fi, &owned, e);
+    if (fd < 0)
+        return pos;
+    int64_t run_off = -1, run_len = 0; /* pending pread: file offset, length */
+    unsigned char *run_dst = NULL;
+    int failed = 0;
+    uint64_t first = pos;
+    while (pos < end && t->regions[i].kind == K_FILE && t->regions[i].aux == fi) {
+        region_t *r = &t->regions[i];
+        uint64_t stop = end < t->regions[i + 1].start ? end : t->regions[i + 1].start;
+        int64_t rel = (int64_t)(pos - r->start);
+        int64_t want = r->data_len - rel;
+        if (want > (int64_t)(stop - pos))
+            want = (int64_t)(stop - pos);
+        if (want < 0)
+            want = 0;
+        unsigned char *dst = base + (pos - offset);
+        if (want > 0) {
+            if (run_len > 0 && run_off + run_len == r->file_off + rel && run_dst + run_len == dst) {
+                run_len += want;
+            } else {
+                if (run_len > 0 && pread_full(fd, run_dst, run_len, run_off, fi, e)) {
+                    failed = 1;
+                    break;
+                }
+                run_off = r->file_off + rel;
+                run_len = want;
+                run_dst = dst;
+            }
+        }
+        if ((uint64_t)want < stop - pos) {
+            if (run_len > 0 && pread_full(fd, run_dst, run_len, run_off, fi, e)) {
+                failed = 1;
+                break;
+            }
+            run_len = 0;
+            memset(dst + want, 0, (size_t)(stop - pos - (uint64_t)want));
+        }
+        pos = stop;
+        i++;
+    }
+    if (!failed && run_len > 0 && pread_full(fd, run_dst, run_len, run_off, fi, e))
+        failed = 1;
+    if (!failed) {
+        struct stat st;
+        const char *bad = fstat(fd, &st) ? "read failed" : pin_check(&t->files[fi], &st);
+        if (bad) {
+            set_err(e, fi, bad, bad[0] == 'r' ? errno : 0);
+            failed = 1;
+        }
+    }
+    release(t, fi, fd, owned, failed);
+    *pi = i;
+    *data_bytes += pos - first;
+    return pos;
+}
+
+/* Copy bytes [within, within+n) of the cached metadata block in slot s; 0 on a miss. */
+static int cache_copy(Table *t, int64_t s, unsigned char *dst, size_t within, size_t n) {
+    int32_t p = __atomic_load_n(&t->slot_map[s], __ATOMIC_ACQUIRE);
+    if (p < 0)
+        return 0;
+    centry_t *c = &t->pool[p];
+    uint32_t s1 = __atomic_load_n(&c->seq, __ATOMIC_ACQUIRE);
+    if ((s1 & 1) || __atomic_load_n(&c->slot, __ATOMIC_RELAXED) != s)
+        return 0;
+    memcpy(dst, c->data + within, n);
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    if (__atomic_load_n(&c->seq, __ATOMIC_RELAXED) != s1)
+        return 0;
+    if (!__atomic_load_n(&c->ref, __ATOMIC_RELAXED))
+        __atomic_store_n(&c->ref, 1, __ATOMIC_RELAXED);
+    return 1;
+}
+
+typedef struct {
+    uint64_t (*r)[2];
+    Py_ssize_t n, cap;
+    int oom;
+} misses_t;
+
+static void add_miss(misses_t *m, uint64_t lo, uint64_t hi) {
+    if (m->n > 0 && m->r[m->n - 1][1] == lo) {
+        m->r[m->n - 1][1] = hi;
+        return;
+    }
+    if (m->n == m->cap) {
+        Py_ssize_t cap = m->cap ? 2 * m->cap : 16;
+        void *p = realloc(m->r, (size_t)cap * sizeof *m->r);
+        if (!p) {
+            m->oom = 1;
+            return;
+        }
+        m->r = p;
+        m->cap = cap;
+    }
+    m->r[m->n][0] = lo;
+    m->r[m->n][1] = hi;
+    m->n++;
+}
+
+static Py_ssize_t find_region(const Table *t, uint64_t offset) {
+    Py_ssize_t lo = 0, hi = t->n; /* the last region whose start <= offset */
+    while (hi - lo > 1) {
+        Py_ssize_t mid = (lo + hi) / 2;
+        if (t->regions[mid].start <= offset)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static void mark_blocks(Table *t, uint64_t offset, uint64_t len) {
+    if (len == 0 || !t->chunks)
+        return;
+    uint64_t b = offset / BLOCK, last = (offset + len - 1) / BLOCK;
+    for (; b <= last; b++) {
+        Py_ssize_t ci = (Py_ssize_t)(b >> CHUNK_SHIFT);
+        if (ci >= t->nchunks)
+            return;
+        unsigned char *bits = __atomic_load_n(&t->chunks[ci], __ATOMIC_ACQUIRE);
+        if (!bits) {
+            unsigned char *fresh = calloc(1, (1 << CHUNK_SHIFT) / 8);
+            if (!fresh)
+                return;
+            unsigned char *expected = NULL;
+            if (__atomic_compare_exchange_n(&t->chunks[ci], &expected, fresh, 0, __ATOMIC_ACQ_REL,
+                                            __ATOMIC_ACQUIRE))
+                bits = fresh;
+            else {
+                free(fresh);
+                bits = expected;
+            }
+        }
+        uint64_t k = b & ((1 << CHUNK_SHIFT) - 1);
+        unsigned char bit = (unsigned char)(1u << (k & 7));
+        if (!(__atomic_load_n(&bits[k >> 3], __ATOMIC_RELAXED) & bit))
+            __atomic_fetch_or(&bits[k >> 3], bit, __ATOMIC_RELAXED);
+    }
+}
+
+/* The whole request, GIL released.  Fills what it can, lists misses, stops at an error. */
+static void do_read(Table *t, unsigned char *base, uint64_t offset, uint64_t len, misses_t *m,
+                    rerr_t *e) {
+    uint64_t end = offset + len, pos = offset;
+    uint64_t meta = 0, data = 0, zero = 0, hits = 0, misses = 0;
+    Py_ssize_t i = find_region(t, offset);
+    while (pos < end && !e->failed) {
+        region_t *r = &t->regions[i];
+        uint64_t stop = end < t->regions[i + 1].start ? end : t->regions[i + 1].start;
+        switch (r->kind) {
+        case K_ZERO:
+            memset(base + (pos - offset), 0, (size_t)(stop - pos));
+            zero += stop - pos;
+            break;
+        case K_FILE:
+            pos = read_file_batch(t, base, offset, pos, end, &i, &data, e);
+            continue;
+        case K_META:
+            while (pos < stop) {
+                uint64_t blk = pos / BLOCK;
+                size_t within = (size_t)(pos % BLOCK);
+                uint64_t step = BLOCK - within < stop - pos ? BLOCK - within : stop - pos;
+                int64_t s = r->aux + (int64_t)(blk - r->start / BLOCK);
+                if (cache_copy(t, s, base + (pos - offset), within, (size_t)step)) {
+                    hits++;
+                    meta += step;
+                } else {
+                    misses++;
+                    add_miss(m, pos, pos + step);
+                }
+                pos += step;
+            }
+            break;
+        default:
+            add_miss(m, pos, stop);
+            break;
+        }
+        pos = stop;
+        i++;
+    }
+    ADD(t->c_requests, 1);
+    if (meta)
+        ADD(t->c_meta, meta);
+    if (data)
+        ADD(t->c_data, data);
+    if (zero)
+        ADD(t->c_zero, zero);
+    if (hits)
+        ADD(t->c_hits, hits);
+    if (misses)
+        ADD(t->c_misses, misses);
+    if (e->failed)
+        ADD(t->c_errors, 1);
+    else if (m->n == 0)
+        mark_blocks(t, offset, len);
+}
+
+static PyObject *error_message(Table *t, rerr_t *e) {
+    PyObject *path = PyUnicode_DecodeFSDefault(t->files[e->file].path);
+    if (!path)
+        return NULL;
+    PyObject *msg = e->err ? PyUnicode_FromFormat("%U: %s: %s", path, e->what, strerror(e->err))
+                           : PyUnicode_FromFormat("%U: %s", path, e->what);
+    Py_DECREF(path);
+    return msg;
+}
+
+PyDoc_STRVAR(read_doc,
+"read(buf, offset) -> None | str | list[tuple[int, int]]\n\n"
+"Fill the writable buffer with image bytes at offset, without the GIL.  None: done.\n"
+"A str: a source failed (the reason; the buffer is undefined).  A list: the image\n"
+"ranges (start, end) left for Python to fill; everything else is filled.");
+
+static PyObject *Table_read(Table *t, PyObject *args) {
+    Py_buffer view;
+    unsigned long long offset;
+    if (!PyArg_ParseTuple(args, "w*K", &view, &offset))
+        return NULL;
+    uint64_t len = (uint64_t)view.len, size = t->regions[t->n].start;
+    if (offset > size || len > size - offset) {
+        PyBuffer_Release(&view);
+        return PyErr_Format(PyExc_ValueError, "read %llu+%llu outside the image (size %llu)",
+                            offset, (unsigned long long)len, (unsigned long long)size);
+    }
+    misses_t m = {0};
+    rerr_t e = {0};
+    Py_BEGIN_ALLOW_THREADS
+    do_read(t, view.buf, offset, len, &m, &e);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    PyObject *out = NULL;
+    if (e.failed)
+        out = error_message(t, &e);
+    else if (m.oom)
+        out = PyErr_NoMemory();
+    else if (m.n == 0)
+        out = Py_NewRef(Py_None);
+    else if ((out = PyList_New(m.n))) {
+        for (Py_ssize_t k = 0; k < m.n; k++) {
+            PyObject *pair = Py_BuildValue("(KK)", (unsigned long long)m.r[k][0],
+                                           (unsigned long long)m.r[k][1]);
+            if (!pair) {
+                Py_CLEAR(out);
+                break;
+            }
+            PyList_SET_ITEM(out, k, pair);
+        }
+    }
+    free(m.r);
+    return out;
+}
+
+static PyObject *Table_put_block(Table *t, PyObject *args) {
+    unsigned long long block;
+    Py_buffer data;
+    if (!PyArg_ParseTuple(args, "Ky*", &block, &data))
+        return NULL;
+    if (data.len != BLOCK || block * BLOCK >= t->regions[t->n].start) {
+        PyBuffer_Release(&data);
+        return PyErr_Format(PyExc_ValueError, "put_block: block %llu of %zd bytes", block, data.len);
+    }
+    region_t *r = &t->regions[find_region(t, block * BLOCK)];
+    if (r->kind != K_META || t->pool_size == 0) {
+        PyBuffer_Release(&data);
+        Py_RETURN_FALSE;
+    }
+    int64_t s = r->aux + (int64_t)(block - r->start / BLOCK);
+    if (__atomic_load_n(&t->slot_map[s], __ATOMIC_ACQUIRE) >= 0) { /* already there */
+        PyBuffer_Release(&data);
+        Py_RETURN_TRUE;
+    }
+    /* One writer at a time: callers hold the GIL.  Clock over the pool for a victim. */
+    int p;
+    if (t->pool_used < t->pool_size) {
+        p = t->pool_used++;
+    } else {
+        for (;;) {
+            p = t->pool_hand;
+            t->pool_hand = (t->pool_hand + 1) % t->pool_size;
+            if (!__atomic_load_n(&t->pool[p].ref, __ATOMIC_RELAXED))
+                break;
+            __atomic_store_n(&t->pool[p].ref, 0, __ATOMIC_RELAXED);
+        }
+    }
+    centry_t *c = &t->pool[p];
+    if (c->slot >= 0)
+        __atomic_store_n(&t->slot_map[c->slot], -1, __ATOMIC_RELEASE);
+    uint32_t seq = c->seq;
+    __atomic_store_n(&c->seq, seq + 1, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    memcpy(c->data, data.buf, BLOCK);
+    __atomic_store_n(&c->slot, (int32_t)s, __ATOMIC_RELAXED);
+    __atomic_store_n(&c->ref, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&c->seq, seq + 2, __ATOMIC_RELEASE);
+    __atomic_store_n(&t->slot_map[s], p, __ATOMIC_RELEASE);
+    PyBuffer_Release(&data);
+    Py_RETURN_TRUE;
+}
+
+static PyObject *Table_mark(Table *t, PyObject *args) {
+    unsigned long long offset, len;
+    if (!PyArg_ParseTuple(args, "KK", &offset, &len))
+        return NULL;
+    mark_blocks(t, offset, len);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Table_stats(Table *t, PyObject *noargs) {
+    uint64_t distinct = 0;
+    for (Py_ssize_t ci = 0; ci < t->nchunks; ci++) {
+        unsigned char *bits = __atomic_load_n(&t->chunks[ci], __ATOMIC_ACQUIRE);
+        if (bits)
+            for (int k = 0; k < (1 << CHUNK_SHIFT) / 8; k++)
+                distinct += (uint64_t)__builtin_popcount(__atomic_load_n(&bits[k], __ATOMIC_RELAXED));
+    }
+    int open_fds = 0;
+    pthread_mutex_lock(&t->fd_lock);
+    for (int s = 0; s < t->ring_used; s++)
+        open_fds += t->ring[s] >= 0;
+    pthread_mutex_unlock(&t->fd_lock);
+#define L(f) (unsigned long long)__atomic_load_n(&t->f, __ATOMIC_RELAXED)
+    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsi}", "requests", L(c_requests), "bytes_metadata",
+                         L(c_meta), "bytes_data", L(c_data), "bytes_zero", L(c_zero), "cache_hits",
+                         L(c_hits), "cache_misses", L(c_misses), "source_errors", L(c_errors),
+                         "opens", L(c_opens), "distinct_blocks", (unsigned long long)distinct,
+                         "open_fds", open_fds);
+#undef L
+}
+
+static PyObject *Table_close(Table *t, PyObject *noargs) {
+    pthread_mutex_lock(&t->fd_lock);
+    for (Py_ssize_t k = 0; k < t->nfiles; k++) {
+        hfile_t *f = &t->files[k];
+        if (f->fd >= 0 && f->users == 0)
+            close_entry(t, f);
+    }
+    pthread_mutex_unlock(&t->fd_lock);
+    Py_RETURN_NONE;
+}
+
+/* -- construction ------------------------------------------------------------------------------ */
+
+static int get_array(PyObject *obj, Py_buffer *v, const char *fmt, Py_ssize_t n, const char *name) {
+    if (PyObject_GetBuffer(obj, v, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS))
+        return -1;
+    if (strcmp(v->format, fmt) || v->len / v->itemsize != n) {
+        PyErr_Format(PyExc_ValueError, "Table: %s must be array('%s') of %zd items", name, fmt, n);
+        PyBuffer_Release(v);
+        return -1;
+    }
+    return 0;
+}
+
+static int load_files(Table *t, PyObject *files) {
+    PyObject *seq = PySequence_Fast(files, "Table: files must be a sequence");
+    if (!seq)
+        return -1;
+    t->nfiles = PySequence_Fast_GET_SIZE(seq);
+    t->files = calloc((size_t)t->nfiles + 1, sizeof *t->files);
+    if (!t->files) {
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t k = 0; k < t->nfiles; k++) {
+        hfile_t *f = &t->files[k];
+        f->fd = -1;
+        f->ring = -1;
+        PyObject *path;
+        unsigned long long dev, ino;
+        long long size, mtime, ctime;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, k), "O&KKLLL", PyUnicode_FSConverter,
+                              &path, &dev, &ino, &size, &mtime, &ctime)) {
+            Py_DECREF(seq);
+            return -1;
+        }
+        f->path = strdup(PyBytes_AS_STRING(path));
+        Py_DECREF(path);
+        if (!f->path) {
+            Py_DECREF(seq);
+            PyErr_NoMemory();
+            return -1;
+        }
+        f->dev = (dev_t)dev;
+        f->ino = (ino_t)ino;
+        f->size = (off_t)size;
+        f->mtime_ns = mtime;
+        f->ctime_ns = ctime;
+    }
+    Py_DECREF(seq);
+    return 0;
+}
+
+static int Table_init(Table *t, PyObject *args, PyObject *kw) {
+    static char *names[] = {"starts", "kinds", "aux", "file_offs", "data_lens", "files", "nslots",
+                            "cache_blocks", NULL};
+    PyObject *o_starts, *o_kinds, *o_aux, *o_offs, *o_lens, *files;
+    Py_ssize_t nslots;
+    int cache_blocks;
+    if (t->regions) {
+        PyErr_SetString(PyExc_RuntimeError, "Table is initialised once");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOni", names, &o_starts, &o_kinds, &o_aux,
+                                     &o_offs, &o_lens, &files, &nslots, &cache_blocks))
+        return -1;
+    Py_ssize_t n = PyObject_Length(o_kinds);
+    if (n < 1)
+        return PyErr_Occurred() ? -1 : (PyErr_SetString(PyExc_ValueError, "Table: no regions"), -1);
+    Py_buffer vs, vk, va, vo, vl;
+    if (get_array(o_starts, &vs, "Q", n + 1, "starts"))
+        return -1;
+    int rc = -1;
+    if (get_array(o_kinds, &vk, "B", n, "kinds"))
+        goto out_s;
+    if (get_array(o_aux, &va, "q", n, "aux"))
+        goto out_k;
+    if (get_array(o_offs, &vo, "q", n, "file_offs"))
+        goto out_a;
+    if (get_array(o_lens, &vl, "q", n, "data_lens"))
+        goto out_o;
+    t->regions = calloc((size_t)n + 1, sizeof *t->regions);
+    if (!t->regions) {
+        PyErr_NoMemory();
+        goto out_l;
+    }
+    t->n = n;
+    for (Py_ssize_t k = 0; k <= n; k++) {
+        region_t *r = &t->regions[k];
+        r->start = ((uint64_t *)vs.buf)[k];
+        if (k == n)
+            break;
+        r->kind = ((uint8_t *)vk.buf)[k];
+        r->aux = ((int64_t *)va.buf)[k];
+        r->file_off = ((int64_t *)vo.buf)[k];
+        r->data_len = ((int64_t *)vl.buf)[k];
+    }
+    if (load_files(t, files))
+        goto out_l;
+    for (Py_ssize_t k = 0; k < n; k++) { /* never trust an index into our own tables */
+        region_t *r = &t->regions[k];
+        int bad = r->start > t->regions[k + 1].start || r->kind > K_PY ||
+                  (r->kind == K_FILE && (r->aux < 0 || r->aux >= t->nfiles)) ||
+                  (r->kind == K_META && (r->start % BLOCK || t->regions[k + 1].start % BLOCK ||
+                                         r->aux < 0 ||
+                                         r->aux + (int64_t)((t->regions[k + 1].start - r->start) / BLOCK) > nslots));
+        if (bad) {
+            PyErr_Format(PyExc_ValueError, "Table: region %zd is inconsistent", k);
+            goto out_l;
+        }
+    }
+    t->nslots = nslots;
+    t->slot_map = malloc(((size_t)nslots + 1) * sizeof *t->slot_map);
+    t->pool_size = cache_blocks > 0 ? cache_blocks : 0;
+    t->pool = t->pool_size ? calloc((size_t)t->pool_size, sizeof *t->pool) : NULL;
+    t->ring_size = t->nfiles > 0 ? (int)(t->nfiles < INT32_MAX ? t->nfiles : INT32_MAX) : 1;
+    t->ring = malloc((size_t)t->ring_size * sizeof *t->ring);
+    t->nchunks = (Py_ssize_t)(((t->regions[n].start + BLOCK - 1) / BLOCK >> CHUNK_SHIFT) + 1);
+    t->chunks = calloc((size_t)t->nchunks, sizeof *t->chunks);
+    if (!t->slot_map || (t->pool_size && !t->pool) || !t->ring || !t->chunks) {
+        PyErr_NoMemory();
+        goto out_l;
+    }
+    for (Py_ssize_t k = 0; k <= nslots; k++)
+        t->slot_map[k] = -1;
+    for (int k = 0; k < t->pool_size; k++)
+        t->pool[k].slot = -1;
+    for (int k = 0; k < t->ring_size; k++)
+        t->ring[k] = -1;
+    rc = 0;
+out_l:
+    PyBuffer_Release(&vl);
+out_o:
+    PyBuffer_Release(&vo);
+out_a:
+    PyBuffer_Release(&va);
+out_k:
+    PyBuffer_Release(&vk);
+out_s:
+    PyBuffer_Release(&vs);
+    return rc;
+}
+
+static PyObject *Table_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    Table *t = (Table *)type->tp_alloc(type, 0);
+    if (t)
+        pthread_mutex_init(&t->fd_lock, NULL);
+    return (PyObject *)t;
+}
+
+static void Table_dealloc(Table *t) {
+    if (t->files) {
+        for (Py_ssize_t k = 0; k < t->nfiles; k++) {
+            if (t->files[k].fd >= 0)
+                close_entry(t, &t->files[k]); /* gives its share of the budget back */
+            free(t->files[k].path);
+        }
+    }
+    if (t->chunks)
+        for (Py_ssize_t k = 0; k < t->nchunks; k++)
+            free(t->chunks[k]);
+    free(t->files);
+    free(t->regions);
+    free(t->slot_map);
+    free(t->pool);
+    free(t->ring);
+    free(t->chunks);
+    pthread_mutex_destroy(&t->fd_lock);
+    Py_TYPE(t)->tp_free((PyObject *)t);
+}
+
+static PyMethodDef Table_methods[] = {
+    {"read", (PyCFunction)Table_read, METH_VARARGS, read_doc},
+    {"put_block", (PyCFunction)Table_put_block, METH_VARARGS,
+     "put_block(block, data): keep a rendered metadata block for later reads (GIL held)."},
+    {"mark", (PyCFunction)Table_mark, METH_VARARGS,
+     "mark(offset, length): count the blocks of a request Python finished as read."},
+    {"stats", (PyCFunction)Table_stats, METH_NOARGS, "Counters of the compiled path, as a dict."},
+    {"close", (PyCFunction)Table_close, METH_NOARGS, "Close the cached descriptors not in use."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject TableType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ext4gen.render._fastread.Table",
+    .tp_doc = "A flat region table and the state the compiled read path keeps for one image.",
+    .tp_basicsize = sizeof(Table),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = Table_new,
+    .tp_init = (initproc)Table_init,
+    .tp_dealloc = (destructor)Table_dealloc,
+    .tp_methods = Table_methods,
+};
+
+static PyObject *set_fd_budget(PyObject *mod, PyObject *arg) {
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    __atomic_store_n(&g_budget, n < 1 ? 1 : n > INT32_MAX ? INT32_MAX : (int)n, __ATOMIC_RELAXED);
+    return PyLong_FromLong(__atomic_load_n(&g_open, __ATOMIC_RELAXED));
+}
+
+static PyMethodDef module_methods[] = {
+    {"set_fd_budget", set_fd_budget, METH_O,
+     "set_fd_budget(n) -> open: descriptors all tables together may keep open (now open: returned)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_fastread",
+    "The compiled read path of ext4gen.render.image (see the source's header comment).", -1,
+    module_methods,
+};
+
+PyMODINIT_FUNC PyInit__fastread(void) {
+    if (PyType_Ready(&TableType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "Table", (PyObject *)&TableType) < 0 ||
+        PyModule_AddIntConstant(m, "ZERO", K_ZERO) || PyModule_AddIntConstant(m, "META", K_META) ||
+        PyModule_AddIntConstant(m, "FILE", K_FILE) || PyModule_AddIntConstant(m, "PY", K_PY)) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,104 @@
+"""The bridge to the compiled read path (``_fastread.c``): whether it is used, and its table.
+
+The extension serves zero regions, plain host-file data and metadata blocks
+Python already rendered, for a whole request without the GIL; every other
+range (generators, inline and sparse sources, metadata not rendered yet) comes
+back as a "miss" that the region records fill.  ``EXT4GEN_PURE_PYTHON=1``
+turns it off; without the built extension the pure-Python path is used and
+:func:`unavailable` says why (the server logs that once).
+"""
+
+from __future__ import annotations
+
+import os
+from array import array
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..format.ondisk import BLOCK_SIZE
+
+if TYPE_CHECKING:
+    from .image import Region
+
+PURE_PYTHON_ENV = "EXT4GEN_PURE_PYTHON"
+CACHE_BLOCKS = 8192  # rendered metadata blocks the compiled path keeps (32 MiB, touched lazily)
+
+try:
+    from . import _fastread  # type: ignore[attr-defined]
+
+    _IMPORT_ERROR = ""
+except ImportError as _e:  # not built (no compiler at install time) or built for another Python
+    _fastread = None
+    _IMPORT_ERROR = str(_e)
+
+
+def pure_python_requested() -> bool:
+    return os.environ.get(PURE_PYTHON_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def unavailable() -> str:
+    """Why reads run in pure Python ('' when the compiled path is used)."""
+    if pure_python_requested():
+        return f"{PURE_PYTHON_ENV} is set"
+    if _fastread is None:
+        return f"the extension is not built ({_IMPORT_ERROR})"
+    return ""
+
+
+def set_fd_budget(total: int) -> None:
+    """Share ``total`` cached source descriptors between the two paths.
+
+    With the extension, Python only reads sparse or segmented sources, so it
+    keeps an eighth; without it, Python keeps them all.
+    """
+    from ..model import sources
+
+    if _fastread is None or pure_python_requested():
+        sources.FD_CACHE.limit = total
+        return
+    sources.FD_CACHE.limit = max(8, total // 8)
+    _fastread.set_fd_budget(max(8, total - sources.FD_CACHE.limit))
+
+
+def table_for(regions: Sequence[Region], size: int) -> Any | None:
+    """The compiled path's table over ``regions``, or None to read in pure Python."""
+    if _fastread is None or pure_python_requested():
+        return None
+    from .image import DataRegion, MetaRegion, ZeroRegion
+
+    n = len(regions)
+    starts, kinds = array("Q", bytes(8 * (n + 1))), array("B", bytes(n))
+    aux, file_offs, data_lens = (array("q", bytes(8 * n)) for _ in range(3))
+    files: list[tuple[str, int, int, int, int, int]] = []
+    file_index: dict[int, int] = {}
+    slots = 0
+    for i, r in enumerate(regions):
+        starts[i] = r.start
+        if isinstance(r, ZeroRegion):
+            kinds[i] = _fastread.ZERO
+        elif isinstance(r, MetaRegion):
+            kinds[i] = _fastread.META
+            aux[i] = slots
+            slots += (r.end - r.start) // BLOCK_SIZE
+        elif isinstance(r, DataRegion) and r.host is not None:
+            kinds[i] = _fastread.FILE
+            k = file_index.get(id(r.host))
+            if k is None:
+                k = file_index[id(r.host)] = len(files)
+                pin = r.host.pin
+                files.append((r.host.path, pin.st_dev, pin.st_ino, pin.st_size, pin.st_mtime_ns,
+                              pin.st_ctime_ns))
+            aux[i], file_offs[i], data_lens[i] = k, r.file_offset, r.nbytes
+        else:
+            kinds[i] = _fastread.PY
+    starts[n] = size
+    return _fastread.Table(starts, kinds, aux, file_offs, data_lens, files, slots, CACHE_BLOCKS)
+
+
+def _default_budget() -> None:
+    from ..model.sources import source_fd_budget
+
+    set_fd_budget(source_fd_budget())
+
+
+_default_budget()  # until serving starts and raises the limit (ext4gen.serve.nbdkit_plugin)
