@@ -202,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ext4gen",
         description="Synthesize a read-only ext4 filesystem on the fly from a manifest, a host "
-        "directory or a tar archive: build it, check it, inspect it, or serve it over NBD.",
+        "directory, a tar archive or a container image (file contents may also come from "
+        "HTTP or S3): build it, check it, inspect it, or serve it over NBD.",
     )
     p.add_argument("--version", action="version", version=f"ext4gen {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
