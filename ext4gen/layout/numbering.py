@@ -57,9 +57,7 @@ class Numbered:
 class _Walk:
     """The distinct nodes of a tree in depth-first, name-sorted order, and its directories."""
 
-    order: list[InodePlan] = field(default_factory=list)
-    nodes: list[Node] = field(default_factory=list)  # parallel to order
-    by_node: dict[Node, InodePlan] = field(default_factory=dict)  # nodes hash by identity
+    by_node: dict[Node, InodePlan] = field(default_factory=dict)  # nodes hash by identity; in walk order
     first_path: dict[InodePlan, bytes] = field(default_factory=dict)  # only with a base map
     #: (directory, parent, sorted names, children), the children of the root with lost+found
     dirs: list[tuple[InodePlan, InodePlan, list[bytes], Mapping[bytes, Node]]] = field(
@@ -71,8 +69,6 @@ class _Walk:
         ip = InodePlan(ino=0, kind=node.kind, meta=node.meta, mode=self.modes.setdefault(mode, mode),
                        source=node.source, target=node.target, rdev=node.rdev)
         self.by_node[node] = ip
-        self.order.append(ip)
-        self.nodes.append(node)
         return ip
 
 
@@ -84,7 +80,7 @@ def number_inodes(tree: Tree, base: IdentityMap | None) -> Numbered:
     _fill_entries(walk)
     _check_links(walk)
     nodes: list[Node | None] = [None] * len(inodes)
-    for ip, node in zip(walk.order, walk.nodes, strict=True):
+    for node, ip in walk.by_node.items():
         nodes[ip.ino] = node
     return Numbered(inodes, nodes)
 
@@ -146,7 +142,7 @@ def _assign_numbers(w: _Walk, root: InodePlan, lost_found: InodePlan,
         for ip in (root, lost_found):
             prev = base.paths.get(w.first_path[ip])
             ip.generation = prev[1] if prev is not None and prev[0] == ip.ino else 0
-        for ip in w.order:
+        for ip in w.by_node.values():
             if ip.ino:
                 continue
             prev = base.paths.get(w.first_path[ip])
@@ -154,7 +150,7 @@ def _assign_numbers(w: _Walk, root: InodePlan, lost_found: InodePlan,
                 ip.ino, ip.generation = prev[0], prev[1]
                 taken.add(ip.ino)
     next_ino = FIRST_INO + 1
-    for ip in w.order:
+    for ip in w.by_node.values():
         if ip.ino:
             continue
         while next_ino in taken:  # numbers handed out here only grow: no need to add them
@@ -165,7 +161,7 @@ def _assign_numbers(w: _Walk, root: InodePlan, lost_found: InodePlan,
             last = base.last_generation(ip.ino)
             ip.generation = 0 if last is None else (last + 1) & 0xFFFFFFFF
     inodes: list[InodePlan | None] = [None] * (max(max(taken), next_ino - 1) + 1)
-    for ip in w.order:
+    for ip in w.by_node.values():
         inodes[ip.ino] = ip
     return inodes
 
@@ -183,9 +179,10 @@ def _fill_entries(w: _Walk) -> None:
 
 def _check_links(w: _Walk) -> None:
     """Directories over the link limit count as 1 (dir_nlink); other inodes are refused."""
-    for ip, node in zip(w.order, w.nodes, strict=True):
+    for ip in w.by_node.values():
         if ip.links <= EXT4_LINK_MAX:
             continue
         if ip.kind != DIR:
-            raise ManifestError(node.key, f"{ip.links} hard links, over ext4's {EXT4_LINK_MAX}")
+            key = next(node.key for node, each in w.by_node.items() if each is ip)
+            raise ManifestError(key, f"{ip.links} hard links, over ext4's {EXT4_LINK_MAX}")
         ip.links = 1  # dir_nlink: "too many to count"
