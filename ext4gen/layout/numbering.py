@@ -66,8 +66,9 @@ class _Walk:
 
     def add(self, node: Node) -> InodePlan:
         mode = TYPE_BITS[node.kind][0] | node.meta.perm
-        ip = InodePlan(ino=0, kind=node.kind, meta=node.meta, mode=self.modes.setdefault(mode, mode),
-                       source=node.source, target=node.target, rdev=node.rdev)
+        # positional: a million calls, and keywords cost more (order as InodePlan declares)
+        ip = InodePlan(0, node.kind, node.meta, self.modes.setdefault(mode, mode), node.source,
+                       node.target, node.rdev)
         self.by_node[node] = ip
         return ip
 
@@ -76,13 +77,10 @@ def number_inodes(tree: Tree, base: IdentityMap | None) -> Numbered:
     """Assign inode numbers and generations, then build every directory's entries."""
     root_children, lost_found = _root_children(tree.root)
     walk = _walk(tree.root, root_children, base)
-    inodes = _assign_numbers(walk, walk.by_node[tree.root], walk.by_node[lost_found], base)
+    numbered = _assign_numbers(walk, walk.by_node[tree.root], walk.by_node[lost_found], base)
     _fill_entries(walk)
     _check_links(walk)
-    nodes: list[Node | None] = [None] * len(inodes)
-    for node, ip in walk.by_node.items():
-        nodes[ip.ino] = node
-    return Numbered(inodes, nodes)
+    return numbered
 
 
 def _root_children(root: Node) -> tuple[Mapping[bytes, Node], Node]:
@@ -133,7 +131,7 @@ def _walk(root_node: Node, root_children: Mapping[bytes, Node], base: IdentityMa
 
 
 def _assign_numbers(w: _Walk, root: InodePlan, lost_found: InodePlan,
-                    base: IdentityMap | None) -> list[InodePlan | None]:
+                    base: IdentityMap | None) -> Numbered:
     """Root 2 and lost+found 11; a base map's numbers where they still fit; then in order."""
     taken: set[int] = set()
     root.ino, lost_found.ino = ROOT_INO, FIRST_INO
@@ -160,10 +158,13 @@ def _assign_numbers(w: _Walk, root: InodePlan, lost_found: InodePlan,
         if base is not None:
             last = base.last_generation(ip.ino)
             ip.generation = 0 if last is None else (last + 1) & 0xFFFFFFFF
-    inodes: list[InodePlan | None] = [None] * (max(max(taken), next_ino - 1) + 1)
-    for ip in w.by_node.values():
+    size = max(max(taken), next_ino - 1) + 1
+    inodes: list[InodePlan | None] = [None] * size
+    nodes: list[Node | None] = [None] * size
+    for node, ip in w.by_node.items():
         inodes[ip.ino] = ip
-    return inodes
+        nodes[ip.ino] = node
+    return Numbered(inodes, nodes)
 
 
 def _fill_entries(w: _Walk) -> None:
