@@ -103,6 +103,7 @@ def _walk(root_node: Node, root_children: Mapping[bytes, Node], base: IdentityMa
     Paths are built only for that lookup: a million of them would be kept for nothing.
     """
     w = _Walk()
+    by_node, modes = w.by_node, w.modes
     root = w.add(root_node)
     w.first_path[root] = b"/"
     stack: list[tuple[InodePlan, InodePlan, bytes, Mapping[bytes, Node]]] = [
@@ -114,9 +115,12 @@ def _walk(root_node: Node, root_children: Mapping[bytes, Node], base: IdentityMa
         subdirs = []
         for name in names:
             child = children[name]
-            ip = w.by_node.get(child)
+            ip = by_node.get(child)
             if ip is None:
-                ip = w.add(child)
+                # w.add(child), inline: this loop runs once per name of a million-file tree
+                mode = TYPE_BITS[child.kind][0] | child.meta.perm
+                ip = by_node[child] = InodePlan(0, child.kind, child.meta, modes.setdefault(mode, mode),
+                                                child.source, child.target, child.rdev)
                 if base is not None:
                     w.first_path[ip] = path + b"/" + name
             ip.links += 1
