@@ -65,8 +65,9 @@ class _Walk:
     modes: dict[int, int] = field(default_factory=dict)  # one int object per distinct mode
 
     def add(self, node: Node) -> InodePlan:
+        """The root's plan; :func:`_walk` inlines the same steps for every other node."""
         mode = TYPE_BITS[node.kind][0] | node.meta.perm
-        # positional: a million calls, and keywords cost more (order as InodePlan declares)
+        # positional (order as InodePlan declares): a million calls, and keywords cost more
         ip = InodePlan(0, node.kind, node.meta, self.modes.setdefault(mode, mode), node.source,
                        node.target, node.rdev)
         self.by_node[node] = ip
