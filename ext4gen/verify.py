@@ -14,7 +14,8 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 
-from .layout.planner import LOST_FOUND
+from .format.ondisk import EXT4_LINK_MAX
+from .layout.numbering import LOST_FOUND
 from .model.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node, Tree
 
 _KIND_OF_MODE = {stat.S_IFREG: FILE, stat.S_IFDIR: DIR, stat.S_IFLNK: SYMLINK,
@@ -72,23 +73,60 @@ def compare_tree(tree: Tree, root: str, *, check_content: bool = True,
     """Differences between ``tree`` and the mounted filesystem at ``root`` (empty = equal).
 
     ``progress(1)`` is called for every entry compared."""
-    diffs: list[str] = []
-    inode_of: dict[int, int] = {}
-    names_of: dict[int, int] = {}
-    birth_checks: list[tuple[str, str, int]] = []
+    comparison = _TreeComparison(os.fsencode(root), check_content, progress)
+    comparison.walk(tree.root, comparison.root, "/")
+    return comparison.finish()
 
-    def walk(node: Node, path: bytes, shown: str) -> None:
-        if progress is not None:
-            progress(1)
+
+class _TreeComparison:
+    """One walk of the tree beside the mounted filesystem, collecting every difference."""
+
+    def __init__(self, root: bytes, check_content: bool,
+                 progress: Callable[[int], object] | None) -> None:
+        self.root = root
+        self.check_content = check_content
+        self.progress = progress
+        self.diffs: list[str] = []
+        self.inode_of: dict[int, int] = {}  # id(node) -> st_ino of its first name
+        self.names_of: dict[int, int] = {}  # id(node) -> names seen
+        self.node_links: dict[int, tuple[Node, int, str]] = {}  # id(node) -> (node, st_nlink, shown)
+        self.birth_checks: list[tuple[str, str, int]] = []
+
+    def walk(self, node: Node, path: bytes, shown: str) -> None:
+        if self.progress is not None:
+            self.progress(1)
         try:
             st = os.lstat(path)
         except OSError as e:
-            diffs.append(f"{shown}: missing ({e.strerror})")
+            self.diffs.append(f"{shown}: missing ({e.strerror})")
             return
         kind = _KIND_OF_MODE.get(stat.S_IFMT(st.st_mode))
         if kind != node.kind:
-            diffs.append(f"{shown}: is a {kind}, expected {node.kind}")
+            self.diffs.append(f"{shown}: is a {kind}, expected {node.kind}")
             return
+        self._compare_meta(node, st, path, shown)
+        self.diffs.extend(_compare_xattrs(node, path, shown))
+        if node.kind != DIR:
+            self._count_name(node, st, shown)
+        if node.kind == FILE:
+            if st.st_size != node.size:
+                self.diffs.append(f"{shown}: size {st.st_size}, expected {node.size}")
+            elif self.check_content:
+                diff = _compare_content(node, path)
+                if diff:
+                    self.diffs.append(f"{shown}: {diff}")
+        elif node.kind == SYMLINK:
+            target = os.readlink(path)
+            if target != node.target:
+                self.diffs.append(f"{shown}: symlink target {target!r}, expected {node.target!r}")
+        elif node.kind in (CHARDEV, BLOCKDEV):
+            got_rdev = (os.major(st.st_rdev), os.minor(st.st_rdev))
+            if got_rdev != tuple(node.rdev):
+                self.diffs.append(f"{shown}: device {got_rdev}, expected {tuple(node.rdev)}")
+        elif node.kind == DIR:
+            self._compare_dir(node, st, path, shown)
+
+    def _compare_meta(self, node: Node, st: os.stat_result, path: bytes, shown: str) -> None:
         m = node.meta
         expect = {"mode": m.perm, "uid": m.uid, "gid": m.gid, "mtime_ns": m.mtime,
                   "ctime_ns": m.ctime, "atime_ns": m.atime}
@@ -98,56 +136,42 @@ def compare_tree(tree: Tree, root: str, *, check_content: bool = True,
             got["mode"] = 0o777
         for k, v in expect.items():
             if got[k] != v:
-                diffs.append(f"{shown}: {k} is {got[k]!r}, expected {v!r}")
-        birth_checks.append((path.decode("utf-8", "surrogateescape"), shown, m.crtime))
-        diffs.extend(_compare_xattrs(node, path, shown))
-        if node.kind != DIR:
-            prev = inode_of.setdefault(id(node), st.st_ino)
-            if prev != st.st_ino:
-                diffs.append(f"{shown}: inode {st.st_ino}, expected a hard link to inode {prev}")
-            names_of[id(node)] = names_of.get(id(node), 0) + 1
-            node_links[id(node)] = (node, st.st_nlink, shown)
-        if node.kind == FILE:
-            if st.st_size != node.size:
-                diffs.append(f"{shown}: size {st.st_size}, expected {node.size}")
-            elif check_content:
-                diff = _compare_content(node, path)
-                if diff:
-                    diffs.append(f"{shown}: {diff}")
-        elif node.kind == SYMLINK:
-            target = os.readlink(path)
-            if target != node.target:
-                diffs.append(f"{shown}: symlink target {target!r}, expected {node.target!r}")
-        elif node.kind in (CHARDEV, BLOCKDEV):
-            got_rdev = (os.major(st.st_rdev), os.minor(st.st_rdev))
-            if got_rdev != tuple(node.rdev):
-                diffs.append(f"{shown}: device {got_rdev}, expected {tuple(node.rdev)}")
-        elif node.kind == DIR:
-            assert node.children is not None
-            on_disk = set(os.listdir(path))
-            expected = set(node.children)
-            if path == root_b and LOST_FOUND not in expected:
-                on_disk.discard(LOST_FOUND)
-            for name in sorted(on_disk - expected):
-                diffs.append(f"{shown}: unexpected entry {name!r}")
-            subdirs = sum(1 for c in node.children.values() if c.kind == DIR)
-            if path == root_b and LOST_FOUND not in expected:
-                subdirs += 1
-            want_links = 2 + subdirs if 2 + subdirs <= 65000 else 1
-            if st.st_nlink != want_links:
-                diffs.append(f"{shown}: nlink {st.st_nlink}, expected {want_links}")
-            for name in sorted(expected):
-                child_shown = shown.rstrip("/") + "/" + name.decode("utf-8", "replace")
-                walk(node.children[name], os.path.join(path, name), child_shown)
+                self.diffs.append(f"{shown}: {k} is {got[k]!r}, expected {v!r}")
+        self.birth_checks.append((path.decode("utf-8", "surrogateescape"), shown, m.crtime))
 
-    node_links: dict[int, tuple[Node, int, str]] = {}
-    root_b = os.fsencode(root)
-    walk(tree.root, root_b, "/")
-    for key, (_node, nlink, shown) in node_links.items():
-        if nlink != names_of[key]:
-            diffs.append(f"{shown}: nlink {nlink}, expected {names_of[key]}")
-    diffs.extend(_compare_birth_times(birth_checks))
-    return diffs
+    def _count_name(self, node: Node, st: os.stat_result, shown: str) -> None:
+        """Every name of a non-directory must reach one inode, whose nlink counts them."""
+        prev = self.inode_of.setdefault(id(node), st.st_ino)
+        if prev != st.st_ino:
+            self.diffs.append(f"{shown}: inode {st.st_ino}, expected a hard link to inode {prev}")
+        self.names_of[id(node)] = self.names_of.get(id(node), 0) + 1
+        self.node_links[id(node)] = (node, st.st_nlink, shown)
+
+    def _compare_dir(self, node: Node, st: os.stat_result, path: bytes, shown: str) -> None:
+        """Entries and link count; the image's own lost+found is fine if the tree has none."""
+        assert node.children is not None
+        on_disk = set(os.listdir(path))
+        expected = set(node.children)
+        implicit_lost_found = path == self.root and LOST_FOUND not in expected
+        if implicit_lost_found:
+            on_disk.discard(LOST_FOUND)
+        for name in sorted(on_disk - expected):
+            self.diffs.append(f"{shown}: unexpected entry {name!r}")
+        subdirs = sum(1 for c in node.children.values() if c.kind == DIR) + implicit_lost_found
+        want_links = 2 + subdirs if 2 + subdirs <= EXT4_LINK_MAX else 1
+        if st.st_nlink != want_links:
+            self.diffs.append(f"{shown}: nlink {st.st_nlink}, expected {want_links}")
+        for name in sorted(expected):
+            child_shown = shown.rstrip("/") + "/" + name.decode("utf-8", "replace")
+            self.walk(node.children[name], os.path.join(path, name), child_shown)
+
+    def finish(self) -> list[str]:
+        """Add the link-count and birth-time differences, which need the whole walk."""
+        for key, (_node, nlink, shown) in self.node_links.items():
+            if nlink != self.names_of[key]:
+                self.diffs.append(f"{shown}: nlink {nlink}, expected {self.names_of[key]}")
+        self.diffs.extend(_compare_birth_times(self.birth_checks))
+        return self.diffs
 
 
 def _compare_xattrs(node: Node, path: bytes, shown: str) -> list[str]:

@@ -72,7 +72,7 @@ from ..format.superblock import (
     ext4_super_block,
 )
 from ..layout import dirents, inline
-from ..layout.planner import InodePlan, Plan
+from ..layout.plan import InodePlan, Plan
 from ..model import times, xattrs
 from ..model.tree import BLOCKDEV, CHARDEV, DIR, SYMLINK
 
@@ -278,8 +278,7 @@ class MetadataGenerator:
 
     def inode_into(self, out: bytearray, offset: int, ip: InodePlan) -> None:
         """Write inode ``ip`` into zeroed ``out[offset : offset + INODE_SIZE]`` (the hot path)."""
-        node = ip.node
-        m = node.meta
+        m = ip.meta
         ibody = ip.xattr_inode
         if ip.inline_size >= 0:
             content = self.inline_content(ip)
@@ -287,10 +286,10 @@ class MetadataGenerator:
             ibody = [*ibody, inline.system_data(content[I_BLOCK_SIZE:])]
         elif ip.flags & EXT4_EXTENTS_FL:
             i_block = self.plan.extent_tree(ip).root_bytes()
-        elif node.kind == SYMLINK:
-            i_block = node.target.ljust(I_BLOCK_SIZE, b"\0")
-        elif node.kind in (CHARDEV, BLOCKDEV):
-            i_block = encode_rdev(*node.rdev)
+        elif ip.kind == SYMLINK:
+            i_block = ip.target.ljust(I_BLOCK_SIZE, b"\0")
+        elif ip.kind in (CHARDEV, BLOCKDEV):
+            i_block = encode_rdev(*ip.rdev)
         else:
             i_block = _NO_I_BLOCK
         atime, atime_x = times.encode(m.atime)
@@ -321,15 +320,15 @@ class MetadataGenerator:
 
     def inline_content(self, ip: InodePlan) -> bytes:
         """The bytes an inline inode stores: file content, or parent + packed entries."""
-        if ip.node.kind == DIR:
+        if ip.kind == DIR:
             assert ip.entries is not None
             return inline.dir_content(ip.entries)
         snapshot = self.plan.inline_bytes.get(ip.ino)  # host files: read at plan time
         if snapshot is not None:
             return snapshot
-        assert ip.node.source is not None
+        assert ip.source is not None
         buf = bytearray(ip.inline_size)
-        ip.node.source.readinto(memoryview(buf), 0)
+        ip.source.readinto(memoryview(buf), 0)
         return bytes(buf)
 
     # -- directory and extent-tree blocks ----------------------------------

@@ -92,7 +92,7 @@ def test_declared_digests_plan_and_dedup_without_fetching() -> None:
     })
     image = ext4gen.plan(tree, opts)
     st = image.plan.dedup_stats
-    ext = {p: image.plan.physical_extents(ip) for p, ip in image.plan.paths() if ip.node.source}
+    ext = {p: image.plan.physical_extents(ip) for p, ip in image.plan.paths() if ip.source}
     assert ext[b"/a"] == ext[b"/b"] and ext[b"/c"] == ext[b"/d"]
     assert ext[b"/a"] != ext[b"/c"]
     assert ext[b"/e"]  # small remote files are never inline: they stay in their own blocks
