@@ -101,7 +101,7 @@ def _list_dir(path: bytes, expect: os.stat_result) -> list[tuple[bytes, os.stat_
 
 
 def import_directory(tree: Tree, host_dir: str, target: str = "/", *, key: str = "",
-                     one_file_system: bool = False) -> None:
+                     one_file_system: bool = False, expect: tuple[int, int] | None = None) -> None:
     """Add the contents of ``host_dir`` under ``target`` in ``tree``.
 
     With ``one_file_system``, a directory on another filesystem (a mount point:
@@ -117,6 +117,9 @@ def import_directory(tree: Tree, host_dir: str, target: str = "/", *, key: str =
         raise ManifestError(key, f"cannot read directory {host_dir}: {e.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise ManifestError(key, f"{host_dir} is not a directory")
+    if expect is not None and (st.st_dev, st.st_ino) != expect:
+        raise ManifestError(key, f"{host_dir} changed while it was being imported (no longer the "
+                            "directory found beneath the source root)")
     st_top = st
     target_parts = split_path(target, key)
     links: dict[tuple[int, int], Node] = {}

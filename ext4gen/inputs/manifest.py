@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import ManifestError
-from ..model.confine import pinned_source
+from ..model.confine import identity_beneath, pinned_source
 from ..model.options import (
     ImageOptions,
     SourceOptions,
@@ -166,7 +166,8 @@ def _run_imports(doc: dict[str, Any], tree: Tree, host: HostPaths, one_file_syst
         if _import_oci(tree, raw_source, target, f"{k}.source", host):
             continue
         path = host.resolve(raw_source, f"{k}.source")
-        import_source(tree, path, target, key=f"{k}.source", one_file_system=one_file_system)
+        import_source(tree, path, target, key=f"{k}.source", one_file_system=one_file_system,
+                      expect=host.identity(path, f"{k}.source"))
     return imports
 
 
@@ -194,15 +195,20 @@ def _parse_image(table: dict[str, Any]) -> ImageOptions:
     return opts
 
 
-def import_source(tree: Tree, host: str, target: str, *, key: str, one_file_system: bool = False) -> None:
-    """Import a host directory or a tar archive under ``target``."""
+def import_source(tree: Tree, host: str, target: str, *, key: str, one_file_system: bool = False,
+                  expect: tuple[int, int] | None = None) -> None:
+    """Import a host directory or a tar archive under ``target``.
+
+    ``expect`` (st_dev, st_ino), under ``--source-root``, is what the path named when it
+    was opened beneath the root: the import refuses to read anything else.
+    """
     from .hostdir import import_directory
     from .tar import import_tar, is_tar
 
     if os.path.isdir(host):
-        import_directory(tree, host, target, key=key, one_file_system=one_file_system)
+        import_directory(tree, host, target, key=key, one_file_system=one_file_system, expect=expect)
     elif is_tar(host):
-        import_tar(tree, host, target, key=key)
+        import_tar(tree, host, target, key=key, expect=expect)
     elif not os.path.exists(host):
         raise ManifestError(key, f"{host} does not exist")
     else:
@@ -235,6 +241,16 @@ class HostPaths:
         if self.root is None:
             return HostFileSource(path)
         return pinned_source(self.root, os.path.join(os.path.realpath(self.base_dir), rel))
+
+    def identity(self, path: str, key: str) -> tuple[int, int] | None:
+        """Under a source root, (st_dev, st_ino) of ``path`` opened beneath it; else None."""
+        if self.root is None:
+            return None
+        try:
+            return identity_beneath(self.root, os.path.realpath(path))
+        except OSError as e:
+            raise ManifestError(key, f"cannot open {path} beneath the source root {self.root}: "
+                                f"{e.strerror}") from None
 
     def resolve(self, rel: str, key: str) -> str:
         path = os.path.join(self.base_dir, rel)

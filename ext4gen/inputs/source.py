@@ -75,13 +75,17 @@ class SourceKind:
 
 def _host_tree(source: str, choices: BuildChoices) -> tuple[Tree, ImageOptions]:
     """A directory or archive as the whole image: its root gets the defaults a manifest's has."""
+    expect = None
     if choices.source_root is not None:
-        source = HostPaths(os.getcwd(), choices.source_root).resolve(source, source)
+        host = HostPaths(os.getcwd(), choices.source_root)
+        source = host.resolve(source, source)
+        expect = host.identity(source, source)
     epoch_ns = source_date_epoch_ns()
     adjust: SourceOptions = choices.flags.source
     tree = Tree(Meta(0o755, 0, 0, epoch_ns, epoch_ns, epoch_ns, epoch_ns))
     # chooses directory or tar itself
-    import_source(tree, source, "/", key=source, one_file_system=bool(adjust.one_file_system))
+    import_source(tree, source, "/", key=source, one_file_system=bool(adjust.one_file_system),
+                  expect=expect)
     tree.resolve_links()
     apply_source_options(tree, adjust, epoch_ns if os.environ.get("SOURCE_DATE_EPOCH") else None)
     return tree, ImageOptions(epoch_ns=epoch_ns)

@@ -67,8 +67,11 @@ def is_tar(path: str) -> bool:
     return len(head) == 512 and head[257:262] == b"ustar"
 
 
-def uncompressed(path: str) -> str:
-    """``path`` itself for a plain tar; else a verified decompressed copy in the cache (made once)."""
+def uncompressed(path: str, expect: tuple[int, int] | None = None) -> str:
+    """``path`` itself for a plain tar; else a verified decompressed copy in the cache (made once).
+
+    ``expect`` (st_dev, st_ino): a compressed archive must still be that file.
+    """
     with open(path, "rb") as f:
         head = f.read(6)
     found = [(opener, name) for magic, opener, name in _COMPRESSED if head.startswith(magic)]
@@ -76,7 +79,11 @@ def uncompressed(path: str) -> str:
         return path
     opener, name = found[0]
     source = os.path.abspath(path)
-    src_pin = list(Pin.of(os.stat(path)))
+    st = os.stat(path)
+    if expect is not None and (st.st_dev, st.st_ino) != expect:
+        raise ManifestError(path, "changed while it was being imported (no longer the archive "
+                            "found beneath the source root)")
+    src_pin = list(Pin.of(st))
     ident = "\0".join([source, *map(str, src_pin)])
     key = hashlib.sha256(ident.encode("utf-8", "surrogateescape")).hexdigest()[:32]
     area = cache_area("tar")
@@ -230,15 +237,23 @@ def _lookup_id(tag: str, name: str) -> int:
         raise XattrError(f"ACL names {tag} {name!r}, which does not exist on this host") from None
 
 
-def import_tar(tree: Tree, tar_path: str, target: str = "/", *, key: str = "") -> None:
-    """Add the members of ``tar_path`` under ``target`` in ``tree``."""
+def import_tar(tree: Tree, tar_path: str, target: str = "/", *, key: str = "",
+               expect: tuple[int, int] | None = None) -> None:
+    """Add the members of ``tar_path`` under ``target`` in ``tree``.
+
+    ``expect`` (st_dev, st_ino): the archive must be that file (see import_source).
+    """
     key = key or tar_path
     try:
-        plain = uncompressed(tar_path)
+        plain = uncompressed(tar_path, expect)
         hf = HostFile(plain)
         tf = tarfile.open(plain, "r:")
     except (OSError, tarfile.TarError, ValueError, OverflowError, EOFError) as e:
         raise ManifestError(key, f"cannot read tar archive {tar_path}: {e}") from None
+    if expect is not None and plain == tar_path and (hf.pin.st_dev, hf.pin.st_ino) != expect:
+        tf.close()
+        raise ManifestError(key, f"{tar_path} changed while it was being imported (no longer the "
+                            "archive found beneath the source root)")
     base = split_path(target, key)
     with tf:
         try:

@@ -76,6 +76,20 @@ def open_beneath(root: str, rel: str) -> int:
         os.close(root_fd)
 
 
+def identity_beneath(root: str, path: str) -> tuple[int, int]:
+    """(st_dev, st_ino) of what ``path`` (absolute, under ``root``) names, opened beneath ``root``.
+
+    Directory and archive imports open their top by name; comparing what they
+    opened with this identity refuses a path swapped after this check.
+    """
+    fd = open_beneath(root, os.path.relpath(path, root))
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    return st.st_dev, st.st_ino
+
+
 def pinned_source(root: str, path: str) -> HostFileSource:
     """The host file at ``path`` (absolute, under ``root``) as opened beneath ``root``, pinned.
 

@@ -2,12 +2,14 @@
 
     nbdkit python plugins/ext4gen_nbdkit.py source=[NAME=]PATH [source=[NAME=]PATH …]
         [dedup=content|none] [inline_data=false] [base_map=FILE] [source_root=DIR]
+        [generator_path=DIR …] [options=JSON]   # the CLI's image options (label, owners …)
 
 (``plugins/ext4gen_nbdkit.py`` re-exports this module; nbdkit can also load
 this file directly, which is what ``ext4gen serve`` does for installed copies.)
 
 Each ``source`` (or its synonym ``manifest``) is anything ``ext4gen build``
-takes as SOURCE: a manifest file, a host directory or a tar archive.  Each
+takes as SOURCE: a manifest file, a host directory, a tar archive or a
+container image.  Each
 becomes one NBD export, named NAME or after the file (``site.toml`` →
 ``site``; see :mod:`ext4gen.serve.exports`).  The first is the default export, the
 one a client gets when it asks for ``""``.  The other keys are the build

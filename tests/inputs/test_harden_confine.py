@@ -10,9 +10,12 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import tarfile
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 import ext4gen
 from ext4gen.cli import main
@@ -40,7 +43,11 @@ def _swapper(root: Path, secret: Path, stop: threading.Event) -> None:
             stop.wait(0.012)
 
 
-def _race(tmp_path: Path, body: str, seconds: float) -> tuple[int, int, list[str]]:
+def _race(tmp_path: Path, body: str, seconds: float, *, want_built: int = 0,
+          want_refused: int = 0, limit: float = 90.0) -> tuple[int, int, list[str]]:
+    """Build again and again for ``seconds``, and on (up to ``limit``) until at least
+    ``want_built`` builds and ``want_refused`` refusals happened: how often a build wins
+    the race depends on the machine's load, what must hold for every build does not."""
     outside = tmp_path / "outside"
     outside.mkdir()
     secret = outside / "secret"
@@ -58,7 +65,9 @@ def _race(tmp_path: Path, body: str, seconds: float) -> tuple[int, int, list[str
     errors: list[str] = []
     deadline = time.monotonic() + seconds
     try:
-        while time.monotonic() < deadline:
+        start = time.monotonic()
+        while time.monotonic() < deadline or (
+                (built < want_built or refused < want_refused) and time.monotonic() - start < limit):
             err = io.StringIO()
             with contextlib.redirect_stderr(err):
                 rc = main(["build", str(m), "-o", str(out), "--source-root", str(root), "-q"])
@@ -77,7 +86,8 @@ def _race(tmp_path: Path, body: str, seconds: float) -> tuple[int, int, list[str
 
 
 def test_swapping_a_source_for_a_symlink_never_imports_the_secret(tmp_path: Path):
-    built, refused, _errors = _race(tmp_path, '["/x"]\nsource = "target"\n', 4.0)
+    built, refused, _errors = _race(tmp_path, '["/x"]\nsource = "target"\n', 4.0,
+                                    want_built=21, want_refused=1)
     assert built > 20 and refused > 0, (built, refused)
 
 
@@ -85,7 +95,8 @@ def test_a_small_inline_source_is_confined_too(tmp_path: Path):
     """Tiny sources are read at plan time (inline data): the same pin applies."""
     (tmp_path / "small").mkdir()
     built, refused, _errors = _race(tmp_path / "small", '["/x"]\nsource = "target"\n'
-                                    '["/y"]\ntext = "y"\n[image]\ndedup = "none"\n', 2.0)
+                                    '["/y"]\ntext = "y"\n[image]\ndedup = "none"\n', 2.0,
+                                    want_built=11)
     assert built > 10, (built, refused)
 
 
@@ -135,3 +146,49 @@ def test_a_subdirectory_swapped_for_a_symlink_during_an_import_is_refused(tmp_pa
         rc = main(["build", str(src), "-o", str(out), "-q"])
     assert rc == 2 and err.getvalue().count("\n") == 1 and "sub" in err.getvalue(), err.getvalue()
     assert not out.exists() or MARK not in out.read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["directory", "tar"])
+@pytest.mark.parametrize("via", ["import", "source"])
+def test_an_import_swapped_after_its_check_beneath_the_root_is_refused(tmp_path: Path, monkeypatch,
+                                                                       kind: str, via: str):
+    """Directory and archive imports are opened by name: what they open must be what was
+    found beneath the root.  The race made deterministic: right after the check, a parent
+    directory of the import is swapped for a symlink to a look-alike outside the root."""
+    from ext4gen.inputs.manifest import HostPaths
+
+    root = tmp_path / "root"
+    outside = tmp_path / "outside"
+    name = "tree" if kind == "directory" else "tree.tar"
+    for base, data in ((root / "a", b"inside"), (outside, MARK)):
+        base.mkdir(parents=True)
+        if kind == "directory":
+            (base / name).mkdir()
+            (base / name / "f").write_bytes(data)
+        else:
+            with tarfile.open(base / name, "w") as tf:
+                info = tarfile.TarInfo("f")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    real = HostPaths.identity
+
+    def identity_then_swap(self: HostPaths, path: str, key: str):
+        found = real(self, path, key)
+        os.rename(root / "a", tmp_path / "moved")
+        os.symlink(outside, root / "a")
+        return found
+
+    monkeypatch.setattr(HostPaths, "identity", identity_then_swap)
+    if via == "import":
+        m = root / "m.toml"
+        m.write_text(f'[[import]]\nsource = "a/{name}"\n')
+        argv = [str(m)]
+    else:
+        argv = [str(root / "a" / name)]
+    out = tmp_path / "x.img"
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(["build", *argv, "-o", str(out), "--source-root", str(root), "-q"])
+    assert rc == 2 and err.getvalue().count("\n") == 1, err.getvalue()
+    assert "changed while it was being imported" in err.getvalue(), err.getvalue()
+    assert not out.exists()
