@@ -146,7 +146,7 @@ class Image:
         self._regions: list[Region] = []
         self._build_regions()
         self._starts = [r.start for r in self._regions]
-        self._block = lru_cache(maxsize=cache_blocks)(self._render_block)
+        self._block = lru_cache(maxsize=cache_blocks)(_block_renderer(self._stats))
         self._fast = fastpath.table_for(self._regions, self.size) if compiled is not False else None
         if compiled and self._fast is None:
             raise RuntimeError(f"the compiled read path is not available: {fastpath.unavailable()}")
@@ -206,11 +206,6 @@ class Image:
             self._add(DataRegion(start, start + run.nblocks * BLOCK_SIZE, run))
         self._add_zero(geo.used_blocks, geo.blocks_count - geo.used_blocks)
         assert self._regions[-1].end == self.size, (self._regions[-1].end, self.size)
-
-    def _render_block(self, block: int, region: MetaRegion) -> bytes:
-        """Render one metadata block (the LRU in front of this is keyed by block and region)."""
-        self._stats.metadata_blocks_generated += 1
-        return region.render(block - region.first_block)
 
     # -- public API -----------------------------------------------------------
     def readinto(self, buf: bytearray | memoryview, offset: int) -> None:
@@ -381,3 +376,18 @@ class Image:
             "data": geo.used_blocks - geo.data_start,
             "free": geo.free_blocks,
         }
+
+
+def _block_renderer(stats: ReadStats) -> Callable[[int, MetaRegion], bytes]:
+    """Render one metadata block (the LRU in front of it is keyed by block and region).
+
+    A function of the counters, not a bound method of the Image: an LRU holding
+    the Image would make a reference cycle, and planning freezes the collector
+    (gcpause), so every image planned in a long-lived process would leak (with
+    the compiled path's metadata cache, 32 MiB each).
+    """
+    def render(block: int, region: MetaRegion) -> bytes:
+        stats.metadata_blocks_generated += 1
+        return region.render(block - region.first_block)
+
+    return render
