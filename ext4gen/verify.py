@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 
 from .format.ondisk import EXT4_LINK_MAX
 from .layout.numbering import LOST_FOUND
+from .model.sources import data_runs
 from .model.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK, Node, Tree
 
 _KIND_OF_MODE = {stat.S_IFREG: FILE, stat.S_IFDIR: DIR, stat.S_IFLNK: SYMLINK,
@@ -198,7 +199,7 @@ def _compare_content(node: Node, path: bytes) -> str | None:
     assert node.source is not None
     size = node.size
     with open(path, "rb", buffering=0) as f:
-        image_data = _data_segments(f.fileno(), size)
+        image_data = data_runs(f.fileno(), size)
         for start, end in image_data:
             diff = _compare_range(node, f.fileno(), start, end)
             if diff:
@@ -210,20 +211,6 @@ def _compare_content(node: Node, path: bytes) -> str | None:
         if diff:
             return diff
     return None
-
-
-def _data_segments(fd: int, size: int) -> list[tuple[int, int]]:
-    out = []
-    pos = 0
-    while pos < size:
-        try:
-            start = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError:
-            break
-        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
-        out.append((start, end))
-        pos = end
-    return out
 
 
 def _subtract(ranges: list[tuple[int, int]], cut: list[tuple[int, int]]) -> list[tuple[int, int]]:

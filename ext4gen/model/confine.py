@@ -17,7 +17,7 @@ import errno
 import os
 import stat
 
-from .sources import HostFileSource
+from .sources import HostFileSource, data_segments
 
 _SYS_OPENAT2 = 437  # the same number on every architecture (added after the syscall table merge)
 _RESOLVE_NO_MAGICLINKS = 0x02
@@ -102,29 +102,7 @@ def pinned_source(root: str, path: str) -> HostFileSource:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise IsADirectoryError(errno.EISDIR, "not a regular file", path)
-        segments = _data_segments(fd, st.st_size) if st.st_blocks * 512 < st.st_size else None
+        segments = data_segments(fd, st.st_size) if st.st_blocks * 512 < st.st_size else None
     finally:
         os.close(fd)
     return HostFileSource(path, st=st, segments=segments, detect_holes=False)
-
-
-def _data_segments(fd: int, size: int) -> list[tuple[int, int, int]] | None:
-    """Data runs of the opened file (SEEK_DATA/SEEK_HOLE), None when it is one dense run."""
-    segments = []
-    pos = 0
-    try:
-        while pos < size:
-            try:
-                start = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:
-                break  # ENXIO: only a hole remains
-            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
-            if end <= start:
-                break
-            segments.append((start, end - start, start))
-            pos = end
-    except OSError:
-        return None
-    if not size or (len(segments) == 1 and segments[0][:2] == (0, size)):
-        return None
-    return segments

@@ -442,29 +442,43 @@ class HostFileSource(Source):
             zero_fill(buf[pos - offset :])
 
 
+def data_runs(fd: int, size: int) -> list[tuple[int, int]]:
+    """(start, end) of every data run of the open file ``fd`` below ``size``, by
+    SEEK_DATA/SEEK_HOLE (the one walk of a sparse file's layout: sources, confined
+    opens and the kernel read-back all use it).  OSError if the file system says no."""
+    runs: list[tuple[int, int]] = []
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError:
+            break  # ENXIO: only a hole remains
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        if end <= start:
+            break
+        runs.append((start, end))
+        pos = end
+    return runs
+
+
+def data_segments(fd: int, size: int) -> list[tuple[int, int, int]] | None:
+    """(offset, length, offset) data runs of ``fd`` as a sparse source's segments; None when
+    the file is one dense run (or its layout cannot be read: then it is read whole)."""
+    try:
+        runs = data_runs(fd, size)
+    except OSError:
+        return None
+    if not size or runs == [(0, size)]:
+        return None
+    return [(start, end - start, start) for start, end in runs]
+
+
 def _seek_data_segments(path: str, size: int) -> list[tuple[int, int, int]] | None:
-    """(offset, length, offset) data runs found with SEEK_DATA/SEEK_HOLE; None if dense."""
-    segments = []
     try:
         fd = open_noatime(path)
     except OSError:
         return None
     try:
-        pos = 0
-        while pos < size:
-            try:
-                start = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:
-                break  # ENXIO: only a hole remains
-            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
-            if end <= start:
-                break
-            segments.append((start, end - start, start))
-            pos = end
-    except OSError:
-        return None
+        return data_segments(fd, size)
     finally:
         os.close(fd)
-    if len(segments) == 1 and segments[0][0] == 0 and segments[0][1] == size:
-        return None
-    return segments

@@ -338,30 +338,15 @@ class Image:
         if cur_zero is not None:
             yield cur_start, pos - cur_start, cur_zero
 
-    def write(self, path: str | os.PathLike[str], chunk: int = 1 << 20,
+    def write(self, path: str | os.PathLike[str],
               progress: Callable[[int], object] | None = None) -> None:
-        """Write a sparse image file: zero regions and all-zero chunks are not written.
+        """Write the image to ``path``: a sparse file (holes and all-zero chunks not written,
+        renamed into place when complete), a block device or a stream; see ext4gen.output.
 
         ``progress(n)`` is told every n bytes of the non-hole regions done."""
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            os.ftruncate(fd, self.size)
-            buf = bytearray(chunk)
-            for start, length, zero in self.extents(0, self.size):
-                if zero:
-                    continue
-                pos = start
-                while pos < start + length:
-                    n = min(chunk, start + length - pos)
-                    mv = memoryview(buf)[:n]
-                    self.readinto(mv, pos)
-                    if buf.count(0, 0, n) != n:
-                        os.pwrite(fd, mv, pos)
-                    pos += n
-                    if progress is not None:
-                        progress(n)
-        finally:
-            os.close(fd)
+        from ..output import write_image
+
+        write_image(self, os.fspath(path), progress)
 
     def block_counts(self) -> dict[str, int]:
         """Blocks by kind, for `ext4gen inspect` and the tests."""
