@@ -9,7 +9,7 @@ every read re-checks the pin, so a blob that changed yields SourceError (EIO).
 from __future__ import annotations
 
 from .seekable import CompressedLayer
-from .sources import Source, zero_fill
+from .sources import Source, read_segments, segment_ranges
 
 
 class LayerMemberSource(Source):
@@ -29,29 +29,13 @@ class LayerMemberSource(Source):
         self.segments = segments
 
     def data_ranges(self) -> list[tuple[int, int]] | None:
-        if self.segments is None:
-            return None
-        return [(start, start + length) for start, length, _src in self.segments]
+        return segment_ranges(self.segments)
 
     def readinto(self, buf: memoryview, offset: int) -> None:
         if self.segments is None:
             self.layer.pread(buf, self.base + offset)
-            return
-        end = offset + len(buf)
-        pos = offset
-        for start, length, src in self.segments:
-            if start + length <= pos:
-                continue
-            if start >= end:
-                break
-            if start > pos:
-                zero_fill(buf[pos - offset : start - offset])
-                pos = start
-            stop = min(end, start + length)
-            self.layer.pread(buf[pos - offset : stop - offset], src + (pos - start))
-            pos = stop
-        if pos < end:
-            zero_fill(buf[pos - offset :])
+        else:
+            read_segments(buf, offset, self.segments, self.layer.pread)
 
     def describe(self) -> str:
         return f"{self.layer.blob.digest}[{self.layer.compression}]@{self.base}+{self.size}"

@@ -416,30 +416,42 @@ class HostFileSource(Source):
         return self.path
 
     def data_ranges(self) -> list[tuple[int, int]] | None:
-        if self.segments is None:
-            return None
-        return [(start, start + length) for start, length, _src in self.segments]
+        return segment_ranges(self.segments)
 
     def readinto(self, buf: memoryview, offset: int) -> None:
         if self.segments is None:
             self.file.readinto(buf, self.base_offset + offset)
-            return
-        end = offset + len(buf)
-        pos = offset
-        for start, length, src in self.segments:
-            seg_end = start + length
-            if seg_end <= pos:
-                continue
-            if start >= end:
-                break
-            if start > pos:
-                zero_fill(buf[pos - offset : start - offset])
-                pos = start
-            stop = min(end, seg_end)
-            self.file.readinto(buf[pos - offset : stop - offset], src + (pos - start))
-            pos = stop
-        if pos < end:
-            zero_fill(buf[pos - offset :])
+        else:
+            read_segments(buf, offset, self.segments, self.file.readinto)
+
+
+def segment_ranges(segments: list[tuple[int, int, int]] | None) -> list[tuple[int, int]] | None:
+    """The (start, end) data ranges of a sparse source's (offset, length, where) segments."""
+    if segments is None:
+        return None
+    return [(start, start + length) for start, length, _src in segments]
+
+
+def read_segments(buf: memoryview, offset: int, segments: list[tuple[int, int, int]],
+                  read: Callable[[memoryview, int], None]) -> None:
+    """Bytes ``[offset, offset+len(buf))`` of a sparse source: each segment's part through
+    ``read(view, where)`` (a host file, a container layer …), zeros between them."""
+    end = offset + len(buf)
+    pos = offset
+    for start, length, src in segments:
+        seg_end = start + length
+        if seg_end <= pos:
+            continue
+        if start >= end:
+            break
+        if start > pos:
+            zero_fill(buf[pos - offset : start - offset])
+            pos = start
+        stop = min(end, seg_end)
+        read(buf[pos - offset : stop - offset], src + (pos - start))
+        pos = stop
+    if pos < end:
+        zero_fill(buf[pos - offset :])
 
 
 def data_runs(fd: int, size: int) -> list[tuple[int, int]]:
