@@ -11,17 +11,14 @@ was hashed before.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import tarfile
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..cache import CacheError, cache_area
+from ..cache import CacheError, cache_area, write_atomic
 from ..errors import ManifestError, SourceError
 from ..model.blobs import Blob
 from ..model.seekable import CompressedLayer, GzipLayer, ZstdLayer
@@ -153,22 +150,10 @@ def _save(area: Path, hexd: str, entry: dict[str, Any], index: bytes | None) -> 
     """Write atomically (index first, then the entry naming it); a failure only loses the cache."""
     try:
         if index is not None:
-            _write_atomic(area / f"{hexd}.gzidx", index)
-        _write_atomic(area / f"{hexd}.json", json.dumps(entry, separators=(",", ":")).encode())
+            write_atomic(area / f"{hexd}.gzidx", index)
+        write_atomic(area / f"{hexd}.json", json.dumps(entry, separators=(",", ":")).encode())
     except OSError:
         pass
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 _FIELDS = ("name", "mode", "uid", "gid", "size", "linkname", "devmajor", "devminor",

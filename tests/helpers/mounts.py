@@ -12,6 +12,7 @@ import errno
 import hashlib
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,3 +115,37 @@ def bind_over(source: Path, target: Path) -> Iterator[None]:
         _umount(str(target))
         assert not is_mountpoint(target), f"{target} is still mounted"
 
+
+
+@contextlib.contextmanager
+def nbdfuse_loop_mount(sock: Path, workdir: Path) -> Iterator[Path]:
+    """The NBD export on ``sock`` as a kernel ro loop mount (nbdfuse → mount -o loop,ro),
+    the way users without the nbd module mount it; unmounted and nbdfuse stopped whatever
+    the test did."""
+    fuse_dir, mnt = workdir / "fuse", workdir / "mnt"
+    fuse_dir.mkdir()
+    mnt.mkdir()
+    disk = fuse_dir / "disk"
+    nbdfuse = subprocess.Popen(["nbdfuse", "-r", str(disk), "--unix", str(sock)],
+                               stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    mounted = False
+    try:
+        deadline = time.monotonic() + 30
+        while not disk.exists():
+            assert nbdfuse.poll() is None, nbdfuse.stderr.read()  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "nbdfuse did not expose the disk"
+            time.sleep(0.05)
+        proc = subprocess.run(["mount", "-t", "ext4", "-o", "loop,ro", str(disk), str(mnt)],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        mounted = True
+        yield mnt
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(mnt)], check=False)
+        subprocess.run(["fusermount3", "-u", str(fuse_dir)], check=False)
+        try:
+            nbdfuse.wait(30)
+        except subprocess.TimeoutExpired:
+            nbdfuse.kill()
+            nbdfuse.wait()

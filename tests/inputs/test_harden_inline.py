@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 from helpers.cli import cli_serving as serving
+from helpers.mounts import nbdfuse_loop_mount
 
 import ext4gen
 from ext4gen.layout.inline import MAX_INLINE_SIZE
@@ -52,25 +51,9 @@ def test_plan_keeps_inline_host_bytes_and_never_inlines_generators(tmp_path: Pat
 
 def test_changed_inline_source_and_failing_generator_fail_alone(tmp_path: Path):
     m, big = _manifest(tmp_path)
-    fuse_dir, mnt = tmp_path / "fuse", tmp_path / "mnt"
-    fuse_dir.mkdir()
-    mnt.mkdir()
-    disk = fuse_dir / "disk"
     with serving(m, tmp_path / "s.sock") as server:
         (tmp_path / "a.txt").write_bytes(b"changed\n")  # after planning, before any read
-        nbdfuse = subprocess.Popen(["nbdfuse", "-r", str(disk), "--unix", str(server.sock)],
-                                   stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        mounted = False
-        try:
-            deadline = time.monotonic() + 30
-            while not disk.exists():
-                assert nbdfuse.poll() is None, nbdfuse.stderr.read()
-                assert time.monotonic() < deadline, "nbdfuse did not expose the disk"
-                time.sleep(0.05)
-            proc = subprocess.run(["mount", "-t", "ext4", "-o", "loop,ro", str(disk), str(mnt)],
-                                  capture_output=True, text=True)
-            assert proc.returncode == 0, proc.stderr
-            mounted = True
+        with nbdfuse_loop_mount(server.sock, tmp_path) as mnt:
             assert sorted(os.listdir(mnt)) == ["a.txt", "b.bin", "g", "lost+found", "t"]
             assert (mnt / "b.bin").read_bytes() == big
             assert (mnt / "t").read_bytes() == b"tiny"
@@ -80,13 +63,4 @@ def test_changed_inline_source_and_failing_generator_fail_alone(tmp_path: Path):
                 (mnt / "g").read_bytes()
             assert err.value.errno == errno.EIO
             assert (mnt / "b.bin").read_bytes()[:10] == big[:10]
-        finally:
-            if mounted:
-                subprocess.run(["umount", str(mnt)], check=False)
-            subprocess.run(["fusermount3", "-u", str(fuse_dir)], check=False)
-            try:
-                nbdfuse.wait(30)
-            except subprocess.TimeoutExpired:
-                nbdfuse.kill()
-                nbdfuse.wait()
         assert server.alive()

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from helpers.cli import CLI, CliServer, build_image, cli_serving
+from helpers.mounts import nbdfuse_loop_mount
 from helpers.processes import kill_pid, pid_running, subreaper
 from helpers.servers import Export, connect, export, import_nbd, nbdinfo_json
 from helpers.trees import make_source_tree
@@ -431,34 +432,11 @@ def test_kernel_mount_through_nbdfuse_and_loop_equals_the_manifest(manifest: Pat
                                                                    tmp_path: Path):
     """ext4gen serve → nbdfuse → mount -o loop,ro: the tree equals the manifest, bytes and metadata."""
     assert is_root()
-    fuse_dir, mnt = tmp_path / "fuse", tmp_path / "mnt"
-    fuse_dir.mkdir()
-    mnt.mkdir()
-    disk = fuse_dir / "disk"
-    nbdfuse = subprocess.Popen(["nbdfuse", "-r", str(disk), "--unix", str(served.sock)],
-                               stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    mounted = False
-    try:
-        deadline = time.monotonic() + 30
-        while not disk.exists():
-            assert nbdfuse.poll() is None, nbdfuse.stderr.read()
-            assert time.monotonic() < deadline, "nbdfuse did not expose the disk"
-            time.sleep(0.05)
-        subprocess.run(["mount", "-t", "ext4", "-o", "loop,ro", str(disk), str(mnt)], check=True)
-        mounted = True
+    with nbdfuse_loop_mount(served.sock, tmp_path) as mnt:
         tree, _options = ext4gen.load(str(manifest))
         assert compare_tree(tree, str(mnt)) == []
         with pytest.raises(OSError):
             (mnt / "new-file").write_text("no")
-    finally:
-        if mounted:
-            subprocess.run(["umount", str(mnt)], check=False)
-        subprocess.run(["fusermount3", "-u", str(fuse_dir)], check=False)
-        try:
-            nbdfuse.wait(30)
-        except subprocess.TimeoutExpired:
-            nbdfuse.kill()
-            nbdfuse.wait()
     assert served.alive()
 
 
