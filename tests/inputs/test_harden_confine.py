@@ -23,6 +23,9 @@ from ext4gen.cli import main
 MARK = b"SECRET-MARKER-0123456789"
 
 
+_DWELLS = (0.002, 0.012, 0.05, 0.25, 1.0)
+
+
 def _swapper(root: Path, secret: Path, stop: threading.Event) -> None:
     target = root / "target"
     i = 0
@@ -37,10 +40,12 @@ def _swapper(root: Path, secret: Path, stop: threading.Event) -> None:
             tmp.write_bytes(b"p" * 3000)
         os.replace(tmp, target)
         if not i % 2:
-            # Dwell on the regular file for a moment: a build takes a few GIL switch
+            # Dwell on the regular file for a while: a build takes a few GIL switch
             # intervals (planning, the digest cache, writing), and with a swap at every
-            # switch almost none would see one file throughout and build at all.
-            stop.wait(0.012)
+            # switch almost none would see one file throughout and build at all. The
+            # dwell cycles from short (swaps land mid-build) to long (a build fits even
+            # on a loaded machine, where a fixed short dwell let almost none through).
+            stop.wait(_DWELLS[(i // 2) % len(_DWELLS)])
 
 
 def _race(tmp_path: Path, body: str, seconds: float, *, want_built: int = 0,
