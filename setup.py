@@ -1,7 +1,8 @@
-"""Build configuration beyond pyproject.toml: two small plain CPython extensions.
+"""Build configuration beyond pyproject.toml: three small plain CPython extensions.
 
-``ext4gen.render._fastread`` is the compiled read path; ``ext4gen.serve._logfilter``
-keeps nbdkit's per-request error lines out of the server log.
+``ext4gen.render._fastread`` is the compiled read path; ``ext4gen.model._pincheck``
+checks a saved plan's host paths (a restart); ``ext4gen.serve._logfilter`` keeps
+nbdkit's per-request error lines out of the server log.
 
 ``optional=True``: without a C compiler or Python headers the install still
 succeeds and ext4gen serves with its pure-Python read path (it says so once in
@@ -17,6 +18,8 @@ FLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",
 setup(
     ext_modules=[
         Extension("ext4gen.render._fastread", sources=["ext4gen/render/_fastread.c"],
+                  extra_compile_args=FLAGS, optional=True),
+        Extension("ext4gen.model._pincheck", sources=["ext4gen/model/_pincheck.c"],
                   extra_compile_args=FLAGS, optional=True),
         Extension("ext4gen.serve._logfilter", sources=["ext4gen/serve/_logfilter.c"],
                   extra_compile_args=FLAGS, optional=True),

@@ -283,6 +283,15 @@ def unseal(blob: bytes) -> bytes | None:
     return body if len(mac) == _MAC_SIZE and hmac.compare_digest(mac, want) else None
 
 
+def sealer() -> hashlib._Hash:
+    """A MAC being computed, for an entry too large to seal in one piece (``update`` it, then
+    compare ``digest()`` with the stored one, as :func:`seal`/:func:`unseal` do)."""
+    return hashlib.blake2b(key=_seal_key(), digest_size=_MAC_SIZE)
+
+
+MAC_SIZE = _MAC_SIZE
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename (readers never see half)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")

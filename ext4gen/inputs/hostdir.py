@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from .. import progress
 from ..errors import ManifestError
-from ..model import times
+from ..model import host_reads, times
 from ..model.sources import HostFileSource
 from ..model.tree import (
     BLOCKDEV,
@@ -95,7 +95,9 @@ def _list_dir(path: bytes, expect: os.stat_result) -> list[tuple[bytes, os.stat_
             raise OSError(errno.ESTALE, "directory was replaced while it was imported")
         with os.scandir(fd) as it:
             names = sorted(os.fsencode(e.name) for e in it)
-        return [(n, os.stat(n, dir_fd=fd, follow_symlinks=False)) for n in names]
+        listed = [(n, os.stat(n, dir_fd=fd, follow_symlinks=False)) for n in names]
+        host_reads.note_listing(path, st, listed)  # pins taken before anything is read
+        return listed
     finally:
         os.close(fd)
 

@@ -14,6 +14,8 @@ import errno
 import os
 from typing import Any
 
+from ..model import host_reads
+
 SELINUX_XATTR = b"security.selinux"
 
 
@@ -33,6 +35,9 @@ class FileContexts:
         if not os.path.isfile(path) or not os.access(path, os.R_OK):
             raise FileContextsError(f"{path} is not a readable file")
         self._selinux: Any = selinux
+        # libselinux reads these itself, out of sight of Python's audit hooks.
+        for suffix in ("", ".bin", ".local", ".homedirs", ".subs", ".subs_dist"):
+            host_reads.note(path + suffix, follow=True)
         opt = selinux.selinux_opt()
         opt.type = selinux.SELABEL_OPT_PATH
         opt.value = path

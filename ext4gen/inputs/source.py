@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from ..errors import ManifestError
 from ..gcpause import gc_paused
 from ..layout.planner import plan_tree
+from ..model import host_reads
 from ..model.identity import IdentityMap
 from ..model.options import ImageFlags, ImageOptions, SourceOptions, check_dedup, source_date_epoch_ns
 from ..model.tree import Meta, Tree
@@ -162,3 +163,26 @@ def plan_source(source: str, choices: BuildChoices = BuildChoices()) -> tuple[Im
     """Load and plan a SOURCE exactly as ``ext4gen build`` does; returns (image, tree)."""
     tree, options = load_source(source, choices)
     return plan_loaded(tree, options, source), tree
+
+
+def plan_source_saved(source: str, choices: BuildChoices = BuildChoices()
+                      ) -> tuple[Image, Tree | None, Callable[[], bool] | None]:
+    """:func:`plan_source`, reusing the plan a previous call saved while its inputs are unchanged.
+
+    Returns (image, tree, save): tree is None when the saved plan was used (no
+    tree was loaded); ``save`` saves a new plan for the next call (None when
+    there is nothing to save), and may run later, in a thread, while the image
+    serves.  See :mod:`ext4gen.saved_plan` for what is saved and how it is checked.
+    """
+    from .. import saved_plan
+
+    key = saved_plan.key_for(source, choices)
+    if key is None:
+        return (*plan_source(source, choices), None)
+    with gc_paused():
+        plan = saved_plan.load(key)
+        if plan is not None:
+            return Image(plan), None, None
+    with host_reads.recording() as reads:
+        image, tree = plan_source(source, choices)
+    return image, tree, lambda: saved_plan.save(key, image.plan, reads)

@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 from ..cache import cache_area, enforce_bound, hold, seal, touch, unseal, write_atomic
 from ..errors import ManifestError
-from ..model import times
+from ..model import host_reads, times
 from ..model.sources import HostFile, HostFileSource, InlineSource, Pin, Source
 from ..model.tree import (
     BLOCKDEV,
@@ -229,6 +229,8 @@ def _lookup_id(tag: str, name: str) -> int:
     import grp
     import pwd
 
+    for nss_file in ("/etc/nsswitch.conf", "/etc/passwd", "/etc/group"):  # read by libc
+        host_reads.note(nss_file, follow=True)
     try:
         if tag in ("u", "user"):
             return pwd.getpwnam(name).pw_uid

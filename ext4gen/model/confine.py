@@ -17,6 +17,7 @@ import errno
 import os
 import stat
 
+from . import host_reads
 from .sources import HostFileSource, data_segments
 
 _SYS_OPENAT2 = 437  # the same number on every architecture (added after the syscall table merge)
@@ -62,18 +63,25 @@ def open_beneath(root: str, rel: str) -> int:
     """A read descriptor for ``rel`` inside ``root``; OSError(EXDEV) if it would leave it."""
     root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        for flags in (os.O_RDONLY | os.O_CLOEXEC | os.O_NOATIME, os.O_RDONLY | os.O_CLOEXEC):
-            try:
-                return _openat2(root_fd, rel, flags)
-            except PermissionError:
-                continue  # O_NOATIME needs ownership; retry without it
-            except OSError as e:
-                if e.errno != errno.ENOSYS:
-                    raise
-                return _walk_nofollow(root_fd, rel, flags & ~os.O_NOATIME)
-        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), rel)
+        fd = _open_under(root_fd, rel)
     finally:
         os.close(root_fd)
+    if host_reads.active():  # openat2 is a raw syscall: no audit event tells the recording
+        host_reads.note(os.path.join(root, rel), os.fstat(fd), follow=True)
+    return fd
+
+
+def _open_under(root_fd: int, rel: str) -> int:
+    for flags in (os.O_RDONLY | os.O_CLOEXEC | os.O_NOATIME, os.O_RDONLY | os.O_CLOEXEC):
+        try:
+            return _openat2(root_fd, rel, flags)
+        except PermissionError:
+            continue  # O_NOATIME needs ownership; retry without it
+        except OSError as e:
+            if e.errno != errno.ENOSYS:
+                raise
+            return _walk_nofollow(root_fd, rel, flags & ~os.O_NOATIME)
+    raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), rel)
 
 
 def identity_beneath(root: str, path: str) -> tuple[int, int]:

@@ -34,6 +34,10 @@ class Source:
     plan_readable: bool = True
     #: Sources with equal non-None identities have equal content (dedup without reading).
     identity: object = None
+    #: True when a saved plan may hold this source (ext4gen.saved_plan): its content is in
+    #: the plan or in a host file whose pin the restart checks. False for everything that
+    #: could change with no pin to show it (generators, callables, remote objects).
+    restartable: bool = False
 
     def readinto(self, buf: memoryview, offset: int) -> None:
         """Fill ``buf`` completely with bytes ``[offset, offset+len(buf))``."""
@@ -53,6 +57,10 @@ class Source:
     def all_zero(self) -> bool:
         """True when the content is known to be zeros without reading it."""
         return False
+
+    def host_file(self) -> HostFile | None:
+        """The pinned host file this source's bytes come from, if any."""
+        return None
 
     def host_range(self) -> tuple[HostFile, int] | None:
         """(file, offset in it of this source's byte 0) when the bytes are one plain range of a host file.
@@ -94,6 +102,7 @@ class ZeroSource(Source):
     """A file declared only by ``size``: stored as one hole."""
 
     __slots__ = ("size",)
+    restartable = True
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -116,6 +125,7 @@ class InlineSource(Source):
     """Bytes held in memory (manifest ``text``/``base64``, symlink targets)."""
 
     __slots__ = ("data", "size")
+    restartable = True
 
     def __init__(self, data: bytes) -> None:
         self.data = bytes(data)
@@ -197,6 +207,9 @@ class HostFile:
             raise IsADirectoryError(f"{path} is not a regular file")
         self.pin = Pin.of(st)
         self.sparse = st.st_blocks * 512 < st.st_size  # worth asking SEEK_DATA for its holes
+
+    def __reduce__(self) -> tuple[Callable[..., HostFile], tuple[str, Pin, bool]]:
+        return _restore_host_file, (self.path, self.pin, self.sparse)  # no stat: the pin is the saved one
 
     def open_pinned(self) -> int:
         try:
@@ -403,9 +416,17 @@ class HostFileSource(Source):
         if detect_holes and segments is None and whole_file and self.file.sparse and self.size:
             self.segments = _seek_data_segments(self.path, self.size)
 
+    restartable = True
+
+    def __reduce__(self) -> tuple[Callable[..., HostFileSource], tuple[object, ...]]:
+        return _restore_host_source, (self.file, self.base_offset, self.size, self.segments)
+
     @property
     def pin(self) -> Pin:
         return self.file.pin
+
+    def host_file(self) -> HostFile:
+        return self.file
 
     def host_range(self) -> tuple[HostFile, int] | None:
         return None if self.segments is not None else (self.file, self.base_offset)
@@ -423,6 +444,19 @@ class HostFileSource(Source):
             self.file.readinto(buf, self.base_offset + offset)
         else:
             read_segments(buf, offset, self.segments, self.file.readinto)
+
+
+def _restore_host_file(path: str, pin: Pin, sparse: bool) -> HostFile:
+    f = HostFile.__new__(HostFile)
+    f.path, f.pin, f.sparse = path, pin, sparse
+    return f
+
+
+def _restore_host_source(file: HostFile, base_offset: int, size: int,
+                         segments: list[tuple[int, int, int]] | None) -> HostFileSource:
+    src = HostFileSource.__new__(HostFileSource)
+    src.file, src.path, src.base_offset, src.size, src.segments = file, file.path, base_offset, size, segments
+    return src
 
 
 def segment_ranges(segments: list[tuple[int, int, int]] | None) -> list[tuple[int, int]] | None:

@@ -35,6 +35,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import nbdkit
 
@@ -43,7 +44,7 @@ API_VERSION = 2
 try:
     import ext4gen
     from ext4gen.errors import Ext4genError, SourceError
-    from ext4gen.inputs.source import plan_source
+    from ext4gen.inputs.source import plan_source_saved
     from ext4gen.model.sources import raise_fd_limit, source_fd_budget
     from ext4gen.render import fastpath
     from ext4gen.serve.blockset import ReadBlocks
@@ -156,15 +157,19 @@ def config(key: str, value: str) -> None:
 
 
 def _plan(spec: ExportSpec) -> _Export:
-    image, tree = plan_source(spec.source, _config.choices)
-    from ext4gen.remote import prefetch  # remote files to fetch first: queued in after_fork
+    image, tree, save = plan_source_saved(spec.source, _config.choices)
+    if save is not None:
+        _SAVES.append(save)  # in after_fork: a thread saves the plan while it serves
+    if tree is not None:  # a saved plan holds no remote file, so it has nothing to prefetch
+        from ext4gen.remote import prefetch  # remote files to fetch first: queued in after_fork
 
-    prefetch.collect(tree, image.plan.options.prefetch, spec.source)
+        prefetch.collect(tree, image.plan.options.prefetch, spec.source)
     geo = image.plan.geometry
     label = image.plan.options.label
     description = (f"ext4gen{' ' + label if label else ''}: {os.path.basename(spec.source)}, "
                    f"{image.size} bytes, {geo.blocks_count} blocks of 4096")
-    nbdkit.debug(f"ext4gen: planned export {spec.name!r} from {spec.source}: {image.size} bytes, "
+    how = "planned" if tree is not None else "reused the saved plan of"
+    nbdkit.debug(f"ext4gen: {how} export {spec.name!r} from {spec.source}: {image.size} bytes, "
                  f"{geo.used_blocks} used blocks, dedup={image.plan.options.dedup}")
     return _Export(spec, image, description)
 
@@ -396,6 +401,23 @@ def after_fork() -> None:
     from ext4gen.remote import prefetch  # remote files the manifests asked to fetch first
 
     prefetch.start()
+    if _SAVES:
+        threading.Thread(target=_save_plans, name="ext4gen-save-plan", daemon=True).start()
+
+
+_SAVES: list[Callable[[], bool]] = []
+
+
+def _save_plans() -> None:
+    """Save each new plan for the next serve (ext4gen.saved_plan); never an error of this one."""
+    while _SAVES:
+        save = _SAVES.pop(0)
+        try:
+            saved = save()
+        except Exception as e:  # an optimisation for next time must not take this serve down
+            nbdkit.debug(f"ext4gen: saving the plan failed: {e!r}")
+        else:
+            nbdkit.debug(f"ext4gen: plan {'saved' if saved else 'not saved'} for the next serve")
 
 
 # -- statistics -------------------------------------------------------------------

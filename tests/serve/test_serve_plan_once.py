@@ -7,7 +7,9 @@ them across every process a serve starts.
 
 from __future__ import annotations
 
+import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,8 @@ from helpers.processes import kill_pid, subreaper
 from helpers.servers import connect
 from helpers.trees import make_source_tree
 
-from ext4gen.inputs.source import PLAN_LOG_ENV
+from ext4gen.inputs.source import PLAN_LOG_ENV, plan_source
+from ext4gen.model import host_reads
 from ext4gen.pytest_plugin import serving as fixture_serving
 
 
@@ -79,3 +82,51 @@ def test_pytest_fixture_export_plans_once(plan_log: Path, tmp_path: Path):
     with fixture_serving(manifest, tmp_path) as server:
         assert connect(server.uri).pread(4096, 1024)
         assert [pid for pid, _origin in _runs(plan_log)] == [server.nbdkit_pid]
+
+
+def _saved_entry(cache: Path, timeout: float = 60.0) -> Path:
+    """The plan the first serve saves in a thread while it serves."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = list((cache / "plans").glob("*.plan"))
+        if found:
+            return found[0]
+        time.sleep(0.05)
+    raise AssertionError("the serve saved no plan")
+
+
+def _export_bytes(uri: str) -> bytes:
+    h = connect(uri)
+    size = h.get_size()
+    return b"".join(h.pread(min(1 << 20, size - off), off) for off in range(0, size, 1 << 20))
+
+
+def test_a_restart_over_an_unchanged_tree_plans_nothing_and_a_change_replans(
+        plan_log: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Issue 10: instant restarts. The second serve takes the saved plan (no planning run,
+    so no file data read), a changed file makes the third plan again, and every serve's
+    bytes are what planning the tree as it is gives."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("EXT4GEN_CACHE", str(cache))
+    manifest = make_source_tree(tmp_path)
+    time.sleep(host_reads.RACY_NS / 1e9 + 0.05)  # past the racy window, or nothing is saved
+    sock = tmp_path / "nbd.sock"
+    with serving(manifest, sock) as server:
+        first = _export_bytes(server.uris[0])
+        _saved_entry(cache)
+    assert len(_runs(plan_log)) == 1
+    with serving(manifest, sock) as server:
+        assert _export_bytes(server.uris[0]) == first
+    assert len(_runs(plan_log)) == 1, "the restart planned again"
+
+    victim = tmp_path / "src" / "odd.bin"
+    st = victim.stat()
+    data = bytearray(victim.read_bytes())
+    data[7] ^= 0x5A
+    victim.write_bytes(bytes(data))
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size and mtime: only the ctime moved
+    with serving(manifest, sock) as server:
+        changed = _export_bytes(server.uris[0])
+    assert len(_runs(plan_log)) == 2, "a changed file was served from the saved plan"
+    fresh, _tree = plan_source(str(manifest))
+    assert changed == fresh.read(0, fresh.size) != first
