@@ -41,6 +41,7 @@ from .layout.plan import Plan
 from .model import host_reads
 
 AREA = "plans"
+DISABLE_ENV = "EXT4GEN_NO_SAVED_PLAN"  # set: every serve plans (and saves nothing)
 FORMAT = 1
 _SUFFIX = ".plan"
 # Read by the loaders (SOURCE_DATE_EPOCH, the OCI platform …) or not: every such
@@ -72,7 +73,7 @@ def _code_fingerprint() -> str:
 
 def key_for(source: str, choices: object) -> str | None:
     """The cache key of a SOURCE under ``choices``, or None when it cannot be saved."""
-    if source == "-":
+    if source == "-" or os.environ.get(DISABLE_ENV):
         return None
     env = sorted((k, v) for k, v in os.environ.items()
                  if (k.startswith("EXT4GEN_") or k == "SOURCE_DATE_EPOCH") and k not in _ENV_NOT_IN_KEY)

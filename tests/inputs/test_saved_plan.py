@@ -218,3 +218,12 @@ def test_a_different_ext4gen_does_not_reuse_a_plan(tmp_path: Path, monkeypatch: 
     _serve_twice(str(src))
     monkeypatch.setattr(saved_plan, "_code", "another version of the code")
     assert plan_source_saved(str(src))[1] is not None
+
+
+def test_the_switch_turns_saved_plans_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    src = _tree(tmp_path)
+    monkeypatch.setenv(saved_plan.DISABLE_ENV, "1")
+    _image, tree, save = plan_source_saved(str(src))
+    assert tree is not None and save is None
+    assert plan_source_saved(str(src))[1] is not None
+    assert _plans(tmp_path) == 2
