@@ -23,7 +23,6 @@ loaded; a damaged, foreign or unreadable entry is a miss, never an error.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import hmac
 import io
@@ -38,6 +37,7 @@ from pathlib import Path
 
 from . import cache
 from .layout.plan import Plan
+from .layout.plan_codec import dump_plan, load_plan
 from .model import host_reads
 
 AREA = "plans"
@@ -86,7 +86,6 @@ def _path(key: str) -> Path:
     return cache.cache_area(AREA) / (key + _SUFFIX)
 
 
-_CHUNK = 512  # inodes per pickle call: a save in the background yields the GIL between them
 _MAGIC = b"ext4gen-plan\0\0\0\1"
 # An entry: magic, len(head) as <Q, the sealed head (pickle of FORMAT and the pins),
 # the body's MAC, the body (the plan, pickled in chunks).
@@ -156,17 +155,9 @@ def _body_sealed(f: io.BufferedReader) -> bool:
 
 def _unpickle_plan(f: io.BufferedReader) -> Plan | None:
     try:
-        unpickler = pickle.Unpickler(f)
-        inodes: list = []
-        for _ in range(unpickler.load()):
-            inodes += unpickler.load()
-        plan = unpickler.load()
+        return load_plan(f)
     except Exception:  # a sealed entry from another layout of these classes: a miss
         return None
-    if not isinstance(plan, Plan):
-        return None
-    plan.inodes = inodes
-    return plan
 
 
 def unsaveable(plan: Plan) -> str | None:
@@ -201,13 +192,7 @@ def save(key: str, plan: Plan, reads: host_reads.HostReads) -> bool:
                 mac_at = f.tell()
                 f.write(bytes(cache.MAC_SIZE))  # the body's MAC, once it is known
                 out = _MacWriter(f)
-                pickler = pickle.Pickler(out, protocol=pickle.HIGHEST_PROTOCOL)
-                inodes = plan.inodes
-                chunks = range(0, len(inodes), _CHUNK)
-                pickler.dump(len(chunks))
-                for i in chunks:  # the pickler's memo spans the calls: shared objects stay shared
-                    pickler.dump(inodes[i:i + _CHUNK])
-                pickler.dump(dataclasses.replace(plan, inodes=[]))
+                dump_plan(out, plan)  # type: ignore[arg-type]
                 f.seek(mac_at)
                 f.write(out.mac.digest())
             os.replace(tmp, area / (key + _SUFFIX))

@@ -44,9 +44,6 @@ class Run:
     offset: int  # byte offset in the source of the run's first block
     nbytes: int  # bytes that come from the source; the rest of the last block is zeros
 
-    def __reduce__(self) -> tuple[type[Run], tuple[int, int, Source, int, int]]:
-        return Run, (self.block, self.nblocks, self.source, self.offset, self.nbytes)  # compact pickle
-
 
 Extent = tuple[int, int, int]  # (logical block, length, relative physical block)
 

@@ -56,13 +56,6 @@ class InodePlan:
     xattr_block: int = -1  # index into Plan.xattr_blocks, -1 = none
     inline_size: int = -1  # inline_data: bytes of content in i_block + system.data, -1 = not inline
 
-    def __reduce__(self) -> tuple[type[InodePlan], tuple[object, ...]]:
-        # positional, not a dict of slot names: a saved plan (ext4gen.saved_plan) holds one per inode
-        return InodePlan, tuple([getattr(self, name) for name in _INODE_FIELDS])
-
-
-_INODE_FIELDS = InodePlan.__match_args__
-
 
 @dataclass(slots=True, eq=False)
 class XattrBlock:

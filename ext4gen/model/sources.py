@@ -208,9 +208,6 @@ class HostFile:
         self.pin = Pin.of(st)
         self.sparse = st.st_blocks * 512 < st.st_size  # worth asking SEEK_DATA for its holes
 
-    def __reduce__(self) -> tuple[Callable[..., HostFile], tuple[str, Pin, bool]]:
-        return _restore_host_file, (self.path, self.pin, self.sparse)  # no stat: the pin is the saved one
-
     def open_pinned(self) -> int:
         try:
             fd = open_noatime(self.path)
@@ -418,9 +415,6 @@ class HostFileSource(Source):
 
     restartable = True
 
-    def __reduce__(self) -> tuple[Callable[..., HostFileSource], tuple[object, ...]]:
-        return _restore_host_source, (self.file, self.base_offset, self.size, self.segments)
-
     @property
     def pin(self) -> Pin:
         return self.file.pin
@@ -444,19 +438,6 @@ class HostFileSource(Source):
             self.file.readinto(buf, self.base_offset + offset)
         else:
             read_segments(buf, offset, self.segments, self.file.readinto)
-
-
-def _restore_host_file(path: str, pin: Pin, sparse: bool) -> HostFile:
-    f = HostFile.__new__(HostFile)
-    f.path, f.pin, f.sparse = path, pin, sparse
-    return f
-
-
-def _restore_host_source(file: HostFile, base_offset: int, size: int,
-                         segments: list[tuple[int, int, int]] | None) -> HostFileSource:
-    src = HostFileSource.__new__(HostFileSource)
-    src.file, src.path, src.base_offset, src.size, src.segments = file, file.path, base_offset, size, segments
-    return src
 
 
 def segment_ranges(segments: list[tuple[int, int, int]] | None) -> list[tuple[int, int]] | None:

@@ -58,10 +58,6 @@ class Meta:
     ctime: int
     crtime: int
 
-    def __reduce__(self) -> tuple[type[Meta], tuple[int, ...]]:
-        # positional: a saved plan (ext4gen.saved_plan) holds one per inode
-        return Meta, (self.perm, self.uid, self.gid, self.atime, self.mtime, self.ctime, self.crtime)
-
 
 @dataclass(eq=False, slots=True)
 class Node:
