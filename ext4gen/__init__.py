@@ -10,20 +10,47 @@ Typical use::
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import Ext4genError, ManifestError, SourceError
-from .inputs.manifest import load_manifest, parse_manifest
-from .inputs.source import BuildChoices, load_source, plan_loaded
-from .layout.planner import Plan, plan_tree
-from .model.options import ImageFlags, ImageOptions, SourceOptions, check_dedup
-from .model.sources import CallableSource, HostFileSource, InlineSource, Source, ZeroSource
-from .model.tree import Meta, Node, Tree
-from .render.image import Image
+
+if TYPE_CHECKING:
+    from .inputs.manifest import load_manifest, parse_manifest
+    from .inputs.source import BuildChoices
+    from .layout.planner import Plan, plan_tree
+    from .model.options import ImageFlags, ImageOptions, SourceOptions
+    from .model.sources import CallableSource, HostFileSource, InlineSource, Source, ZeroSource
+    from .model.tree import Meta, Node, Tree
+    from .render.image import Image
 
 __version__ = "0.1.0"
+
+# Imported on first use: ``ext4gen serve`` (a supervisor that only starts nbdkit) and
+# the other commands start faster when the planner and renderer are not loaded for them.
+_LAZY = {
+    "load_manifest": ".inputs.manifest", "parse_manifest": ".inputs.manifest",
+    "BuildChoices": ".inputs.source", "Plan": ".layout.planner", "plan_tree": ".layout.planner",
+    "ImageFlags": ".model.options", "ImageOptions": ".model.options", "SourceOptions": ".model.options",
+    "CallableSource": ".model.sources", "HostFileSource": ".model.sources", "InlineSource": ".model.sources",
+    "Source": ".model.sources", "ZeroSource": ".model.sources", "Meta": ".model.tree", "Node": ".model.tree",
+    "Tree": ".model.tree", "Image": ".render.image",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ext4gen' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
 
 
 def plan(tree: Tree, options: ImageOptions | None = None) -> Image:
     """Plan the whole layout of ``tree`` and return the lazily generated image."""
+    from .inputs.source import plan_loaded
+
     return plan_loaded(tree, options, None)
 
 
@@ -39,6 +66,9 @@ def load(source: str, *, source_root: str | None = None, source_options: SourceO
     in ``generator_path``; ``load_generators=False`` leaves them unimported until
     their bytes are read.
     """
+    from .inputs.source import BuildChoices, load_source
+    from .model.options import ImageFlags, SourceOptions, check_dedup
+
     if overrides.get("dedup") is not None:
         check_dedup(overrides["dedup"])
     flags = ImageFlags(source=source_options or SourceOptions())
@@ -59,7 +89,8 @@ def adjust(tree: Tree, source_options: SourceOptions, *, epoch_ns: int | None = 
 
 
 __all__ = [
-    "CallableSource", "Ext4genError", "HostFileSource", "Image", "ImageOptions", "InlineSource",
-    "ManifestError", "Meta", "Node", "Plan", "Source", "SourceError", "SourceOptions", "Tree",
-    "ZeroSource", "adjust", "load", "load_manifest", "parse_manifest", "plan", "plan_tree",
+    "BuildChoices", "CallableSource", "Ext4genError", "HostFileSource", "Image", "ImageFlags",
+    "ImageOptions", "InlineSource", "ManifestError", "Meta", "Node", "Plan", "Source", "SourceError",
+    "SourceOptions", "Tree", "ZeroSource", "adjust", "load", "load_manifest", "parse_manifest", "plan",
+    "plan_tree",
 ]
