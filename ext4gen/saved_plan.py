@@ -107,8 +107,9 @@ def load(key: str) -> Plan | None:
     """The saved plan for ``key`` if one exists and every host path it read is unchanged.
 
     The pins are checked in a thread (a loop of ``fstatat`` without the GIL)
-    while this one checks the body's seal, so a restart costs about the larger
-    of the two, not their sum; the plan is unpickled only when both hold.
+    while this one checks the body's seal and unpickles it, so a restart costs
+    about the larger of the two, not their sum; the plan is unpickled only once
+    its seal holds, and returned only if every pin does.
     """
     try:
         path = _path(key)
@@ -128,15 +129,13 @@ def load(key: str) -> Plan | None:
         check = threading.Thread(target=lambda: verdict.append(host_reads.unchanged(deps)),
                                  name="ext4gen-pin-check")
         check.start()
-        try:
-            sealed = _body_sealed(f)
+        try:  # the plan is unpickled only once its seal holds, and used only if the pins do
+            plan = _unpickle_plan(f) if _body_sealed(f) else None
         finally:
             check.join()
-        if not sealed or verdict != [True]:
-            return None
-        plan = _unpickle_plan(f)
-    if plan is not None:
-        cache.touch(path)
+    if plan is None or verdict != [True]:
+        return None
+    cache.touch(path)
     return plan
 
 

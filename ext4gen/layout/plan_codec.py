@@ -25,14 +25,14 @@ from array import array
 from typing import IO, Any
 
 from ..model.sources import HostFile, HostFileSource, InlineSource, Pin, Source, ZeroSource
-from ..model.tree import KINDS, Meta
+from ..model.tree import Meta
 from .dedup import Run
 from .htree import Htree
-from .plan import NO_RDEV, InodePlan, Plan
+from .plan import InodePlan, Plan
 
 CHUNK = 512  # inodes per pickle call: a save in a thread yields the GIL between them
 _INODE_FIELDS = InodePlan.__match_args__
-_KIND = {k: k for k in KINDS}  # one str object per kind, whatever the stream held
+_HTREE_FIELD = _INODE_FIELDS.index("htree")
 _HTREE_STATE = ("first_leaf_block", "leaf_hashes", "leaf_starts", "levels", "node_blocks")
 
 
@@ -70,20 +70,16 @@ def _zero(size: int) -> ZeroSource:
     return ZeroSource(size)
 
 
-def _inode(fields: tuple[Any, ...], htree: tuple[Any, ...] | None) -> InodePlan:
+def _indexed_dir(fields: tuple[Any, ...], order: array, state: tuple[Any, ...]) -> InodePlan:
+    """A directory with an htree, whose entries are its directory's in hash order."""
     ip = InodePlan(*fields)
-    ip.kind = _KIND.get(ip.kind, ip.kind)
-    if ip.rdev == NO_RDEV:
-        ip.rdev = NO_RDEV
-    if htree is not None:
-        order, state = htree
-        h = Htree.__new__(Htree)
-        entries = ip.entries
-        assert entries is not None
-        h.entries = [entries[i] for i in order]
-        for name, value in zip(_HTREE_STATE, state, strict=True):
-            setattr(h, name, value)
-        ip.htree = h
+    h = Htree.__new__(Htree)
+    entries = ip.entries
+    assert entries is not None
+    h.entries = [entries[i] for i in order]
+    for name, value in zip(_HTREE_STATE, state, strict=True):
+        setattr(h, name, value)
+    ip.htree = h
     return ip
 
 
@@ -141,15 +137,15 @@ class _Writer:
         return _zero, (s.size,)
 
     def inode(self, ip: InodePlan) -> tuple[Any, ...]:
+        # Strings and tuples (kind, rdev) repeat within a chunk, where the memo shares them.
         fields = [getattr(ip, name) for name in _INODE_FIELDS]
-        htree = None
-        if ip.htree is not None:
-            fields[_INODE_FIELDS.index("htree")] = None
-            assert ip.entries is not None
-            at = {id(e): i for i, e in enumerate(ip.entries)}
-            order = array("I", [at[id(e)] for e in ip.htree.entries])
-            htree = (order, tuple(getattr(ip.htree, name) for name in _HTREE_STATE))
-        return _inode, (tuple(fields), htree)
+        if ip.htree is None:
+            return InodePlan, tuple(fields)
+        fields[_HTREE_FIELD] = None
+        assert ip.entries is not None
+        at = {id(e): i for i, e in enumerate(ip.entries)}
+        order = array("I", [at[id(e)] for e in ip.htree.entries])
+        return _indexed_dir, (tuple(fields), order, tuple(getattr(ip.htree, name) for name in _HTREE_STATE))
 
     def run(self, r: Run) -> tuple[Any, ...]:
         ino = self.source_ino.get(id(r.source), -1)

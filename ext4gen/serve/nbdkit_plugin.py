@@ -402,10 +402,15 @@ def after_fork() -> None:
 
     prefetch.start()
     if _SAVES:
-        threading.Thread(target=_save_plans, name="ext4gen-save-plan", daemon=True).start()
+        _SAVER.append(threading.Thread(target=_save_plans, name="ext4gen-save-plan", daemon=True))
+        _SAVER[0].start()
 
 
 _SAVES: list[Callable[[], bool]] = []
+_SAVER: list[threading.Thread] = []
+# How long stopping waits for a plan still being saved: within the supervisor's STOP_GRACE,
+# so a serve stopped soon after it started still leaves its plan for the next one.
+SAVE_GRACE = 2.0
 
 
 def _save_plans() -> None:
@@ -424,6 +429,8 @@ def _save_plans() -> None:
 
 def cleanup() -> None:
     """One summary line per export; with several, each names its export."""
+    if _SAVER:
+        _SAVER[0].join(SAVE_GRACE)
     if _logfilter is not None:
         _logfilter.stop()
     _ERRORS.fd = 2

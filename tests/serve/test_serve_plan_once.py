@@ -130,3 +130,20 @@ def test_a_restart_over_an_unchanged_tree_plans_nothing_and_a_change_replans(
     assert len(_runs(plan_log)) == 2, "a changed file was served from the saved plan"
     fresh, _tree = plan_source(str(manifest))
     assert changed == fresh.read(0, fresh.size) != first
+
+
+def test_a_serve_stopped_at_once_still_leaves_its_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Stopping waits (briefly) for the plan being saved, so the next serve is a restart.
+
+    30,000 files take a few tenths of a second to save, longer than a serve
+    takes to answer one read and stop: without the wait the plan would be lost.
+    """
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("EXT4GEN_CACHE", str(cache))
+    manifest = tmp_path / "many.json"
+    entries = ",\n".join(f'"/d{i % 30}/f{i}": {{"text": "{i}"}}' for i in range(30_000))
+    manifest.write_text("{" + entries + "}\n")
+    time.sleep(host_reads.RACY_NS / 1e9 + 0.05)
+    with serving(manifest, tmp_path / "nbd.sock") as server:
+        assert connect(server.uris[0]).pread(4096, 0)
+    assert list((cache / "plans").glob("*.plan")), "the plan was not saved before nbdkit stopped"
