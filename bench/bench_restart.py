@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -36,31 +35,9 @@ sys.path.insert(0, str(HERE))
 import bench_build  # noqa: E402
 import trees  # noqa: E402
 from bench_dedup_cache import warm  # noqa: E402
+from procs import descendants, status_kib, stop  # noqa: E402
 
 VARIANTS = ("none first", "none restart", "content first", "content restart")
-
-
-def rss_kib(pid: int, field: str = "VmRSS") -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            kids = [int(k) for k in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
-        except OSError:
-            kids = []
-        out += kids
-        todo += kids
-    return out
 
 
 def serve_once(source: Path, dedup: str, cache: Path, wait_saved: bool) -> dict:
@@ -82,7 +59,7 @@ def serve_once(source: Path, dedup: str, cache: Path, wait_saved: bool) -> dict:
             h.connect_uri(uri)
             h.pread(4096, 0)
             seconds = time.perf_counter() - t0
-            rss = sum(rss_kib(p) for p in [proc.pid, *descendants(proc.pid)]) // 1024
+            rss = sum(status_kib(p) for p in [proc.pid, *descendants(proc.pid)]) // 1024
             h.shutdown()
             saved_s = None
             if wait_saved:
@@ -90,15 +67,10 @@ def serve_once(source: Path, dedup: str, cache: Path, wait_saved: bool) -> dict:
                 while time.monotonic() < deadline and not list((cache / "plans").glob("*.plan")):
                     time.sleep(0.05)
                 saved_s = time.perf_counter() - t0
-            peak = sum(rss_kib(p, "VmHWM") for p in [proc.pid, *descendants(proc.pid)]) // 1024
+            peak = sum(status_kib(p, "VmHWM") for p in [proc.pid, *descendants(proc.pid)]) // 1024
             return {"seconds": seconds, "rss_mib": rss, "peak_rss_mib": peak, "saved_after_s": saved_s}
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
 
 
 def bench_source(name: str, rounds: int, log) -> dict:

@@ -40,6 +40,7 @@ sys.path.insert(0, str(HERE))
 
 import trees  # noqa: E402
 from bench_serve import fio_randread  # noqa: E402
+from procs import rss_mib, stop  # noqa: E402
 
 CONFIGS: dict[str, list[str]] = {
     "threads=1 (default)": [],
@@ -50,13 +51,6 @@ CONFIGS: dict[str, list[str]] = {
                        "--param", "cache-min-block-size=4096"],
     "readahead filter": ["--filter", "readahead"],
 }
-
-
-def rss_mib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) // 1024
-    return 0
 
 
 def copy_seconds(uri: str) -> float:
@@ -89,12 +83,7 @@ def measure(tree: Path, extra: list[str], runtime: float, work: Path) -> dict[st
         out["qd16_iops"] = fio_randread(uri, 16, runtime)["iops"]
         return out
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         if nbdkit is not None:
             try:
                 os.kill(nbdkit, signal.SIGKILL)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -25,13 +24,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import trees  # noqa: E402
-
-
-def rss_mib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) // 1024
-    return 0
+from procs import rss_mib, stop  # noqa: E402
 
 
 def time_to_serve(tree: Path, dedup: str, checkout: Path) -> dict[str, float]:
@@ -50,12 +43,7 @@ def time_to_serve(tree: Path, dedup: str, checkout: Path) -> dict[str, float]:
             return {"seconds": round(seconds, 2), "rss_supervisor_mib": rss_mib(proc.pid),
                     "rss_nbdkit_mib": sum(rss_mib(int(k)) for k in kids)}
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
 
 
 def main() -> int:
