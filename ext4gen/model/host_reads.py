@@ -32,6 +32,7 @@ import os
 import stat
 import sys
 import threading
+import time
 from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -127,9 +128,6 @@ class PinList:
     flags: bytes
     pins: bytes
 
-    def __len__(self) -> int:
-        return len(self.flags)
-
 
 def unchanged(deps: PinList) -> bool:
     """True when every dependency still has the pin it was recorded with."""
@@ -192,17 +190,11 @@ def recording() -> Iterator[HostReads]:
             _hooked = True
         if _current is not None:
             raise RuntimeError("host reads are already being recorded")
-        rec = _current = HostReads(started_ns=_now_ns(), cwd=os.getcwd())
+        rec = _current = HostReads(started_ns=time.time_ns(), cwd=os.getcwd())
     try:
         yield rec
     finally:
         _current = None
-
-
-def _now_ns() -> int:
-    import time
-
-    return time.time_ns()
 
 
 def note(path: str | bytes, st: os.stat_result | None = None, *, follow: bool = False) -> None:
@@ -226,13 +218,6 @@ def note_listing(directory: bytes, st: os.stat_result, listed: list[tuple[bytes,
     for name, est in listed:
         pins[(prefix + os.fsdecode(name), False)] = (est.st_mode, est.st_dev, est.st_ino, est.st_size,
                                                      est.st_mtime_ns, est.st_ctime_ns)
-
-
-def note_unseen(why: str) -> None:
-    """Something the result depends on that no pin can describe (the record is refused)."""
-    rec = _current
-    if rec is not None:
-        rec.incomplete.append(why)
 
 
 def active() -> bool:
