@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import ext4gen
 from ext4gen import saved_plan
 from ext4gen.inputs.source import PLAN_LOG_ENV, BuildChoices, plan_source, plan_source_saved
 from ext4gen.model import host_reads
@@ -227,3 +228,20 @@ def test_the_switch_turns_saved_plans_off(tmp_path: Path, monkeypatch: pytest.Mo
     assert tree is not None and save is None
     assert plan_source_saved(str(src))[1] is not None
     assert _plans(tmp_path) == 2
+
+
+def test_under_a_source_root_a_swapped_source_is_refused_not_reused(tmp_path: Path):
+    """Sources opened beneath the root (openat2, no audit event) are pinned all the same."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "target").write_bytes(b"inside" * 1000)
+    (tmp_path / "secret").write_bytes(b"SECRET" * 1000)
+    m = root / "m.toml"
+    m.write_text('["/x"]\nsource = "target"\n')
+    time.sleep(SETTLE)
+    choices = BuildChoices(source_root=str(root))
+    _serve_twice(str(m), choices)
+    (root / "target").unlink()
+    os.symlink(tmp_path / "secret", root / "target")
+    with pytest.raises(ext4gen.ManifestError, match="outside the source root"):
+        plan_source_saved(str(m), choices)
