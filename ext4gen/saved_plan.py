@@ -136,7 +136,25 @@ def load(key: str) -> Plan | None:
     if plan is None or verdict != [True]:
         return None
     cache.touch(path)
+    _hold_cached_sources(plan)
     return plan
+
+
+def _hold_cached_sources(plan: Plan) -> None:
+    """Keep the cache entries the plan serves from (decompressed tars) from eviction, as
+    loading them does (``cache.hold``): another ext4gen's eviction must not take them away."""
+    root = str(cache.cache_root()) + "/"
+    held: set[str] = set()
+    for ip in plan.inodes:
+        host = ip.source.host_file() if ip is not None and ip.source is not None else None
+        if host is None or host.path in held or not host.path.startswith(root):
+            continue
+        held.add(host.path)
+        try:
+            fd = os.open(host.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue  # gone: its reads fail their pin check (EIO), as for any vanished source
+        cache.hold(fd)
 
 
 def _body_sealed(f: io.BufferedReader) -> bool:

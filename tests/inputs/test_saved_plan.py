@@ -8,6 +8,9 @@ too close to the start of the recording is not trusted, so nothing would be save
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import ext4gen
-from ext4gen import saved_plan
+from ext4gen import cache, saved_plan
 from ext4gen.inputs.source import PLAN_LOG_ENV, BuildChoices, plan_source, plan_source_saved
 from ext4gen.model import host_reads
 from ext4gen.model.sources import CallableSource
@@ -245,3 +248,42 @@ def test_under_a_source_root_a_swapped_source_is_refused_not_reused(tmp_path: Pa
     os.symlink(tmp_path / "secret", root / "target")
     with pytest.raises(ext4gen.ManifestError, match="outside the source root"):
         plan_source_saved(str(m), choices)
+
+
+_CHILD = """
+import sys
+from ext4gen.inputs.source import plan_source_saved
+image, tree, save = plan_source_saved(sys.argv[1])
+saved = save() if save is not None else None
+print(tree is None, saved, flush=True)
+sys.stdin.read()  # serve until told to stop
+"""
+
+
+def test_a_restart_from_a_compressed_tar_keeps_its_decompressed_copy_held(tmp_path: Path,
+                                                                          cache_dir: Path):
+    """The copy a saved plan serves from is held against eviction, as loading holds it."""
+    src = _tree(tmp_path)
+    archive = tmp_path / "t.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(src, arcname=".")
+    time.sleep(SETTLE)
+
+    def serve() -> tuple[subprocess.Popen[str], str]:
+        child = subprocess.Popen([sys.executable, "-c", _CHILD, str(archive)], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True)
+        assert child.stdout is not None
+        return child, child.stdout.readline().strip()
+
+    for _ in range(2):  # the first decompresses (a fresh copy is racy); the second saves
+        child, _line = serve()
+        child.communicate("")
+        time.sleep(SETTLE)
+    child, line = serve()
+    try:
+        assert line == "True None", line  # the third took the saved plan
+        (entry,) = [e for e in cache.entries("tar") if any(p.suffix == ".tar" for p in e.paths)]
+        assert cache._in_use(entry), "the decompressed copy served from is not held"
+    finally:
+        child.communicate("")
+    assert not cache._in_use(entry)
