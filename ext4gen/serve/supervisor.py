@@ -75,12 +75,13 @@ def nbdkit_command(opts: ServeOptions, sock: str | None, pidfile: str,
     return cmd + opts.params
 
 
-def _wait_ready(pidfile: str, proc: subprocess.Popen[bytes], error_file: str,
-                timeout: float | None) -> int:
-    """Wait until nbdkit's pidfile names a pid (it serves), or report why it exited.
+def _wait_for_pidfile(pidfile: str, proc: subprocess.Popen[bytes], name: str, timeout: float | None,
+                      exited: Callable[[int], Exception]) -> int:
+    """Wait until ``pidfile`` names a pid (``proc`` serves); if ``proc`` exits first, raise
+    what ``exited(status)`` makes of it.
 
-    No deadline by default: until nbdkit writes its pidfile it is planning, which
-    takes as long as the source is big (Ctrl-C stops it).
+    No deadline by default: until the pidfile is written the source is being
+    planned, which takes as long as the source is big (Ctrl-C stops it).
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
@@ -89,14 +90,23 @@ def _wait_ready(pidfile: str, proc: subprocess.Popen[bytes], error_file: str,
             return pid
         rc = proc.poll()
         if rc is not None:
-            with contextlib.suppress(OSError):
-                message = Path(error_file).read_text(errors="replace").strip()
-                if message:
-                    raise Ext4genError(message)  # the plugin's one line: bad input
-            raise ServeError(f"nbdkit exited with status {rc} before serving")
+            raise exited(rc)
         if deadline is not None and time.monotonic() > deadline:
-            raise ServeError(f"nbdkit did not start serving within {timeout:.0f} s")
+            raise ServeError(f"{name} did not start serving within {timeout:.0f} s")
         time.sleep(0.02)
+
+
+def _wait_ready(pidfile: str, proc: subprocess.Popen[bytes], error_file: str,
+                timeout: float | None) -> int:
+    """Wait until nbdkit serves, or report why it exited (the plugin's one line: bad input)."""
+    def exited(rc: int) -> Exception:
+        with contextlib.suppress(OSError):
+            message = Path(error_file).read_text(errors="replace").strip()
+            if message:
+                return Ext4genError(message)
+        return ServeError(f"nbdkit exited with status {rc} before serving")
+
+    return _wait_for_pidfile(pidfile, proc, "nbdkit", timeout, exited)
 
 
 def supervise(opts: ServeOptions, *, ready: Callable[[str, int], None] | None = None,
@@ -292,21 +302,14 @@ def start_background(opts: ServeOptions, timeout: float | None = None) -> Backgr
 
 def _wait_supervisor(pidfile: str, proc: subprocess.Popen[bytes], log: str, start: int,
                      timeout: float | None) -> int:
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        pid = read_pidfile(pidfile)
-        if pid is not None:
-            return pid
-        rc = proc.poll()
-        if rc is not None:
-            line = _first_error(log, start)
-            if rc == EXIT_INPUT and line:
-                raise Ext4genError(line)
-            raise ServeError(f"ext4gen serve exited with status {rc} before serving"
-                             + (f": {line}" if line else ""))
-        if deadline is not None and time.monotonic() > deadline:
-            raise ServeError(f"ext4gen serve did not start serving within {timeout:.0f} s")
-        time.sleep(0.02)
+    def exited(rc: int) -> Exception:
+        line = _first_error(log, start)
+        if rc == EXIT_INPUT and line:
+            return Ext4genError(line)
+        return ServeError(f"ext4gen serve exited with status {rc} before serving"
+                          + (f": {line}" if line else ""))
+
+    return _wait_for_pidfile(pidfile, proc, "ext4gen serve", timeout, exited)
 
 
 def _first_error(log: str, start: int) -> str:
