@@ -33,12 +33,14 @@ import sys
 import sysconfig
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from . import cache
 from .layout.plan import Plan
 from .layout.plan_codec import dump_plan, load_plan
 from .model import host_reads
+from .model.sources import HostFile
 
 AREA = "plans"
 DISABLE_ENV = "EXT4GEN_NO_SAVED_PLAN"  # set: every serve plans (and saves nothing)
@@ -144,12 +146,9 @@ def _hold_cached_sources(plan: Plan) -> None:
     """Keep the cache entries the plan serves from (decompressed tars) from eviction, as
     loading them does (``cache.hold``): another ext4gen's eviction must not take them away."""
     root = str(cache.cache_root()) + "/"
-    held: set[str] = set()
-    for ip in plan.inodes:
-        host = ip.source.host_file() if ip is not None and ip.source is not None else None
-        if host is None or host.path in held or not host.path.startswith(root):
+    for host in _served_files(plan):
+        if not host.path.startswith(root):
             continue
-        held.add(host.path)
         try:
             fd = os.open(host.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
@@ -226,12 +225,19 @@ def save(key: str, plan: Plan, reads: host_reads.HostReads) -> bool:
 def _pin_sources(plan: Plan, reads: host_reads.HostReads) -> None:
     """The host files the plan serves from join its dependencies (pinned when loaded)."""
     pins = reads.pins
-    for ip in plan.inodes:
-        host = ip.source.host_file() if ip is not None and ip.source is not None else None
-        if host is None:
-            continue
+    for host in _served_files(plan):
         p = host.pin
         listed = pins.get((host.path, False))  # a walk's lstat of a regular file is the same pin
         if listed is None or listed[1:] != (p.st_dev, p.st_ino, p.st_size, p.st_mtime_ns, p.st_ctime_ns):
             pins.setdefault((host.path, True), (None, p.st_dev, p.st_ino, p.st_size, p.st_mtime_ns,
                                                 p.st_ctime_ns))
+
+
+def _served_files(plan: Plan) -> Iterator[HostFile]:
+    """Each host file the plan's sources read, once (a tar's members share one)."""
+    seen: set[int] = set()
+    for ip in plan.inodes:
+        host = ip.source.host_file() if ip is not None and ip.source is not None else None
+        if host is not None and id(host) not in seen:
+            seen.add(id(host))
+            yield host
