@@ -14,7 +14,6 @@ import hashlib
 import importlib.util
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from types import ModuleType
 
 import pytest
 from helpers.oci import _edit, need_tools, run
-from helpers.processes import pid_running
+from helpers.processes import pid_running, stop_process
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "bootdisk"
 TWICE_V2 = b"the second layer's /etc/twice\n" * 50
@@ -107,13 +106,7 @@ def test_vm_boots_from_an_oci_image(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         if qemu is not None and qemu.poll() is None:
             qemu.kill()
             qemu.wait(30)
-        if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+        stop_process(server)
         if server.stdout:
             server.stdout.close()
         log.close()

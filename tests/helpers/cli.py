@@ -7,7 +7,6 @@ test where serving is only the means takes its server from ``helpers.servers``.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -15,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from helpers.processes import STOP_TIMEOUT, children, kill_pid, pid_running, program
+from helpers.processes import children, kill_pid, pid_running, program, stop_process
 
 CLI = [sys.executable, "-m", "ext4gen.cli"]
 START_TIMEOUT = 120.0
@@ -94,13 +93,7 @@ class CliServer:
 
     def stop(self) -> int:
         """SIGTERM the CLI (as Ctrl-C or a service manager would); kill by pid if it lingers."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         if hasattr(self, "nbdkit_pid"):
             kill_pid(self.nbdkit_pid)
         if self.proc.stdout:

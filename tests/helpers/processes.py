@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,17 @@ def kill_pid(pid: int, timeout: float = STOP_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
         while pid_running(pid) and time.monotonic() < deadline:
             time.sleep(0.02)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT) -> None:
+    """SIGTERM a child we started (as Ctrl-C or a service manager would), SIGKILL if it lingers."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def children(pid: int) -> list[int]:

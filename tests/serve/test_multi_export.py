@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from helpers.cli import CLI, build_image
-from helpers.processes import kill_pid, pid_running, subreaper
+from helpers.processes import kill_pid, pid_running, stop_process, subreaper
 from helpers.servers import connect, import_nbd, serving_sources
 from helpers.trees import make_source_tree
 
@@ -179,12 +178,7 @@ def test_the_plugin_serves_several_sources_when_nbdkit_runs_it_directly(sources,
             subprocess.run(["nbdcopy", f"nbd+unix:///{name}?socket={sock}", str(out)], check=True)
             assert out.read_bytes() == ref
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
     assert proc.stderr.read().decode().count("ext4gen: served ") == 2
 
 

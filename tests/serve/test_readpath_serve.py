@@ -16,7 +16,6 @@ import contextlib
 import os
 import random
 import resource
-import signal
 import subprocess
 import sys
 import threading
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from helpers.cli import CLI
-from helpers.processes import kill_pid
+from helpers.processes import kill_pid, stop_process
 from helpers.servers import connect, import_nbd
 
 pytestmark = [pytest.mark.root]
@@ -74,13 +73,7 @@ class Serve:
         return self.log.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         if hasattr(self, "nbdkit"):
             kill_pid(self.nbdkit)
         if not self._logf.closed:
