@@ -71,6 +71,9 @@ typedef struct {
     PyObject_HEAD
     region_t *regions;  /* n + 1: a sentinel whose start is the image size */
     Py_ssize_t n;
+    uint64_t *starts;   /* regions[k].start again, packed: the bisection touches few lines */
+    Py_ssize_t *coarse; /* per 2^cshift bytes of image: the region holding its first byte */
+    int cshift;
     hfile_t *files;
     Py_ssize_t nfiles;
     pthread_mutex_t fd_lock;
@@ -366,16 +369,45 @@ static void add_miss(misses_t *m, uint64_t lo, uint64_t hi) {
     m->n++;
 }
 
+/* The region holding offset (< image size).  The coarse index narrows the bisection to the
+ * regions of one 2^cshift-byte slice, so a lookup touches two or three cache lines instead
+ * of one per level of a bisection over the whole table (measured: most of the compiled
+ * path's own time per 4 KiB random read, when the table is cold in the CPU cache). */
 static Py_ssize_t find_region(const Table *t, uint64_t offset) {
-    Py_ssize_t lo = 0, hi = t->n; /* the last region whose start <= offset */
+    uint64_t c = offset >> t->cshift;
+    Py_ssize_t lo = t->coarse[c], hi = t->coarse[c + 1] + 1; /* the answer lies in [lo, hi) */
     while (hi - lo > 1) {
         Py_ssize_t mid = (lo + hi) / 2;
-        if (t->regions[mid].start <= offset)
+        if (t->starts[mid] <= offset)
             lo = mid;
         else
             hi = mid;
     }
     return lo;
+}
+
+/* Build starts and coarse (regions loaded and checked): at most 4 slices per region. */
+static int build_index(Table *t) {
+    uint64_t size = t->regions[t->n].start;
+    int shift = 12;
+    while (shift < 62 && (size >> shift) + 2 > (uint64_t)(4 * t->n + 64))
+        shift++;
+    Py_ssize_t nc = (Py_ssize_t)(size >> shift) + 2;
+    t->starts = malloc(((size_t)t->n + 1) * sizeof *t->starts);
+    t->coarse = malloc((size_t)nc * sizeof *t->coarse);
+    if (!t->starts || !t->coarse)
+        return -1;
+    for (Py_ssize_t k = 0; k <= t->n; k++)
+        t->starts[k] = t->regions[k].start;
+    Py_ssize_t k = 0;
+    for (Py_ssize_t c = 0; c < nc; c++) {
+        uint64_t at = (uint64_t)c << shift;
+        while (k + 1 < t->n && t->starts[k + 1] <= at)
+            k++;
+        t->coarse[c] = k;
+    }
+    t->cshift = shift;
+    return 0;
 }
 
 static void mark_blocks(Table *t, uint64_t offset, uint64_t len) {
@@ -524,7 +556,7 @@ static PyObject *Table_put_block(Table *t, PyObject *args) {
     Py_buffer data;
     if (!PyArg_ParseTuple(args, "Ky*", &block, &data))
         return NULL;
-    if (data.len != BLOCK || block * BLOCK >= t->regions[t->n].start) {
+    if (data.len != BLOCK || block >= (t->regions[t->n].start + BLOCK - 1) / BLOCK) { /* no overflow */
         PyBuffer_Release(&data);
         return PyErr_Format(PyExc_ValueError, "put_block: block %llu of %zd bytes", block, data.len);
     }
@@ -726,7 +758,7 @@ static int Table_init(Table *t, PyObject *args, PyObject *kw) {
     t->ring = malloc((size_t)t->ring_size * sizeof *t->ring);
     t->nchunks = (Py_ssize_t)(((t->regions[n].start + BLOCK - 1) / BLOCK >> CHUNK_SHIFT) + 1);
     t->chunks = calloc((size_t)t->nchunks, sizeof *t->chunks);
-    if (!t->slot_map || (t->pool_size && !t->pool) || !t->ring || !t->chunks) {
+    if (!t->slot_map || (t->pool_size && !t->pool) || !t->ring || !t->chunks || build_index(t)) {
         PyErr_NoMemory();
         goto out_l;
     }
@@ -770,6 +802,8 @@ static void Table_dealloc(Table *t) {
             free(t->chunks[k]);
     free(t->files);
     free(t->regions);
+    free(t->starts);
+    free(t->coarse);
     free(t->slot_map);
     free(t->pool);
     free(t->ring);

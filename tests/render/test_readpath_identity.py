@@ -241,3 +241,57 @@ def test_pure_python_is_selected_by_the_environment(monkeypatch: pytest.MonkeyPa
     assert "EXT4GEN_PURE_PYTHON" in fastpath.unavailable()
     monkeypatch.delenv("EXT4GEN_PURE_PYTHON")
     assert ext4gen.plan(tree).compiled == (fastpath._fastread is not None)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["meta", "zero", "py"]),
+                          st.sampled_from([1, 2, 3, 7, 300, 1 << 18, 1 << 28])), min_size=1, max_size=40),
+       st.randoms(use_true_random=False))
+def test_region_lookup_finds_every_region_of_a_synthetic_table(layout: list[tuple[str, int]],
+                                                              rng: random.Random) -> None:
+    """The compiled path's coarse index, over regions of one block to a terabyte.
+
+    Each metadata block holds its own number, so a lookup that lands in the wrong
+    region serves the wrong bytes; zero regions read as zeros and Python regions
+    come back as misses.  Huge zero regions make the index's slices larger than
+    most regions, tiny ones make one slice hold many.
+    """
+    from array import array
+
+    fr = fastpath._fastread
+    assert fr is not None, fastpath.unavailable()
+    kinds_by_name = {"meta": fr.META, "zero": fr.ZERO, "py": fr.PY}
+    starts, kinds, aux, blocks = [], [], [], 0
+    slots = 0
+    for name, n in layout:
+        if name == "meta":
+            n = min(n, 7)  # a slot per metadata block
+        starts.append(blocks * BLOCK)
+        kinds.append(kinds_by_name[name])
+        aux.append(slots if name == "meta" else 0)
+        slots += n if name == "meta" else 0
+        blocks += n
+    size = blocks * BLOCK
+    zeros = array("q", bytes(8 * len(kinds)))
+    table = fr.Table(array("Q", [*starts, size]), array("B", kinds), array("q", aux), zeros, zeros,
+                     [], slots, slots + 1)
+    meta_blocks = [b for (name, n), s in zip(layout, starts) if name == "meta"
+                   for b in range(s // BLOCK, s // BLOCK + min(n, 7))]
+    for b in meta_blocks:
+        assert table.put_block(b, b.to_bytes(8, "little") * (BLOCK // 8))
+    probes = [(b, "meta") for b in meta_blocks]
+    for (name, n), s in zip(layout, starts):
+        first = s // BLOCK
+        probes += [(first, name), (first + min(n, 7 if name == "meta" else n) - 1, name),
+                   (first + rng.randrange(min(n, 7 if name == "meta" else n)), name)]
+    buf = bytearray(BLOCK)
+    for b, name in probes:
+        left = table.read(buf, b * BLOCK)
+        if name == "meta":
+            assert left is None and bytes(buf) == b.to_bytes(8, "little") * (BLOCK // 8), b
+        elif name == "zero":
+            buf[:] = b"\xff" * BLOCK
+            assert table.read(buf, b * BLOCK) is None and not any(buf), b
+        else:
+            assert left == [(b * BLOCK, (b + 1) * BLOCK)], (b, left)
+    assert table.read(bytearray(), size) is None
