@@ -275,12 +275,12 @@ def test_region_lookup_finds_every_region_of_a_synthetic_table(layout: list[tupl
     zeros = array("q", bytes(8 * len(kinds)))
     table = fr.Table(array("Q", [*starts, size]), array("B", kinds), array("q", aux), zeros, zeros,
                      [], slots, slots + 1)
-    meta_blocks = [b for (name, n), s in zip(layout, starts) if name == "meta"
+    meta_blocks = [b for (name, n), s in zip(layout, starts, strict=True) if name == "meta"
                    for b in range(s // BLOCK, s // BLOCK + min(n, 7))]
     for b in meta_blocks:
         assert table.put_block(b, b.to_bytes(8, "little") * (BLOCK // 8))
     probes = [(b, "meta") for b in meta_blocks]
-    for (name, n), s in zip(layout, starts):
+    for (name, n), s in zip(layout, starts, strict=True):
         first = s // BLOCK
         probes += [(first, name), (first + min(n, 7 if name == "meta" else n) - 1, name),
                    (first + rng.randrange(min(n, 7 if name == "meta" else n)), name)]
