@@ -14,19 +14,21 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from . import __version__, progress
 from .errors import Ext4genError, ManifestError
 from .inputs.arguments import add_generator_arguments, add_source_arguments, choices_from_args
-from .inputs.source import plan_source
-from .inspect import describe_image_file, describe_plan, describe_source
-from .layout.planner import identity_map
-from .model.tree import Tree
-from .output import write_image
 from .remote import settings as remote_settings
-from .render.image import Image
 from .serve.commands import COMMANDS as SERVE_COMMANDS
-from .verify import compare_tree, e2fsck, is_root, loop_mount
+
+if TYPE_CHECKING:
+    from .model.tree import Tree
+    from .render.image import Image
+
+# The planner, the renderer, e2fsck and the loop mount are imported by the commands that
+# use them: ``ext4gen serve`` only parses its arguments and starts nbdkit (which plans),
+# so every module it loads is time before the first answer.
 
 EXIT_USAGE = 2
 SUBCOMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -37,6 +39,8 @@ def load_image(args: argparse.Namespace, *, reads_data: bool = True) -> tuple[Im
 
     Commands that never read file data (inspect) leave generator modules unimported.
     """
+    from .inputs.source import plan_source
+
     problem = source_problem(args.source, image_ok=False)
     if problem:
         raise ManifestError(args.source, problem)
@@ -98,6 +102,9 @@ def _data_bytes(image: Image) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from .layout.planner import identity_map
+    from .output import write_image
+
     t0 = time.perf_counter()
     image, _tree = load_image(args)
     t1 = time.perf_counter()
@@ -118,6 +125,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from .verify import compare_tree, e2fsck, is_root, loop_mount
+
     tree = None
     problem = source_problem(args.source, image_ok=True)
     if problem:
@@ -184,6 +193,8 @@ def _check_file(image: Image, quiet: bool) -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspect import describe_image_file, describe_plan, describe_source
+
     problem = source_problem(args.source, image_ok=True)
     if problem:
         raise ManifestError(args.source, problem)
@@ -255,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     progress.enable(progress.wanted(bool(getattr(args, "quiet", False))))
     if getattr(args, "platform", None):  # read by inputs/oci.py here and in nbdkit's planning
-        from .inputs.oci import PLATFORM_ENV
+        from .inputs.oci_names import PLATFORM_ENV
 
         os.environ[PLATFORM_ENV] = args.platform
     try:

@@ -232,7 +232,7 @@ def servable_source(manifest: Manifest, directory: Path) -> str:
     test nbdkit's file plugin, not ext4gen's.
     """
     if isinstance(manifest, str | os.PathLike):
-        from ext4gen.inputs.oci import absolute_any  # keeps oci:PATH[:REF] forms intact
+        from ext4gen.inputs.oci_names import absolute_any  # keeps oci:PATH[:REF] forms intact
 
         return absolute_any(os.fspath(manifest))
     if isinstance(manifest, dict):

@@ -16,9 +16,9 @@ from typing import Any
 from ..errors import ManifestError
 from ..model.options import DEDUP_MODES, TIMES_MODES, ImageFlags, SourceOptions, check_label, uuid_value
 from ..remote import settings as remote_settings
+from .choices import BuildChoices
 from .image_keys import check_mount_point
 from .ownership import check_id_map, parse_id_range, parse_owner, parse_root_owner
-from .source import BuildChoices
 
 
 def add_source_arguments(sp: argparse.ArgumentParser, what: str = "SOURCE", *, stdin: bool = True) -> None:

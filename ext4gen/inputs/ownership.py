@@ -14,9 +14,7 @@ import itertools
 import struct
 from collections.abc import Mapping
 
-from ..format.ondisk import ACL_GROUP, ACL_USER
 from ..model.options import IdRange
-from ..model.xattrs import ACL_ACCESS, ACL_DEFAULT, normalize_vfs_acl
 
 MAX_ID = (1 << 32) - 2  # (uid_t)-1 is no owner
 #: What an id outside every range of a map becomes, as the kernel shows such ids
@@ -110,6 +108,9 @@ def map_acl_ids(xattrs: Mapping[bytes, bytes], uid_map: IdMap | None,
 
     Two named entries that map to one id would make an invalid ACL: ValueError.
     """
+    from ..format.ondisk import ACL_GROUP, ACL_USER  # here: argument parsing needs none of this
+    from ..model.xattrs import ACL_ACCESS, ACL_DEFAULT, normalize_vfs_acl
+
     out = None
     for name in (ACL_ACCESS, ACL_DEFAULT):
         value = xattrs.get(name)

@@ -13,55 +13,22 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..errors import ManifestError
 from ..gcpause import gc_paused
 from ..layout.planner import plan_tree
 from ..model import host_reads
-from ..model.identity import IdentityMap
-from ..model.options import ImageFlags, ImageOptions, SourceOptions, check_dedup, source_date_epoch_ns
+from ..model.options import ImageOptions, SourceOptions, source_date_epoch_ns
 from ..model.tree import Meta, Tree
 from ..render.image import Image
 from .adjust import apply_source_options
+from .choices import BuildChoices
 from .manifest import HostPaths, import_source, load_manifest
 from .tar import is_tar
 
 # Each planning run appends "PID ORIGIN" here when set: how tests prove a serve plans once.
 PLAN_LOG_ENV = "EXT4GEN_PLAN_LOG"
-
-
-@dataclass(frozen=True)
-class BuildChoices:
-    """The options that shape an image and that every front door takes the same way.
-
-    None leaves the SOURCE's own choice (a manifest's ``[image]`` table).
-    """
-
-    dedup: str | None = None
-    inline_data: bool | None = None
-    base_map: str | None = None  # an identity map written by ``build --write-map``
-    source_root: str | None = None  # host paths must resolve inside it; generators refused
-    flags: ImageFlags = field(default_factory=ImageFlags)  # label, uuid, owners, times, labels …
-    generator_path: tuple[str, ...] = ()  # more directories generator modules may come from
-    load_generators: bool = True  # False: commands that read no data never import them
-
-    def __post_init__(self) -> None:
-        if self.dedup is not None:
-            check_dedup(self.dedup)
-
-    def overrides(self) -> dict[str, object]:
-        """:class:`ImageOptions` fields to set over the SOURCE's own."""
-        out: dict[str, object] = {}
-        if self.dedup is not None:
-            out["dedup"] = self.dedup
-        if self.inline_data is not None:
-            out["inline_data"] = self.inline_data
-        if self.base_map is not None:
-            out["base_map"] = IdentityMap.load(self.base_map)
-        for name, value in self.flags.image_overrides().items():
-            out[name] = value
-        return out
 
 
 @dataclass(frozen=True)

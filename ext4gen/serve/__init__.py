@@ -9,13 +9,37 @@
 ``nbdkit_plugin`` the plugin nbdkit runs (plans each source once, then serves it)
 """
 
-from .environment import child_env, plugin_path, runtime_dir
-from .mountstack import is_mountpoint, mount_state_dir
-from .options import ServeError, ServeOptions
-from .processes import pid_alive
-from .supervisor import Background, start_background, supervise
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .environment import child_env, plugin_path, runtime_dir
+    from .mountstack import is_mountpoint, mount_state_dir
+    from .options import ServeError, ServeOptions
+    from .processes import pid_alive
+    from .supervisor import Background, start_background, supervise
 
 __all__ = [
     "Background", "ServeError", "ServeOptions", "child_env", "is_mountpoint", "mount_state_dir",
     "pid_alive", "plugin_path", "runtime_dir", "start_background", "supervise",
 ]
+
+# Imported on first use: the plugin inside nbdkit imports ``ext4gen.serve.nbdkit_plugin``,
+# which must not pull in the supervisor and the mount stack before its first answer.
+_LAZY = {
+    "child_env": ".environment", "plugin_path": ".environment", "runtime_dir": ".environment",
+    "is_mountpoint": ".mountstack", "mount_state_dir": ".mountstack", "ServeError": ".options",
+    "ServeOptions": ".options", "pid_alive": ".processes", "Background": ".supervisor",
+    "start_background": ".supervisor", "supervise": ".supervisor",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ext4gen.serve' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..inputs.oci import absolute_any  # os.path.abspath that keeps oci:PATH[:REF] intact
+from ..inputs.oci_names import absolute_any  # os.path.abspath that keeps oci:PATH[:REF] intact
 from .environment import runtime_dir
 from .options import ServeError, ServeOptions
 from .processes import STOP_TIMEOUT, read_pidfile, stop_pid, wait_gone

@@ -15,8 +15,8 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 
 from ..errors import Ext4genError
-from ..inputs.oci import absolute_any  # os.path.abspath that keeps oci:PATH[:REF] intact
-from ..inputs.source import BuildChoices
+from ..inputs.choices import BuildChoices
+from ..inputs.oci_names import absolute_any  # os.path.abspath that keeps oci:PATH[:REF] intact
 from ..model.options import ImageFlags, check_dedup
 from ..model.sources import serving_fd_limit, source_fd_budget
 from .exports import ExportSpec, parse_export_arg, resolve_exports

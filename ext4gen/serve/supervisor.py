@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import Ext4genError
-from ..inputs.oci import absolute_any  # os.path.abspath that keeps oci:PATH[:REF] intact
+from ..inputs.oci_names import absolute_any  # os.path.abspath that keeps oci:PATH[:REF] intact
 from .environment import child_env, has_filter, plugin_path, runtime_dir
 from .options import ServeError, ServeOptions, plugin_args
 from .processes import (
@@ -93,7 +93,8 @@ def _wait_for_pidfile(pidfile: str, proc: subprocess.Popen[bytes], name: str, ti
             raise exited(rc)
         if deadline is not None and time.monotonic() > deadline:
             raise ServeError(f"{name} did not start serving within {timeout:.0f} s")
-        time.sleep(0.02)
+        time.sleep(0.005)  # a missing pidfile costs an ENOENT: polling finely is cheap and
+        # every millisecond here is time before the first answer
 
 
 def _wait_ready(pidfile: str, proc: subprocess.Popen[bytes], error_file: str,
