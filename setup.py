@@ -1,8 +1,10 @@
-"""Build configuration beyond pyproject.toml: three small plain CPython extensions.
+"""Build configuration beyond pyproject.toml: three small plain CPython extensions and a filter.
 
 ``ext4gen.render._fastread`` is the compiled read path; ``ext4gen.model._pincheck``
 checks a saved plan's host paths (a restart); ``ext4gen.serve._logfilter`` keeps
-nbdkit's per-request error lines out of the server log.
+nbdkit's per-request error lines out of the server log.  ``ext4gen.serve._nbdfilter``
+is an nbdkit filter (built like an extension, loaded by nbdkit) that answers reads
+through the compiled path before they enter Python.
 
 ``optional=True``: without a C compiler or Python headers the install still
 succeeds and ext4gen serves with its pure-Python read path (it says so once in
@@ -22,6 +24,9 @@ setup(
         Extension("ext4gen.model._pincheck", sources=["ext4gen/model/_pincheck.c"],
                   extra_compile_args=FLAGS, optional=True),
         Extension("ext4gen.serve._logfilter", sources=["ext4gen/serve/_logfilter.c"],
+                  extra_compile_args=FLAGS, optional=True),
+        # an nbdkit filter, not a Python module (nbdkit loads it; needs nbdkit-plugin-dev)
+        Extension("ext4gen.serve._nbdfilter", sources=["ext4gen/serve/_nbdfilter.c"],
                   extra_compile_args=FLAGS, optional=True),
     ]
 )

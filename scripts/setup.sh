@@ -41,6 +41,7 @@ PACKAGES=(
     umoci skopeo                      # container images for the OCI tests (made by real tools)
     nginx-light                       # the HTTP origin of the remote-content tests
     gcc python3-dev                   # build the compiled read path (ext4gen/render/_fastread.c)
+    nbdkit-plugin-dev                 # nbdkit-filter.h: ext4gen's nbdkit filter (ext4gen/serve/_nbdfilter.c)
 )
 
 # Packages only the boot-disk example (examples/bootdisk, tests/e2e/test_bootdisk.py)

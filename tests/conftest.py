@@ -45,24 +45,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # -- both read paths for the serving tests (issue 10) ----------------------------
 
 # Test modules (by basename prefix) whose every test runs twice: with the compiled read
-# path and with EXT4GEN_PURE_PYTHON=1, which the servers they start inherit.
+# path (ext4gen's nbdkit filter in front of the plugin, as serve runs it) and with
+# EXT4GEN_PURE_PYTHON=1, which the servers they start inherit.  The read-path module also
+# runs a third time with EXT4GEN_NO_FILTER=1: the plugin's own compiled path, as nbdkit
+# runs it without the filter.
 BOTH_READ_PATHS = ("test_serve", "test_multi_export", "test_readpath_serve")
+THREE_READ_PATHS = ("test_readpath_serve",)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     name = metafunc.module.__name__.rpartition(".")[2]
     if "read_path" in metafunc.fixturenames and name.startswith(BOTH_READ_PATHS):
-        metafunc.parametrize("read_path", ["compiled", "pure"], indirect=True)
+        paths = ["compiled", "pure"] + (["nofilter"] if name.startswith(THREE_READ_PATHS) else [])
+        metafunc.parametrize("read_path", paths, indirect=True)
 
 
 @pytest.fixture(autouse=True)
 def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """"compiled" (the default everywhere) or "pure" (EXT4GEN_PURE_PYTHON=1)."""
+    """"compiled" (the default everywhere), "pure" (EXT4GEN_PURE_PYTHON=1) or "nofilter"
+    (compiled, without ext4gen's nbdkit filter: EXT4GEN_NO_FILTER=1)."""
     path = getattr(request, "param", "compiled")
     if path == "pure":
         monkeypatch.setenv("EXT4GEN_PURE_PYTHON", "1")
     else:
         monkeypatch.delenv("EXT4GEN_PURE_PYTHON", raising=False)
+    if path == "nofilter":
+        monkeypatch.setenv("EXT4GEN_NO_FILTER", "1")
+    else:
+        monkeypatch.delenv("EXT4GEN_NO_FILTER", raising=False)
     return path
 
 

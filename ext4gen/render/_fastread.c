@@ -24,6 +24,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <dlfcn.h>
 #include <errno.h>
 
 #include <fcntl.h>
@@ -439,9 +440,11 @@ static void mark_blocks(Table *t, uint64_t offset, uint64_t len) {
     }
 }
 
-/* The whole request, GIL released.  Fills what it can, lists misses, stops at an error. */
+/* The whole request, GIL released.  Fills what it can, lists misses, stops at an error.
+ * Counted in the statistics unless ``whole_only`` and something was left (the nbdkit
+ * filter then hands the request to the plugin, which reads and counts it again). */
 static void do_read(Table *t, unsigned char *base, uint64_t offset, uint64_t len, misses_t *m,
-                    rerr_t *e) {
+                    rerr_t *e, int whole_only) {
     uint64_t end = offset + len, pos = offset;
     uint64_t meta = 0, data = 0, zero = 0, hits = 0, misses = 0;
     Py_ssize_t i = find_region(t, offset);
@@ -479,6 +482,8 @@ static void do_read(Table *t, unsigned char *base, uint64_t offset, uint64_t len
         pos = stop;
         i++;
     }
+    if (whole_only && (e->failed || m->n || m->oom))
+        return;
     ADD(t->c_requests, 1);
     if (meta)
         ADD(t->c_meta, meta);
@@ -526,7 +531,7 @@ static PyObject *Table_read(Table *t, PyObject *args) {
     misses_t m = {0};
     rerr_t e = {0};
     Py_BEGIN_ALLOW_THREADS
-    do_read(t, view.buf, offset, len, &m, &e);
+    do_read(t, view.buf, offset, len, &m, &e, 0);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
     PyObject *out = NULL;
@@ -843,7 +848,42 @@ static PyObject *set_fd_budget(PyObject *mod, PyObject *arg) {
     return PyLong_FromLong(__atomic_load_n(&g_open, __ATOMIC_RELAXED));
 }
 
+/* The nbdkit filter's entry point (ext4gen/serve/_nbdfilter.c): the whole request or
+ * nothing, never the GIL; -1 sends it on to the plugin. */
+static int filter_read(void *table, void *buf, uint64_t count, uint64_t offset) {
+    Table *t = table;
+    uint64_t size = t->regions[t->n].start;
+    if (offset > size || count > size - offset)
+        return -1;
+    misses_t m = {0};
+    rerr_t e = {0};
+    do_read(t, buf, offset, count, &m, &e, 1);
+    free(m.r);
+    return e.failed || m.n || m.oom ? -1 : 0;
+}
+
+typedef int (*register_fn)(const char *, void *, int (*)(void *, void *, uint64_t, uint64_t));
+
+static PyObject *publish(PyObject *mod, PyObject *args) {
+    const char *name;
+    PyObject *table;
+    if (!PyArg_ParseTuple(args, "sO!", &name, &TableType, &table))
+        return NULL;
+    register_fn reg = (register_fn)dlsym(RTLD_DEFAULT, "ext4gen_filter_register");
+    if (!reg)
+        Py_RETURN_FALSE;
+    Py_INCREF(table); /* the filter reads through it for the rest of the process */
+    if (reg(name, table, filter_read) != 0) {
+        Py_DECREF(table);
+        return PyErr_NoMemory();
+    }
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef module_methods[] = {
+    {"publish", publish, METH_VARARGS,
+     "publish(export_name, table) -> bool: let ext4gen's nbdkit filter answer this export's reads\n"
+     "(False: the filter is not loaded in this process)."},
     {"set_fd_budget", set_fd_budget, METH_O,
      "set_fd_budget(n) -> open: descriptors all tables together may keep open (now open: returned)."},
     {NULL, NULL, 0, NULL},

@@ -15,8 +15,6 @@ from array import array
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..format.ondisk import BLOCK_SIZE
-
 if TYPE_CHECKING:
     from .image import Region
 
@@ -64,6 +62,7 @@ def table_for(regions: Sequence[Region], size: int) -> Any | None:
     """The compiled path's table over ``regions``, or None to read in pure Python."""
     if _fastread is None or pure_python_requested():
         return None
+    from ..format.ondisk import BLOCK_SIZE
     from .image import DataRegion, MetaRegion, ZeroRegion
 
     n = len(regions)
@@ -93,6 +92,14 @@ def table_for(regions: Sequence[Region], size: int) -> Any | None:
             kinds[i] = _fastread.PY
     starts[n] = size
     return _fastread.Table(starts, kinds, aux, file_offs, data_lens, files, slots, CACHE_BLOCKS)
+
+
+def publish(name: str, table: Any | None) -> bool:
+    """Let ext4gen's nbdkit filter (``ext4gen/serve/_nbdfilter.c``) answer export ``name``'s
+    reads from ``table`` without entering Python; False when that filter is not loaded."""
+    if _fastread is None or table is None:
+        return False
+    return bool(_fastread.publish(name, table))
 
 
 def _default_budget() -> None:

@@ -236,6 +236,11 @@ class Image:
         """
         return None if self._fast is None else self._fast.read
 
+    def publish(self, export_name: str) -> bool:
+        """Hand the compiled path's table to ext4gen's nbdkit filter for ``export_name``
+        (False: the pure-Python path, or no such filter in this process)."""
+        return fastpath.publish(export_name, self._fast)
+
     def complete(self, mv: memoryview, offset: int, left: object) -> None:
         """Finish a request the compiled path left work in: ``left`` is a failure reason
         (raised as SourceError) or the image ranges for the region records to fill."""

@@ -100,6 +100,46 @@ def nbdkit_config() -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
+FILTER_MARKER = b"ext4gen-nbdkit-filter-for="
+NO_FILTER_ENV = "EXT4GEN_NO_FILTER"  # serve without ext4gen's filter (every read through Python)
+
+
+def ext4gen_filter() -> str | None:
+    """ext4gen's nbdkit filter (ext4gen/serve/_nbdfilter.c), when built for the installed
+    nbdkit and not turned off with ``EXT4GEN_NO_FILTER=1``."""
+    if os.environ.get(NO_FILTER_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+        return None
+    return built_filter()
+
+
+@functools.cache
+def built_filter() -> str | None:
+    """The filter built next to this module, if built for the installed nbdkit."""
+    import importlib.machinery
+
+    here = Path(__file__).resolve().parent
+    return filter_for([here / f"_nbdfilter{s}" for s in importlib.machinery.EXTENSION_SUFFIXES],
+                      nbdkit_config().get("version", ""))
+
+
+def filter_for(paths: list[Path], version: str) -> str | None:
+    """The first of ``paths`` built for nbdkit ``version``.
+
+    nbdkit refuses a filter built against another version, so the version the
+    filter was built for (a marker in the file) must equal ``nbdkit --dump-config``'s;
+    after an nbdkit upgrade without a rebuild, serve simply goes without it.
+    """
+    for path in paths:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue
+        at = data.find(FILTER_MARKER)
+        if version and at >= 0 and data[at + len(FILTER_MARKER):].split(b";", 1)[0] == version.encode():
+            return str(path)
+    return None
+
+
 def has_filter(name: str) -> bool:
     filterdir = nbdkit_config().get("filterdir")
     return bool(filterdir) and os.path.exists(os.path.join(filterdir, f"nbdkit-{name}-filter.so"))

@@ -29,7 +29,8 @@ from pathlib import Path
 
 from ..errors import Ext4genError
 from ..inputs.oci_names import absolute_any  # os.path.abspath that keeps oci:PATH[:REF] intact
-from .environment import child_env, has_filter, plugin_path, runtime_dir
+from ..render.fastpath import pure_python_requested
+from .environment import child_env, ext4gen_filter, has_filter, plugin_path, runtime_dir
 from .options import ServeError, ServeOptions, plugin_args
 from .processes import (
     STOP_GRACE,
@@ -57,6 +58,9 @@ def nbdkit_command(opts: ServeOptions, sock: str | None, pidfile: str,
     if opts.cache:
         cmd.append("--filter=cache")
     cmd += [f"--filter={f}" for f in opts.filters]
+    own = ext4gen_filter() if not pure_python_requested() else None
+    if own:  # innermost, right in front of the plugin: it answers reads without Python
+        cmd.append(f"--filter={own}")
     if sock is not None:
         cmd += ["--unix", sock]
     else:
