@@ -78,7 +78,7 @@ def serve_tables(r: dict) -> str:
            "| nbdkit --threads | plugin | seq cold MiB/s | seq warm MiB/s | 4k QD1 IOPS (mean lat) "
            "| 4k QD16 IOPS |", "| ---: | --- | ---: | ---: | ---: | ---: |"]
     for t in threads:
-        for p in ("file", "pyfile", "ext4gen", "ext4gen-pure"):
+        for p in ("file", "pyfile", "ext4gen", "ext4gen-nofilter", "ext4gen-pure"):
             x = runs.get(f"{p}/t{t}")
             if not x:
                 continue
@@ -90,8 +90,9 @@ def serve_tables(r: dict) -> str:
     for p, x in r["cache"].items():
         out.append(f"| {p} | {x['seq_warm']['MiB_s']:.0f} | {x['rand_qd1']['iops']:.0f} | "
                    f"{x['rand_qd16']['iops']:.0f} |")
-    out += ["", "| kernel: nbdfuse + loop mount, 16 threads | `tar -cf - MNT \\| wc -c`, caches dropped "
-            "(best; all) | warm |", "| --- | ---: | ---: |"]
+    kt = r.get("kernel_threads", 16)
+    out += ["", f"| kernel: nbdfuse + loop mount, {kt} threads | `tar -cf - MNT \\| wc -c`, "
+            "caches dropped (best; all) | warm |", "| --- | ---: | ---: |"]
     for p, x in r["kernel"].items():
         out.append(f"| {p} | {x['cold_s']:.2f} s; {x['all_cold_s']} | {x['warm_s']:.2f} s |")
     pc = r.get("pread_cost")

@@ -49,7 +49,7 @@ _SUFFIX = ".plan"
 # Read by the loaders (SOURCE_DATE_EPOCH, the OCI platform …) or not: every such
 # variable is in the key, except these, which change where or how, never what.
 _ENV_NOT_IN_KEY = frozenset(("EXT4GEN_CACHE", "EXT4GEN_CACHE_MAX", "EXT4GEN_PLAN_LOG",
-                             "EXT4GEN_PURE_PYTHON", "EXT4GEN_NO_DIGEST_CACHE"))
+                             "EXT4GEN_PURE_PYTHON", "EXT4GEN_NO_DIGEST_CACHE", "EXT4GEN_NO_FILTER"))
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 _code: str | None = None
 # Opened while recording but not inputs: modules imported on first use.
