@@ -10,10 +10,10 @@ Typical use::
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .errors import Ext4genError, ManifestError, SourceError
+from .lazy import lazy_names
 
 if TYPE_CHECKING:
     from .inputs.manifest import load_manifest, parse_manifest
@@ -30,7 +30,7 @@ __version__ = "0.1.0"
 # the other commands start faster when the planner and renderer are not loaded for them.
 _LAZY = {
     "load_manifest": ".inputs.manifest", "parse_manifest": ".inputs.manifest",
-    "BuildChoices": ".inputs.source", "Plan": ".layout.planner", "plan_tree": ".layout.planner",
+    "BuildChoices": ".inputs.choices", "Plan": ".layout.planner", "plan_tree": ".layout.planner",
     "ImageFlags": ".model.options", "ImageOptions": ".model.options", "SourceOptions": ".model.options",
     "CallableSource": ".model.sources", "HostFileSource": ".model.sources", "InlineSource": ".model.sources",
     "Source": ".model.sources", "ZeroSource": ".model.sources", "Meta": ".model.tree", "Node": ".model.tree",
@@ -38,13 +38,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ext4gen' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _LAZY, globals())
 
 
 def plan(tree: Tree, options: ImageOptions | None = None) -> Image:
