@@ -11,6 +11,8 @@ import argparse
 import os
 from dataclasses import dataclass, replace
 
+from ..switches import is_on
+
 ENV_ALLOW_HTTP = "EXT4GEN_ALLOW_HTTP"
 ENV_S3_ENDPOINT = "EXT4GEN_S3_ENDPOINT"
 ENV_TIMEOUT = "EXT4GEN_REMOTE_TIMEOUT"
@@ -46,10 +48,6 @@ class RemoteSettings:
         return out
 
 
-def _truthy(v: str | None) -> bool:
-    return (v or "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def from_env() -> RemoteSettings:
     """The process-wide settings; bad values fall back to defaults (checked by the CLI)."""
     try:
@@ -62,7 +60,7 @@ def from_env() -> RemoteSettings:
         chunk = DEFAULT_CHUNK_SIZE
     if not MIN_CHUNK_SIZE <= chunk <= MAX_CHUNK_SIZE or chunk % 4096:
         chunk = DEFAULT_CHUNK_SIZE
-    return RemoteSettings(allow_http=_truthy(os.environ.get(ENV_ALLOW_HTTP)),
+    return RemoteSettings(allow_http=is_on(os.environ.get(ENV_ALLOW_HTTP)),
                           s3_endpoint=os.environ.get(ENV_S3_ENDPOINT) or None,
                           timeout=max(0.1, timeout), chunk_size=chunk)
 

@@ -10,15 +10,15 @@ turns it off; without the built extension the pure-Python path is used and
 
 from __future__ import annotations
 
-import os
 from array import array
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..switches import PURE_PYTHON_ENV, pure_python_requested
+
 if TYPE_CHECKING:
     from .image import Region
 
-PURE_PYTHON_ENV = "EXT4GEN_PURE_PYTHON"
 CACHE_BLOCKS = 8192  # rendered metadata blocks the compiled path keeps (32 MiB, touched lazily)
 
 try:
@@ -28,10 +28,6 @@ try:
 except ImportError as _e:  # not built (no compiler at install time) or built for another Python
     _fastread = None
     _IMPORT_ERROR = str(_e)
-
-
-def pure_python_requested() -> bool:
-    return os.environ.get(PURE_PYTHON_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def unavailable() -> str:

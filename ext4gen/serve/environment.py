@@ -17,6 +17,7 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
+from ..switches import NO_FILTER_ENV, env_flag, pure_python_requested
 from .options import ServeError
 
 PLUGIN_ENV = "EXT4GEN_NBDKIT_PLUGIN"
@@ -101,13 +102,13 @@ def nbdkit_config() -> dict[str, str]:
 
 
 FILTER_MARKER = b"ext4gen-nbdkit-filter-for="
-NO_FILTER_ENV = "EXT4GEN_NO_FILTER"  # serve without ext4gen's filter (every read through Python)
 
 
 def ext4gen_filter() -> str | None:
     """ext4gen's nbdkit filter (ext4gen/serve/_nbdfilter.c), when built for the installed
-    nbdkit and not turned off with ``EXT4GEN_NO_FILTER=1``."""
-    if os.environ.get(NO_FILTER_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+    nbdkit and not turned off (``EXT4GEN_NO_FILTER=1``, or ``EXT4GEN_PURE_PYTHON=1``: no
+    compiled path to answer with)."""
+    if env_flag(NO_FILTER_ENV) or pure_python_requested():
         return None
     return built_filter()
 

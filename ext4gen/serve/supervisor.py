@@ -29,7 +29,6 @@ from pathlib import Path
 
 from ..errors import Ext4genError
 from ..inputs.oci_names import absolute_any  # os.path.abspath that keeps oci:PATH[:REF] intact
-from ..render.fastpath import pure_python_requested
 from .environment import child_env, ext4gen_filter, has_filter, plugin_path, runtime_dir
 from .options import ServeError, ServeOptions, plugin_args
 from .processes import (
@@ -58,7 +57,7 @@ def nbdkit_command(opts: ServeOptions, sock: str | None, pidfile: str,
     if opts.cache:
         cmd.append("--filter=cache")
     cmd += [f"--filter={f}" for f in opts.filters]
-    own = ext4gen_filter() if not pure_python_requested() else None
+    own = ext4gen_filter()
     if own:  # innermost, right in front of the plugin: it answers reads without Python
         cmd.append(f"--filter={own}")
     if sock is not None:

@@ -1,0 +1,24 @@
+"""Environment switches that turn parts of ext4gen off (``EXT4GEN_PURE_PYTHON=1`` …).
+
+One reading of "on" everywhere, and no imports: the supervisor of ``ext4gen serve``
+reads them before it starts nbdkit, so they must not load the renderer.
+"""
+
+from __future__ import annotations
+
+import os
+
+PURE_PYTHON_ENV = "EXT4GEN_PURE_PYTHON"  # reads in pure Python: no compiled path, no filter
+NO_FILTER_ENV = "EXT4GEN_NO_FILTER"  # serve without ext4gen's nbdkit filter
+
+
+def is_on(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def env_flag(name: str) -> bool:
+    return is_on(os.environ.get(name))
+
+
+def pure_python_requested() -> bool:
+    return env_flag(PURE_PYTHON_ENV)
