@@ -81,19 +81,19 @@ def cmd_umount(args: argparse.Namespace) -> int:
 def _add_server_args(sp: argparse.ArgumentParser) -> None:
     """What shapes nbdkit, for serve and mount alike."""
     sp.add_argument("--filter", action="append", metavar="NAME",
-                    help="nbdkit filter to stack (repeatable), e.g. cache, readahead")
+                    help="nbdkit filter to stack (repeatable; outside ext4gen's own filter, "
+                    "which answers reads in C), e.g. readahead")
     sp.add_argument("--param", action="append", metavar="KEY=VALUE",
                     help="extra nbdkit parameter, e.g. for a filter: cache-max-size=1G")
     sp.add_argument("-t", "--threads", type=int, default=DEFAULT_THREADS,
                     help=f"nbdkit worker threads per connection (default {DEFAULT_THREADS}: "
-                    "the plugin holds the GIL, and nbdkit 1.32.4+ before 1.33.3 can crash "
-                    "with more when a client hangs up)")
+                    "nbdkit 1.32.4+ before 1.33.3 can crash with more when a client hangs up)")
     sp.add_argument("--max-clients", type=int, metavar="N",
                     help="refuse clients beyond N connected at once (default: what the "
                     "descriptor budget leaves room for; 0: no limit)")
     sp.add_argument("--cache", metavar="SIZE", help="keep up to SIZE (e.g. 256M) of read "
-                    "blocks in nbdkit's C cache filter: warm reads skip Python, but a cached "
-                    "block is served as planned after its source changes instead of EIO")
+                    "blocks in nbdkit's cache filter: a cached block is served as planned "
+                    "after its source changes instead of EIO")
     sp.add_argument("-v", "--verbose", action="store_true",
                     help="nbdkit -v: debug output, including per-connection read statistics")
 

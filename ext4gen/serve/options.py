@@ -23,8 +23,9 @@ from .exports import ExportSpec, parse_export_arg, resolve_exports
 
 # Worker threads per connection.  One, because nbdkit 1.32.4 to 1.33.2 (Debian
 # 12 ships 1.32.5) abort()s when a client hangs up while two threads of its
-# connection hold replies (RHBZ#2173054, fixed upstream by 9d82aa4f), and because
-# the plugin holds the GIL anyway: measured figures in docs/SERVING.md.
+# connection hold replies (RHBZ#2173054, fixed upstream by 9d82aa4f).  Before
+# ext4gen's filter answered reads in C, more threads were also slower (the plugin
+# holds the GIL): figures in docs/SERVING.md.
 # Connections are still served in parallel, one thread each.
 DEFAULT_THREADS = 1
 
