@@ -111,13 +111,7 @@ def through_nbdkit(manifest: Path, image: Path, repeat: int, runtime: float) -> 
                                        check=True).stdout) for n, s in srv.items()}
         for n, s in srv.items():
             bs.seq_copy(s.uri, sizes[n])  # warm: metadata rendered, descriptors open
-        got = {n: {"seq": [], "qd1": [], "qd16": []} for n in srv}
-        allsrv = list(srv.values())
-        for _ in range(repeat):
-            for n, s in srv.items():
-                got[n]["seq"].append(bs.measured(allsrv, bs.seq_copy, s.uri, sizes[n]))
-                got[n]["qd1"].append(bs.measured(allsrv, bs.fio_randread, s.uri, 1, runtime))
-                got[n]["qd16"].append(bs.measured(allsrv, bs.fio_randread, s.uri, 16, runtime))
+        got = bs.measure_rounds(srv, repeat, sizes, runtime)
     for n, g in got.items():
         out[n] = {"seq": bs.best_of(g["seq"], "MiB_s"), "qd1": bs.best_of(g["qd1"], "iops"),
                   "qd16": bs.best_of(g["qd16"], "iops")}

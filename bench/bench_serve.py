@@ -310,14 +310,17 @@ def measured(servers: list[Server], fn, *args) -> dict:
     return r
 
 
-def measure_rounds(srv: dict[str, Server], repeat: int, size: int, runtime: float) -> dict:
+def measure_rounds(srv: dict[str, Server], repeat: int, size: int | dict[str, int],
+                   runtime: float) -> dict:
     """``repeat`` rounds of sequential copy and 4 KiB random reads (QD1, QD16) per server,
-    interleaved so that drift on the machine hits every server alike."""
+    interleaved so that drift on the machine hits every server alike.  ``size``: the
+    export size, or each server's by name when their exports differ."""
     allsrv = list(srv.values())
     got: dict = {n: {"seq": [], "qd1": [], "qd16": []} for n in srv}
     for _ in range(repeat):
         for n, s in srv.items():
-            got[n]["seq"].append(measured(allsrv, seq_copy, s.uri, size))
+            n_bytes = size[n] if isinstance(size, dict) else size
+            got[n]["seq"].append(measured(allsrv, seq_copy, s.uri, n_bytes))
             got[n]["qd1"].append(measured(allsrv, fio_randread, s.uri, 1, runtime))
             got[n]["qd16"].append(measured(allsrv, fio_randread, s.uri, 16, runtime))
     return got
