@@ -41,6 +41,7 @@ from .layout.plan import Plan
 from .layout.plan_codec import dump_plan, load_plan
 from .model import host_reads
 from .model.sources import HostFile
+from .switches import NO_FILTER_ENV, PURE_PYTHON_ENV
 
 AREA = "plans"
 DISABLE_ENV = "EXT4GEN_NO_SAVED_PLAN"  # set: every serve plans (and saves nothing)
@@ -49,7 +50,7 @@ _SUFFIX = ".plan"
 # Read by the loaders (SOURCE_DATE_EPOCH, the OCI platform …) or not: every such
 # variable is in the key, except these, which change where or how, never what.
 _ENV_NOT_IN_KEY = frozenset(("EXT4GEN_CACHE", "EXT4GEN_CACHE_MAX", "EXT4GEN_PLAN_LOG",
-                             "EXT4GEN_PURE_PYTHON", "EXT4GEN_NO_DIGEST_CACHE", "EXT4GEN_NO_FILTER"))
+                             PURE_PYTHON_ENV, "EXT4GEN_NO_DIGEST_CACHE", NO_FILTER_ENV))
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 _code: str | None = None
 # Opened while recording but not inputs: modules imported on first use.
