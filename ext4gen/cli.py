@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for _name, register in SERVE_COMMANDS:  # serve, mount, umount
         register(sub)
-    from .publish import register as register_publish
+    from .publish_cli import register as register_publish
 
     register_publish(sub)
     from . import cache_cli

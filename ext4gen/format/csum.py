@@ -8,9 +8,37 @@ chain of raw updates seeded from the filesystem UUID.
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import struct
+import sys
+from collections.abc import Callable
 
-from crc32c import crc32c as _std
+
+def _load_crc32c() -> Callable[..., int]:
+    """The crc32c package's C function, loaded without the package's ``__init__``: that
+    calls ``importlib.metadata.version()``, which scans every installed distribution
+    and costs each process 10-35 ms of a serve's start, for a version string unused here."""
+    loaded = sys.modules.get("crc32c._crc32c")
+    if loaded is None:
+        spec = importlib.util.find_spec("crc32c")
+        folders = list(spec.submodule_search_locations or ()) if spec else []
+        for folder in folders:
+            found = importlib.machinery.FileFinder(
+                folder, (importlib.machinery.ExtensionFileLoader,
+                         importlib.machinery.EXTENSION_SUFFIXES)).find_spec("crc32c._crc32c")
+            if found is not None and found.loader is not None:
+                loaded = importlib.util.module_from_spec(found)
+                found.loader.exec_module(loaded)
+                break
+        else:  # an unusual install (zipped, another layout): the ordinary import
+            from crc32c import crc32c as std
+
+            return std
+    return loaded.crc32c
+
+
+_std = _load_crc32c()
 
 _MASK = 0xFFFFFFFF
 _INO_GEN = struct.Struct("<II")
