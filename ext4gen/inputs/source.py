@@ -17,15 +17,15 @@ from dataclasses import dataclass
 
 from ..errors import ManifestError
 from ..gcpause import gc_paused
-from ..layout.planner import plan_tree
 from ..model import host_reads
 from ..model.options import ImageOptions, SourceOptions, source_date_epoch_ns
 from ..model.tree import Meta, Tree
 from ..render.image import Image
-from .adjust import apply_source_options
 from .choices import BuildChoices
-from .manifest import HostPaths, import_source, load_manifest
 from .tar import is_tar
+
+# The planner and the loaders are imported where they are used: a serve that reuses a
+# saved plan (plan_source_saved) needs neither, and starts that much sooner.
 
 # Each planning run appends "PID ORIGIN" here when set: how tests prove a serve plans once.
 PLAN_LOG_ENV = "EXT4GEN_PLAN_LOG"
@@ -43,6 +43,9 @@ class SourceKind:
 
 def _host_tree(source: str, choices: BuildChoices) -> tuple[Tree, ImageOptions]:
     """A directory or archive as the whole image: its root gets the defaults a manifest's has."""
+    from .adjust import apply_source_options
+    from .manifest import HostPaths, import_source
+
     expect = None
     if choices.source_root is not None:
         host = HostPaths(os.getcwd(), choices.source_root)
@@ -67,6 +70,8 @@ def _is_oci(source: str) -> bool:
 
 def _container_image(source: str, choices: BuildChoices) -> tuple[Tree, ImageOptions]:
     """A container image's layers applied as the OCI spec says (see inputs/oci.py)."""
+    from .adjust import apply_source_options
+    from .manifest import HostPaths
     from .oci import absolute_source, import_oci
 
     if choices.source_root is not None:
@@ -82,6 +87,8 @@ def _container_image(source: str, choices: BuildChoices) -> tuple[Tree, ImageOpt
 
 
 def _manifest(source: str, choices: BuildChoices) -> tuple[Tree, ImageOptions]:
+    from .manifest import load_manifest
+
     return load_manifest(source, source_root=choices.source_root, source_options=choices.flags.source,
                          generator_path=choices.generator_path, load_generators=choices.load_generators)
 
@@ -113,6 +120,8 @@ def load_source(source: str, choices: BuildChoices = BuildChoices()) -> tuple[Tr
 
 def plan_loaded(tree: Tree, options: ImageOptions | None, origin: str | None) -> Image:
     """Plan a loaded tree; an error found while planning names ``origin`` as loading would."""
+    from ..layout.planner import plan_tree
+
     log = os.environ.get(PLAN_LOG_ENV)
     if log:
         with open(log, "a", encoding="utf-8") as f:
