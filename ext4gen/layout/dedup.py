@@ -27,6 +27,7 @@ from .placer import Placer
 
 ZERO_BLOCK = bytes(BLOCK_SIZE)
 READ_CHUNK = 1 << 20
+COMPARE_AHEAD_MAX = 64  # blocks a candidate read may fetch ahead (256 KiB)
 
 
 def block_hash(block: bytes | memoryview) -> bytes:
@@ -137,6 +138,11 @@ class DataAllocator:
     # cache: the content the default UUID and hash seed derive from, the same either way.
     _content: Any = field(default_factory=xxhash.xxh3_128)
     on_read: Callable[[int], object] | None = None  # told the bytes read for hashing (progress)
+    # The candidate blocks read last for a byte comparison: (first, end, bytes).  A copied
+    # file compares block after block against consecutive blocks of one earlier run, so
+    # reads grow (1, 4, 16, 64 blocks) while the requests follow each other.
+    _window: tuple[int, int, bytes] | None = None
+    _ahead: int = 1
 
     def content_digest(self) -> bytes:
         """A digest of the block keys of every file content dedup placed (none with mode "none")."""
@@ -274,12 +280,20 @@ class DataAllocator:
 
     def block_bytes(self, phys: int) -> bytes:
         """The 4 KiB content of an allocated (relative) block, re-read from its source."""
+        w = self._window
+        if w is not None and w[0] <= phys < w[1]:
+            rel = (phys - w[0]) * BLOCK_SIZE
+            return w[2][rel : rel + BLOCK_SIZE]
+        self._ahead = min(self._ahead * 4, COMPARE_AHEAD_MAX) if w is not None and phys == w[1] else 1
         run = self.runs[bisect.bisect_right(self._run_starts, phys) - 1]
+        count = min(self._ahead, run.block + run.nblocks - phys)
         rel = (phys - run.block) * BLOCK_SIZE
-        n = max(0, min(BLOCK_SIZE, run.nbytes - rel))
-        buf = bytearray(BLOCK_SIZE)
+        n = max(0, min(count * BLOCK_SIZE, run.nbytes - rel))
+        buf = bytearray(count * BLOCK_SIZE)
         run.source.readinto(memoryview(buf)[:n], run.offset + rel)
-        return bytes(buf)
+        data = bytes(buf)
+        self._window = (phys, phys + count, data)
+        return data[:BLOCK_SIZE]
 
     def finish(self) -> None:
         """Save what was learnt for the next plan, and drop the lookup tables."""
@@ -289,3 +303,4 @@ class DataAllocator:
         self._by_hash = {}
         self._by_identity = {}
         self._source_keys = {}
+        self._window = None

@@ -61,7 +61,8 @@ class Placer:
         else:
             key = alloc.hash_block(block)
             self.keys += key  # type: ignore[operator]
-            if key == self.zero_key and block == ZERO_BLOCK:
+            # Compared as bytes: comparing memoryviews goes item by item (30 times slower).
+            if key == self.zero_key and block.tobytes() == ZERO_BLOCK:
                 self.zeros.add(ordinal)  # type: ignore[union-attr]
                 stats.zero_blocks += 1
                 self.run = None
@@ -203,13 +204,15 @@ class Placer:
         if hit is None:
             return None
         verdict = self.equal.get(ordinal) if block is None else None
+        # Compared as bytes: comparing memoryviews goes item by item (30 times slower).
+        data = None if block is None else block.tobytes()
         for phys in (hit,) if isinstance(hit, int) else hit:
             if verdict is not None and alloc.relation(phys) == verdict:
                 return phys
-            if block is None:  # a saved record without a verdict for this candidate: read
-                block = memoryview(_read_block(self.source, logical))
+            if data is None:  # a saved record without a verdict for this candidate: read
+                data = _read_block(self.source, logical)
                 alloc.stats.bytes_compared += BLOCK_SIZE
-            if alloc.block_bytes(phys) == block:
+            if alloc.block_bytes(phys) == data:
                 rel = alloc.relation(phys)
                 if self.equal.get(ordinal) != rel:
                     self.changed = True
