@@ -240,8 +240,7 @@ class DataAllocator:
                 self.stats.bytes_hashed += n
                 if self.on_read is not None:
                     self.on_read(n)
-                for pos in range(0, n, BLOCK_SIZE):
-                    placer.place((offset + pos) // BLOCK_SIZE, mv[pos : pos + BLOCK_SIZE])
+                placer.place_read(offset // BLOCK_SIZE, mv[: -(-n // BLOCK_SIZE) * BLOCK_SIZE])
                 offset += n
 
     def relation(self, phys: int) -> Relation | None:
@@ -269,6 +268,11 @@ class DataAllocator:
         """``block_hash`` looked up at call time, so a test's replacement is what the placer uses."""
         return block_hash(block)
 
+    @staticmethod
+    def hasher() -> Callable[[bytes | memoryview], bytes]:
+        """``block_hash`` as it is now (a test's replacement included), for a chunk of calls."""
+        return block_hash
+
     def _remember(self, key: bytes, phys: int) -> None:
         hit = self._by_hash.get(key)
         if hit is None:
@@ -287,13 +291,19 @@ class DataAllocator:
         self._ahead = min(self._ahead * 4, COMPARE_AHEAD_MAX) if w is not None and phys == w[1] else 1
         run = self.runs[bisect.bisect_right(self._run_starts, phys) - 1]
         count = min(self._ahead, run.block + run.nblocks - phys)
+        data = self.run_bytes(phys, count)
+        self._window = (phys, phys + count, data)
+        return data[:BLOCK_SIZE]
+
+    def run_bytes(self, phys: int, count: int) -> bytes:
+        """The content of allocated blocks ``phys``… (``count``, all of one run), read in one go."""
+        run = self.runs[bisect.bisect_right(self._run_starts, phys) - 1]
+        assert phys + count <= run.block + run.nblocks, (phys, count, run)
         rel = (phys - run.block) * BLOCK_SIZE
         n = max(0, min(count * BLOCK_SIZE, run.nbytes - rel))
         buf = bytearray(count * BLOCK_SIZE)
         run.source.readinto(memoryview(buf)[:n], run.offset + rel)
-        data = bytes(buf)
-        self._window = (phys, phys + count, data)
-        return data[:BLOCK_SIZE]
+        return bytes(buf)
 
     def finish(self) -> None:
         """Save what was learnt for the next plan, and drop the lookup tables."""

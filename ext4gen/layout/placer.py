@@ -48,8 +48,76 @@ class Placer:
     def record(self) -> Record:
         return Record(tuple(self.source.pin), bytes(self.keys), frozenset(self.zeros), self.equal)  # type: ignore[attr-defined]
 
-    def place(self, logical: int, block: memoryview | None) -> None:
-        """Place one block; ``block`` is its 4 KiB (zero-padded) content, or None from a record."""
+    def place_read(self, logical: int, chunk: memoryview) -> None:
+        """:meth:`place` for the blocks of ``chunk`` (whole, zero-padded blocks), read on a first run.
+
+        When no block of it is zeros or has a key already seen, and none repeats,
+        each would be a new block extending the same run: the chunk is then
+        allocated at once, as :meth:`place_saved` does on a restart.
+        """
+        hash_block = self.alloc.hasher()
+        views = [chunk[pos : pos + BLOCK_SIZE] for pos in range(0, len(chunk), BLOCK_SIZE)]
+        keys = [hash_block(v) for v in views]
+        if self.zero_key not in keys and self._new_stretch(logical, self.ordinal, len(keys), keys):
+            self.keys += b"".join(keys)  # type: ignore[operator]
+            self.ordinal += len(keys)
+            return
+        i = 0
+        while i < len(keys):
+            k = self._share_read(logical + i, chunk, keys, i) if keys[i] != self.zero_key else 0
+            if k:
+                i += k
+                continue
+            self.place(logical + i, views[i], keys[i])
+            i += 1
+
+    def _share_read(self, logical: int, chunk: memoryview, keys: list[bytes], i: int) -> int:
+        """Share blocks ``i``… of a chunk whose keys lead, one for one, to consecutive blocks
+        of one earlier run, and whose bytes equal those blocks' bytes, read in one go.
+
+        That is what a copied file looks like on a first run.  Returns how many
+        blocks were placed (0: not such a stretch; place them one by one).  For
+        each block it decides what :meth:`place` would: the key's only candidate,
+        confirmed by bytes, with the same verdict recorded.
+        """
+        alloc = self.alloc
+        by_hash = alloc._by_hash
+        p0 = by_hash.get(keys[i])
+        if type(p0) is not int:
+            return 0
+        run = alloc.runs[bisect.bisect_right(alloc._run_starts, p0) - 1]
+        limit = min(len(keys) - i, run.block + run.nblocks - p0)
+        zero_key = self.zero_key
+        k = 1
+        while k < limit and keys[i + k] != zero_key and by_hash.get(keys[i + k]) == p0 + k:
+            k += 1
+        if k < 2 or alloc.run_bytes(p0, k) != chunk[i * BLOCK_SIZE : (i + k) * BLOCK_SIZE].tobytes():
+            return 0
+        o = self.ordinal
+        rel0 = alloc.relation(p0)
+        equal = self.equal
+        for j in range(k):
+            rel = None if rel0 is None else (rel0[0], rel0[1], rel0[2] + j * BLOCK_SIZE)
+            if equal.get(o + j) != rel:
+                self.changed = True
+                if rel is None:
+                    equal.pop(o + j, None)
+                else:
+                    equal[o + j] = rel
+        self.keys += b"".join(keys[i : i + k])  # type: ignore[operator]
+        self.ordinal = o + k
+        stats = alloc.stats
+        stats.data_blocks_referenced += k
+        stats.shared_references += k
+        alloc.shared = True
+        self.builder.add_blocks(logical, p0, k)
+        return k
+
+    def place(self, logical: int, block: memoryview | None, key: bytes | None = None) -> None:
+        """Place one block; ``block`` is its 4 KiB (zero-padded) content, or None from a record.
+
+        ``key``: the block's key when the caller has already hashed ``block``.
+        """
         alloc, stats, ordinal = self.alloc, self.alloc.stats, self.ordinal
         self.ordinal += 1
         if block is None:
@@ -59,7 +127,8 @@ class Placer:
                 self.run = None
                 return
         else:
-            key = alloc.hash_block(block)
+            if key is None:
+                key = alloc.hash_block(block)
             self.keys += key  # type: ignore[operator]
             # Compared as bytes: comparing memoryviews goes item by item (30 times slower).
             if key == self.zero_key and block.tobytes() == ZERO_BLOCK:
@@ -129,18 +198,21 @@ class Placer:
             ordinal += nspan
         self.ordinal = ordinal
 
-    def _new_stretch(self, logical: int, o: int, n: int) -> bool:
-        """Allocate ``n`` saved blocks as new ones if none has a key already seen (else False)."""
+    def _new_stretch(self, logical: int, o: int, n: int, ks: list[bytes] | None = None) -> bool:
+        """Allocate ``n`` blocks as new ones if none has a key already seen (else False).
+
+        ``ks``: their keys, else taken from the saved record's at ordinal ``o``.
+        """
         alloc = self.alloc
-        keys, by_hash = self.keys, alloc._by_hash
+        by_hash = alloc._by_hash
+        if ks is None:
+            keys = self.keys
+            ks = [keys[16 * i : 16 * i + 16] for i in range(o, o + n)]
         if n == 1:
-            ks = [keys[16 * o : 16 * o + 16]]
             if ks[0] in by_hash:
                 return False
-        else:
-            ks = [keys[16 * i : 16 * i + 16] for i in range(o, o + n)]
-            if len(set(ks)) != n or not by_hash.keys().isdisjoint(ks):
-                return False
+        elif len(set(ks)) != n or not by_hash.keys().isdisjoint(ks):
+            return False
         offset = logical * BLOCK_SIZE
         nbytes = min(n * BLOCK_SIZE, self.source.size - offset)
         phys = alloc.next_block

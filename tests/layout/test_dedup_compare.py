@@ -7,7 +7,9 @@ These trees are built from a few distinct blocks (copies, shifted copies,
 repeats, zeros, partial tails), and with ``collide`` the dedup key is reduced
 to one byte so that unequal blocks share keys.  Every logical block of every
 file is then read back from the image through its extents: it must hold the
-file's bytes, whatever was shared.
+file's bytes, whatever was shared.  And the chunk at a time placement (a
+stretch of new blocks, or of blocks shared with consecutive earlier ones, at
+once) must decide exactly what placing block by block decides.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from hypothesis import strategies as st
 import ext4gen
 import ext4gen.layout.dedup
 from ext4gen.format.ondisk import BLOCK_SIZE
+from ext4gen.layout.placer import Placer
 
 META = ext4gen.Meta(0o644, 0, 0, 0, 0, 0, 0)
 
@@ -50,17 +53,28 @@ def _contents(spec: list[tuple[list[int], int]]) -> list[bytes]:
     return out
 
 
+def _one_by_one(self: Placer, logical: int, chunk: memoryview) -> None:
+    """The reference: every block of the chunk through Placer.place."""
+    for pos in range(0, len(chunk), BLOCK_SIZE):
+        self.place(logical + pos // BLOCK_SIZE, chunk[pos : pos + BLOCK_SIZE])
+
+
+def _plan(contents: list[bytes], collide: bool, reference: bool = False) -> ext4gen.Image:
+    tree = ext4gen.Tree(ext4gen.Meta(0o755, 0, 0, 0, 0, 0, 0))
+    for n, data in enumerate(contents):
+        tree.add(f"/f{n}", ext4gen.Node("file", META, source=ext4gen.InlineSource(data)))
+    with (mock.patch.object(ext4gen.layout.dedup, "block_hash",
+                            _coarse_key if collide else ext4gen.layout.dedup.block_hash),
+          mock.patch.object(Placer, "place_read", _one_by_one if reference else Placer.place_read)):
+        return ext4gen.plan(tree, ext4gen.ImageOptions(dedup="content", inline_data=False))
+
+
 @settings(max_examples=60, deadline=None)
 @given(spec=files_strategy, collide=st.booleans())
 def test_every_shared_block_holds_the_bytes_of_each_file_using_it(spec: list[tuple[list[int], int]],
                                                                    collide: bool) -> None:
     contents = _contents(spec)
-    tree = ext4gen.Tree(ext4gen.Meta(0o755, 0, 0, 0, 0, 0, 0))
-    for n, data in enumerate(contents):
-        tree.add(f"/f{n}", ext4gen.Node("file", META, source=ext4gen.InlineSource(data)))
-    with mock.patch.object(ext4gen.layout.dedup, "block_hash",
-                           _coarse_key if collide else ext4gen.layout.dedup.block_hash):
-        image = ext4gen.plan(tree, ext4gen.ImageOptions(dedup="content", inline_data=False))
+    image = _plan(contents, collide)
     plan = image.plan
     data_start = plan.geometry.data_start
     seen = 0
@@ -83,3 +97,9 @@ def test_every_shared_block_holds_the_bytes_of_each_file_using_it(spec: list[tup
     stats = plan.dedup_stats
     if not collide:
         assert stats.collisions == 0
+    one_by_one = _plan(contents, collide, reference=True).plan
+    assert [ip and ip.extents for ip in plan.inodes] == [ip and ip.extents for ip in one_by_one.inodes]
+    assert [(r.block, r.nblocks, r.offset, r.nbytes) for r in plan.runs] == \
+        [(r.block, r.nblocks, r.offset, r.nbytes) for r in one_by_one.runs]
+    assert plan.dedup_stats == one_by_one.dedup_stats
+    assert plan.uuid == one_by_one.uuid  # the content digest: every key, in the same order
