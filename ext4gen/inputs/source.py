@@ -146,9 +146,10 @@ def plan_source_saved(source: str, choices: BuildChoices = BuildChoices()
     """:func:`plan_source`, reusing the plan a previous call saved while its inputs are unchanged.
 
     Returns (image, tree, save): tree is None when the saved plan was used (no
-    tree was loaded); ``save`` saves a new plan for the next call (None when
-    there is nothing to save), and may run later, in a thread, while the image
-    serves.  See :mod:`ext4gen.saved_plan` for what is saved and how it is checked.
+    tree was loaded); ``save`` saves a new plan for the next call, and the block
+    digests content dedup learned (None when there is nothing to save), and may
+    run later, in a thread, while the image serves.  See :mod:`ext4gen.saved_plan`
+    for what is saved and how it is checked.
     """
     from .. import saved_plan
 
@@ -159,6 +160,16 @@ def plan_source_saved(source: str, choices: BuildChoices = BuildChoices()
         plan = saved_plan.load(key)
         if plan is not None:
             return Image(plan), None, None
-    with host_reads.recording() as reads:
+    from ..layout.digest_cache import saves_deferred
+
+    with host_reads.recording() as reads, saves_deferred() as digest_writes:
         image, tree = plan_source(source, choices)
-    return image, tree, lambda: saved_plan.save(key, image.plan, reads)
+
+    def save() -> bool:
+        try:
+            return saved_plan.save(key, image.plan, reads)
+        finally:
+            for write in digest_writes:  # block digests, for a plan of a changed tree
+                write()
+
+    return image, tree, save

@@ -287,3 +287,37 @@ def test_a_restart_from_a_compressed_tar_keeps_its_decompressed_copy_held(tmp_pa
     finally:
         child.communicate("")
     assert not cache._in_use(entry)
+
+
+def test_block_digests_are_written_by_save_not_before_the_first_answer(tmp_path: Path,
+                                                                        cache_dir: Path):
+    """A serve answers before it writes the digest cache (a file per source directory): the
+    writes wait for save(), which also keeps them for a plan of a changed tree."""
+    from ext4gen.layout.digest_cache import AREA
+
+    src = _tree(tmp_path)
+    digests = cache_dir / AREA
+
+    def groups() -> list[str]:
+        return sorted(p.name for p in digests.glob("*.json")) if digests.exists() else []
+
+    _image, tree, save = plan_source_saved(str(src), BuildChoices(dedup="content"))
+    assert tree is not None and save is not None
+    assert groups() == [], "digests were written before save()"
+    assert save() is True
+    written = groups()
+    assert len(written) == 2  # tree/ and tree/sub/ hold the host files dedup read
+    (src / "big.bin").write_bytes(os.urandom(300_000))  # the saved plan no longer holds
+    time.sleep(SETTLE)
+    read: list[int] = []
+    original = ext4gen.model.sources.HostFile.read_parts
+
+    def counting(self, parts):  # type: ignore[no-untyped-def]
+        read.append(sum(n for _b, _o, n in parts))
+        return original(self, parts)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ext4gen.model.sources.HostFile, "read_parts", counting)
+        _image, tree, _save = plan_source_saved(str(src), BuildChoices(dedup="content"))
+    assert tree is not None
+    assert sum(read) == 300_000, "only the changed file is read; the others' digests were saved"
