@@ -21,7 +21,7 @@ from typing import Any
 import xxhash
 
 from ..format.ondisk import BLOCK_SIZE, EXT_INIT_MAX_LEN
-from ..model.sources import Source
+from ..model.sources import HostFileSource, Source
 from .digest_cache import DigestCache, Relation, source_key
 from .placer import Placer
 
@@ -227,13 +227,18 @@ class DataAllocator:
         size = source.size
         buf = bytearray(min(READ_CHUNK, -(-size // BLOCK_SIZE) * BLOCK_SIZE))
         mv = memoryview(buf)
+        read = source.readinto
+        if size <= READ_CHUNK and len(spans) == 1 and isinstance(source, HostFileSource) \
+                and source.segments is None:  # read in one go, once: no cached descriptor
+            host, base = source.file, source.base_offset
+            read = lambda view, offset: host.read_parts([(view, base + offset, len(view))], once=True)  # noqa: E731
         for first, nspan in spans:
             placer.run = None
             offset = first * BLOCK_SIZE
             span_end = min(size, (first + nspan) * BLOCK_SIZE)
             while offset < span_end:
                 n = min(len(buf), span_end - offset)
-                source.readinto(mv[:n], offset)
+                read(mv[:n], offset)
                 if n % BLOCK_SIZE:
                     pad = -n % BLOCK_SIZE
                     mv[n : n + pad] = ZERO_BLOCK[:pad]

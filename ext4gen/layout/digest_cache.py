@@ -105,7 +105,8 @@ class DigestCache:
 
     def __init__(self, area: Path) -> None:
         self.area = area
-        self._groups: dict[str, dict[str, list]] = {}  # group file name -> key -> raw record
+        # group file name -> key -> raw record (JSON), or a Record this plan stored
+        self._groups: dict[str, dict[str, list | Record]] = {}
         self._dirty: set[str] = set()
         self._names: dict[str, str] = {}  # directory -> group file name
         self._last = ("", "")  # (key, group) of the last lookup
@@ -130,7 +131,7 @@ class DigestCache:
             group = self._names[directory] = digest[:32] + ".json"
         return group
 
-    def _load(self, group: str) -> dict[str, list]:
+    def _load(self, group: str) -> dict[str, list | Record]:
         records = self._groups.get(group)
         if records is None:
             records = {}
@@ -151,6 +152,8 @@ class DigestCache:
         group = self._group(key)
         self._last = (key, group)  # store() usually follows for the same file
         raw = self._load(group).get(key)
+        if isinstance(raw, Record):  # stored by this plan, not yet written
+            return raw if raw.pin == tuple(source.pin) else None  # type: ignore[attr-defined]
         if raw is None or not isinstance(raw, list) or raw[0] != [*source.pin]:  # type: ignore[attr-defined]
             return None
         try:
@@ -159,8 +162,9 @@ class DigestCache:
             return None
 
     def store(self, key: str, record: Record) -> None:
+        """Keep ``record`` for the next plan; it becomes JSON when written (see :meth:`save`)."""
         group = self._last[1] if self._last[0] == key else self._group(key)
-        self._load(group)[key] = record.to_json()
+        self._load(group)[key] = record
         self._dirty.add(group)
 
     def save(self) -> None:
@@ -179,8 +183,9 @@ class DigestCache:
     def _write(self) -> None:
         try:
             for group in sorted(self._dirty):
-                body = json.dumps({"format": FORMAT, "files": self._groups[group]},
-                                  separators=(",", ":")).encode()
+                files = {k: v.to_json() if isinstance(v, Record) else v
+                         for k, v in self._groups[group].items()}
+                body = json.dumps({"format": FORMAT, "files": files}, separators=(",", ":")).encode()
                 write_atomic(self.area / group, seal(body))
             enforce_bound()
         except (OSError, CacheError) as e:

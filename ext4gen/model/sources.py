@@ -233,14 +233,17 @@ class HostFile:
         """pread exactly ``len(buf)`` bytes, then re-check the pin (no stale bytes)."""
         self.read_parts([(buf, offset, len(buf))])
 
-    def read_parts(self, parts: list[tuple[memoryview, int, int]]) -> None:
+    def read_parts(self, parts: list[tuple[memoryview, int, int]], *, once: bool = False) -> None:
         """Fill each ``(buf, offset, ndata)``: ``ndata`` bytes from ``offset``, then zeros.
 
         One request often spans several runs of the same file (blocks between
         them deduplicated elsewhere, or tar members): they share one descriptor
-        lookup and one pin check, made after the last read.
+        lookup and one pin check, made after the last read.  ``once``: with a
+        descriptor of its own, closed at once, for a file read exactly once
+        (hashed while planning), where the shared cache would only churn.
         """
-        fd = FD_CACHE.acquire(self)
+        fd = self.open_pinned() if once else FD_CACHE.acquire(self)
+        broken = True
         try:
             for buf, offset, ndata in parts:
                 want = min(len(buf), ndata)
@@ -253,14 +256,14 @@ class HostFile:
                 if want < len(buf):
                     zero_fill(buf[max(want, 0) :])
             self.check(os.fstat(fd))
-        except SourceError:
-            FD_CACHE.release(self, broken=True)
-            raise
+            broken = False
         except OSError as e:
-            FD_CACHE.release(self, broken=True)
             raise SourceError(f"{self.path}: read failed: {e.strerror}") from e
-        else:
-            FD_CACHE.release(self)
+        finally:
+            if once:
+                os.close(fd)
+            else:
+                FD_CACHE.release(self, broken=broken)
 
 
 class _FdCache:

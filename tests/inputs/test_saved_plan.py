@@ -312,9 +312,9 @@ def test_block_digests_are_written_by_save_not_before_the_first_answer(tmp_path:
     read: list[int] = []
     original = ext4gen.model.sources.HostFile.read_parts
 
-    def counting(self, parts):  # type: ignore[no-untyped-def]
+    def counting(self, parts, **kw):  # type: ignore[no-untyped-def]
         read.append(sum(n for _b, _o, n in parts))
-        return original(self, parts)
+        return original(self, parts, **kw)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ext4gen.model.sources.HostFile, "read_parts", counting)

@@ -63,9 +63,9 @@ def bytes_read(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     count = [0]
     original = sources.HostFile.read_parts
 
-    def counting(self: sources.HostFile, parts: list[tuple[memoryview, int, int]]) -> None:
+    def counting(self: sources.HostFile, parts: list[tuple[memoryview, int, int]], **kw: bool) -> None:
         count[0] += sum(min(len(buf), n) for buf, _off, n in parts)
-        original(self, parts)
+        original(self, parts, **kw)
 
     monkeypatch.setattr(sources.HostFile, "read_parts", counting)
     yield count
@@ -236,3 +236,26 @@ def test_a_tree_without_host_files_never_touches_the_cache(tmp_path: Path, capfd
     assert image.plan.dedup_stats.shared_references == 2
     assert capfd.readouterr().err == ""
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_a_host_file_named_twice_in_one_plan_uses_the_record_that_plan_stored(
+        host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records are kept as objects until written: the second entry of the same host file finds
+    the first one's record (a digest hit, no second read) and the image is unchanged."""
+    def tree() -> ext4gen.Tree:
+        t = ext4gen.Tree(ext4gen.Meta(0o755, 0, 0, 0, 0, 0, 0))
+        meta = ext4gen.Meta(0o644, 0, 0, 0, 0, 0, 0)
+        for name in ("one", "two"):
+            t.add(f"/{name}", ext4gen.Node("file", meta, source=sources.HostFileSource(str(host / "big"))))
+        return t
+
+    image = ext4gen.plan(tree(), ext4gen.ImageOptions(dedup="content"))
+    stats = image.plan.dedup_stats
+    assert (stats.digest_hits, stats.digest_misses) == (1, 1)
+    assert stats.bytes_hashed == len(FILES["big"])  # hashed once; the second entry's blocks are
+    # only compared with the first's (no verdict names them yet), then shared
+    assert stats.shared_references == len(FILES["big"]) // BLOCK_SIZE
+    with monkeypatch.context() as m:
+        m.setenv("EXT4GEN_NO_DIGEST_CACHE", "1")
+        reference = ext4gen.plan(tree(), ext4gen.ImageOptions(dedup="content"))
+    assert _digest(image) == _digest(reference)

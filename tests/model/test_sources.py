@@ -93,9 +93,9 @@ def test_a_request_over_several_runs_of_one_file_reads_them_as_one_batch(
     batches: list[int] = []
     real = HostFile.read_parts
 
-    def counting(self: HostFile, parts: list[tuple[memoryview, int, int]]) -> None:
+    def counting(self: HostFile, parts: list[tuple[memoryview, int, int]], **kw: bool) -> None:
         batches.append(len(parts))
-        real(self, parts)
+        real(self, parts, **kw)
 
     monkeypatch.setattr(HostFile, "read_parts", counting)
     runs, data_start = image.plan.runs, image.plan.geometry.data_start
@@ -109,3 +109,21 @@ def test_a_request_over_several_runs_of_one_file_reads_them_as_one_batch(
     os.utime(archive, ns=(1, 1))  # the archive changed: the whole request fails, no stale bytes
     with pytest.raises(SourceError, match="changed"):
         image.read(start, end - start)
+
+
+def test_a_read_once_leaves_no_descriptor_open_or_cached(tmp_path: Path, small_cache: _FdCache):
+    """Plan-time hashing reads each small file once, with a descriptor it closes at once: a
+    good read, a changed file (refused) and a vanished one all leave the table as it was."""
+    src = _files(tmp_path, 3)
+    before = _open_fds()
+    buf = bytearray(100)
+    src[0].file.read_parts([(memoryview(buf), 0, 100)], once=True)
+    assert bytes(buf) == bytes([0]) * 100
+    (tmp_path / "f1").write_bytes(b"changed")
+    with pytest.raises(SourceError, match="changed since"):
+        src[1].file.read_parts([(memoryview(buf), 0, 100)], once=True)
+    (tmp_path / "f2").unlink()
+    with pytest.raises(SourceError, match="cannot open"):
+        src[2].file.read_parts([(memoryview(buf), 0, 100)], once=True)
+    assert _open_fds() == before
+    assert len(small_cache._fds) == 0
