@@ -42,6 +42,7 @@ PACKAGES=(
     nginx-light                       # the HTTP origin of the remote-content tests
     gcc python3-dev                   # build the compiled read path (ext4gen/render/_fastread.c)
     nbdkit-plugin-dev                 # nbdkit-filter.h: ext4gen's nbdkit filter (ext4gen/serve/_nbdfilter.c)
+    libxxhash-dev                     # xxhash.h: content dedup's file reader (ext4gen/layout/_hashread.c)
 )
 
 # Packages only the boot-disk example (examples/bootdisk, tests/e2e/test_bootdisk.py)

@@ -40,9 +40,20 @@ def allocate_data(inodes: Sequence[InodePlan | None], nodes: Sequence[Node | Non
     with progress.phase("hashing", to_hash or None, unit="B", scale=True) as tick:
         allocator.on_read = tick
         try:
+            if options.dedup == "content":
+                allocator.start_read_ahead(_read_ahead_order(inodes, options))
             return _allocate_each(inodes, nodes, options, allocator)
         finally:
             allocator.on_read = None
+            allocator.stop_read_ahead()
+
+
+def _read_ahead_order(inodes: Sequence[InodePlan | None], options: ImageOptions) -> list[Source]:
+    """The sources :func:`_allocate_each` will read for content dedup, in its order (a guess:
+    one it skips, or inlines after all, is only read ahead in vain)."""
+    inline_max = MAX_INLINE_SIZE if options.inline_data else 0
+    return [ip.source for ip in inodes if ip is not None and ip.kind == FILE and ip.source is not None
+            and ip.source.size > inline_max and ip.source.plan_readable and not ip.source.all_zero]
 
 
 def _allocate_each(inodes: Sequence[InodePlan | None], nodes: Sequence[Node | None],

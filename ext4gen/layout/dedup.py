@@ -22,8 +22,10 @@ import xxhash
 
 from ..format.ondisk import BLOCK_SIZE, EXT_INIT_MAX_LEN
 from ..model.sources import HostFileSource, Source
-from .digest_cache import DigestCache, Relation, source_key
+from . import read_ahead
+from .digest_cache import DigestCache, Record, Relation, source_key
 from .placer import Placer
+from .read_ahead import ReadAhead
 
 ZERO_BLOCK = bytes(BLOCK_SIZE)
 READ_CHUNK = 1 << 20
@@ -33,6 +35,9 @@ COMPARE_AHEAD_MAX = 64  # blocks a candidate read may fetch ahead (256 KiB)
 def block_hash(block: bytes | memoryview) -> bytes:
     """The dedup key of a 4 KiB block (a module attribute so tests can force collisions)."""
     return xxhash.xxh3_128_digest(block)
+
+
+_XXH3 = block_hash  # the keys _hashread computes too (read_ahead)
 
 
 @dataclass(slots=True)
@@ -133,11 +138,13 @@ class DataAllocator:
     digests: DigestCache | None = None  # opened on the first file that content dedup reads
     _digests_opened: bool = False
     _source_keys: dict[Source, str | None] = field(default_factory=dict)  # memo of source_key
+    _looked_up: dict[Source, tuple[str | None, Record | None]] = field(default_factory=dict)
     _zero_key: bytes | None = None
     # Every file's block keys, in plan order, whether hashed now or taken from the digest
     # cache: the content the default UUID and hash seed derive from, the same either way.
     _content: Any = field(default_factory=xxhash.xxh3_128)
     on_read: Callable[[int], object] | None = None  # told the bytes read for hashing (progress)
+    read_ahead: ReadAhead | None = None  # small host files read in C, ahead of placing
     # The candidate blocks read last for a byte comparison: (first, end, bytes).  A copied
     # file compares block after block against consecutive blocks of one earlier run, so
     # reads grow (1, 4, 16, 64 blocks) while the requests follow each other.
@@ -191,14 +198,25 @@ class DataAllocator:
         self.next_block += nblocks
         return start
 
-    def _allocate_content(self, source: Source, spans: list[tuple[int, int]]) -> list[Extent]:
-        key = source_key(source)  # None for sources that are not host files: nothing to save
-        self._source_keys[source] = key
+    def _lookup(self, source: Source) -> tuple[str | None, Record | None]:
+        """The source's digest-cache key (None: nothing to save) and its saved record, if any;
+        looked up once, by :meth:`start_read_ahead` or when the source is allocated."""
+        found = self._looked_up.get(source)
+        if found is not None:
+            return found
+        key = source_key(source)  # None for sources that are not host files
         if key is not None:
             self._open_digests()
             if self.digests is None:
                 key = None
         record = self.digests.lookup(source, key) if key is not None else None  # type: ignore[union-attr]
+        self._looked_up[source] = (key, record)
+        return key, record
+
+    def _allocate_content(self, source: Source, spans: list[tuple[int, int]]) -> list[Extent]:
+        key, record = self._lookup(source)
+        del self._looked_up[source]
+        self._source_keys[source] = key
         nblocks = sum(n for _f, n in spans)
         if record is not None and len(record.keys) == 16 * nblocks:
             self.stats.digest_hits += 1
@@ -209,7 +227,15 @@ class DataAllocator:
             self._content.update(placer.keys)
             return placer.builder.finish()
         placer = Placer(self, source, None)
-        self._hash_spans(placer, spans)
+        ahead = self.read_ahead.take(source) if self.read_ahead is not None else None  # type: ignore[arg-type]
+        if ahead is not None:  # read and hashed in C; keys only when they are this plan's
+            data, keys = ahead
+            self.stats.bytes_hashed += source.size
+            if self.on_read is not None:
+                self.on_read(source.size)
+            placer.place_read(0, memoryview(data), keys if self.hasher() is _XXH3 else None)
+        else:
+            self._hash_spans(placer, spans)
         if key is not None:
             self.stats.digest_misses += 1
             self.digests.store(key, placer.record())  # type: ignore[union-attr]
@@ -310,12 +336,32 @@ class DataAllocator:
         run.source.readinto(memoryview(buf)[:n], run.offset + rel)
         return bytes(buf)
 
+    def start_read_ahead(self, sources: list[Source]) -> None:
+        """Read the small host files of ``sources`` (in the order they will be allocated) ahead,
+        but none that saved digests already describe."""
+        if not read_ahead.available():
+            return
+        wanted = []
+        for source in sources:
+            if (isinstance(source, HostFileSource) and source.segments is None
+                    and 0 < source.size <= read_ahead.MAX_FILE and self._lookup(source)[1] is None):
+                wanted.append(source)
+        if wanted:
+            self.read_ahead = ReadAhead(wanted)
+
+    def stop_read_ahead(self) -> None:
+        if self.read_ahead is not None:
+            self.read_ahead.close()
+            self.read_ahead = None
+
     def finish(self) -> None:
         """Save what was learnt for the next plan, and drop the lookup tables."""
+        self.stop_read_ahead()
         if self.digests is not None:
             self.digests.save()
             self.digests = None
         self._by_hash = {}
         self._by_identity = {}
         self._source_keys = {}
+        self._looked_up = {}
         self._window = None

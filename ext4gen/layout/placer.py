@@ -48,16 +48,20 @@ class Placer:
     def record(self) -> Record:
         return Record(tuple(self.source.pin), bytes(self.keys), frozenset(self.zeros), self.equal)  # type: ignore[attr-defined]
 
-    def place_read(self, logical: int, chunk: memoryview) -> None:
+    def place_read(self, logical: int, chunk: memoryview, hashed: bytes | None = None) -> None:
         """:meth:`place` for the blocks of ``chunk`` (whole, zero-padded blocks), read on a first run.
 
         When no block of it is zeros or has a key already seen, and none repeats,
         each would be a new block extending the same run: the chunk is then
-        allocated at once, as :meth:`place_saved` does on a restart.
+        allocated at once, as :meth:`place_saved` does on a restart.  ``hashed``:
+        the blocks' keys, 16 bytes each, when they were computed with the chunk.
         """
-        hash_block = self.alloc.hasher()
         views = [chunk[pos : pos + BLOCK_SIZE] for pos in range(0, len(chunk), BLOCK_SIZE)]
-        keys = [hash_block(v) for v in views]
+        if hashed is None:
+            hash_block = self.alloc.hasher()
+            keys = [hash_block(v) for v in views]
+        else:
+            keys = [hashed[i : i + 16] for i in range(0, len(hashed), 16)]
         if self.zero_key not in keys and self._new_stretch(logical, self.ordinal, len(keys), keys):
             self.keys += b"".join(keys)  # type: ignore[operator]
             self.ordinal += len(keys)
