@@ -34,8 +34,8 @@ except ImportError:  # built by setup.py when a compiler and xxhash.h are there
 
 MAX_FILE = 256 << 10  # larger files: the planner reads them a chunk at a time
 BATCH_FILES = 2048  # per call of the C reader (one GIL release)
-BATCH_BYTES = 16 << 20
-AHEAD_BYTES = 64 << 20  # read and not yet taken: the thread waits beyond it
+BATCH_BYTES = 4 << 20
+AHEAD_BYTES = 16 << 20  # read and not yet taken: the thread waits beyond it
 
 
 def available() -> bool:
