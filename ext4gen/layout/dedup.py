@@ -257,7 +257,9 @@ class DataAllocator:
         if size <= READ_CHUNK and len(spans) == 1 and isinstance(source, HostFileSource) \
                 and source.segments is None:  # read in one go, once: no cached descriptor
             host, base = source.file, source.base_offset
-            read = lambda view, offset: host.read_parts([(view, base + offset, len(view))], once=True)  # noqa: E731
+
+            def read(view: memoryview, offset: int) -> None:
+                host.read_parts([(view, base + offset, len(view))], once=True)
         for first, nspan in spans:
             placer.run = None
             offset = first * BLOCK_SIZE
@@ -295,13 +297,9 @@ class DataAllocator:
     def extent_builder() -> ExtentBuilder:
         return ExtentBuilder()
 
-    def hash_block(self, block: memoryview) -> bytes:
-        """``block_hash`` looked up at call time, so a test's replacement is what the placer uses."""
-        return block_hash(block)
-
     @staticmethod
     def hasher() -> Callable[[bytes | memoryview], bytes]:
-        """``block_hash`` as it is now (a test's replacement included), for a chunk of calls."""
+        """``block_hash`` looked up at call time, so a test's replacement is what the placer uses."""
         return block_hash
 
     def _remember(self, key: bytes, phys: int) -> None:

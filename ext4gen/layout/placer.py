@@ -110,12 +110,16 @@ class Placer:
                     equal[o + j] = rel
         self.keys += b"".join(keys[i : i + k])  # type: ignore[operator]
         self.ordinal = o + k
-        stats = alloc.stats
+        self._shared(logical, p0, k)
+        return k
+
+    def _shared(self, logical: int, phys: int, k: int) -> None:
+        """Blocks ``logical``… share ``k`` earlier blocks from ``phys`` on: counted and mapped."""
+        stats = self.alloc.stats
         stats.data_blocks_referenced += k
         stats.shared_references += k
-        alloc.shared = True
-        self.builder.add_blocks(logical, p0, k)
-        return k
+        self.alloc.shared = True
+        self.builder.add_blocks(logical, phys, k)
 
     def place(self, logical: int, block: memoryview | None, key: bytes | None = None) -> None:
         """Place one block; ``block`` is its 4 KiB (zero-padded) content, or None from a record.
@@ -132,7 +136,7 @@ class Placer:
                 return
         else:
             if key is None:
-                key = alloc.hash_block(block)
+                key = alloc.hasher()(block)
             self.keys += key  # type: ignore[operator]
             # Compared as bytes: comparing memoryviews goes item by item (30 times slower).
             if key == self.zero_key and block.tobytes() == ZERO_BLOCK:
@@ -266,11 +270,7 @@ class Placer:
         want = [(name, pin, off + i * BLOCK_SIZE) for i in range(k)]
         if hits[:k] != list(range(p0, p0 + k)) or [equal[o + i] for i in range(k)] != want:
             return 0
-        stats = alloc.stats
-        stats.data_blocks_referenced += k
-        stats.shared_references += k
-        alloc.shared = True
-        self.builder.add_blocks(logical, p0, k)
+        self._shared(logical, p0, k)
         return k
 
     def _find_equal(self, key: bytes, block: memoryview | None, logical: int, ordinal: int) -> int | None:

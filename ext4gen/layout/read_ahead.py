@@ -56,6 +56,7 @@ class ReadAhead:
         self._taken = 0  # sources before it are taken or dropped
         self._stop = False
         self.bytes_read = 0
+        self.error: Exception | None = None  # what stopped the thread early, if anything
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="ext4gen-read-ahead", daemon=True)
         self._thread.start()
@@ -83,6 +84,8 @@ class ReadAhead:
                     self._ready = j
                     self._cond.notify_all()
                 i = j
+        except Exception as e:  # never the plan's error: the planner reads the rest itself
+            self.error = e
         finally:
             with self._cond:
                 self._ready = n  # whatever is missing, the planner reads itself

@@ -186,3 +186,17 @@ def test_files_read_in_c_are_dependencies_of_the_saved_plan(tmp_path: Path,
     assert saved_plan.load(key) is None, "a file read only by the read-ahead changed unnoticed"
     _image, tree, _save = plan_source_saved(str(manifest), choices)
     assert tree is not None
+
+
+def test_a_failing_reader_leaves_the_files_to_the_planner(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    sources = _files(tmp_path, [BLOCK] * 3)
+
+    def broken(paths: bytes, specs: bytes) -> list:
+        raise MemoryError("no room")
+
+    monkeypatch.setattr(read_ahead._hashread, "read_and_hash", broken)
+    ahead = read_ahead.ReadAhead(sources)
+    assert _within(10, lambda: [ahead.take(s) for s in sources]) == [None] * 3
+    ahead.close()
+    assert isinstance(ahead.error, MemoryError)
