@@ -72,7 +72,9 @@ def open_beneath(root: str, rel: str) -> int:
 
 
 def _open_under(root_fd: int, rel: str) -> int:
-    for flags in (os.O_RDONLY | os.O_CLOEXEC | os.O_NOATIME, os.O_RDONLY | os.O_CLOEXEC):
+    # O_NONBLOCK: a FIFO named here must not block the open (callers check the file type)
+    base = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
+    for flags in (base | os.O_NOATIME, base):
         try:
             return _openat2(root_fd, rel, flags)
         except PermissionError:

@@ -89,9 +89,11 @@ def open_noatime(path: str) -> int:
     """Open for reading without moving the file's atime where allowed (owner or root).
 
     Building from a host tree must not change that tree: the atimes end up in the
-    image, so a second build would otherwise differ from the first.
+    image, so a second build would otherwise differ from the first.  ``O_NONBLOCK``:
+    a source swapped for a FIFO would otherwise block the open (and a serving thread)
+    for good; this way its pin check fails at once.  Reads of regular files ignore it.
     """
-    flags = os.O_RDONLY | os.O_CLOEXEC
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
     try:
         return os.open(path, flags | os.O_NOATIME)
     except PermissionError:

@@ -186,9 +186,11 @@ static int acquire(Table *t, Py_ssize_t fi, int *owned, rerr_t *e) {
     }
     pthread_mutex_unlock(&t->fd_lock);
 
-    int fd = open(f->path, O_RDONLY | O_CLOEXEC | O_NOATIME);
+    /* O_NONBLOCK: a source swapped for a FIFO must fail its pin check, not block this
+     * thread in open() for good; reads of regular files ignore it. */
+    int fd = open(f->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOATIME);
     if (fd < 0 && errno == EPERM)
-        fd = open(f->path, O_RDONLY | O_CLOEXEC);
+        fd = open(f->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         set_err(e, fi, "cannot open source", errno);
         return -1;

@@ -197,3 +197,27 @@ def test_an_import_swapped_after_its_check_beneath_the_root_is_refused(tmp_path:
     assert rc == 2 and err.getvalue().count("\n") == 1, err.getvalue()
     assert "changed while it was being imported" in err.getvalue(), err.getvalue()
     assert not out.exists()
+
+
+def test_a_fifo_named_as_a_source_is_refused_not_waited_for(tmp_path: Path):
+    """A FIFO with no writer blocks a plain open(2): beneath the source root it is opened
+    non-blocking, so the build refuses it in one line instead of hanging."""
+    root = tmp_path / "root"
+    root.mkdir()
+    os.mkfifo(root / "pipe")
+    m = root / "m.toml"
+    m.write_text('["/x"]\nsource = "pipe"\n')
+    result: list[tuple[int, str]] = []
+
+    def build() -> None:
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            rc = main(["build", str(m), "-o", str(tmp_path / "x.img"), "--source-root", str(root), "-q"])
+        result.append((rc, err.getvalue()))
+
+    t = threading.Thread(target=build, daemon=True)
+    t.start()
+    t.join(20)
+    assert not t.is_alive(), "the build blocked opening the FIFO"
+    rc, text = result[0]
+    assert rc == 2 and text.count("\n") == 1 and "not a regular file" in text, text

@@ -200,3 +200,12 @@ def test_a_failing_reader_leaves_the_files_to_the_planner(tmp_path: Path,
     assert _within(10, lambda: [ahead.take(s) for s in sources]) == [None] * 3
     ahead.close()
     assert isinstance(ahead.error, MemoryError)
+
+
+def test_a_fifo_in_a_files_place_comes_back_at_once(tmp_path: Path) -> None:
+    sources = _files(tmp_path, [BLOCK, BLOCK])
+    (tmp_path / "f0").unlink()
+    os.mkfifo(tmp_path / "f0")  # no writer: a blocking open would never return
+    ahead = read_ahead.ReadAhead(sources)
+    assert _within(10, lambda: [ahead.take(s) is None for s in sources]) == [True, False]
+    ahead.close()

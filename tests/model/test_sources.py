@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,22 @@ def test_a_read_once_leaves_no_descriptor_open_or_cached(tmp_path: Path, small_c
         src[2].file.read_parts([(memoryview(buf), 0, 100)], once=True)
     assert _open_fds() == before
     assert len(small_cache._fds) == 0
+
+
+def test_a_source_swapped_for_a_fifo_fails_instead_of_blocking(tmp_path: Path, small_cache: _FdCache):
+    src = _files(tmp_path, 1)[0]
+    (tmp_path / "f0").unlink()
+    os.mkfifo(tmp_path / "f0")
+    errors: list[str] = []
+
+    def read() -> None:
+        try:
+            src.readinto(memoryview(bytearray(100)), 0)
+        except SourceError as e:
+            errors.append(str(e))
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "opening a FIFO-swapped source blocked"
+    assert errors and "changed since" in errors[0]

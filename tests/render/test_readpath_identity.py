@@ -18,6 +18,7 @@ import os
 import random
 import tarfile
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -295,3 +296,23 @@ def test_region_lookup_finds_every_region_of_a_synthetic_table(layout: list[tupl
         else:
             assert left == [(b * BLOCK, (b + 1) * BLOCK)], (b, left)
     assert table.read(bytearray(), size) is None
+
+
+def test_a_source_swapped_for_a_fifo_fails_at_once_on_both_paths(tmp_path: Path) -> None:
+    """Opening a FIFO with no writer blocks; sources are opened non-blocking, so the pin
+    check answers (EIO) instead of a serving thread hanging for good."""
+    p = tmp_path / "f"
+    p.write_bytes(b"x" * 50_000)
+    tree = ext4gen.Tree(DIR)
+    tree.add("/f", ext4gen.Node("file", META, source=ext4gen.HostFileSource(str(p))))
+    compiled, pure = pair(ext4gen.plan(tree, ext4gen.ImageOptions(dedup="none")))
+    p.unlink()
+    os.mkfifo(p)
+    data = [(s, e) for s, e, k in pure.regions() if k == "data"]
+    got: list[tuple[object, object]] = []
+    reader = threading.Thread(target=lambda: got.extend(
+        (outcome(compiled, s, e - s), outcome(pure, s, e - s)) for s, e in data), daemon=True)
+    reader.start()
+    reader.join(10)
+    assert not reader.is_alive(), "a read of a FIFO-swapped source blocked"
+    assert got and all(a == b and isinstance(a, str) and "changed" in a for a, b in got), got
