@@ -2,7 +2,7 @@
 # /init of the ext4gen boot disk: PID 1 on a read-only ext4 root served over NBD.
 #
 # Every line meant for the test starts with "bootdisk: "; the host side
-# (examples/bootdisk/boot.py, tests/test_bootdisk.py) parses them from the
+# (examples/bootdisk/boot.py, tests/e2e/test_bootdisk.py) parses them from the
 # serial console.  Nothing here writes to the root: it is mounted read-only and
 # carries the shared_blocks feature, which the kernel never mounts read-write.
 PATH=/bin:/sbin:/usr/bin:/usr/sbin

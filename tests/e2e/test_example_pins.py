@@ -40,7 +40,7 @@ PINS = {
     "demo/manifest.toml": "49158b6d231c5991f30e6d225bfe6bd8d72682bb5fb904bfc269fca76c135134",
     "demo/manifest.json": "49158b6d231c5991f30e6d225bfe6bd8d72682bb5fb904bfc269fca76c135134",
     "ci-fixture/fixture.toml": "fc600015a4b7cc0fa512409bf0f5fd9d813fc355ccfb6fa9ac51950085e42e48",
-    "bootdisk/data.toml": "0e2b5543ee0863a38cc0cea7feeccabd4d629c06dc1d0498aab4ea4be3942f89",
+    "bootdisk/data.toml": "7f4a4260cd0599b493174d4856579e8ed7c08b8b30459ce36e0a21d6a1ea14a7",
 }
 
 
