@@ -217,8 +217,7 @@ class DataAllocator:
         key, record = self._lookup(source)
         del self._looked_up[source]
         self._source_keys[source] = key
-        nblocks = sum(n for _f, n in spans)
-        if record is not None and len(record.keys) == 16 * nblocks:
+        if record is not None and len(record.keys) == 16 * sum(n for _f, n in spans):
             self.stats.digest_hits += 1
             placer = Placer(self, source, record)
             placer.place_saved(spans)

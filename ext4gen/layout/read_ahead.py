@@ -55,6 +55,7 @@ class ReadAhead:
         self._held = 0  # bytes read and not yet taken or dropped
         self._taken = 0  # sources before it are taken or dropped
         self._stop = False
+        self._waiting = False  # the thread waits for takes to free bytes
         self.bytes_read = 0
         self.error: Exception | None = None  # what stopped the thread early, if anything
         self._cond = threading.Condition()
@@ -72,7 +73,9 @@ class ReadAhead:
                     j += 1
                 with self._cond:
                     while not self._stop and self._held > AHEAD_BYTES:
+                        self._waiting = True  # take() notifies only then: once per file costs
                         self._cond.wait()
+                        self._waiting = False
                     if self._stop:
                         return
                 got = self._read(sources[i:j])
@@ -111,13 +114,15 @@ class ReadAhead:
         with self._cond:
             if k < self._taken:  # passed over before: dropped
                 return None
-            self._drop_before(k)
+            if k > self._taken:
+                self._drop_before(k)
             while self._ready <= k:
                 self._cond.wait()
             r = self._results.pop(k, None)
             self._held -= len(r[0]) if r is not None else 0
             self._taken = k + 1
-            self._cond.notify_all()
+            if self._waiting:
+                self._cond.notify()
             return r
 
     def _drop_before(self, k: int) -> None:
@@ -127,7 +132,8 @@ class ReadAhead:
             r = self._results.pop(skipped, None)
             self._held -= len(r[0]) if r is not None else 0
         self._taken = k
-        self._cond.notify_all()
+        if self._waiting:
+            self._cond.notify()
 
     def close(self) -> None:
         with self._cond:
