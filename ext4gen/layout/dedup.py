@@ -144,12 +144,12 @@ class DataAllocator:
     # cache: the content the default UUID and hash seed derive from, the same either way.
     _content: Any = field(default_factory=xxhash.xxh3_128)
     on_read: Callable[[int], object] | None = None  # told the bytes read for hashing (progress)
-    read_ahead: ReadAhead | None = None  # small host files read in C, ahead of placing
+    reader: ReadAhead | None = None  # small host files read in C, ahead of placing
     # The candidate blocks read last for a byte comparison: (first, end, bytes).  A copied
     # file compares block after block against consecutive blocks of one earlier run, so
     # reads grow (1, 4, 16, 64 blocks) while the requests follow each other.
     _window: tuple[int, int, bytes] | None = None
-    _ahead: int = 1
+    _window_blocks: int = 1
 
     def content_digest(self) -> bytes:
         """A digest of the block keys of every file content dedup placed (none with mode "none")."""
@@ -226,7 +226,7 @@ class DataAllocator:
             self._content.update(placer.keys)
             return placer.builder.finish()
         placer = Placer(self, source, None)
-        ahead = self.read_ahead.take(source) if self.read_ahead is not None else None  # type: ignore[arg-type]
+        ahead = self.reader.take(source) if self.reader is not None else None  # type: ignore[arg-type]
         if ahead is not None:  # read and hashed in C; keys only when they are this plan's
             data, keys = ahead
             self.stats.bytes_hashed += source.size
@@ -316,9 +316,10 @@ class DataAllocator:
         if w is not None and w[0] <= phys < w[1]:
             rel = (phys - w[0]) * BLOCK_SIZE
             return w[2][rel : rel + BLOCK_SIZE]
-        self._ahead = min(self._ahead * 4, COMPARE_AHEAD_MAX) if w is not None and phys == w[1] else 1
+        grown = min(self._window_blocks * 4, COMPARE_AHEAD_MAX)
+        self._window_blocks = grown if w is not None and phys == w[1] else 1
         run = self.runs[bisect.bisect_right(self._run_starts, phys) - 1]
-        count = min(self._ahead, run.block + run.nblocks - phys)
+        count = min(self._window_blocks, run.block + run.nblocks - phys)
         data = self.run_bytes(phys, count)
         self._window = (phys, phys + count, data)
         return data[:BLOCK_SIZE]
@@ -344,16 +345,16 @@ class DataAllocator:
                     and 0 < source.size <= read_ahead.MAX_FILE and self._lookup(source)[1] is None):
                 wanted.append(source)
         if wanted:
-            self.read_ahead = ReadAhead(wanted)
+            self.reader = ReadAhead(wanted)
 
     def stop_read_ahead(self) -> None:
-        if self.read_ahead is not None:
-            self.read_ahead.close()
-            self.read_ahead = None
+        """Stop the reader (allocate_data does, whether allocation finished or failed)."""
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
 
     def finish(self) -> None:
         """Save what was learnt for the next plan, and drop the lookup tables."""
-        self.stop_read_ahead()
         if self.digests is not None:
             self.digests.save()
             self.digests = None

@@ -12,9 +12,10 @@ and keys in its own order and places them exactly as if it had read them.
 Only whole, non-sparse host files up to :data:`MAX_FILE` are read ahead, and
 only those without valid saved digests (a re-plan reads nothing it has
 digests for).  A file the C reader cannot read as pinned comes back as None,
-and the planner reads it itself, which names the error.  The opens are noted
-for a recording of host reads (``ext4gen.model.host_reads``), as the audit
-hook notes the planner's own.
+and the planner reads it itself, which names the error.  The recording of
+host reads (``ext4gen.model.host_reads``) does not see these opens, and need
+not: every file read here is a source of the plan, and a saved plan depends on
+the pins of all its sources (``ext4gen.saved_plan``).
 """
 
 from __future__ import annotations
