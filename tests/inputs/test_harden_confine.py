@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.deadline import within
 
 import ext4gen
 from ext4gen.cli import main
@@ -207,17 +208,12 @@ def test_a_fifo_named_as_a_source_is_refused_not_waited_for(tmp_path: Path):
     os.mkfifo(root / "pipe")
     m = root / "m.toml"
     m.write_text('["/x"]\nsource = "pipe"\n')
-    result: list[tuple[int, str]] = []
 
-    def build() -> None:
+    def build() -> tuple[int, str]:
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
             rc = main(["build", str(m), "-o", str(tmp_path / "x.img"), "--source-root", str(root), "-q"])
-        result.append((rc, err.getvalue()))
+        return rc, err.getvalue()
 
-    t = threading.Thread(target=build, daemon=True)
-    t.start()
-    t.join(20)
-    assert not t.is_alive(), "the build blocked opening the FIFO"
-    rc, text = result[0]
+    rc, text = within(20, build, "a build opening the FIFO")
     assert rc == 2 and text.count("\n") == 1 and "not a regular file" in text, text

@@ -9,12 +9,12 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import xxhash
+from helpers.deadline import within
 
 import ext4gen
 from ext4gen import saved_plan
@@ -88,21 +88,11 @@ def test_files_taken_out_of_order_or_never_never_hang(tmp_path: Path,
                 ahead.take(sources[39]) is not None,
                 ahead.take(HostFileSource(sources[0].path)) is None]  # not a candidate
 
-    assert _within(10, takes) == [True] * 4
-    _within(10, ahead.close)
+    assert within(10, takes) == [True] * 4
+    within(10, ahead.close)
     stopped = read_ahead.ReadAhead(sources)  # closed while it waits for takes
-    _within(10, stopped.close)
+    within(10, stopped.close)
     assert not stopped._thread.is_alive()
-
-
-def _within(seconds: float, fn):  # type: ignore[no-untyped-def]
-    """fn() in a thread: a hang fails the test instead of stopping the suite."""
-    out: list = []
-    t = threading.Thread(target=lambda: out.append(fn()), daemon=True)
-    t.start()
-    t.join(seconds)
-    assert not t.is_alive(), f"{fn.__name__} hung"
-    return out[0]
 
 
 def _tree(root: Path) -> Path:
@@ -197,7 +187,7 @@ def test_a_failing_reader_leaves_the_files_to_the_planner(tmp_path: Path,
 
     monkeypatch.setattr(read_ahead._hashread, "read_and_hash", broken)
     ahead = read_ahead.ReadAhead(sources)
-    assert _within(10, lambda: [ahead.take(s) for s in sources]) == [None] * 3
+    assert within(10, lambda: [ahead.take(s) for s in sources]) == [None] * 3
     ahead.close()
     assert isinstance(ahead.error, MemoryError)
 
@@ -207,5 +197,5 @@ def test_a_fifo_in_a_files_place_comes_back_at_once(tmp_path: Path) -> None:
     (tmp_path / "f0").unlink()
     os.mkfifo(tmp_path / "f0")  # no writer: a blocking open would never return
     ahead = read_ahead.ReadAhead(sources)
-    assert _within(10, lambda: [ahead.take(s) is None for s in sources]) == [True, False]
+    assert within(10, lambda: [ahead.take(s) is None for s in sources]) == [True, False]
     ahead.close()

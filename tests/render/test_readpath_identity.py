@@ -18,10 +18,10 @@ import os
 import random
 import tarfile
 import tempfile
-import threading
 from pathlib import Path
 
 import pytest
+from helpers.deadline import within
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -309,10 +309,6 @@ def test_a_source_swapped_for_a_fifo_fails_at_once_on_both_paths(tmp_path: Path)
     p.unlink()
     os.mkfifo(p)
     data = [(s, e) for s, e, k in pure.regions() if k == "data"]
-    got: list[tuple[object, object]] = []
-    reader = threading.Thread(target=lambda: got.extend(
-        (outcome(compiled, s, e - s), outcome(pure, s, e - s)) for s, e in data), daemon=True)
-    reader.start()
-    reader.join(10)
-    assert not reader.is_alive(), "a read of a FIFO-swapped source blocked"
+    got = within(10, lambda: [(outcome(compiled, s, e - s), outcome(pure, s, e - s)) for s, e in data],
+                 "a read of a FIFO-swapped source")
     assert got and all(a == b and isinstance(a, str) and "changed" in a for a, b in got), got
