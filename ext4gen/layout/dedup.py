@@ -182,6 +182,13 @@ class DataAllocator:
         return extents
 
     def _allocate_plain(self, source: Source, spans: list[tuple[int, int]]) -> list[Extent]:
+        if len(spans) == 1 and spans[0][1] <= EXT_INIT_MAX_LEN:  # most files: what the builder gives
+            first, n = spans[0]
+            offset = first * BLOCK_SIZE
+            start = self._new_run(source, offset, n, min(n * BLOCK_SIZE, source.size - offset))
+            self.stats.data_blocks_referenced += n
+            self.stats.unique_blocks += n
+            return [(first, n, start)]
         builder = ExtentBuilder()
         for first, n in spans:
             offset = first * BLOCK_SIZE

@@ -44,7 +44,8 @@ def identity_digest(options: ImageOptions, inodes: Sequence[InodePlan | None],
     h.update(options.epoch_ns.to_bytes(16, "little", signed=True))
     h.update(b"inline" if options.inline_data else b"blocks")
     pack = _DIGEST_INODE.pack
-    update = h.update
+    parts: list[bytes] = []  # hashed in batches: one update per inode cost more than the packing
+    update = parts.append
     for ip, n in zip(inodes, nodes, strict=True):
         if ip is None or n is None:
             continue
@@ -65,6 +66,10 @@ def identity_digest(options: ImageOptions, inodes: Sequence[InodePlan | None],
             for name, ino, _ft in ip.entries:
                 update(name)
                 update(ino.to_bytes(4, "little"))
+        if len(parts) > 8192:
+            h.update(b"".join(parts))
+            parts.clear()
+    h.update(b"".join(parts))
     return h.digest()
 
 

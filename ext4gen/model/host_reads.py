@@ -215,8 +215,9 @@ def note_listing(directory: bytes, st: os.stat_result, listed: list[tuple[bytes,
     pins = rec.pins
     pins[(top, False)] = pin_of(st)
     prefix = top.rstrip("/") + "/"
+    enc, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
     for name, est in listed:
-        pins[(prefix + os.fsdecode(name), False)] = (est.st_mode, est.st_dev, est.st_ino, est.st_size,
+        pins[(prefix + name.decode(enc, errors), False)] = (est.st_mode, est.st_dev, est.st_ino, est.st_size,
                                                      est.st_mtime_ns, est.st_ctime_ns)
 
 

@@ -144,6 +144,40 @@ class Tree:
         """Place ``node`` at ``path``; an explicit directory may refine an implied one."""
         key = node.key or str(path)
         parts = split_path(path, key)
+        if parts:
+            return self.add_child(self._parent(parts, key), parts[-1], node, key)
+        self._prepare(node)
+        if node.kind != DIR:
+            raise ManifestError(key, "'/' must be a directory")
+        if not (self.root.implied or self.root.imported):
+            raise ManifestError(key, "duplicate path '/'")
+        node.children = self.root.children
+        self.root = node
+        self._last_parent = None
+        return node
+
+    def add_child(self, parent: Node, name: bytes, node: Node, key: str | None = None) -> Node:
+        """:meth:`add` for a caller that holds the parent directory (a node of this tree)
+        and a name from a directory listing, so no path is built and split again per entry."""
+        if len(name) > NAME_MAX:
+            raise ManifestError(key or node.key, f"name {name[:32]!r}... is {len(name)} bytes, "
+                                f"over ext4's {NAME_MAX}")
+        self._prepare(node)
+        children = parent.children
+        assert children is not None
+        old = children.get(name)
+        if old is not None:
+            if (old.implied or old.imported) and node.kind == DIR and old.kind == DIR:
+                node.children = old.children  # refine an implied/imported directory, keep its entries
+            elif old.imported and old.kind != DIR:
+                pass  # a later import or an explicit entry overrides an imported non-directory
+            else:
+                raise ManifestError(key or node.key, f"duplicate path (already declared by {old.key})")
+        children[name] = node
+        return node
+
+    @staticmethod
+    def _prepare(node: Node) -> None:
         if xattrs.ACL_ACCESS in node.xattrs:  # mode and ACL must agree, as on a real ext4
             own = dict(node.xattrs)
             perm = xattrs.reconcile_access_acl(node.meta.perm, own)
@@ -152,27 +186,6 @@ class Tree:
                 node.meta = replace(node.meta, perm=perm)
         if node.kind == DIR and node.children is None:
             node.children = {}
-        if not parts:
-            if node.kind != DIR:
-                raise ManifestError(key, "'/' must be a directory")
-            if not (self.root.implied or self.root.imported):
-                raise ManifestError(key, "duplicate path '/'")
-            node.children = self.root.children
-            self.root = node
-            self._last_parent = None
-            return node
-        parent = self._parent(parts, key)
-        assert parent.children is not None
-        old = parent.children.get(parts[-1])
-        if old is not None:
-            if (old.implied or old.imported) and node.kind == DIR and old.kind == DIR:
-                node.children = old.children  # refine an implied/imported directory, keep its entries
-            elif old.imported and old.kind != DIR:
-                pass  # a later import or an explicit entry overrides an imported non-directory
-            else:
-                raise ManifestError(key, f"duplicate path (already declared by {old.key})")
-        parent.children[parts[-1]] = node
-        return node
 
     def add_hardlink(self, path: str | bytes, target: str | bytes, key: str) -> None:
         """Make ``path`` another name of ``target``; resolved when planning."""

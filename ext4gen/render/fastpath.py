@@ -61,32 +61,35 @@ def table_for(regions: Sequence[Region], size: int) -> Any | None:
     from ..format.ondisk import BLOCK_SIZE
     from .image import DataRegion, MetaRegion, ZeroRegion
 
+    zero, meta, file, py = _fastread.ZERO, _fastread.META, _fastread.FILE, _fastread.PY
     n = len(regions)
-    starts, kinds = array("Q", bytes(8 * (n + 1))), array("B", bytes(n))
+    starts = array("Q", [r.start for r in regions])  # one region per data run: 100,000s
+    starts.append(size)
+    kinds = array("B", bytes(n))
     aux, file_offs, data_lens = (array("q", bytes(8 * n)) for _ in range(3))
     files: list[tuple[str, int, int, int, int, int]] = []
     file_index: dict[int, int] = {}
     slots = 0
     for i, r in enumerate(regions):
-        starts[i] = r.start
-        if isinstance(r, ZeroRegion):
-            kinds[i] = _fastread.ZERO
-        elif isinstance(r, MetaRegion):
-            kinds[i] = _fastread.META
-            aux[i] = slots
-            slots += (r.end - r.start) // BLOCK_SIZE
-        elif isinstance(r, DataRegion) and r.host is not None:
-            kinds[i] = _fastread.FILE
-            k = file_index.get(id(r.host))
+        t = type(r)
+        if t is DataRegion and r.host is not None:
+            kinds[i] = file
+            host = r.host
+            k = file_index.get(id(host))
             if k is None:
-                k = file_index[id(r.host)] = len(files)
-                pin = r.host.pin
-                files.append((r.host.path, pin.st_dev, pin.st_ino, pin.st_size, pin.st_mtime_ns,
+                k = file_index[id(host)] = len(files)
+                pin = host.pin
+                files.append((host.path, pin.st_dev, pin.st_ino, pin.st_size, pin.st_mtime_ns,
                               pin.st_ctime_ns))
             aux[i], file_offs[i], data_lens[i] = k, r.file_offset, r.nbytes
+        elif t is ZeroRegion:
+            kinds[i] = zero
+        elif t is MetaRegion:
+            kinds[i] = meta
+            aux[i] = slots
+            slots += (r.end - r.start) // BLOCK_SIZE
         else:
-            kinds[i] = _fastread.PY
-    starts[n] = size
+            kinds[i] = py
     return _fastread.Table(starts, kinds, aux, file_offs, data_lens, files, slots, CACHE_BLOCKS)
 
 

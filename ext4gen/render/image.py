@@ -112,7 +112,7 @@ class DataRegion(Region):
     kind = DATA
 
     def __init__(self, start: int, end: int, run: Run) -> None:
-        super().__init__(start, end)
+        self.start, self.end = start, end  # Region.__init__, once per run
         self.source, self.source_offset, self.nbytes = run.source, run.offset, run.nbytes
         host = run.source.host_range()
         self.host: HostFile | None = host[0] if host else None
@@ -199,11 +199,18 @@ class Image:
         self._add_meta(geo.dir_start, geo.tree_start - geo.dir_start, meta.dir_block)
         self._add_meta(geo.tree_start, geo.xattr_start - geo.tree_start, meta.tree_block)
         self._add_meta(geo.xattr_start, geo.data_start - geo.xattr_start, meta.xattr_block)
-        for run in plan.runs:
+        regions = self._regions
+        end = regions[-1].end
+        data_start = geo.data_start * BLOCK_SIZE
+        for run in plan.runs:  # one per file or less: _add's checks, inlined
             # one region per run, the zeros after the source's last byte included: fewer
             # regions per request, and a run's blocks are allocated data either way
-            start = (geo.data_start + run.block) * BLOCK_SIZE
-            self._add(DataRegion(start, start + run.nblocks * BLOCK_SIZE, run))
+            if run.nblocks > 0:
+                start = data_start + run.block * BLOCK_SIZE
+                if start != end:
+                    raise AssertionError(f"region gap at {end}..{start}")
+                end = start + run.nblocks * BLOCK_SIZE
+                regions.append(DataRegion(start, end, run))
         self._add_zero(geo.used_blocks, geo.blocks_count - geo.used_blocks)
         assert self._regions[-1].end == self.size, (self._regions[-1].end, self.size)
 
