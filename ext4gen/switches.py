@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-PURE_PYTHON_ENV = "EXT4GEN_PURE_PYTHON"  # reads in pure Python: no compiled path, no filter
+PURE_PYTHON_ENV = "EXT4GEN_PURE_PYTHON"  # no extension: reads, dedup reading, directory listing
 NO_FILTER_ENV = "EXT4GEN_NO_FILTER"  # serve without ext4gen's nbdkit filter
 
 

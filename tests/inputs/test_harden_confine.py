@@ -126,8 +126,15 @@ def test_a_symlink_inside_the_root_is_still_followed(tmp_path: Path):
     assert "outside the source root" in err.getvalue()
 
 
-def test_a_subdirectory_swapped_for_a_symlink_during_an_import_is_refused(tmp_path: Path, monkeypatch):
-    """The walk opens each directory without following links and checks it is the one listed."""
+@pytest.mark.parametrize("lister", ["python", "ahead"])
+def test_a_subdirectory_swapped_for_a_symlink_during_an_import_is_refused(tmp_path: Path, monkeypatch,
+                                                                          lister: str):
+    """The walk opens each directory without following links and checks it is the one listed.
+
+    "ahead": the listings come from the C scanner on another thread (hostdir._Listings),
+    which listed the real subdirectory before the swap; its file, read through the
+    swapped name, then fails its pin, so the outside bytes are still never imported.
+    """
     from ext4gen.inputs import hostdir
 
     src = tmp_path / "src"
@@ -136,16 +143,34 @@ def test_a_subdirectory_swapped_for_a_symlink_during_an_import_is_refused(tmp_pa
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "f").write_bytes(MARK)
-    real = hostdir._list_dir
 
-    def list_then_swap(path: bytes, *rest):
-        entries = real(path, *rest)
-        if path == os.fsencode(src):  # the race, made deterministic: after the parent's listing
-            os.rename(src / "sub", tmp_path / "moved")
-            os.symlink(outside, src / "sub")
-        return entries
+    def swap() -> None:  # the race, made deterministic: after the parent's listing
+        os.rename(src / "sub", tmp_path / "moved")
+        os.symlink(outside, src / "sub")
 
-    monkeypatch.setattr(hostdir, "_list_dir", list_then_swap)
+    if lister == "python":
+        monkeypatch.setattr(hostdir, "_dirscan_usable", lambda: False)
+        real = hostdir._list_dir
+
+        def list_then_swap(path: bytes, *rest):
+            entries = real(path, *rest)
+            if path == os.fsencode(src):
+                swap()
+            return entries
+
+        monkeypatch.setattr(hostdir, "_list_dir", list_then_swap)
+    else:
+        assert hostdir._dirscan_usable(), "the C directory scanner is not built"
+        real_take = hostdir._Listings.take
+
+        def take_then_swap(self, path: bytes, expect):
+            got = real_take(self, path, expect)
+            if path == os.fsencode(src):
+                assert got is not None  # the scanner's listing, not the walk's own
+                swap()
+            return got
+
+        monkeypatch.setattr(hostdir._Listings, "take", take_then_swap)
     out = tmp_path / "x.img"
     err = io.StringIO()
     with contextlib.redirect_stderr(err):

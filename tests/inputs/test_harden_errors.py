@@ -110,15 +110,14 @@ def test_a_symlink_vanishing_during_a_directory_import_is_one_line(tmp_path: Pat
     src.mkdir()
     (src / "f").write_text("x")
     os.symlink("f", src / "link")
-    real = hostdir.read_xattrs
+    real = os.readlink
 
-    def read_then_remove(path: bytes, shown: str):  # the race, made deterministic: the link
-        out = real(path, shown)                      # goes between its lstat and its readlink
-        if path.endswith(b"/link") and os.path.lexists(path):
-            os.unlink(path)
-        return out
+    def remove_then_read(path, *args, **kwargs):  # the race, made deterministic: the link goes
+        if isinstance(path, bytes) and path.endswith(b"/link") and os.path.lexists(path):
+            os.unlink(path)                       # between its lstat and its readlink
+        return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(hostdir, "read_xattrs", read_then_remove)
+    monkeypatch.setattr(hostdir.os, "readlink", remove_then_read)
     rc, err = _run(capsys, "build", str(src), "-o", str(tmp_path / "x.img"), "-q")
     assert rc == 2
     _one_line(err)
