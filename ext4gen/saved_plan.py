@@ -225,6 +225,7 @@ def save(key: str, plan: Plan, reads: host_reads.HostReads) -> bool:
 
 def _pin_sources(plan: Plan, reads: host_reads.HostReads) -> None:
     """The host files the plan serves from join its dependencies (pinned when loaded)."""
+    reads.expand_listings()
     pins = reads.pins
     for host in _served_files(plan):
         p = host.pin

@@ -50,8 +50,9 @@ def identity_digest(options: ImageOptions, inodes: Sequence[InodePlan | None],
         if ip is None or n is None:
             continue
         m = n.meta
-        update(pack(ip.ino, ip.mode, m.uid, m.gid, *divmod(m.atime, NS), *divmod(m.mtime, NS),
-                    *divmod(m.ctime, NS), *divmod(m.crtime, NS), n.size, n.rdev[0], n.rdev[1]))
+        a, b, c, d = m.atime, m.mtime, m.ctime, m.crtime  # (seconds, ns) as divmod gives them
+        update(pack(ip.ino, ip.mode, m.uid, m.gid, a // NS, a % NS, b // NS, b % NS, c // NS, c % NS,
+                    d // NS, d % NS, n.size, n.rdev[0], n.rdev[1]))
         if n.target:
             update(n.target)
         if n.xattrs:

@@ -73,6 +73,9 @@ class HostReads:
     cwd: str
     pins: dict[tuple[str, bool], HostPin] = field(default_factory=dict)
     opened: set[str] = field(default_factory=set)
+    # Directory listings, (directory path + "/", [(name, lstat)]), turned into pins only when
+    # the record is used: a serve saves its plan after the first answer (100,000 pins for T2).
+    listed: list[tuple[str, list[tuple[bytes, os.stat_result]]]] = field(default_factory=list)
     incomplete: list[str] = field(default_factory=list)  # why the record cannot be trusted
 
     def racy(self, pin: HostPin) -> bool:
@@ -87,12 +90,25 @@ class HostReads:
         coarse = ctime % 1_000_000_000 == 0
         return ctime >= self.started_ns - (RACY_COARSE_NS if coarse else RACY_NS)
 
+    def expand_listings(self) -> None:
+        """Pin each listed entry by its lstat from the listing; a path noted on its own keeps
+        that pin (both were taken while recording, before anything of it was read)."""
+        enc, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+        pins = self.pins
+        for prefix, listed in self.listed:
+            for name, est in listed:
+                pins.setdefault((prefix + name.decode(enc, errors), False),
+                                (est.st_mode, est.st_dev, est.st_ino, est.st_size, est.st_mtime_ns,
+                                 est.st_ctime_ns))
+        self.listed.clear()
+
     def finish(self, ignore: tuple[str, ...]) -> PinList | None:
         """Every dependency with its pin, or None when the record cannot vouch for the result.
 
         Opened files are pinned now (their content was read before this);
         ``ignore`` lists path prefixes that are not inputs (the cache, the code).
         """
+        self.expand_listings()
         pins = self.pins
         for path in self.opened:
             if (path, True) in pins or (path + "/").startswith(ignore):
@@ -212,13 +228,8 @@ def note_listing(directory: bytes, st: os.stat_result, listed: list[tuple[bytes,
     if rec is None:
         return
     top = os.path.normpath(os.path.join(rec.cwd, os.fsdecode(directory)))
-    pins = rec.pins
-    pins[(top, False)] = pin_of(st)
-    prefix = top.rstrip("/") + "/"
-    enc, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
-    for name, est in listed:
-        pins[(prefix + name.decode(enc, errors), False)] = (est.st_mode, est.st_dev, est.st_ino, est.st_size,
-                                                     est.st_mtime_ns, est.st_ctime_ns)
+    rec.pins[(top, False)] = pin_of(st)
+    rec.listed.append((top.rstrip("/") + "/", listed))  # the entries' pins: see expand_listings
 
 
 def active() -> bool:

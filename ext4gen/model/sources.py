@@ -193,7 +193,7 @@ class Pin(NamedTuple):
 
     @classmethod
     def of(cls, st: os.stat_result) -> Pin:
-        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        return tuple.__new__(cls, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
 
 
 class HostFile:
@@ -419,6 +419,18 @@ class HostFileSource(Source):
             self.segments = _seek_data_segments(self.path, self.size)
 
     restartable = True
+
+    @classmethod
+    def whole(cls, path: str, st: os.stat_result) -> HostFileSource:
+        """``cls(path, st=st)``: a whole host file, as a directory import makes one per file,
+        without the general constructor's argument handling unless it may have holes."""
+        file = HostFile(path, st)
+        if file.sparse and file.pin.st_size:
+            return cls(file)
+        self = cls.__new__(cls)
+        self.file, self.path, self.base_offset, self.segments = file, path, 0, None
+        self.size = file.pin.st_size
+        return self
 
     @property
     def pin(self) -> Pin:
