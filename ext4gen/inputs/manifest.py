@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tomllib
 from collections.abc import Sequence
 from typing import Any
 
@@ -80,6 +79,8 @@ def _decode(raw: bytes, path: str) -> dict[str, Any]:
         if is_json:
             doc = json.loads(raw, object_pairs_hook=_unique_keys)
         else:
+            import tomllib  # here: a directory's or a JSON manifest's serve starts without it
+
             doc = tomllib.loads(raw.decode("utf-8"))
     except ManifestError as e:
         raise ManifestError(e.key, e.message, origin=path) from None

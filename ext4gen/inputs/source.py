@@ -63,7 +63,7 @@ def _host_tree(source: str, choices: BuildChoices) -> tuple[Tree, ImageOptions]:
 
 
 def _is_oci(source: str) -> bool:
-    from .oci import is_oci_source
+    from .oci_names import is_oci_source  # not .oci: a directory's serve need not load it
 
     return is_oci_source(source) and not os.path.exists(source)  # a file may be named "oci:x"
 

@@ -160,7 +160,11 @@ def _plan(spec: ExportSpec) -> _Export:
     image, tree, save = plan_source_saved(spec.source, _config.choices)
     if save is not None:
         _SAVES.append(save)  # in after_fork: a thread saves the plan while it serves
-    if tree is not None:  # a saved plan holds no remote file, so it has nothing to prefetch
+    # A saved plan holds no remote file, so it has nothing to prefetch; nor has an image
+    # that names no prefetch paths (then the module, and its remote client, stay unloaded).
+    from ext4gen.remote.settings import ENV_PREFETCH  # loaded with any manifest or import
+
+    if tree is not None and (image.plan.options.prefetch or os.environ.get(ENV_PREFETCH)):
         from ext4gen.remote import prefetch  # remote files to fetch first: queued in after_fork
 
         prefetch.collect(tree, image.plan.options.prefetch, spec.source)
@@ -405,9 +409,9 @@ def after_fork() -> None:
         fd = _logfilter.start(": pread: error: ")
         if fd >= 0:
             _ERRORS.fd = fd
-    from ext4gen.remote import prefetch  # remote files the manifests asked to fetch first
-
-    prefetch.start()
+    prefetch = sys.modules.get("ext4gen.remote.prefetch")  # loaded by _plan if anything to fetch
+    if prefetch is not None:
+        prefetch.start()  # remote files the manifests asked to fetch first
     if _SAVES:
         _SAVER.append(threading.Thread(target=_save_plans, name="ext4gen-save-plan", daemon=True))
         _SAVER[0].start()
