@@ -89,7 +89,7 @@ def apply_layer(tree: Tree, scanned: ScannedLayer, shown: str, base: list[bytes]
         parent = tree.lookup(base + w[:-1])
         if parent is not None and parent.children is not None and parent.children.pop(w[-1], None):
             removed += 1
-    _forget_parent_cache(tree)
+    tree.forget_parents()  # a removal may have detached the parents Tree.add remembers
     make = source_maker(scanned)
     for m in adds:
         mem = member_node(m, base, shown, make)
@@ -115,14 +115,10 @@ def _place(tree: Tree, path: bytes, node: Node, shown: str) -> None:
         parent = tree.lookup(parts[:-1])
         assert parent is not None and parent.children is not None
         del parent.children[parts[-1]]  # a file (or link …) replaces a whole directory
-        _forget_parent_cache(tree)
+        tree.forget_parents()
     elif old is not None and old.kind != DIR and node.kind == DIR:
         parent = tree.lookup(parts[:-1])
         assert parent is not None and parent.children is not None
         del parent.children[parts[-1]]
     tree.add(path, node)
 
-
-def _forget_parent_cache(tree: Tree) -> None:
-    """Tree.add remembers the last parent directory; a removal may have detached it."""
-    tree._last_parent = None

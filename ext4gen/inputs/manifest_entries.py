@@ -109,8 +109,25 @@ class EntryContext:
     remote: RemoteSettings
 
 
+# Entries that are a file with inline text or a zero-filled size and metadata only: in a
+# big generated manifest nearly all of them.  add_entry takes them without the general
+# dispatch, with the same checks in the same order, so the same errors.
+_META_KEYS = frozenset({"mode", "uid", "gid"}) | TIME_KEYS
+_TEXT_FILE_KEYS = _META_KEYS | {"text"}
+_SIZE_FILE_KEYS = _META_KEYS | {"size"}
+
+
 def add_entry(tree: Tree, path: str, entry: dict[str, Any], key: str, ctx: EntryContext) -> None:
     """Check one ``"/path"`` entry and add its node (or its hard link) to ``tree``."""
+    keys = entry.keys()
+    if "text" in entry and keys <= _TEXT_FILE_KEYS:
+        source: Source = InlineSource(string(entry["text"], f"{key}.text").encode("utf-8"))
+        tree.add(path, Node(FILE, ctx.defaults.meta(entry, key, ctx.defaults.mode), key=key, source=source))
+        return
+    if "size" in entry and keys <= _SIZE_FILE_KEYS:
+        source = ZeroSource(file_size(entry["size"], f"{key}.size"))
+        tree.add(path, Node(FILE, ctx.defaults.meta(entry, key, ctx.defaults.mode), key=key, source=source))
+        return
     if not entry.keys() <= ENTRY_KEYS:
         no_unknown(entry, ENTRY_KEYS, key)
     kind = entry_type(entry, key)

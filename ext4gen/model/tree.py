@@ -114,6 +114,14 @@ class Tree:
         self._links: list[tuple[list[bytes], list[bytes], str]] = []
         self._resolved = False
         self._last_parent: tuple[tuple[bytes, ...], Node] | None = None  # siblings come in runs
+        # The raw parent path of the last add and its node: a manifest's next entry is most
+        # often a sibling, checked and placed without splitting its whole path again.
+        self._last_head: tuple[bytes, Node] | None = None
+
+    def forget_parents(self) -> None:
+        """Drop the parents :meth:`add` remembers: a caller that removed entries (a layer's
+        whiteouts) may have detached them from the tree."""
+        self._last_parent = self._last_head = None
 
     def _parent(self, parts: list[bytes], key: str) -> Node:
         prefix = tuple(parts[:-1])
@@ -143,9 +151,18 @@ class Tree:
     def add(self, path: str | bytes, node: Node) -> Node:
         """Place ``node`` at ``path``; an explicit directory may refine an implied one."""
         key = node.key or str(path)
-        parts = split_path(path, key)
+        raw = path if isinstance(path, bytes) else path.encode("utf-8", "surrogateescape")
+        head, sep, name = raw.rpartition(b"/")
+        last = self._last_head
+        if (last is not None and sep and last[0] == head and name and name not in _BAD_COMPONENTS
+                and b"\0" not in name and last[1].children is not None):
+            return self.add_child(last[1], name, node, key)  # a sibling of the last path added
+        parts = split_path(raw, key)
         if parts:
-            return self.add_child(self._parent(parts, key), parts[-1], node, key)
+            parent = self._parent(parts, key)
+            if parts[-1] == name:  # no trailing '/': ``head`` is the parent's (checked) path
+                self._last_head = (head, parent)
+            return self.add_child(parent, parts[-1], node, key)
         self._prepare(node)
         if node.kind != DIR:
             raise ManifestError(key, "'/' must be a directory")
@@ -153,7 +170,7 @@ class Tree:
             raise ManifestError(key, "duplicate path '/'")
         node.children = self.root.children
         self.root = node
-        self._last_parent = None
+        self._last_parent = self._last_head = None
         return node
 
     def add_child(self, parent: Node, name: bytes, node: Node, key: str | None = None) -> Node:

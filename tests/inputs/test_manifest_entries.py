@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import astuple
+
 import pytest
 
 import ext4gen
@@ -57,3 +59,26 @@ def test_a_bad_entry_names_its_key(entry: dict[str, object], key: str, message: 
     with pytest.raises(ManifestError, match=message) as err:
         _add({"/x": entry})
     assert err.value.key == key
+
+
+_PLAIN = [{"text": "hello"}, {"size": 5000, "mode": "0600"}, {"text": "", "uid": 3, "gid": 4},
+          {"size": 0, "mtime": 5, "atime": "2001-02-03T04:05:06Z"}]
+_BAD = [{"text": 5}, {"size": -1}, {"size": "x"}, {"text": "x", "mode": "0o7777777"},
+        {"size": 1 << 60}, {"text": "x", "uid": -1}, {"size": 1, "mtime": "yesterday"}]
+
+
+def _node_or_error(entry: dict[str, object]) -> object:
+    try:
+        tree = _add({"/f": entry})
+    except ManifestError as e:
+        return e.key, e.message
+    assert tree.root.children is not None
+    node = tree.root.children[b"f"]
+    src = node.source
+    return node.kind, astuple(node.meta), type(src).__name__, src.size, getattr(src, "data", None)
+
+
+@pytest.mark.parametrize("entry", _PLAIN + _BAD)
+def test_a_plain_file_entry_is_what_the_general_path_makes_of_it(entry: dict[str, object]) -> None:
+    """Text or size plus metadata takes add_entry's short way; "type": "file" takes the long one."""
+    assert _node_or_error(entry) == _node_or_error({"type": "file", **entry})
