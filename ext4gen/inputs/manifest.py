@@ -101,7 +101,10 @@ def _decode(raw: bytes, path: str) -> dict[str, Any]:
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """JSON objects with a key twice would silently keep the last one: refuse them."""
-    out: dict[str, Any] = {}
+    out = dict(pairs)
+    if len(out) == len(pairs):  # the common case, found without a Python loop per key
+        return out
+    out = {}
     for k, v in pairs:
         if k in out:
             raise ManifestError(f'"{k}"' if k.startswith("/") else k, "duplicate key")

@@ -31,8 +31,9 @@ def split_blocks(entries: list[DirEntry]) -> list[int]:
     """Index of the first entry of each block."""
     starts = [0]
     used = 0
+    header, pad = _HEADER, EXT4_DIR_PAD - 1  # rec_len, inlined: once per entry of every directory
     for i, (name, _ino, _ft) in enumerate(entries):
-        need = rec_len(len(name))
+        need = (header + len(name) + pad) & ~pad
         if used + need > USABLE:
             starts.append(i)
             used = 0

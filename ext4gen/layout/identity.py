@@ -43,30 +43,37 @@ def identity_digest(options: ImageOptions, inodes: Sequence[InodePlan | None],
     h.update(options.label.encode() + b"\0" + options.dedup.encode() + b"\0")
     h.update(options.epoch_ns.to_bytes(16, "little", signed=True))
     h.update(b"inline" if options.inline_data else b"blocks")
-    pack = _DIGEST_INODE.pack
+    pack_ino, pack_meta, pack_rest = _DIGEST_INO.pack, _DIGEST_META.pack, _DIGEST_REST.pack
+    sha256 = hashlib.sha256
     parts: list[bytes] = []  # hashed in batches: one update per inode cost more than the packing
     update = parts.append
+    last_meta, meta_bytes = None, b""
     for ip, n in zip(inodes, nodes, strict=True):
         if ip is None or n is None:
             continue
         m = n.meta
-        a, b, c, d = m.atime, m.mtime, m.ctime, m.crtime  # (seconds, ns) as divmod gives them
-        update(pack(ip.ino, ip.mode, m.uid, m.gid, a // NS, a % NS, b // NS, b % NS, c // NS, c % NS,
-                    d // NS, d % NS, n.size, n.rdev[0], n.rdev[1]))
+        if m is not last_meta:  # a manifest's entries share one Meta per (mode, uid, gid)
+            a, b, c, d = m.atime, m.mtime, m.ctime, m.crtime  # (seconds, ns) as divmod gives them
+            meta_bytes = pack_meta(m.uid, m.gid, a // NS, a % NS, b // NS, b % NS, c // NS, c % NS,
+                                   d // NS, d % NS)
+            last_meta = m
+        update(pack_ino(ip.ino, ip.mode))
+        update(meta_bytes)
+        update(pack_rest(n.size, n.rdev[0], n.rdev[1]))
         if n.target:
             update(n.target)
         if n.xattrs:
             update(repr(sorted(n.xattrs.items())).encode())
-        if isinstance(n.source, InlineSource):
-            update(hashlib.sha256(n.source.data).digest())
-        elif n.source is not None and not isinstance(n.source, (ZeroSource, HostFileSource)):
-            update(n.source.describe().encode("utf-8", "surrogateescape"))  # generators: name, identity
+        src = n.source
+        if src is not None:
+            if type(src) is InlineSource:
+                update(sha256(src.data).digest())
+            elif not isinstance(src, (InlineSource, ZeroSource, HostFileSource)):
+                update(src.describe().encode("utf-8", "surrogateescape"))  # generators: name, identity
         if ip.extents:
             update(repr(ip.extents).encode())
         if ip.entries:
-            for name, ino, _ft in ip.entries:
-                update(name)
-                update(ino.to_bytes(4, "little"))
+            update(b"".join([name + ino.to_bytes(4, "little") for name, ino, _ft in ip.entries]))
         if len(parts) > 8192:
             h.update(b"".join(parts))
             parts.clear()
@@ -74,7 +81,12 @@ def identity_digest(options: ImageOptions, inodes: Sequence[InodePlan | None],
     return h.digest()
 
 
-_DIGEST_INODE = struct.Struct("<IIII" + "qI" * 4 + "QII")  # times as (seconds, ns): they pass 2^63 ns
+# Per inode, in this order and without padding ("<"): ino, mode; uid, gid, the four times as
+# (seconds, ns) since they pass 2^63 ns; size, rdev major, minor.  Packed in three pieces so
+# the middle one, the metadata, is packed once for entries that share a Meta.
+_DIGEST_INO = struct.Struct("<II")
+_DIGEST_META = struct.Struct("<II" + "qI" * 4)
+_DIGEST_REST = struct.Struct("<QII")
 
 
 def uuid_from(raw: bytes) -> bytes:

@@ -39,7 +39,7 @@ def _split(entries: list[DirEntry]) -> tuple[list[DirEntry], list[DirEntry], int
     """Entries for i_block and for system.data, and the value size; None if too big."""
     first: list[DirEntry] = []
     rest: list[DirEntry] = []
-    used = 0
+    used = value = 0
     for e in entries[2:]:  # no "." and ".." in an inline directory
         need = rec_len(len(e[0]))
         if not rest and used + need <= DIR_I_BLOCK_ENTRIES:
@@ -47,9 +47,9 @@ def _split(entries: list[DirEntry]) -> tuple[list[DirEntry], list[DirEntry], int
             used += need
         else:
             rest.append(e)
-    value = sum(rec_len(len(e[0])) for e in rest)
-    if value > MAX_INLINE_VALUE:
-        return None
+            value += need
+            if value > MAX_INLINE_VALUE:  # too big: a directory of 1,000 names stops here
+                return None
     return first, rest, value
 
 
