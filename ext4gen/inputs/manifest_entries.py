@@ -21,6 +21,7 @@ from ..model.tree import (
     DIR,
     FIFO,
     FILE,
+    MAX_FILE_SIZE,
     NO_XATTRS,
     SOCKET,
     SYMLINK,
@@ -67,9 +68,18 @@ class EntryDefaults:
     dir_mode: int
     time: int  # ns
     shared_metas: dict[tuple[int, int, int], Meta] = field(default_factory=dict)
+    modes: dict[str, int] = field(default_factory=dict)  # "0644" -> 0o644, parsed once each
 
     def meta(self, entry: dict[str, Any], key: str, default_perm: int) -> Meta:
-        perm = mode(entry["mode"], f"{key}.mode") if "mode" in entry else default_perm
+        if "mode" in entry:
+            given = entry["mode"]
+            perm = self.modes.get(given) if type(given) is str else None
+            if perm is None:
+                perm = mode(given, f"{key}.mode")
+                if type(given) is str:
+                    self.modes[given] = perm
+        else:
+            perm = default_perm
         uid = uint32(entry["uid"], f"{key}.uid") if "uid" in entry else self.uid
         gid = uint32(entry["gid"], f"{key}.gid") if "gid" in entry else self.gid
         default_time = self.time
@@ -121,12 +131,18 @@ def add_entry(tree: Tree, path: str, entry: dict[str, Any], key: str, ctx: Entry
     """Check one ``"/path"`` entry and add its node (or its hard link) to ``tree``."""
     keys = entry.keys()
     if "text" in entry and keys <= _TEXT_FILE_KEYS:
-        source: Source = InlineSource(string(entry["text"], f"{key}.text").encode("utf-8"))
-        tree.add(path, Node(FILE, ctx.defaults.meta(entry, key, ctx.defaults.mode), key=key, source=source))
+        text = entry["text"]
+        if type(text) is not str:
+            string(text, f"{key}.text")  # the general check: the error names the key
+        source: Source = InlineSource(text.encode("utf-8"))
+        tree.add(path, Node(FILE, ctx.defaults.meta(entry, key, ctx.defaults.mode), key, source))
         return
     if "size" in entry and keys <= _SIZE_FILE_KEYS:
-        source = ZeroSource(file_size(entry["size"], f"{key}.size"))
-        tree.add(path, Node(FILE, ctx.defaults.meta(entry, key, ctx.defaults.mode), key=key, source=source))
+        size = entry["size"]
+        if type(size) is not int or not 0 <= size <= MAX_FILE_SIZE:
+            file_size(size, f"{key}.size")  # the general check: the error names the key
+        source = ZeroSource(size)
+        tree.add(path, Node(FILE, ctx.defaults.meta(entry, key, ctx.defaults.mode), key, source))
         return
     if not entry.keys() <= ENTRY_KEYS:
         no_unknown(entry, ENTRY_KEYS, key)
