@@ -66,9 +66,9 @@ def identity_digest(options: ImageOptions, inodes: Sequence[InodePlan | None],
             update(repr(sorted(n.xattrs.items())).encode())
         src = n.source
         if src is not None:
-            if type(src) is InlineSource:
+            if isinstance(src, InlineSource):
                 update(sha256(src.data).digest())
-            elif not isinstance(src, (InlineSource, ZeroSource, HostFileSource)):
+            elif not isinstance(src, (ZeroSource, HostFileSource)):
                 update(src.describe().encode("utf-8", "surrogateescape"))  # generators: name, identity
         if ip.extents:
             update(repr(ip.extents).encode())

@@ -113,26 +113,16 @@ class Tree:
         self._implied_meta = implied_dir_meta or root_meta
         self._links: list[tuple[list[bytes], list[bytes], str]] = []
         self._resolved = False
-        self._last_parent: tuple[tuple[bytes, ...], Node] | None = None  # siblings come in runs
-        # The raw parent path of the last add and its node: a manifest's next entry is most
-        # often a sibling, checked and placed without splitting its whole path again.
+        # The raw parent path of the last add and its node: the next entry is most often a
+        # sibling (a manifest, a tar), checked and placed without splitting its path again.
         self._last_head: tuple[bytes, Node] | None = None
 
     def forget_parents(self) -> None:
-        """Drop the parents :meth:`add` remembers: a caller that removed entries (a layer's
-        whiteouts) may have detached them from the tree."""
-        self._last_parent = self._last_head = None
+        """Drop the parent :meth:`add` remembers: a caller that removed entries (a layer's
+        whiteouts) may have detached it from the tree."""
+        self._last_head = None
 
     def _parent(self, parts: list[bytes], key: str) -> Node:
-        prefix = tuple(parts[:-1])
-        last = self._last_parent
-        if last is not None and last[0] == prefix and last[1].children is not None:
-            return last[1]
-        node = self._walk_parent(parts, key)
-        self._last_parent = (prefix, node)
-        return node
-
-    def _walk_parent(self, parts: list[bytes], key: str) -> Node:
         node = self.root
         for i, name in enumerate(parts[:-1]):
             assert node.children is not None
@@ -170,7 +160,7 @@ class Tree:
             raise ManifestError(key, "duplicate path '/'")
         node.children = self.root.children
         self.root = node
-        self._last_parent = self._last_head = None
+        self._last_head = None
         return node
 
     def add_child(self, parent: Node, name: bytes, node: Node, key: str | None = None) -> Node:
