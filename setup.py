@@ -1,9 +1,10 @@
-"""Build configuration beyond pyproject.toml: five small plain CPython extensions and a filter.
+"""Build configuration beyond pyproject.toml: six small plain CPython extensions and a filter.
 
 ``ext4gen.render._fastread`` is the compiled read path; ``ext4gen.model._pincheck``
 checks a saved plan's host paths (a restart); ``ext4gen.layout._hashread`` reads and
 hashes small host files for content dedup (xxhash.h, from libxxhash-dev, header only);
 ``ext4gen.inputs._dirscan`` lists a host directory tree ahead of its import;
+``ext4gen.format._dirhash`` is the htree name hash (dirhash.py is its definition);
 ``ext4gen.serve._logfilter`` keeps
 nbdkit's per-request error lines out of the server log.  ``ext4gen.serve._nbdfilter``
 is an nbdkit filter (built like an extension, loaded by nbdkit) that answers reads
@@ -25,6 +26,8 @@ setup(
         Extension("ext4gen.render._fastread", sources=["ext4gen/render/_fastread.c"],
                   extra_compile_args=FLAGS, optional=True),
         Extension("ext4gen.model._pincheck", sources=["ext4gen/model/_pincheck.c"],
+                  extra_compile_args=FLAGS, optional=True),
+        Extension("ext4gen.format._dirhash", sources=["ext4gen/format/_dirhash.c"],
                   extra_compile_args=FLAGS, optional=True),
         Extension("ext4gen.inputs._dirscan", sources=["ext4gen/inputs/_dirscan.c"],
                   extra_compile_args=FLAGS, optional=True),

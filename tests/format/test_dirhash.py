@@ -76,12 +76,39 @@ def test_one_batch_of_all_lengths_matches_e2fsprogs(any_image: Path) -> None:
 @given(names=st.lists(st.binary(min_size=1, max_size=255), min_size=1, max_size=40),
        batch=st.integers(1, 7))
 def test_lanes_do_not_disturb_each_other(names: list[bytes], batch: int) -> None:
-    """A batch (split at any size) hashes each name as if it were alone."""
+    """A batch (split at any size) hashes each name as if it were alone (the Python lanes)."""
     seed = (0x12345678, 0xFFFFFFFF, 0, 0x80000001)
-    alone = [half_md4(n, seed) for n in names]
+    alone = [dirhash.half_md4_many_py([n], seed)[0] for n in names]
     old = dirhash.BATCH
     dirhash.BATCH = batch
     try:
-        assert half_md4_many(names, seed) == alone
+        assert dirhash.half_md4_many_py(names, seed) == alone
     finally:
         dirhash.BATCH = old
+
+
+def test_the_python_lanes_match_e2fsprogs(any_image: Path) -> None:
+    """The definition (and the fallback) on its own: half_md4 above may be the compiled one."""
+    seed = seed_words(uuid.UUID(SEED).bytes)
+    assert dirhash.half_md4_many_py(NAMES, seed) == [_debugfs_hash(any_image, n, SEED) for n in NAMES]
+
+
+@pytest.mark.skipif(dirhash._dirhash is None, reason="ext4gen.format._dirhash is not built")
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(names=st.lists(st.binary(max_size=300), max_size=50),
+       seed=st.tuples(*[st.integers(0, 0xFFFFFFFF)] * 4))
+def test_the_compiled_hash_is_the_python_one(names: list[bytes], seed: tuple[int, int, int, int]) -> None:
+    """Every padding case, multi-piece names, and seeds with the top bits set."""
+    assert dirhash._dirhash.half_md4_many(names, seed) == dirhash.half_md4_many_py(names, seed)
+
+
+def test_the_compiled_hash_is_used_unless_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    if dirhash._dirhash is None:
+        pytest.skip("ext4gen.format._dirhash is not built")
+    calls = []
+    monkeypatch.setattr(dirhash, "half_md4_many_py", lambda *a: calls.append(a) or [])
+    half_md4_many([b"a"], DEFAULT_SEED)
+    assert calls == []
+    monkeypatch.setenv("EXT4GEN_PURE_PYTHON", "1")
+    half_md4_many([b"a"], DEFAULT_SEED)
+    assert len(calls) == 1
