@@ -8,6 +8,7 @@ sparse files are recognised with SEEK_DATA/SEEK_HOLE so holes stay holes.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import stat
 import sys
@@ -152,20 +153,20 @@ _XATTRS_NONE, _XATTRS_ASK = 0, 2  # _dirscan's probe: none, or let read_xattrs r
 _STAT_FIELDS = ("st_mode", "st_ino", "st_dev", "st_nlink", "st_uid", "st_gid", "st_size", "st_atime",
                 "st_mtime", "st_ctime", "st_atime_ns", "st_mtime_ns", "st_ctime_ns", "st_blksize",
                 "st_blocks", "st_rdev")
-_dirscan_checked: list[bool] = []
 
 
 def _dirscan_usable() -> bool:
     """The extension is built, not switched off, and fills os.stat_result as os.lstat does."""
-    if _dirscan is None or pure_python_requested():
+    return _dirscan is not None and not pure_python_requested() and _dirscan_fills_stat_results()
+
+
+@functools.cache
+def _dirscan_fills_stat_results() -> bool:
+    try:
+        ours, theirs = _dirscan.lstat(b"/"), os.lstat(b"/")  # type: ignore[union-attr]
+    except (OSError, AttributeError):
         return False
-    if not _dirscan_checked:
-        try:
-            ours, theirs = _dirscan.lstat(b"/"), os.lstat(b"/")
-            _dirscan_checked.append(all(getattr(ours, f) == getattr(theirs, f) for f in _STAT_FIELDS))
-        except (OSError, AttributeError):
-            _dirscan_checked.append(False)
-    return _dirscan_checked[0]
+    return all(getattr(ours, f) == getattr(theirs, f) for f in _STAT_FIELDS)
 
 
 class _Listings:
@@ -291,7 +292,7 @@ def _walk(tree: Tree, stack: list[tuple[bytes, Node, os.stat_result]],
             node = Node(kind, meta, key=shown, xattrs=xattrs, imported=True)
             if kind == FILE:
                 try:
-                    node.source = HostFileSource.whole(shown, st)
+                    node.source = HostFileSource(shown, st=st)
                 except OSError as e:
                     raise ManifestError(shown, f"cannot read: {e.strerror}") from None
             elif kind == SYMLINK:

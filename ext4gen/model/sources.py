@@ -420,18 +420,6 @@ class HostFileSource(Source):
 
     restartable = True
 
-    @classmethod
-    def whole(cls, path: str, st: os.stat_result) -> HostFileSource:
-        """``cls(path, st=st)``: a whole host file, as a directory import makes one per file,
-        without the general constructor's argument handling unless it may have holes."""
-        file = HostFile(path, st)
-        if file.sparse and file.pin.st_size:
-            return cls(file)
-        self = cls.__new__(cls)
-        self.file, self.path, self.base_offset, self.segments = file, path, 0, None
-        self.size = file.pin.st_size
-        return self
-
     @property
     def pin(self) -> Pin:
         return self.file.pin

@@ -162,12 +162,13 @@ def _plan(spec: ExportSpec) -> _Export:
         _SAVES.append(save)  # in after_fork: a thread saves the plan while it serves
     # A saved plan holds no remote file, so it has nothing to prefetch; nor has an image
     # that names no prefetch paths (then the module, and its remote client, stay unloaded).
-    from ext4gen.remote.settings import ENV_PREFETCH  # loaded with any manifest or import
+    if tree is not None:
+        from ext4gen.remote.settings import ENV_PREFETCH  # loaded with any manifest or import
 
-    if tree is not None and (image.plan.options.prefetch or os.environ.get(ENV_PREFETCH)):
-        from ext4gen.remote import prefetch  # remote files to fetch first: queued in after_fork
+        if image.plan.options.prefetch or os.environ.get(ENV_PREFETCH):
+            from ext4gen.remote import prefetch  # remote files to fetch first: queued in after_fork
 
-        prefetch.collect(tree, image.plan.options.prefetch, spec.source)
+            prefetch.collect(tree, image.plan.options.prefetch, spec.source)
     geo = image.plan.geometry
     label = image.plan.options.label
     description = (f"ext4gen{' ' + label if label else ''}: {os.path.basename(spec.source)}, "
