@@ -19,8 +19,17 @@
  * time, and a reader that raced with a writer reports a miss instead of
  * copying torn bytes.  Counters: relaxed atomic adds, no lock.
  *
+ * Read-ahead.  A source tree is thousands of files where a built image is one, so the host
+ * kernel's own read-ahead (per file) never runs ahead of a client reading the image in order:
+ * each cold file costs a synchronous disk read (and a path lookup) on the request's critical
+ * path.  Requests that read file data are matched against a few streams; once a stream has
+ * gone forward twice, a background thread opens the files of the next image bytes (a window
+ * that doubles up to ra_window) and asks the kernel to read them (POSIX_FADV_WILLNEED), so
+ * their I/O overlaps the client's.  Errors there are ignored: the read itself reports them.
+ *
  * The image layout is never interpreted here: Python builds the table.
  */
+#define _GNU_SOURCE /* preadv2, RWF_NOWAIT */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
@@ -33,9 +42,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #define BLOCK 4096
+#define RA_STREAMS 8    /* sequential readers told apart (connections, kernel read-ahead streams) */
+#define RA_QUEUE 16     /* windows waiting for the read-ahead thread; more are dropped */
+#define RA_FIRST (256 * 1024) /* a stream's first window; doubles up to ra_window */
 #define CHUNK_SHIFT 15 /* blocks per distinct-blocks bitmap chunk: 128 MiB of image */
 
 enum { K_ZERO = 0, K_META = 1, K_FILE = 2, K_PY = 3 };
@@ -69,6 +82,14 @@ typedef struct {
 } centry_t;
 
 typedef struct {
+    uint64_t next;   /* where the stream's last request ended */
+    uint64_t ahead;  /* image bytes before this are already asked for */
+    uint64_t win;    /* the stream's current window */
+    uint64_t used;   /* tick of its last request, for replacement */
+    int hits;        /* requests that continued it */
+} stream_t;
+
+typedef struct {
     PyObject_HEAD
     region_t *regions;  /* n + 1: a sentinel whose start is the image size */
     Py_ssize_t n;
@@ -86,8 +107,20 @@ typedef struct {
     int pool_size, pool_used, pool_hand;
     unsigned char **chunks; /* distinct-blocks bitmap, chunks allocated on first touch */
     Py_ssize_t nchunks;
+    /* read-ahead: ra_lock guards all but ra_window (set once, before serving) */
+    uint64_t ra_window;  /* 0: off */
+    pthread_mutex_t ra_lock;
+    pthread_cond_t ra_cond;
+    pthread_t ra_thread;
+    int ra_started, ra_stop;
+    void *ra_next;       /* all tables, for the fork handlers (g_tables) */
+    stream_t streams[RA_STREAMS];
+    uint64_t ra_tick;
+    uint64_t ra_queue[RA_QUEUE][2];
+    int ra_head, ra_len;
     /* counters */
     uint64_t c_requests, c_meta, c_data, c_zero, c_hits, c_misses, c_errors, c_opens;
+    uint64_t c_ra_bytes, c_ra_windows;
 } Table;
 
 #define ADD(field, v) __atomic_fetch_add(&(field), (uint64_t)(v), __ATOMIC_RELAXED)
@@ -442,6 +475,204 @@ static void mark_blocks(Table *t, uint64_t offset, uint64_t len) {
     }
 }
 
+/* -- read-ahead -------------------------------------------------------------------------------- */
+
+/* Hint the kernel to read bytes [off, off+n) of file fi (read-ahead thread), unless their last
+ * byte is in the page cache already (then the rest, read before it, almost surely is too). */
+static void ra_file(Table *t, Py_ssize_t fi, int64_t off, int64_t n) {
+    rerr_t e = {0};
+    int owned;
+    int fd = acquire(t, fi, &owned, &e); /* opens ahead too: the path lookup leaves the request */
+    if (fd < 0)
+        return;
+    char byte;
+    struct iovec probe = {&byte, 1};
+    if (preadv2(fd, &probe, 1, off + n - 1, RWF_NOWAIT) != 1) {
+        posix_fadvise(fd, off, n, POSIX_FADV_WILLNEED);
+        ADD(t->c_ra_bytes, n);
+    }
+    release(t, fi, fd, owned, 0);
+}
+
+/* Ask for the file data of image bytes [lo, hi): one hint per run of a file's contiguous bytes. */
+static void ra_range(Table *t, uint64_t lo, uint64_t hi) {
+    uint64_t size = t->regions[t->n].start;
+    if (hi > size)
+        hi = size;
+    if (lo >= hi)
+        return;
+    Py_ssize_t i = find_region(t, lo), run_fi = -1;
+    int64_t run_off = 0, run_len = 0;
+    for (; i < t->n && t->regions[i].start < hi; i++) {
+        region_t *r = &t->regions[i];
+        if (r->kind != K_FILE || r->data_len <= 0)
+            continue;
+        uint64_t a = lo > r->start ? lo : r->start;
+        uint64_t b = hi < t->regions[i + 1].start ? hi : t->regions[i + 1].start;
+        int64_t rel = (int64_t)(a - r->start), n = r->data_len - rel;
+        if (n > (int64_t)(b - a))
+            n = (int64_t)(b - a);
+        if (n <= 0)
+            continue;
+        if (r->aux == run_fi && run_off + run_len == r->file_off + rel) {
+            run_len += n;
+            continue;
+        }
+        if (run_len > 0)
+            ra_file(t, run_fi, run_off, run_len);
+        if (__atomic_load_n(&t->ra_stop, __ATOMIC_RELAXED))
+            return;
+        run_fi = r->aux;
+        run_off = r->file_off + rel;
+        run_len = n;
+    }
+    if (run_len > 0)
+        ra_file(t, run_fi, run_off, run_len);
+}
+
+static void *ra_main(void *arg) {
+    Table *t = arg;
+    pthread_mutex_lock(&t->ra_lock);
+    for (;;) {
+        while (!t->ra_len && !t->ra_stop)
+            pthread_cond_wait(&t->ra_cond, &t->ra_lock);
+        if (t->ra_stop)
+            break;
+        uint64_t lo = t->ra_queue[t->ra_head][0], hi = t->ra_queue[t->ra_head][1];
+        t->ra_head = (t->ra_head + 1) % RA_QUEUE;
+        t->ra_len--;
+        pthread_mutex_unlock(&t->ra_lock);
+        ra_range(t, lo, hi);
+        pthread_mutex_lock(&t->ra_lock);
+    }
+    pthread_mutex_unlock(&t->ra_lock);
+    return NULL;
+}
+
+/* A request read file data at [off, end): continue its stream and queue the next window once
+ * the stream has gone forward twice, or start a stream in place of the least recent one. */
+static void ra_note(Table *t, uint64_t off, uint64_t end) {
+    uint64_t max = t->ra_window;
+    pthread_mutex_lock(&t->ra_lock);
+    uint64_t tick = ++t->ra_tick;
+    stream_t *s = NULL, *oldest = &t->streams[0];
+    for (int k = 0; k < RA_STREAMS; k++) {
+        stream_t *c = &t->streams[k];
+        if (c->used && off <= c->next + c->win && off + c->win >= c->next) {
+            s = c;
+            break;
+        }
+        if (c->used < oldest->used)
+            oldest = c;
+    }
+    if (!s) {
+        *oldest = (stream_t){.next = end, .ahead = end, .win = RA_FIRST, .used = tick};
+        pthread_mutex_unlock(&t->ra_lock);
+        return;
+    }
+    s->used = tick;
+    if (end > s->next)
+        s->next = end;
+    for (int k = 0; k < RA_STREAMS; k++) { /* streams that met are one: fold the others in */
+        stream_t *c = &t->streams[k];
+        if (c != s && c->used && c->next <= s->ahead + s->win && s->next <= c->ahead + c->win) {
+            if (c->next > s->next)
+                s->next = c->next;
+            if (c->ahead > s->ahead)
+                s->ahead = c->ahead;
+            if (c->win > s->win)
+                s->win = c->win;
+            if (c->hits > s->hits)
+                s->hits = c->hits;
+            c->used = 0;
+        }
+    }
+    if (++s->hits < 2 || s->ahead >= s->next + s->win / 2 || t->ra_len == RA_QUEUE || t->ra_stop) {
+        pthread_mutex_unlock(&t->ra_lock);
+        return;
+    }
+    if (!t->ra_started) {
+        if (pthread_create(&t->ra_thread, NULL, ra_main, t)) {
+            t->ra_window = 0; /* no thread: no read-ahead */
+            pthread_mutex_unlock(&t->ra_lock);
+            return;
+        }
+        t->ra_started = 1;
+    }
+    uint64_t lo = s->ahead > s->next ? s->ahead : s->next;
+    s->ahead = s->next + s->win;
+    if (s->win < max)
+        s->win = 2 * s->win < max ? 2 * s->win : max;
+    int slot = (t->ra_head + t->ra_len) % RA_QUEUE;
+    t->ra_queue[slot][0] = lo;
+    t->ra_queue[slot][1] = s->ahead;
+    t->ra_len++;
+    ADD(t->c_ra_windows, 1);
+    pthread_cond_signal(&t->ra_cond);
+    pthread_mutex_unlock(&t->ra_lock);
+}
+
+static void ra_shutdown(Table *t) {
+    pthread_mutex_lock(&t->ra_lock);
+    t->ra_stop = 1;
+    int started = t->ra_started;
+    pthread_cond_signal(&t->ra_cond);
+    pthread_mutex_unlock(&t->ra_lock);
+    if (started)
+        pthread_join(t->ra_thread, NULL);
+}
+
+/* Fork.  Only the forking thread lives on in a child, so a read-ahead thread stays in the
+ * parent, and a lock another thread held at the fork would stay held for good.  The handlers
+ * take every table's locks around fork() and give the child fresh ones, with no thread (the
+ * next sequential reader starts one there). */
+static pthread_mutex_t g_tables_lock = PTHREAD_MUTEX_INITIALIZER;
+static Table *g_tables;
+
+static void fork_prepare(void) {
+    pthread_mutex_lock(&g_tables_lock);
+    for (Table *t = g_tables; t; t = t->ra_next) {
+        pthread_mutex_lock(&t->ra_lock);
+        pthread_mutex_lock(&t->fd_lock);
+    }
+}
+
+static void fork_parent(void) {
+    for (Table *t = g_tables; t; t = t->ra_next) {
+        pthread_mutex_unlock(&t->fd_lock);
+        pthread_mutex_unlock(&t->ra_lock);
+    }
+    pthread_mutex_unlock(&g_tables_lock);
+}
+
+static void fork_child(void) {
+    for (Table *t = g_tables; t; t = t->ra_next) {
+        pthread_mutex_init(&t->fd_lock, NULL);
+        pthread_mutex_init(&t->ra_lock, NULL);
+        pthread_cond_init(&t->ra_cond, NULL); /* forget the parent's waiting thread */
+        t->ra_started = 0;
+        t->ra_len = 0;
+    }
+    pthread_mutex_init(&g_tables_lock, NULL);
+}
+
+static void tables_add(Table *t) {
+    pthread_mutex_lock(&g_tables_lock);
+    t->ra_next = g_tables;
+    g_tables = t;
+    pthread_mutex_unlock(&g_tables_lock);
+}
+
+static void tables_remove(Table *t) {
+    pthread_mutex_lock(&g_tables_lock);
+    for (Table **p = &g_tables; *p; p = (Table **)&(*p)->ra_next)
+        if (*p == t) {
+            *p = t->ra_next;
+            break;
+        }
+    pthread_mutex_unlock(&g_tables_lock);
+}
+
 /* The whole request, GIL released.  Fills what it can, lists misses, stops at an error.
  * Counted in the statistics unless ``whole_only`` and something was left (the nbdkit
  * filter then hands the request to the plugin, which reads and counts it again). */
@@ -501,6 +732,8 @@ static void do_read(Table *t, unsigned char *base, uint64_t offset, uint64_t len
         ADD(t->c_errors, 1);
     else if (m->n == 0)
         mark_blocks(t, offset, len);
+    if (data && t->ra_window)
+        ra_note(t, offset, end);
 }
 
 static PyObject *error_message(Table *t, rerr_t *e) {
@@ -627,12 +860,23 @@ static PyObject *Table_stats(Table *t, PyObject *noargs) {
         open_fds += t->ring[s] >= 0;
     pthread_mutex_unlock(&t->fd_lock);
 #define L(f) (unsigned long long)__atomic_load_n(&t->f, __ATOMIC_RELAXED)
-    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsi}", "requests", L(c_requests), "bytes_metadata",
+    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsisKsK}", "requests", L(c_requests), "bytes_metadata",
                          L(c_meta), "bytes_data", L(c_data), "bytes_zero", L(c_zero), "cache_hits",
                          L(c_hits), "cache_misses", L(c_misses), "source_errors", L(c_errors),
                          "opens", L(c_opens), "distinct_blocks", (unsigned long long)distinct,
-                         "open_fds", open_fds);
+                         "open_fds", open_fds, "readahead_windows", L(c_ra_windows),
+                         "readahead_bytes", L(c_ra_bytes));
 #undef L
+}
+
+static PyObject *Table_set_readahead(Table *t, PyObject *arg) {
+    unsigned long long n = PyLong_AsUnsignedLongLong(arg);
+    if (n == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    pthread_mutex_lock(&t->ra_lock);
+    t->ra_window = n && n < RA_FIRST ? RA_FIRST : n;
+    pthread_mutex_unlock(&t->ra_lock);
+    Py_RETURN_NONE;
 }
 
 static PyObject *Table_close(Table *t, PyObject *noargs) {
@@ -791,12 +1035,18 @@ out_s:
 
 static PyObject *Table_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     Table *t = (Table *)type->tp_alloc(type, 0);
-    if (t)
+    if (t) {
         pthread_mutex_init(&t->fd_lock, NULL);
+        pthread_mutex_init(&t->ra_lock, NULL);
+        pthread_cond_init(&t->ra_cond, NULL);
+        tables_add(t);
+    }
     return (PyObject *)t;
 }
 
 static void Table_dealloc(Table *t) {
+    ra_shutdown(t); /* the thread uses the descriptors and regions freed below */
+    tables_remove(t);
     if (t->files) {
         for (Py_ssize_t k = 0; k < t->nfiles; k++) {
             if (t->files[k].fd >= 0)
@@ -816,6 +1066,8 @@ static void Table_dealloc(Table *t) {
     free(t->ring);
     free(t->chunks);
     pthread_mutex_destroy(&t->fd_lock);
+    pthread_mutex_destroy(&t->ra_lock);
+    pthread_cond_destroy(&t->ra_cond);
     Py_TYPE(t)->tp_free((PyObject *)t);
 }
 
@@ -827,6 +1079,8 @@ static PyMethodDef Table_methods[] = {
      "mark(offset, length): count the blocks of a request Python finished as read."},
     {"stats", (PyCFunction)Table_stats, METH_NOARGS, "Counters of the compiled path, as a dict."},
     {"close", (PyCFunction)Table_close, METH_NOARGS, "Close the cached descriptors not in use."},
+    {"set_readahead", (PyCFunction)Table_set_readahead, METH_O,
+     "set_readahead(nbytes): the largest window read ahead of a sequential reader (0: none)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -900,6 +1154,11 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__fastread(void) {
     if (PyType_Ready(&TableType) < 0)
         return NULL;
+    static int forks_handled;
+    if (!forks_handled++ && pthread_atfork(fork_prepare, fork_parent, fork_child)) {
+        PyErr_SetString(PyExc_OSError, "pthread_atfork failed");
+        return NULL;
+    }
     PyObject *m = PyModule_Create(&module);
     if (!m)
         return NULL;

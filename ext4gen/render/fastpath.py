@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from .image import Region
 
 CACHE_BLOCKS = 8192  # rendered metadata blocks the compiled path keeps (32 MiB, touched lazily)
+# Largest window of image bytes whose source files are read ahead of a sequential reader:
+# about what a disk's own read-ahead plus the host kernel's keeps in flight for one file.
+READAHEAD_BYTES = 4 << 20
 
 try:
     from . import _fastread  # type: ignore[attr-defined]
@@ -91,6 +94,17 @@ def table_for(regions: Sequence[Region], size: int) -> Any | None:
         else:
             kinds[i] = py
     return _fastread.Table(starts, kinds, aux, file_offs, data_lens, files, slots, CACHE_BLOCKS)
+
+
+def read_ahead(table: Any | None, nbytes: int = READAHEAD_BYTES) -> bool:
+    """Let ``table`` read source files ahead of sequential readers (a thread per table,
+    started by the first sequential read): a source tree is many files, so the host's
+    per-file read-ahead never runs ahead of a client reading the image in order.
+    False when reads run in Python (no read-ahead there)."""
+    if _fastread is None or table is None:
+        return False
+    table.set_readahead(nbytes)
+    return True
 
 
 def publish(name: str, table: Any | None) -> bool:

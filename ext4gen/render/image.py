@@ -41,6 +41,7 @@ class ReadStats:
     metadata_blocks_generated: int = 0
     metadata_block_lookups: int = 0
     source_errors: int = 0
+    bytes_read_ahead: int = 0  # source bytes hinted ahead of sequential readers (compiled path)
 
     @property
     def metadata_cache_hits(self) -> int:
@@ -243,6 +244,12 @@ class Image:
         """
         return None if self._fast is None else self._fast.read
 
+    def read_ahead(self, nbytes: int = fastpath.READAHEAD_BYTES) -> bool:
+        """Read source files ahead of sequential readers, up to ``nbytes`` of image ahead
+        (0: stop); a thread does it, started by the first sequential read, so call this
+        in the process that serves (after nbdkit's fork).  False on the pure-Python path."""
+        return fastpath.read_ahead(self._fast, nbytes)
+
     def publish(self, export_name: str) -> bool:
         """Hand the compiled path's table to ext4gen's nbdkit filter for ``export_name``
         (False: the pure-Python path, or no such filter in this process)."""
@@ -302,7 +309,41 @@ class Image:
             s.bytes_zero += c["bytes_zero"]
             s.metadata_block_lookups += c["cache_hits"]
             s.source_errors += c["source_errors"]
+            s.bytes_read_ahead += c["readahead_bytes"]
         return s
+
+    def prerender_metadata(self, limit: int = fastpath.CACHE_BLOCKS // 2) -> int:
+        """Render metadata into the compiled path's cache before clients ask for it.
+
+        A mount's first reads (superblock, descriptors, then directories and inode
+        tables, a block group at a time) would otherwise each wait for Python to
+        render their blocks one by one; rendered here, in a thread while the
+        server is idle, the C read path answers them.  Block and inode bitmaps
+        come last (a read-only mount seldom reads them).  At most ``limit`` blocks,
+        so the cache keeps room for blocks clients read later; 0 on the
+        pure-Python path.  Returns how many blocks were rendered.
+        """
+        fast = self._fast
+        if fast is None:
+            return 0
+        geo = self.plan.geometry
+        groups = geo.groups
+
+        def is_bitmap(r: MetaRegion) -> bool:
+            b = r.first_block
+            return (geo.block_bitmap_start <= b < geo.block_bitmap_start + groups
+                    or geo.inode_bitmap_start <= b < geo.inode_bitmap_start + groups)
+
+        metas = sorted((r for r in self._regions if type(r) is MetaRegion), key=is_bitmap)
+        done = 0
+        for r in metas:
+            for k in range((r.end - r.start) // BLOCK_SIZE):
+                if done >= limit:
+                    return done
+                fast.put_block(r.first_block + k, r.render(k))  # plan data only: no source read
+                self._stats.metadata_blocks_generated += 1
+                done += 1
+        return done
 
     def distinct_blocks_read(self) -> int | None:
         """Distinct 4 KiB blocks that successful reads covered, as the compiled path counts

@@ -51,6 +51,7 @@ try:
     from ext4gen.serve.exports import ExportSpec
     from ext4gen.serve.options import PluginConfig
     from ext4gen.serve.processes import STOP_GRACE, exit_with
+    from ext4gen.switches import NO_READAHEAD_ENV, env_flag
     try:
         from ext4gen.serve import _logfilter  # type: ignore[attr-defined]
     except ImportError:  # not built: nbdkit's own error lines stay in the log
@@ -119,7 +120,8 @@ class _Export:
         total = -(-self.image.size // BLOCK)
         distinct = self.distinct_blocks()
         return (f"{st.requests} reads, {self.extents_calls} extents calls; bytes: "
-                f"metadata {st.bytes_metadata}, data {st.bytes_data}, zero {st.bytes_zero}; "
+                f"metadata {st.bytes_metadata}, data {st.bytes_data}, zero {st.bytes_zero}, "
+                f"read ahead {st.bytes_read_ahead}; "
                 f"metadata blocks generated {st.metadata_blocks_generated}, "
                 f"cache hits {st.metadata_cache_hits}; distinct blocks read {distinct} of {total}; "
                 f"source errors {st.source_errors}; connections {self.connections}")
@@ -410,12 +412,29 @@ def after_fork() -> None:
         fd = _logfilter.start(": pread: error: ")
         if fd >= 0:
             _ERRORS.fd = fd
+    if not env_flag(NO_READAHEAD_ENV):  # its thread starts with the first sequential reader
+        for e in _exports.values():
+            e.image.read_ahead()
+    if any(e.image.compiled for e in _exports.values()):
+        threading.Thread(target=_prerender, name="ext4gen-prerender", daemon=True).start()
     prefetch = sys.modules.get("ext4gen.remote.prefetch")  # loaded by _plan if anything to fetch
     if prefetch is not None:
         prefetch.start()  # remote files the manifests asked to fetch first
     if _SAVES:
         _SAVER.append(threading.Thread(target=_save_plans, name="ext4gen-save-plan", daemon=True))
         _SAVER[0].start()
+
+
+def _prerender() -> None:
+    """Render each export's metadata ahead of its first mount (Image.prerender_metadata)."""
+    for e in list(_exports.values()):
+        try:
+            n = e.image.prerender_metadata()
+        except Exception as exc:  # a bug, but only of an optimisation: reads still render
+            print(f"ext4gen: {e.source}: pre-rendering metadata failed: {exc!r}", file=sys.stderr,
+                  flush=True)
+        else:
+            nbdkit.debug(f"ext4gen: {e.source}: {n} metadata blocks rendered ahead")
 
 
 _SAVES: list[Callable[[], bool]] = []
