@@ -24,7 +24,7 @@
  * each cold file costs a synchronous disk read (and a path lookup) on the request's critical
  * path.  Requests that read file data are matched against a few streams; once a stream has
  * gone forward twice, a background thread opens the files of the next image bytes (a window
- * that doubles up to ra_window) and asks the kernel to read them (POSIX_FADV_WILLNEED), so
+ * of 1 MiB that doubles up to ra_window) and asks the kernel to read them (POSIX_FADV_WILLNEED), so
  * their I/O overlaps the client's.  Errors there are ignored: the read itself reports them.
  *
  * The image layout is never interpreted here: Python builds the table.
@@ -48,7 +48,8 @@
 #define BLOCK 4096
 #define RA_STREAMS 8    /* sequential readers told apart (connections, kernel read-ahead streams) */
 #define RA_QUEUE 16     /* windows waiting for the read-ahead thread; more are dropped */
-#define RA_FIRST (256 * 1024) /* a stream's first window; doubles up to ra_window */
+#define RA_FIRST (1024 * 1024) /* a stream's first window; doubles up to ra_window */
+#define RA_GAP (256 * 1024)    /* a request this close to where a stream ended continues it */
 #define CHUNK_SHIFT 15 /* blocks per distinct-blocks bitmap chunk: 128 MiB of image */
 
 enum { K_ZERO = 0, K_META = 1, K_FILE = 2, K_PY = 3 };
@@ -558,7 +559,7 @@ static void ra_note(Table *t, uint64_t off, uint64_t end) {
     stream_t *s = NULL, *oldest = &t->streams[0];
     for (int k = 0; k < RA_STREAMS; k++) {
         stream_t *c = &t->streams[k];
-        if (c->used && off <= c->next + c->win && off + c->win >= c->next) {
+        if (c->used && off <= c->next + RA_GAP && off + RA_GAP >= c->next) {
             s = c;
             break;
         }
@@ -575,7 +576,7 @@ static void ra_note(Table *t, uint64_t off, uint64_t end) {
         s->next = end;
     for (int k = 0; k < RA_STREAMS; k++) { /* streams that met are one: fold the others in */
         stream_t *c = &t->streams[k];
-        if (c != s && c->used && c->next <= s->ahead + s->win && s->next <= c->ahead + c->win) {
+        if (c != s && c->used && c->next <= s->ahead + RA_GAP && s->next <= c->ahead + RA_GAP) {
             if (c->next > s->next)
                 s->next = c->next;
             if (c->ahead > s->ahead)
