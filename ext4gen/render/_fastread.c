@@ -108,7 +108,7 @@ typedef struct {
     int pool_size, pool_used, pool_hand;
     unsigned char **chunks; /* distinct-blocks bitmap, chunks allocated on first touch */
     Py_ssize_t nchunks;
-    /* read-ahead: ra_lock guards all but ra_window (set once, before serving) */
+    /* read-ahead: ra_lock guards all but ra_window (atomic: readers test it unlocked) */
     uint64_t ra_window;  /* 0: off */
     pthread_mutex_t ra_lock;
     pthread_cond_t ra_cond;
@@ -479,7 +479,9 @@ static void mark_blocks(Table *t, uint64_t offset, uint64_t len) {
 /* -- read-ahead -------------------------------------------------------------------------------- */
 
 /* Hint the kernel to read bytes [off, off+n) of file fi (read-ahead thread), unless their last
- * byte is in the page cache already (then the rest, read before it, almost surely is too). */
+ * byte is in the page cache already (then the rest, read before it, almost surely is too).
+ * The probe is a one-byte RWF_NOWAIT read: a miss fails with EAGAIN, after starting the
+ * kernel's read of that page, which the hint then widens to the whole run. */
 static void ra_file(Table *t, Py_ssize_t fi, int64_t off, int64_t n) {
     rerr_t e = {0};
     int owned;
@@ -553,7 +555,9 @@ static void *ra_main(void *arg) {
 /* A request read file data at [off, end): continue its stream and queue the next window once
  * the stream has gone forward twice, or start a stream in place of the least recent one. */
 static void ra_note(Table *t, uint64_t off, uint64_t end) {
-    uint64_t max = t->ra_window;
+    uint64_t max = __atomic_load_n(&t->ra_window, __ATOMIC_RELAXED);
+    if (!max)
+        return;
     pthread_mutex_lock(&t->ra_lock);
     uint64_t tick = ++t->ra_tick;
     stream_t *s = NULL, *oldest = &t->streams[0];
@@ -594,7 +598,7 @@ static void ra_note(Table *t, uint64_t off, uint64_t end) {
     }
     if (!t->ra_started) {
         if (pthread_create(&t->ra_thread, NULL, ra_main, t)) {
-            t->ra_window = 0; /* no thread: no read-ahead */
+            __atomic_store_n(&t->ra_window, 0, __ATOMIC_RELAXED); /* no thread: no read-ahead */
             pthread_mutex_unlock(&t->ra_lock);
             return;
         }
@@ -733,7 +737,7 @@ static void do_read(Table *t, unsigned char *base, uint64_t offset, uint64_t len
         ADD(t->c_errors, 1);
     else if (m->n == 0)
         mark_blocks(t, offset, len);
-    if (data && t->ra_window)
+    if (data)
         ra_note(t, offset, end);
 }
 
@@ -875,7 +879,7 @@ static PyObject *Table_set_readahead(Table *t, PyObject *arg) {
     if (n == (unsigned long long)-1 && PyErr_Occurred())
         return NULL;
     pthread_mutex_lock(&t->ra_lock);
-    t->ra_window = n && n < RA_FIRST ? RA_FIRST : n;
+    __atomic_store_n(&t->ra_window, n && n < RA_FIRST ? RA_FIRST : n, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&t->ra_lock);
     Py_RETURN_NONE;
 }

@@ -4,15 +4,13 @@ The compiled read path (``_fastread.c``) reads source files ahead of a client
 that reads the image in order (a thread hints the kernel with
 POSIX_FADV_WILLNEED), and ``Image.prerender_metadata`` fills its metadata cache
 before the first mount.  Neither may change a byte: the reads here are checked
-against the pure-Python path.  Page-cache residency is probed with
-``preadv2(RWF_NOWAIT)``, which fails with EAGAIN for a page that is not cached.
+against the pure-Python path.  Page-cache residency comes from mincore(2)
+(``helpers.pagecache``).
 """
 
 from __future__ import annotations
 
-import ctypes
 import gc
-import mmap
 import os
 import signal
 import time
@@ -20,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from helpers.deadline import within
+from helpers.pagecache import cached, evict
 
 import ext4gen
 from ext4gen.render import fastpath
@@ -32,31 +31,6 @@ FILE_SIZE = 64 * 1024
 NFILES = 160  # 10 MiB of data: more than the 4 MiB window
 
 pytestmark = pytest.mark.skipif(fastpath._fastread is None, reason="the compiled read path is not built")
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def cached(path: Path, offset: int) -> bool:
-    """Whether the page holding ``offset`` of ``path`` is in the page cache: mincore(2) of a
-    private mapping, which (unlike a read, even with RWF_NOWAIT) starts no I/O."""
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) as m:
-        page = offset // mmap.PAGESIZE * mmap.PAGESIZE
-        addr = ctypes.addressof(ctypes.c_char.from_buffer(m)) + page
-        vec = (ctypes.c_ubyte * 1)()
-        if _libc.mincore(ctypes.c_void_p(addr), ctypes.c_size_t(1), vec) != 0:
-            raise OSError(ctypes.get_errno(), "mincore")
-        return bool(vec[0] & 1)
-
-
-def evict(paths: list[Path]) -> None:
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
 
 
 @pytest.fixture

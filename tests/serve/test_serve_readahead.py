@@ -15,19 +15,10 @@ from pathlib import Path
 
 import pytest
 from helpers.cli import build_cli, cli_serving
+from helpers.pagecache import evict
 
 NFILES = 96
 FILE_SIZE = 64 * 1024
-
-
-def evict(paths: list[Path]) -> None:
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
 
 
 @pytest.mark.parametrize("readahead", [True, False], ids=["default", "EXT4GEN_NO_READAHEAD"])
