@@ -24,8 +24,9 @@
  * each cold file costs a synchronous disk read (and a path lookup) on the request's critical
  * path.  Requests that read file data are matched against a few streams; once a stream has
  * gone forward twice, a background thread opens the files of the next image bytes (a window
- * of 1 MiB that doubles up to ra_window) and asks the kernel to read them (POSIX_FADV_WILLNEED), so
- * their I/O overlaps the client's.  Errors there are ignored: the read itself reports them.
+ * of 1 MiB that doubles up to ra_window) and asks the kernel to read them
+ * (POSIX_FADV_WILLNEED), so their I/O overlaps the client's.  Errors there are ignored: the
+ * read itself reports them.  Fork handlers keep the thread and its locks safe across fork().
  *
  * The image layout is never interpreted here: Python builds the table.
  */
@@ -51,6 +52,7 @@
 #define RA_FIRST (1024 * 1024) /* a stream's first window; doubles up to ra_window */
 #define RA_GAP (256 * 1024)    /* a request this close to where a stream ended continues it */
 #define RA_WHOLE (512 * 1024)  /* a source this small is read ahead whole */
+#define RA_SMALL (16 * 1024)   /* a request this small starts a stream only after another */
 #define CHUNK_SHIFT 15 /* blocks per distinct-blocks bitmap chunk: 128 MiB of image */
 
 enum { K_ZERO = 0, K_META = 1, K_FILE = 2, K_PY = 3 };
@@ -84,7 +86,7 @@ typedef struct {
 } centry_t;
 
 typedef struct {
-    uint64_t next;   /* where the stream's last request ended */
+    uint64_t next;   /* where the stream's last request ended (atomic: read unlocked; 0 none) */
     uint64_t ahead;  /* image bytes before this are already asked for */
     uint64_t win;    /* the stream's current window */
     uint64_t used;   /* tick of its last request, for replacement */
@@ -120,6 +122,7 @@ typedef struct {
     uint64_t ra_tick;
     uint64_t ra_queue[RA_QUEUE][2];
     int ra_head, ra_len;
+    uint64_t ra_last_end; /* where the last request that read file data ended (atomic) */
     /* counters */
     uint64_t c_requests, c_meta, c_data, c_zero, c_hits, c_misses, c_errors, c_opens;
     uint64_t c_ra_bytes, c_ra_windows;
@@ -587,6 +590,19 @@ static void ra_note(Table *t, uint64_t off, uint64_t end) {
     uint64_t max = __atomic_load_n(&t->ra_window, __ATOMIC_RELAXED);
     if (!max)
         return;
+    /* Without the lock first: a small request that neither follows the previous one nor
+     * continues a stream (a random read) starts and feeds nothing, and costs no lock.  Larger
+     * ones may start a stream (several streams interleave: nbdcopy's connections). */
+    uint64_t prev = __atomic_exchange_n(&t->ra_last_end, end, __ATOMIC_RELAXED);
+    if (end - off < RA_SMALL && !(off <= prev + RA_GAP && off + RA_GAP >= prev)) {
+        int near = 0;
+        for (int k = 0; k < RA_STREAMS && !near; k++) {
+            uint64_t next = __atomic_load_n(&t->streams[k].next, __ATOMIC_RELAXED);
+            near = next && off <= next + RA_GAP && off + RA_GAP >= next;
+        }
+        if (!near)
+            return;
+    }
     pthread_mutex_lock(&t->ra_lock);
     uint64_t tick = ++t->ra_tick;
     stream_t *s = NULL, *oldest = &t->streams[0];
@@ -600,18 +616,23 @@ static void ra_note(Table *t, uint64_t off, uint64_t end) {
             oldest = c;
     }
     if (!s) {
-        *oldest = (stream_t){.next = end, .ahead = end, .win = RA_FIRST, .used = tick};
+        oldest->ahead = end;
+        oldest->win = RA_FIRST;
+        oldest->used = tick;
+        oldest->hits = 0;
+        __atomic_store_n(&oldest->next, end, __ATOMIC_RELAXED); /* read unlocked above */
         pthread_mutex_unlock(&t->ra_lock);
         return;
     }
     s->used = tick;
-    if (end > s->next)
-        s->next = end;
+    int forward = end > s->next; /* only progress counts: a re-read is no sequential reader */
+    if (forward)
+        __atomic_store_n(&s->next, end, __ATOMIC_RELAXED);
     for (int k = 0; k < RA_STREAMS; k++) { /* streams that met are one: fold the others in */
         stream_t *c = &t->streams[k];
         if (c != s && c->used && c->next <= s->ahead + RA_GAP && s->next <= c->ahead + RA_GAP) {
             if (c->next > s->next)
-                s->next = c->next;
+                __atomic_store_n(&s->next, c->next, __ATOMIC_RELAXED);
             if (c->ahead > s->ahead)
                 s->ahead = c->ahead;
             if (c->win > s->win)
@@ -619,9 +640,11 @@ static void ra_note(Table *t, uint64_t off, uint64_t end) {
             if (c->hits > s->hits)
                 s->hits = c->hits;
             c->used = 0;
+            __atomic_store_n(&c->next, 0, __ATOMIC_RELAXED);
         }
     }
-    if (++s->hits < 2 || s->ahead >= s->next + s->win / 2 || t->ra_len == RA_QUEUE || t->ra_stop) {
+    s->hits += forward;
+    if (s->hits < 2 || s->ahead >= s->next + s->win / 2 || t->ra_len == RA_QUEUE || t->ra_stop) {
         pthread_mutex_unlock(&t->ra_lock);
         return;
     }
