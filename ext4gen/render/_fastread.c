@@ -930,9 +930,7 @@ static PyObject *Table_set_readahead(Table *t, PyObject *arg) {
     unsigned long long n = PyLong_AsUnsignedLongLong(arg);
     if (n == (unsigned long long)-1 && PyErr_Occurred())
         return NULL;
-    pthread_mutex_lock(&t->ra_lock);
     __atomic_store_n(&t->ra_window, n && n < RA_FIRST ? RA_FIRST : n, __ATOMIC_RELAXED);
-    pthread_mutex_unlock(&t->ra_lock);
     Py_RETURN_NONE;
 }
 
