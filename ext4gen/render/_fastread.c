@@ -44,6 +44,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #define BLOCK 4096
@@ -91,6 +92,8 @@ typedef struct {
     uint64_t win;    /* the stream's current window */
     uint64_t used;   /* tick of its last request, for replacement */
     int hits;        /* requests that continued it */
+    int warm;        /* its last window was all cached: quiet until a request misses the cache */
+    uint32_t gen;    /* changes when the slot starts another stream: stale window reports */
 } stream_t;
 
 typedef struct {
@@ -120,12 +123,12 @@ typedef struct {
     void *ra_next;       /* all tables, for the fork handlers (g_tables) */
     stream_t streams[RA_STREAMS];
     uint64_t ra_tick;
-    uint64_t ra_queue[RA_QUEUE][2];
+    uint64_t ra_queue[RA_QUEUE][4]; /* lo, hi, stream slot, its gen */
     int ra_head, ra_len;
     uint64_t ra_last_end; /* where the last request that read file data ended (atomic) */
     /* counters */
     uint64_t c_requests, c_meta, c_data, c_zero, c_hits, c_misses, c_errors, c_opens;
-    uint64_t c_ra_bytes, c_ra_windows;
+    uint64_t c_ra_bytes, c_ra_windows, c_ra_quiet;
 } Table;
 
 #define ADD(field, v) __atomic_fetch_add(&(field), (uint64_t)(v), __ATOMIC_RELAXED)
@@ -281,7 +284,31 @@ static void release(Table *t, Py_ssize_t fi, int fd, int owned, int broken) {
 
 /* -- reading -------------------------------------------------------------------------------- */
 
-static int pread_full(int fd, unsigned char *dst, int64_t n, int64_t off, Py_ssize_t fi, rerr_t *e) {
+static int g_nowait = 1; /* 0 once a source's file system refused RWF_NOWAIT */
+
+/* Read n bytes; with *missed non-NULL (read-ahead is on), first only what the page cache holds
+ * (RWF_NOWAIT, the same cost as pread on a hit), and set *missed when the rest needed I/O: that
+ * is what keeps a stream's read-ahead going.  The blocking read then waits for the I/O the
+ * miss started, so a miss costs one more system call and no second disk read. */
+static int pread_full(int fd, unsigned char *dst, int64_t n, int64_t off, Py_ssize_t fi, rerr_t *e,
+                      int *missed) {
+    if (missed && !*missed && n > 0) {
+        if (__atomic_load_n(&g_nowait, __ATOMIC_RELAXED)) {
+            struct iovec v = {dst, (size_t)n};
+            ssize_t got = preadv2(fd, &v, 1, off, RWF_NOWAIT);
+            if (got > 0) {
+                dst += got;
+                off += got;
+                n -= got;
+            } else if (got < 0 && errno == EOPNOTSUPP) {
+                __atomic_store_n(&g_nowait, 0, __ATOMIC_RELAXED);
+            }
+            if (n > 0) /* EAGAIN, a short read, EOF or an error: the loop below tells which */
+                *missed = 1;
+        } else {
+            *missed = 1; /* unknown: keep reading ahead, as before RWF_NOWAIT */
+        }
+    }
     while (n > 0) {
         ssize_t got = pread(fd, dst, (size_t)n, off);
         if (got < 0) {
@@ -305,7 +332,8 @@ static int pread_full(int fd, unsigned char *dst, int64_t n, int64_t off, Py_ssi
  * the image offset reached.  Runs whose file bytes continue each other become one pread;
  * the whole batch shares one descriptor and one pin check, made after the last read. */
 static uint64_t read_file_batch(Table *t, unsigned char *base, uint64_t offset, uint64_t pos,
-                                uint64_t end, Py_ssize_t *pi, uint64_t *data_bytes, rerr_t *e) {
+                                uint64_t end, Py_ssize_t *pi, uint64_t *data_bytes, rerr_t *e,
+                                int *missed) {
     Py_ssize_t i = *pi;
     Py_ssize_t fi = t->regions[i].aux;
     int owned;
@@ -330,7 +358,7 @@ static uint64_t read_file_batch(Table *t, unsigned char *base, uint64_t offset, 
             if (run_len > 0 && run_off + run_len == r->file_off + rel && run_dst + run_len == dst) {
                 run_len += want;
             } else {
-                if (run_len > 0 && pread_full(fd, run_dst, run_len, run_off, fi, e)) {
+                if (run_len > 0 && pread_full(fd, run_dst, run_len, run_off, fi, e, missed)) {
                     failed = 1;
                     break;
                 }
@@ -340,7 +368,7 @@ static uint64_t read_file_batch(Table *t, unsigned char *base, uint64_t offset, 
             }
         }
         if ((uint64_t)want < stop - pos) {
-            if (run_len > 0 && pread_full(fd, run_dst, run_len, run_off, fi, e)) {
+            if (run_len > 0 && pread_full(fd, run_dst, run_len, run_off, fi, e, missed)) {
                 failed = 1;
                 break;
             }
@@ -350,7 +378,7 @@ static uint64_t read_file_batch(Table *t, unsigned char *base, uint64_t offset, 
         pos = stop;
         i++;
     }
-    if (!failed && run_len > 0 && pread_full(fd, run_dst, run_len, run_off, fi, e))
+    if (!failed && run_len > 0 && pread_full(fd, run_dst, run_len, run_off, fi, e, missed))
         failed = 1;
     if (!failed) {
         struct stat st;
@@ -512,7 +540,7 @@ static int all_cached(int fd, int64_t off, int64_t n) {
  * page on its own: two disk reads per file instead of one.)  A small file is asked for whole,
  * as the kernel's own read-ahead would read it: dedup can split its bytes into several runs,
  * and one disk read serves them all. */
-static void ra_file(Table *t, Py_ssize_t fi, int64_t off, int64_t n) {
+static int ra_file(Table *t, Py_ssize_t fi, int64_t off, int64_t n) {
     if (t->files[fi].size <= RA_WHOLE) {
         off = 0;
         n = t->files[fi].size;
@@ -521,21 +549,25 @@ static void ra_file(Table *t, Py_ssize_t fi, int64_t off, int64_t n) {
     int owned;
     int fd = acquire(t, fi, &owned, &e); /* opens ahead too: the path lookup leaves the request */
     if (fd < 0)
-        return;
-    if (!all_cached(fd, off, n)) {
+        return 1; /* not known to be cached: the request will tell */
+    int hinted = !all_cached(fd, off, n);
+    if (hinted) {
         posix_fadvise(fd, off, n, POSIX_FADV_WILLNEED);
         ADD(t->c_ra_bytes, n);
     }
     release(t, fi, fd, owned, 0);
+    return hinted;
 }
 
-/* Ask for the file data of image bytes [lo, hi): one hint per run of a file's contiguous bytes. */
-static void ra_range(Table *t, uint64_t lo, uint64_t hi) {
+/* Ask for the file data of image bytes [lo, hi): one hint per run of a file's contiguous bytes.
+ * Returns how many runs were not all cached already (and so hinted). */
+static int ra_range(Table *t, uint64_t lo, uint64_t hi) {
     uint64_t size = t->regions[t->n].start;
     if (hi > size)
         hi = size;
     if (lo >= hi)
-        return;
+        return 0;
+    int hinted = 0;
     Py_ssize_t i = find_region(t, lo), run_fi = -1;
     int64_t run_off = 0, run_len = 0;
     for (; i < t->n && t->regions[i].start < hi; i++) {
@@ -554,15 +586,16 @@ static void ra_range(Table *t, uint64_t lo, uint64_t hi) {
             continue;
         }
         if (run_len > 0)
-            ra_file(t, run_fi, run_off, run_len);
+            hinted += ra_file(t, run_fi, run_off, run_len);
         if (__atomic_load_n(&t->ra_stop, __ATOMIC_RELAXED))
-            return;
+            return 1;
         run_fi = r->aux;
         run_off = r->file_off + rel;
         run_len = n;
     }
     if (run_len > 0)
-        ra_file(t, run_fi, run_off, run_len);
+        hinted += ra_file(t, run_fi, run_off, run_len);
+    return hinted;
 }
 
 static void *ra_main(void *arg) {
@@ -573,20 +606,28 @@ static void *ra_main(void *arg) {
             pthread_cond_wait(&t->ra_cond, &t->ra_lock);
         if (t->ra_stop)
             break;
-        uint64_t lo = t->ra_queue[t->ra_head][0], hi = t->ra_queue[t->ra_head][1];
+        uint64_t *q = t->ra_queue[t->ra_head];
+        uint64_t lo = q[0], hi = q[1], k = q[2], gen = q[3];
         t->ra_head = (t->ra_head + 1) % RA_QUEUE;
         t->ra_len--;
         pthread_mutex_unlock(&t->ra_lock);
-        ra_range(t, lo, hi);
+        int hinted = ra_range(t, lo, hi);
         pthread_mutex_lock(&t->ra_lock);
+        if (!hinted && t->streams[k].gen == (uint32_t)gen && !t->streams[k].warm) {
+            t->streams[k].warm = 1; /* reading ahead of it only cost cachestat calls */
+            ADD(t->c_ra_quiet, 1);
+        }
     }
     pthread_mutex_unlock(&t->ra_lock);
     return NULL;
 }
 
 /* A request read file data at [off, end): continue its stream and queue the next window once
- * the stream has gone forward twice, or start a stream in place of the least recent one. */
-static void ra_note(Table *t, uint64_t off, uint64_t end) {
+ * the stream has gone forward twice, or start a stream in place of the least recent one.
+ * ``missed``: part of its data was not in the page cache.  A stream whose last window was all
+ * cached queues nothing more until one of its requests misses: warm serving then costs no
+ * cachestat calls and no thread wake-ups, as the kernel's own read-ahead stays quiet on hits. */
+static void ra_note(Table *t, uint64_t off, uint64_t end, int missed) {
     uint64_t max = __atomic_load_n(&t->ra_window, __ATOMIC_RELAXED);
     if (!max)
         return;
@@ -620,6 +661,8 @@ static void ra_note(Table *t, uint64_t off, uint64_t end) {
         oldest->win = RA_FIRST;
         oldest->used = tick;
         oldest->hits = 0;
+        oldest->warm = 0;
+        oldest->gen++;
         __atomic_store_n(&oldest->next, end, __ATOMIC_RELAXED); /* read unlocked above */
         pthread_mutex_unlock(&t->ra_lock);
         return;
@@ -639,11 +682,22 @@ static void ra_note(Table *t, uint64_t off, uint64_t end) {
                 s->win = c->win;
             if (c->hits > s->hits)
                 s->hits = c->hits;
+            if (!c->warm)
+                s->warm = 0;
             c->used = 0;
+            c->gen++;
             __atomic_store_n(&c->next, 0, __ATOMIC_RELAXED);
         }
     }
     s->hits += forward;
+    if (missed)
+        s->warm = 0;
+    if (s->warm) {
+        if (s->ahead < s->next)
+            s->ahead = s->next; /* a miss later starts the window where the reader is */
+        pthread_mutex_unlock(&t->ra_lock);
+        return;
+    }
     if (s->hits < 2 || s->ahead >= s->next + s->win / 2 || t->ra_len == RA_QUEUE || t->ra_stop) {
         pthread_mutex_unlock(&t->ra_lock);
         return;
@@ -663,6 +717,8 @@ static void ra_note(Table *t, uint64_t off, uint64_t end) {
     int slot = (t->ra_head + t->ra_len) % RA_QUEUE;
     t->ra_queue[slot][0] = lo;
     t->ra_queue[slot][1] = s->ahead;
+    t->ra_queue[slot][2] = (uint64_t)(s - t->streams);
+    t->ra_queue[slot][3] = s->gen;
     t->ra_len++;
     ADD(t->c_ra_windows, 1);
     pthread_cond_signal(&t->ra_cond);
@@ -737,6 +793,7 @@ static void do_read(Table *t, unsigned char *base, uint64_t offset, uint64_t len
                     rerr_t *e, int whole_only) {
     uint64_t end = offset + len, pos = offset;
     uint64_t meta = 0, data = 0, zero = 0, hits = 0, misses = 0;
+    int ra_on = __atomic_load_n(&t->ra_window, __ATOMIC_RELAXED) != 0, missed_cache = 0;
     Py_ssize_t i = find_region(t, offset);
     while (pos < end && !e->failed) {
         region_t *r = &t->regions[i];
@@ -747,7 +804,7 @@ static void do_read(Table *t, unsigned char *base, uint64_t offset, uint64_t len
             zero += stop - pos;
             break;
         case K_FILE:
-            pos = read_file_batch(t, base, offset, pos, end, &i, &data, e);
+            pos = read_file_batch(t, base, offset, pos, end, &i, &data, e, ra_on ? &missed_cache : NULL);
             continue;
         case K_META:
             while (pos < stop) {
@@ -790,7 +847,7 @@ static void do_read(Table *t, unsigned char *base, uint64_t offset, uint64_t len
     else if (m->n == 0)
         mark_blocks(t, offset, len);
     if (data)
-        ra_note(t, offset, end);
+        ra_note(t, offset, end, missed_cache);
 }
 
 static PyObject *error_message(Table *t, rerr_t *e) {
@@ -917,12 +974,12 @@ static PyObject *Table_stats(Table *t, PyObject *noargs) {
         open_fds += t->ring[s] >= 0;
     pthread_mutex_unlock(&t->fd_lock);
 #define L(f) (unsigned long long)__atomic_load_n(&t->f, __ATOMIC_RELAXED)
-    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsisKsK}", "requests", L(c_requests), "bytes_metadata",
+    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsisKsKsK}", "requests", L(c_requests), "bytes_metadata",
                          L(c_meta), "bytes_data", L(c_data), "bytes_zero", L(c_zero), "cache_hits",
                          L(c_hits), "cache_misses", L(c_misses), "source_errors", L(c_errors),
                          "opens", L(c_opens), "distinct_blocks", (unsigned long long)distinct,
                          "open_fds", open_fds, "readahead_windows", L(c_ra_windows),
-                         "readahead_bytes", L(c_ra_bytes));
+                         "readahead_quiet", L(c_ra_quiet), "readahead_bytes", L(c_ra_bytes));
 #undef L
 }
 

@@ -113,6 +113,38 @@ def test_cached_sources_are_not_hinted_again(files: list[Path]) -> None:
     assert stats["readahead_windows"] > 0 and stats["readahead_bytes"] == 0, stats
 
 
+def test_a_warm_stream_goes_quiet_until_a_request_misses_the_cache(files: list[Path]) -> None:
+    """Once a window found every source cached, the stream queues no more windows (no
+    cachestat calls, no thread wake-ups on warm serving); the first request whose data is
+    not cached (RWF_NOWAIT said so) starts reading ahead again from where the reader is."""
+    image = planned(files)
+    pure = Image(image.plan, compiled=False)
+    image.read_ahead(4 << 20)
+    start, end = data_ranges(image)[0][0], data_ranges(image)[-1][1]
+    middle = start + (end - start) // 2
+    step = 128 * 1024
+    for p in files:
+        p.read_bytes()  # all cached
+    offsets = iter(range(start, end, step))
+    got = [image.read(next(offsets), step) for _ in range(3)]
+    first = settle(image)  # the third request queued a window, and it found all cached
+    assert first["readahead_windows"] == 1 and first["readahead_quiet"] == 1, first
+    assert first["readahead_bytes"] == 0
+    while (off := next(offsets)) < middle - step:
+        got.append(image.read(off, step))
+    assert settle(image)["readahead_windows"] == 1  # 4 MiB more, and no window
+    evict([p for p in files if p != file_at(image, files, off)])
+    got += [image.read(off, step), image.read(off + step, step)]
+    ahead = file_at(image, files, off + 4 * step)
+    deadline = time.monotonic() + 10
+    while not cached(ahead, 0) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert cached(ahead, 0)
+    again = settle(image)
+    assert again["readahead_windows"] > 1 and again["readahead_bytes"] > 0, again
+    assert b"".join(got) == pure.read(start, off + 2 * step - start)
+
+
 @pytest.mark.parametrize("order", ["forward jumps", "backward"])
 def test_jumps_start_no_read_ahead(files: list[Path], order: str) -> None:
     """Requests a megabyte apart (forward or backward) are no stream: nothing is read ahead."""
