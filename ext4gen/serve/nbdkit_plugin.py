@@ -47,6 +47,7 @@ try:
     from ext4gen.inputs.source import plan_source_saved
     from ext4gen.model.sources import raise_fd_limit, source_fd_budget
     from ext4gen.render import fastpath
+    from ext4gen.serve import background
     from ext4gen.serve.blockset import ReadBlocks
     from ext4gen.serve.exports import ExportSpec
     from ext4gen.serve.options import PluginConfig
@@ -416,13 +417,12 @@ def after_fork() -> None:
         for e in _exports.values():
             e.image.read_ahead()
     if any(e.image.compiled for e in _exports.values()):
-        threading.Thread(target=_prerender, name="ext4gen-prerender", daemon=True).start()
+        background.start(_prerender, "ext4gen-prerender")
     prefetch = sys.modules.get("ext4gen.remote.prefetch")  # loaded by _plan if anything to fetch
     if prefetch is not None:
         prefetch.start()  # remote files the manifests asked to fetch first
     if _SAVES:
-        _SAVER.append(threading.Thread(target=_save_plans, name="ext4gen-save-plan", daemon=True))
-        _SAVER[0].start()
+        _SAVER.append(background.start(_save_plans, "ext4gen-save-plan"))
 
 
 def _prerender() -> None:
