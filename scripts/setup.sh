@@ -192,7 +192,7 @@ check_debian_release() {
 # are skipped, so this is quick on every run; a module edited later is compiled in memory
 # until the next run, as Python always does with a stale .pyc.
 compile_bytecode() {
-    "$VENV/bin/python" -m compileall -q -j 0 "$ROOT/ext4gen" "$ROOT/plugins" >/dev/null \
+    "$VENV/bin/python" -m compileall -q "$ROOT/ext4gen" "$ROOT/plugins" >/dev/null \
         || log "warning: could not byte-compile $ROOT (every start will compile it again)"
 }
 
