@@ -952,6 +952,20 @@ static PyObject *Table_put_block(Table *t, PyObject *args) {
     Py_RETURN_TRUE;
 }
 
+/* Whether metadata block ``block`` is in the cache now (pre-rendering skips those). */
+static PyObject *Table_has_block(Table *t, PyObject *arg) {
+    unsigned long long block = PyLong_AsUnsignedLongLong(arg);
+    if (block == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    if (block >= (t->regions[t->n].start + BLOCK - 1) / BLOCK)
+        Py_RETURN_FALSE;
+    region_t *r = &t->regions[find_region(t, block * BLOCK)];
+    if (r->kind != K_META || t->pool_size == 0)
+        Py_RETURN_FALSE;
+    int64_t s = r->aux + (int64_t)(block - r->start / BLOCK);
+    return PyBool_FromLong(__atomic_load_n(&t->slot_map[s], __ATOMIC_ACQUIRE) >= 0);
+}
+
 static PyObject *Table_mark(Table *t, PyObject *args) {
     unsigned long long offset, len;
     if (!PyArg_ParseTuple(args, "KK", &offset, &len))
@@ -1187,6 +1201,8 @@ static PyMethodDef Table_methods[] = {
     {"read", (PyCFunction)Table_read, METH_VARARGS, read_doc},
     {"put_block", (PyCFunction)Table_put_block, METH_VARARGS,
      "put_block(block, data): keep a rendered metadata block for later reads (GIL held)."},
+    {"has_block", (PyCFunction)Table_has_block, METH_O,
+     "has_block(block): whether that metadata block is in the cache now."},
     {"mark", (PyCFunction)Table_mark, METH_VARARGS,
      "mark(offset, length): count the blocks of a request Python finished as read."},
     {"stats", (PyCFunction)Table_stats, METH_NOARGS, "Counters of the compiled path, as a dict."},

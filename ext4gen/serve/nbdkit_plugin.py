@@ -123,7 +123,8 @@ class _Export:
         return (f"{st.requests} reads, {self.extents_calls} extents calls; bytes: "
                 f"metadata {st.bytes_metadata}, data {st.bytes_data}, zero {st.bytes_zero}, "
                 f"read ahead {st.bytes_read_ahead}; "
-                f"metadata blocks generated {st.metadata_blocks_generated}, "
+                f"metadata blocks generated {st.metadata_blocks_generated} "
+                f"({st.metadata_blocks_prerendered} ahead of reads), "
                 f"cache hits {st.metadata_cache_hits}; distinct blocks read {distinct} of {total}; "
                 f"source errors {st.source_errors}; connections {self.connections}")
 
