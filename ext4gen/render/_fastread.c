@@ -25,8 +25,10 @@
  * path.  Requests that read file data are matched against a few streams; once a stream has
  * gone forward twice, a background thread opens the files of the next image bytes (a window
  * of 1 MiB that doubles up to ra_window) and asks the kernel to read them
- * (POSIX_FADV_WILLNEED), so their I/O overlaps the client's.  Errors there are ignored: the
- * read itself reports them.  Fork handlers keep the thread and its locks safe across fork().
+ * (POSIX_FADV_WILLNEED), so their I/O overlaps the client's.  A stream whose window found every
+ * source cached goes quiet until one of its requests misses the page cache (its first read is
+ * RWF_NOWAIT), so warm serving costs no probes.  Errors there are ignored: the read itself
+ * reports them.  Fork handlers keep the thread and its locks safe across fork().
  *
  * The image layout is never interpreted here: Python builds the table.
  */
