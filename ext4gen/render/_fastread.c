@@ -907,6 +907,14 @@ static PyObject *Table_read(Table *t, PyObject *args) {
     return out;
 }
 
+/* The cache slot of metadata block ``block`` (in range), or -1 when it is no cached metadata. */
+static int64_t meta_slot(Table *t, uint64_t block) {
+    region_t *r = &t->regions[find_region(t, block * BLOCK)];
+    if (r->kind != K_META || t->pool_size == 0)
+        return -1;
+    return r->aux + (int64_t)(block - r->start / BLOCK);
+}
+
 static PyObject *Table_put_block(Table *t, PyObject *args) {
     unsigned long long block;
     Py_buffer data;
@@ -916,12 +924,11 @@ static PyObject *Table_put_block(Table *t, PyObject *args) {
         PyBuffer_Release(&data);
         return PyErr_Format(PyExc_ValueError, "put_block: block %llu of %zd bytes", block, data.len);
     }
-    region_t *r = &t->regions[find_region(t, block * BLOCK)];
-    if (r->kind != K_META || t->pool_size == 0) {
+    int64_t s = meta_slot(t, block);
+    if (s < 0) {
         PyBuffer_Release(&data);
         Py_RETURN_FALSE;
     }
-    int64_t s = r->aux + (int64_t)(block - r->start / BLOCK);
     if (__atomic_load_n(&t->slot_map[s], __ATOMIC_ACQUIRE) >= 0) { /* already there */
         PyBuffer_Release(&data);
         Py_RETURN_TRUE;
@@ -961,11 +968,8 @@ static PyObject *Table_has_block(Table *t, PyObject *arg) {
         return NULL;
     if (block >= (t->regions[t->n].start + BLOCK - 1) / BLOCK)
         Py_RETURN_FALSE;
-    region_t *r = &t->regions[find_region(t, block * BLOCK)];
-    if (r->kind != K_META || t->pool_size == 0)
-        Py_RETURN_FALSE;
-    int64_t s = r->aux + (int64_t)(block - r->start / BLOCK);
-    return PyBool_FromLong(__atomic_load_n(&t->slot_map[s], __ATOMIC_ACQUIRE) >= 0);
+    int64_t s = meta_slot(t, block);
+    return PyBool_FromLong(s >= 0 && __atomic_load_n(&t->slot_map[s], __ATOMIC_ACQUIRE) >= 0);
 }
 
 static PyObject *Table_mark(Table *t, PyObject *args) {
