@@ -32,7 +32,7 @@
  *
  * The image layout is never interpreted here: Python builds the table.
  */
-#define _GNU_SOURCE /* syscall */
+#define _GNU_SOURCE /* syscall, preadv2, RWF_NOWAIT */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
@@ -629,6 +629,10 @@ static void *ra_main(void *arg) {
  * ``missed``: part of its data was not in the page cache.  A stream whose last window was all
  * cached queues nothing more until one of its requests misses: warm serving then costs no
  * cachestat calls and no thread wake-ups, as the kernel's own read-ahead stays quiet on hits. */
+static inline int near(uint64_t off, uint64_t at) { /* within RA_GAP of ``at``, either side */
+    return off <= at + RA_GAP && off + RA_GAP >= at;
+}
+
 static void ra_note(Table *t, uint64_t off, uint64_t end, int missed) {
     uint64_t max = __atomic_load_n(&t->ra_window, __ATOMIC_RELAXED);
     if (!max)
@@ -637,13 +641,13 @@ static void ra_note(Table *t, uint64_t off, uint64_t end, int missed) {
      * continues a stream (a random read) starts and feeds nothing, and costs no lock.  Larger
      * ones may start a stream (several streams interleave: nbdcopy's connections). */
     uint64_t prev = __atomic_exchange_n(&t->ra_last_end, end, __ATOMIC_RELAXED);
-    if (end - off < RA_SMALL && !(off <= prev + RA_GAP && off + RA_GAP >= prev)) {
-        int near = 0;
-        for (int k = 0; k < RA_STREAMS && !near; k++) {
+    if (end - off < RA_SMALL && !near(off, prev)) {
+        int found = 0;
+        for (int k = 0; k < RA_STREAMS && !found; k++) {
             uint64_t next = __atomic_load_n(&t->streams[k].next, __ATOMIC_RELAXED);
-            near = next && off <= next + RA_GAP && off + RA_GAP >= next;
+            found = next && near(off, next);
         }
-        if (!near)
+        if (!found)
             return;
     }
     pthread_mutex_lock(&t->ra_lock);
@@ -651,7 +655,7 @@ static void ra_note(Table *t, uint64_t off, uint64_t end, int missed) {
     stream_t *s = NULL, *oldest = &t->streams[0];
     for (int k = 0; k < RA_STREAMS; k++) {
         stream_t *c = &t->streams[k];
-        if (c->used && off <= c->next + RA_GAP && off + RA_GAP >= c->next) {
+        if (c->used && near(off, c->next)) {
             s = c;
             break;
         }
@@ -806,7 +810,8 @@ static void do_read(Table *t, unsigned char *base, uint64_t offset, uint64_t len
             zero += stop - pos;
             break;
         case K_FILE:
-            pos = read_file_batch(t, base, offset, pos, end, &i, &data, e, ra_on ? &missed_cache : NULL);
+            pos = read_file_batch(t, base, offset, pos, end, &i, &data, e,
+                                  ra_on ? &missed_cache : NULL);
             continue;
         case K_META:
             while (pos < stop) {
