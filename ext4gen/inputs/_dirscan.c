@@ -93,15 +93,45 @@ static void free_entries(listing_t *l)
     l->n = 0;
 }
 
-static unsigned char probe_xattrs(char *buf, size_t dir_len, const char *name)
+/* listxattrat(2), Linux 6.13: the probe relative to the directory's descriptor, without
+ * resolving the entry's whole path again (a fifth of the scan on 100,000 entries).  The
+ * number is the same on every architecture with the generic table; elsewhere, and where
+ * the kernel (or a seccomp filter: EPERM) refuses it, llistxattr on the full path. */
+#if defined(__x86_64__) || defined(__aarch64__) || defined(__riscv)
+#include <sys/syscall.h>
+#define NR_LISTXATTRAT 465
+static int listxattrat_works = 1;
+#endif
+
+static ssize_t size_of_xattr_names(int dfd, char *buf, size_t dir_len, const char *name)
 {
+#ifdef NR_LISTXATTRAT
+    if (__atomic_load_n(&listxattrat_works, __ATOMIC_RELAXED)) {
+        long r = syscall(NR_LISTXATTRAT, dfd, name, AT_SYMLINK_NOFOLLOW, NULL, (size_t)0);
+        if (r >= 0 || (errno != ENOSYS && errno != EPERM))
+            return r;
+        __atomic_store_n(&listxattrat_works, 0, __ATOMIC_RELAXED);
+    }
+#else
+    (void)dfd;
+#endif
     size_t nlen = strlen(name);
-    if (dir_len + 1 + nlen >= PATH_MAX)
-        return XATTRS_ASK;
+    if (dir_len + 1 + nlen >= PATH_MAX) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
     buf[dir_len] = '/';
     memcpy(buf + dir_len + 1, name, nlen + 1);
     ssize_t r = llistxattr(buf, NULL, 0);
+    int saved = errno;
     buf[dir_len] = '\0';
+    errno = saved;
+    return r;
+}
+
+static unsigned char probe_xattrs(int dfd, char *buf, size_t dir_len, const char *name)
+{
+    ssize_t r = size_of_xattr_names(dfd, buf, dir_len, name);
     if (r == 0)
         return XATTRS_NONE;
     if (r < 0 && (errno == ENOTSUP || errno == EOPNOTSUPP))
@@ -170,7 +200,7 @@ static void list_one(Scanner *s, listing_t *l)
             failed = 1;  /* gone since listed: the import's own listing says so */
             break;
         }
-        e->xattrs = path_fits ? probe_xattrs(buf, l->path_len, e->name) : XATTRS_ASK;
+        e->xattrs = path_fits ? probe_xattrs(fd, buf, l->path_len, e->name) : XATTRS_ASK;
     }
     close(fd);
     if (failed) {
@@ -433,8 +463,25 @@ static PyObject *lstat_py(PyObject *mod, PyObject *arg)
     return stat_obj(&st);
 }
 
+/* For tests: the probe a kernel before 6.13 makes (llistxattr on the full path). */
+static PyObject *probe_by_path_py(PyObject *mod, PyObject *arg)
+{
+    int by_path = PyObject_IsTrue(arg);
+    if (by_path < 0)
+        return NULL;
+#ifdef NR_LISTXATTRAT
+    int was = !__atomic_load_n(&listxattrat_works, __ATOMIC_RELAXED);
+    __atomic_store_n(&listxattrat_works, !by_path, __ATOMIC_RELAXED);
+#else
+    int was = 1;
+#endif
+    return PyBool_FromLong(was);
+}
+
 static PyMethodDef module_methods[] = {
     {"lstat", lstat_py, METH_O, "lstat(path) -> os.stat_result as this module builds them"},
+    {"probe_by_path", probe_by_path_py, METH_O,
+     "probe_by_path(flag) -> the previous setting: probe xattrs by full path (llistxattr)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -68,7 +68,16 @@ def _walk_order(top: bytes) -> list[bytes]:
     return order
 
 
-def test_the_scanner_lists_in_the_walks_order_what_the_walk_lists(tmp_path: Path) -> None:
+@pytest.fixture(params=["listxattrat", "by path"])
+def xattr_probe(request):
+    """Both ways the scanner probes for xattrs: relative to the directory (Linux 6.13's
+    listxattrat, where the kernel has it) and by full path (llistxattr, before it)."""
+    was = hostdir._dirscan.probe_by_path(request.param == "by path")
+    yield request.param
+    hostdir._dirscan.probe_by_path(was)
+
+
+def test_the_scanner_lists_in_the_walks_order_what_the_walk_lists(tmp_path: Path, xattr_probe) -> None:
     top = os.fsencode(_tree(tmp_path))
     scanner = hostdir._dirscan.Scanner(top)
     listings = []
