@@ -35,13 +35,18 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import cache
-from .layout.plan import Plan
-from .layout.plan_codec import dump_plan, load_plan
 from .model import host_reads
-from .model.sources import HostFile
 from .switches import NO_FILTER_ENV, PURE_PYTHON_ENV
+
+if TYPE_CHECKING:
+    from .layout.plan import Plan
+    from .model.sources import HostFile
+
+# The plan codec (and the planner's modules under it) is imported where a plan is read or
+# written: the serve plugin asks whether a plan is saved (saved) before it loads them.
 
 AREA = "plans"
 DISABLE_ENV = "EXT4GEN_NO_SAVED_PLAN"  # set: every serve plans (and saves nothing)
@@ -104,6 +109,14 @@ class _MacWriter:
     def write(self, data: bytes) -> int:
         self.mac.update(data)
         return self.f.write(data)
+
+
+def saved(key: str) -> bool:
+    """Whether a plan is saved under ``key`` (unchecked: :func:`load` may still refuse it)."""
+    try:
+        return _path(key).is_file()
+    except (OSError, cache.CacheError):
+        return False
 
 
 def load(key: str) -> Plan | None:
@@ -171,6 +184,8 @@ def _body_sealed(f: io.BufferedReader) -> bool:
 
 
 def _unpickle_plan(f: io.BufferedReader) -> Plan | None:
+    from .layout.plan_codec import load_plan
+
     try:
         return load_plan(f)
     except Exception:  # a sealed entry from another layout of these classes: a miss
@@ -192,6 +207,8 @@ def save(key: str, plan: Plan, reads: host_reads.HostReads) -> bool:
     the pickling goes a few hundred inodes per call, so readers get the GIL.
     The entry is written straight to a temporary file and renamed into place.
     """
+    from .layout.plan_codec import dump_plan
+
     if unsaveable(plan) is not None:
         return False
     _pin_sources(plan, reads)

@@ -8,12 +8,9 @@ sparse files are recognised with SEEK_DATA/SEEK_HOLE so holes stay holes.
 from __future__ import annotations
 
 import errno
-import functools
 import os
 import stat
 import sys
-import threading
-from collections import deque
 from collections.abc import Callable
 
 from .. import progress
@@ -34,12 +31,7 @@ from ..model.tree import (
     Tree,
 )
 from ..model.xattrs import ACL_ACCESS, ACL_DEFAULT, XattrError, normalize_vfs_acl, split_name
-from ..switches import pure_python_requested
-
-try:
-    from . import _dirscan  # type: ignore[attr-defined]
-except ImportError:  # not built: the import lists every directory itself
-    _dirscan = None
+from .listings import XATTRS_ASK, XATTRS_NONE, Listings
 
 _KINDS = {stat.S_IFREG: FILE, stat.S_IFDIR: DIR, stat.S_IFLNK: SYMLINK, stat.S_IFCHR: CHARDEV,
           stat.S_IFBLK: BLOCKDEV, stat.S_IFIFO: FIFO, stat.S_IFSOCK: SOCKET}
@@ -138,7 +130,9 @@ def import_directory(tree: Tree, host_dir: str, target: str = "/", *, key: str =
     top_node = tree.add(target, Node(DIR, meta_from_stat(st), key=key,
                                      xattrs=read_xattrs(top, host_dir) or NO_XATTRS, imported=True))
     stack = [(top, top_node, st)]
-    listings = _Listings.start(top, one_file_system)
+    listings = Listings.start(top, one_file_system)
+    if listings is not None:
+        host_reads.read_since(listings.started_ns)  # it may have been started ahead (list_ahead)
     try:
         with progress.phase(f"importing {host_dir}") as tick:
             _walk(tree, stack, links, one_file_system, st_top, tick, listings)
@@ -149,108 +143,11 @@ def import_directory(tree: Tree, host_dir: str, target: str = "/", *, key: str =
 
 # The common case of times.range_error, checked inline: from 1901 to the first time e2fsck suspects.
 _TIMES_OK = range(times.MIN_TIME_NS, times.E2FSCK_SUSPECT_NS.start)
-_XATTRS_NONE, _XATTRS_ASK = 0, 2  # _dirscan's probe: none, or let read_xattrs read (or fail)
-_STAT_FIELDS = ("st_mode", "st_ino", "st_dev", "st_nlink", "st_uid", "st_gid", "st_size", "st_atime",
-                "st_mtime", "st_ctime", "st_atime_ns", "st_mtime_ns", "st_ctime_ns", "st_blksize",
-                "st_blocks", "st_rdev")
 
-
-def _dirscan_usable() -> bool:
-    """The extension is built, not switched off, and fills os.stat_result as os.lstat does."""
-    return _dirscan is not None and not pure_python_requested() and _dirscan_fills_stat_results()
-
-
-@functools.cache
-def _dirscan_fills_stat_results() -> bool:
-    try:
-        ours, theirs = _dirscan.lstat(b"/"), os.lstat(b"/")  # type: ignore[union-attr]
-    except (OSError, AttributeError):
-        return False
-    return all(getattr(ours, f) == getattr(theirs, f) for f in _STAT_FIELDS)
-
-
-class _Listings:
-    """Directory listings made ahead, on another thread, in the order :func:`_walk` takes them.
-
-    The import's system calls (a listing, an lstat and a listxattr probe per
-    entry) are about half its time; ``_dirscan.Scanner`` makes them in C without
-    the GIL, a batch at a time, depth first in the walk's own order, at most
-    ``AHEAD`` entries ahead.  Whatever does not match what the walk asks next
-    (an error, a directory replaced meanwhile) ends the look-ahead, and the walk
-    lists from there on itself, as without it.
-    """
-
-    AHEAD = 32768  # entries listed and not yet taken (a stat_result each)
-    BATCH = 2048  # entries per GIL release
-
-    def __init__(self, top: bytes, one_file_system: bool) -> None:
-        self._scanner = _dirscan.Scanner(top, one_file_system)  # type: ignore[union-attr]
-        self._ready: deque[tuple] = deque()
-        self._ahead = 0
-        self._done = self._closed = False
-        self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name="ext4gen-dirscan", daemon=True)
-        self._thread.start()
-
-    @classmethod
-    def start(cls, top: bytes, one_file_system: bool) -> _Listings | None:
-        if not _dirscan_usable():
-            return None
-        try:
-            return cls(top, one_file_system)
-        except OSError:
-            return None
-
-    def _run(self) -> None:
-        try:
-            while True:
-                with self._cond:
-                    while self._ahead >= self.AHEAD and not self._closed:
-                        self._cond.wait()
-                    if self._closed:
-                        return
-                batch = self._scanner.next(self.BATCH)
-                if not batch:
-                    return
-                with self._cond:
-                    self._ready.extend(batch)
-                    self._ahead += sum(len(b[2]) for b in batch if b[2] is not None)
-                    self._cond.notify()
-        except Exception:  # (MemoryError…) the walk lists by itself
-            pass
-        finally:
-            with self._cond:
-                self._done = True
-                self._cond.notify_all()
-
-    def take(self, path: bytes, expect: os.stat_result
-             ) -> tuple[os.stat_result, list[bytes], list[os.stat_result], bytes] | None:
-        """The listing of ``path`` (the directory ``expect`` describes), or None: list it yourself."""
-        with self._cond:
-            while not self._ready and not self._done:
-                self._cond.wait()
-            if not self._ready:
-                return None
-            got = self._ready.popleft()
-            if got[2] is not None:
-                self._ahead -= len(got[2])
-                self._cond.notify()
-        at, st, names, stats, flags = got
-        if at != path or st is None or (st.st_dev, st.st_ino) != (expect.st_dev, expect.st_ino):
-            self.close()  # the walk went elsewhere (or must report an error): no more guesses
-            return None
-        return st, names, stats, flags
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = self._done = True
-            self._ready.clear()
-            self._cond.notify_all()
-        self._thread.join()
 
 def _walk(tree: Tree, stack: list[tuple[bytes, Node, os.stat_result]],
           links: dict[tuple[int, int], Node], one_file_system: bool, st_top: os.stat_result,
-          tick: Callable[[int], object], listings: _Listings | None = None) -> None:
+          tick: Callable[[int], object], listings: Listings | None = None) -> None:
     """Depth-first over ``stack``: every entry becomes a node (hard links share one).
 
     Per entry this is the import's hot loop (100,000 entries for T2): names are
@@ -269,7 +166,7 @@ def _walk(tree: Tree, stack: list[tuple[bytes, Node, os.stat_result]],
                 entries = _list_dir(host, dir_st)
             except OSError as e:
                 raise ManifestError(os.fsdecode(host), f"cannot list directory: {e.strerror}") from None
-            flags = bytes([_XATTRS_ASK]) * len(entries)
+            flags = bytes([XATTRS_ASK]) * len(entries)
         tick(len(entries))
         prefix = host + b"/"
         shown_prefix = prefix.decode(_FS_ENCODING, _FS_ERRORS)  # '/' never ends a multibyte sequence
@@ -288,7 +185,7 @@ def _walk(tree: Tree, stack: list[tuple[bytes, Node, os.stat_result]],
                     problem = times.range_error(ns)
                     if problem:
                         raise ManifestError(shown, problem)
-            xattrs = NO_XATTRS if xflag == _XATTRS_NONE else read_xattrs(path, shown) or NO_XATTRS
+            xattrs = NO_XATTRS if xflag == XATTRS_NONE else read_xattrs(path, shown) or NO_XATTRS
             node = Node(kind, meta, key=shown, xattrs=xattrs, imported=True)
             if kind == FILE:
                 try:

@@ -222,6 +222,14 @@ def note(path: str | bytes, st: os.stat_result | None = None, *, follow: bool = 
     rec.pins[(name, follow)] = pin_of(st) if st is not None else current_pin(name, follow)
 
 
+def read_since(started_ns: int) -> None:
+    """Part of what is being recorded was read before the recording began, from ``started_ns``
+    (a listing made ahead): pins are then checked against that earlier start."""
+    rec = _current
+    if rec is not None and started_ns < rec.started_ns:
+        rec.started_ns = started_ns
+
+
 def note_listing(directory: bytes, st: os.stat_result, listed: list[tuple[bytes, os.stat_result]]) -> None:
     """A listed directory and each entry's lstat (a tree walk: one call per directory)."""
     rec = _current

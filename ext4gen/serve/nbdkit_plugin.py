@@ -43,8 +43,9 @@ API_VERSION = 2
 
 try:
     import ext4gen
+    from ext4gen import saved_plan
     from ext4gen.errors import Ext4genError, SourceError
-    from ext4gen.inputs.source import plan_source_saved
+    from ext4gen.inputs import listings
     from ext4gen.model.sources import raise_fd_limit, source_fd_budget
     from ext4gen.render import fastpath
     from ext4gen.serve import background
@@ -160,7 +161,22 @@ def config(key: str, value: str) -> None:
         _fail(str(e))
 
 
+def _list_ahead(spec: ExportSpec) -> None:
+    """A directory to plan is listed from now on, in C on another thread, while the planner's
+    modules load (on a small tree, loading them takes longer than listing it)."""
+    choices = _config.choices
+    source = spec.source
+    if choices.source_root is not None or source == "-" or not os.path.isdir(source):
+        return  # (beneath a source root the import lists a path resolved later)
+    key = saved_plan.key_for(source, choices)
+    if key is None or not saved_plan.saved(key):  # a saved plan is checked by stat alone
+        listings.list_ahead(os.fsencode(source), bool(choices.flags.source.one_file_system))
+        nbdkit.debug(f"ext4gen: listing {source} ahead while the planner loads")
+
+
 def _plan(spec: ExportSpec) -> _Export:
+    from ext4gen.inputs.source import plan_source_saved  # the planner: after _list_ahead
+
     image, tree, save = plan_source_saved(spec.source, _config.choices)
     if save is not None:
         _SAVES.append(save)  # in after_fork: a thread saves the plan while it serves
@@ -187,10 +203,15 @@ def config_complete() -> None:
     """Plan every image, once, before nbdkit binds its socket, so bad input never serves."""
     global _started
     try:
-        for spec in _config.exports():
+        specs = _config.exports()
+        for spec in specs:
+            _list_ahead(spec)
+        for spec in specs:
             _exports[spec.name] = _plan(spec)
     except Ext4genError as e:
         _fail(str(e))
+    finally:
+        listings.close_unclaimed()
     _start_serving()
     _started = time.monotonic()
 

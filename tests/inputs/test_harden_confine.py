@@ -131,11 +131,11 @@ def test_a_subdirectory_swapped_for_a_symlink_during_an_import_is_refused(tmp_pa
                                                                           lister: str):
     """The walk opens each directory without following links and checks it is the one listed.
 
-    "ahead": the listings come from the C scanner on another thread (hostdir._Listings),
+    "ahead": the listings come from the C scanner on another thread (listings.Listings),
     which listed the real subdirectory before the swap; its file, read through the
     swapped name, then fails its pin, so the outside bytes are still never imported.
     """
-    from ext4gen.inputs import hostdir
+    from ext4gen.inputs import hostdir, listings
 
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
@@ -149,7 +149,7 @@ def test_a_subdirectory_swapped_for_a_symlink_during_an_import_is_refused(tmp_pa
         os.symlink(outside, src / "sub")
 
     if lister == "python":
-        monkeypatch.setattr(hostdir, "_dirscan_usable", lambda: False)
+        monkeypatch.setattr(listings, "dirscan_usable", lambda: False)
         real = hostdir._list_dir
 
         def list_then_swap(path: bytes, *rest):
@@ -160,8 +160,8 @@ def test_a_subdirectory_swapped_for_a_symlink_during_an_import_is_refused(tmp_pa
 
         monkeypatch.setattr(hostdir, "_list_dir", list_then_swap)
     else:
-        assert hostdir._dirscan_usable(), "the C directory scanner is not built"
-        real_take = hostdir._Listings.take
+        assert listings.dirscan_usable(), "the C directory scanner is not built"
+        real_take = listings.Listings.take
 
         def take_then_swap(self, path: bytes, expect):
             got = real_take(self, path, expect)
@@ -170,7 +170,7 @@ def test_a_subdirectory_swapped_for_a_symlink_during_an_import_is_refused(tmp_pa
                 swap()
             return got
 
-        monkeypatch.setattr(hostdir._Listings, "take", take_then_swap)
+        monkeypatch.setattr(listings.Listings, "take", take_then_swap)
     out = tmp_path / "x.img"
     err = io.StringIO()
     with contextlib.redirect_stderr(err):

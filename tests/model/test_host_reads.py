@@ -112,3 +112,22 @@ def test_a_file_changed_during_the_recording_makes_it_incomplete(tmp_path: Path)
 def test_recordings_do_not_nest():
     with host_reads.recording(), pytest.raises(RuntimeError), host_reads.recording():
         pass
+
+
+def test_reads_made_before_the_recording_count_from_their_own_start(tmp_path: Path):
+    """A listing made ahead (``listings.list_ahead``) took its lstats before the recording
+    began: a file changed just before them is then racy, as if read inside it."""
+    p = tmp_path / "f"
+    before = time.time_ns()
+    p.write_bytes(b"1")  # changed within the racy window of the earlier start only
+    time.sleep(SETTLE)
+    with host_reads.recording() as rec:
+        started = rec.started_ns
+        host_reads.read_since(started + 10**9)  # later than the start: no change
+        assert rec.started_ns == started
+        p.read_bytes()
+        assert rec.finish(()) is not None  # counted from the recording's own start: settled
+        host_reads.read_since(before)
+        assert rec.started_ns == before
+    assert rec.finish(()) is None  # counted from the earlier read: too close to call
+    host_reads.read_since(0)  # outside a recording: nothing to move

@@ -132,6 +132,31 @@ def test_a_restart_over_an_unchanged_tree_plans_nothing_and_a_change_replans(
     assert changed == fresh.read(0, fresh.size) != first
 
 
+def test_a_directory_is_listed_ahead_on_a_first_serve_only(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch):
+    """The plugin starts listing a directory SOURCE before it loads the planner, unless a
+    saved plan may make the walk unnecessary; the bytes are the same either way."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("EXT4GEN_CACHE", str(cache))
+    src = tmp_path / "tree"
+    for i in range(40):
+        (src / f"d{i % 4}").mkdir(parents=True, exist_ok=True)
+        (src / f"d{i % 4}" / f"f{i}").write_bytes(bytes([i]) * (i * 997))
+    time.sleep(host_reads.RACY_NS / 1e9 + 0.05)
+    sock = tmp_path / "nbd.sock"
+    ahead = f"listing {src} ahead"
+    with serving(src, sock, "-v") as server:
+        first = _export_bytes(server.uris[0])
+        _saved_entry(cache)
+        assert ahead in server.stderr()
+    with serving(src, sock, "-v") as server:
+        assert _export_bytes(server.uris[0]) == first
+        log = server.stderr()
+        assert "reused the saved plan" in log and ahead not in log
+    fresh, _tree = plan_source(str(src))
+    assert first == fresh.read(0, fresh.size)
+
+
 def test_a_serve_stopped_at_once_still_leaves_its_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Stopping waits (briefly) for the plan being saved, so the next serve is a restart.
 
