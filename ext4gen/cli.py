@@ -31,9 +31,6 @@ if TYPE_CHECKING:
 # so every module it loads is time before the first answer.
 
 EXIT_USAGE = 2
-SUBCOMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
-
-
 def load_image(args: argparse.Namespace, *, reads_data: bool = True) -> tuple[Image, Tree]:
     """Plan the SOURCE named by the command line into an Image; returns (image, tree).
 
@@ -209,7 +206,60 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _source_args(sp: argparse.ArgumentParser, what: str = "SOURCE") -> None:
+    add_source_arguments(sp, what)
+    add_generator_arguments(sp)
+
+
+def _register_build(sub: argparse._SubParsersAction) -> None:
+    b = sub.add_parser("build", help="write the image to a sparse file")
+    _source_args(b)
+    b.add_argument("-o", "--output", required=True, metavar="IMAGE",
+                   help="the image file to write (sparse: holes are not written)")
+    b.add_argument("--write-map", metavar="FILE",
+                   help="write the identity map (path -> inode, generation) for a later --base-map")
+    b.set_defaults(func=cmd_build)
+
+
+def _register_check(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser("check", help="e2fsck -fn, then (as root) a read-only mount compared "
+                       "with the source")
+    add_source_arguments(c, "SOURCE|IMAGE")
+    c.set_defaults(func=cmd_check)
+
+
+def _register_inspect(sub: argparse._SubParsersAction) -> None:
+    i = sub.add_parser("inspect", help="geometry, features, blocks by kind, dedup savings")
+    add_source_arguments(i, "SOURCE|IMAGE")
+    i.set_defaults(func=cmd_inspect)
+
+
+def _register_publish(sub: argparse._SubParsersAction) -> None:
+    from .publish_cli import register
+
+    register(sub)
+
+
+def _register_cache(sub: argparse._SubParsersAction) -> None:
+    from .cache_cli import register
+
+    register(sub)
+
+
+# In the order ``--help`` lists them.
+COMMANDS: list[tuple[str, Callable[[argparse._SubParsersAction], None]]] = [
+    ("build", _register_build), ("check", _register_check), ("inspect", _register_inspect),
+    *SERVE_COMMANDS, ("publish", _register_publish), ("cache", _register_cache),
+]
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser; with a known ``command``, the parser of that command only.
+
+    Building every command's arguments costs more than parsing one of them, and
+    ``ext4gen serve`` counts the milliseconds to its first answer; ``--help``, a
+    misspelt command and errors before the command get the whole parser.
+    """
     p = argparse.ArgumentParser(
         prog="ext4gen",
         description="Synthesize a read-only ext4 filesystem on the fly from a manifest, a host "
@@ -218,36 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"ext4gen {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def source_args(sp: argparse.ArgumentParser, what: str = "SOURCE") -> None:
-        add_source_arguments(sp, what)
-        add_generator_arguments(sp)
-
-    b = sub.add_parser("build", help="write the image to a sparse file")
-    source_args(b)
-    b.add_argument("-o", "--output", required=True, metavar="IMAGE",
-                   help="the image file to write (sparse: holes are not written)")
-    b.add_argument("--write-map", metavar="FILE",
-                   help="write the identity map (path -> inode, generation) for a later --base-map")
-    b.set_defaults(func=cmd_build)
-
-    c = sub.add_parser("check", help="e2fsck -fn, then (as root) a read-only mount compared "
-                       "with the source")
-    add_source_arguments(c, "SOURCE|IMAGE")
-    c.set_defaults(func=cmd_check)
-
-    i = sub.add_parser("inspect", help="geometry, features, blocks by kind, dedup savings")
-    add_source_arguments(i, "SOURCE|IMAGE")
-    i.set_defaults(func=cmd_inspect)
-
-    for _name, register in SERVE_COMMANDS:  # serve, mount, umount
+    known = dict(COMMANDS)
+    for _name, register in [(command, known[command])] if command in known else COMMANDS:
         register(sub)
-    from .publish_cli import register as register_publish
-
-    register_publish(sub)
-    from . import cache_cli
-
-    cache_cli.register(sub)
     return p
 
 
@@ -262,7 +285,8 @@ def one_line(text: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     progress.enable(progress.wanted(bool(getattr(args, "quiet", False))))
     if getattr(args, "platform", None):  # read by inputs/oci.py here and in nbdkit's planning

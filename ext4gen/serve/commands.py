@@ -14,7 +14,6 @@ from collections.abc import Callable
 
 from ..inputs.arguments import add_generator_arguments, add_source_arguments, image_flags
 from .environment import warn_threads
-from .mountstack import load_state, mount, teardown
 from .options import DEFAULT_THREADS, TLS_MODES, ServeError, ServeOptions
 from .supervisor import start_background, supervise
 
@@ -62,6 +61,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
+    from .mountstack import mount  # (and umount's below): not loaded by serve, which starts sooner
+
     opts = _serve_options(args)
     _warn(opts)
     sdir, server = mount(opts, args.mountpoint)
@@ -71,6 +72,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
+    from .mountstack import load_state, teardown
+
     state = load_state(args.mountpoint)
     for line in teardown(state, lazy=args.lazy):
         print(line, file=sys.stderr)
