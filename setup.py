@@ -1,8 +1,9 @@
-"""Build configuration beyond pyproject.toml: six small plain CPython extensions and a filter.
+"""Build configuration beyond pyproject.toml: seven small plain CPython extensions and a filter.
 
 ``ext4gen.render._fastread`` is the compiled read path; ``ext4gen.model._pincheck``
 checks a saved plan's host paths (a restart); ``ext4gen.layout._hashread`` reads and
 hashes small host files for content dedup (xxhash.h, from libxxhash-dev, header only);
+``ext4gen.layout._identity`` is the per-inode loop of the image's identity digest;
 ``ext4gen.inputs._dirscan`` lists a host directory tree ahead of its import;
 ``ext4gen.format._dirhash`` is the htree name hash (dirhash.py is its definition);
 ``ext4gen.serve._logfilter`` keeps
@@ -32,6 +33,8 @@ setup(
         Extension("ext4gen.inputs._dirscan", sources=["ext4gen/inputs/_dirscan.c"],
                   extra_compile_args=FLAGS, optional=True),
         Extension("ext4gen.layout._hashread", sources=["ext4gen/layout/_hashread.c"],
+                  extra_compile_args=FLAGS, optional=True),
+        Extension("ext4gen.layout._identity", sources=["ext4gen/layout/_identity.c"],
                   extra_compile_args=FLAGS, optional=True),
         Extension("ext4gen.serve._logfilter", sources=["ext4gen/serve/_logfilter.c"],
                   extra_compile_args=FLAGS, optional=True),

@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from ..model.identity import IdentityMap
 from ..model.options import ImageOptions
-from ..model.sources import HostFileSource, InlineSource, ZeroSource
+from ..model.sources import HostFileSource, InlineSource, Source, ZeroSource
 from ..model.times import NS
-from ..model.tree import Node
+from ..model.tree import FILE, SYMLINK, Node
+from ..switches import pure_python_requested
 from .plan import InodePlan, Plan
+
+try:
+    from . import _identity  # type: ignore[attr-defined]
+except ImportError:  # not built: the digest's loop runs in Python
+    _identity = None
 
 
 def choose_uuid_and_seed(options: ImageOptions, digest: bytes) -> tuple[bytes, bytes]:
@@ -43,8 +49,18 @@ def identity_digest(options: ImageOptions, inodes: Sequence[InodePlan | None],
     h.update(options.label.encode() + b"\0" + options.dedup.encode() + b"\0")
     h.update(options.epoch_ns.to_bytes(16, "little", signed=True))
     h.update(b"inline" if options.inline_data else b"blocks")
+    if _identity is not None and not pure_python_requested():
+        _identity.digest_inodes(h.update, inodes, nodes, _xattr_bytes, _source_bytes, InlineSource,
+                                (ZeroSource, HostFileSource), FILE, SYMLINK, hashlib.sha256)
+    else:
+        _digest_inodes(h.update, inodes, nodes)
+    return h.digest()
+
+
+def _digest_inodes(update_hash: Callable[[bytes], object], inodes: Sequence[InodePlan | None],
+                   nodes: Sequence[Node | None]) -> None:
+    """Every inode's part of :func:`identity_digest` (``_identity.c`` writes the same bytes)."""
     pack_ino, pack_meta, pack_rest = _DIGEST_INO.pack, _DIGEST_META.pack, _DIGEST_REST.pack
-    sha256 = hashlib.sha256
     parts: list[bytes] = []  # hashed in batches: one update per inode cost more than the packing
     update = parts.append
     last_meta, meta_bytes = None, b""
@@ -63,22 +79,33 @@ def identity_digest(options: ImageOptions, inodes: Sequence[InodePlan | None],
         if n.target:
             update(n.target)
         if n.xattrs:
-            update(repr(sorted(n.xattrs.items())).encode())
-        src = n.source
-        if src is not None:
-            if isinstance(src, InlineSource):
-                update(sha256(src.data).digest())
-            elif not isinstance(src, (ZeroSource, HostFileSource)):
-                update(src.describe().encode("utf-8", "surrogateescape"))  # generators: name, identity
+            update(_xattr_bytes(n.xattrs))
+        if n.source is not None:
+            got = _source_bytes(n.source)
+            if got is not None:
+                update(got)
         if ip.extents:
             update(repr(ip.extents).encode())
         if ip.entries:
             update(b"".join([name + ino.to_bytes(4, "little") for name, ino, _ft in ip.entries]))
         if len(parts) > 8192:
-            h.update(b"".join(parts))
+            update_hash(b"".join(parts))
             parts.clear()
-    h.update(b"".join(parts))
-    return h.digest()
+    update_hash(b"".join(parts))
+
+
+def _xattr_bytes(xattrs: Mapping[bytes, bytes]) -> bytes:
+    return repr(sorted(xattrs.items())).encode()
+
+
+def _source_bytes(src: Source) -> bytes | None:
+    """Inline bytes by their SHA-256; generators by name and identity; host files and zeros
+    not at all (their size and extents count)."""
+    if isinstance(src, InlineSource):
+        return hashlib.sha256(src.data).digest()
+    if isinstance(src, (ZeroSource, HostFileSource)):
+        return None
+    return src.describe().encode("utf-8", "surrogateescape")
 
 
 # Per inode, in this order and without padding ("<"): ino, mode; uid, gid, the four times as
