@@ -53,6 +53,11 @@ BAD_MANIFESTS = [
     Bad("hardlink-onto-declared", '"/h', {"/a": F, "/h": {"type": HL, "target": "/a"}, "/h/": F}),
     Bad("root-as-file", '"/"', {"/": F}),
     Bad("json-duplicate-key", '"/a"', raw='{"/a": {"text": "1"}, "/a": {"text": "2"}}'),
+    Bad("json-duplicate-entry-key", "mode", raw='{"/a": {"text": "1", "mode": "0644", "mode": "0600"}}'),
+    Bad("json-duplicate-key-beside-colons", '"/a"',
+        raw='{"/a": {"text": "12:00"}, "/b": {"text": ":"}, "/a": {"text": "2"}}'),
+    Bad("json-duplicate-xattr", "user.x",
+        raw='{"/a": {"text": "1", "xattrs": {"user.x": "1", "user.x": "2"}}}'),
     Bad("toml-duplicate-table", "m.toml", raw='["/a"]\ntext = "1"\n["/a"]\ntext = "2"\n',
         suffix=".toml"),
     # paths escaping /
