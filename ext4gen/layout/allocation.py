@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 
 from .. import progress
 from ..errors import ManifestError, SourceError
+from ..format.extents import EXTENTS_IN_INODE
 from ..format.ondisk import EXT4_EXTENTS_FL, EXT4_INLINE_DATA_FL
 from ..model.options import ImageOptions
 from ..model.sources import HostFileSource, InlineSource, Source
-from ..model.tree import DIR, FILE, SYMLINK, Node, file_size_error
+from ..model.tree import DIR, FILE, MAX_FILE_SIZE, SYMLINK, Node, file_size_error
 from .dedup import DataAllocator
 from .extents import tree_levels
 from .inline import MAX_INLINE_SIZE
@@ -65,10 +66,9 @@ def _allocate_each(inodes: Sequence[InodePlan | None], nodes: Sequence[Node | No
         if ip.kind == FILE:
             source = ip.source
             assert source is not None
-            ip.size = source.size
-            problem = file_size_error(ip.size)
-            if problem:
-                raise ManifestError(node.key or "/", problem)
+            size = ip.size = source.size
+            if not 0 <= size <= MAX_FILE_SIZE:  # file_size_error's test, inline: once per file
+                raise ManifestError(node.key or "/", file_size_error(size) or "")
             # Dynamic content (generators) is never inlined: it must be produced on read,
             # and a failure must cost its own data blocks, not a block of 16 inodes.
             if (options.inline_data and 0 < ip.size <= MAX_INLINE_SIZE and source.plan_readable
@@ -131,10 +131,12 @@ def place_extent_trees(inodes: Sequence[InodePlan | None]) -> TreeArea:
     for ip in inodes:
         if ip is None:
             continue
-        data = sum(e[1] for e in ip.extents)
-        if ip.inline_size < 0 and (ip.kind in (FILE, DIR) or ip.extents):
+        extents = ip.extents
+        # one extent or none: nearly every file of a big tree, without a generator each
+        data = (extents[0][1] if len(extents) == 1 else sum(e[1] for e in extents)) if extents else 0
+        if ip.inline_size < 0 and (ip.kind in (FILE, DIR) or extents):
             ip.flags |= EXT4_EXTENTS_FL
-            n = sum(tree_levels(len(ip.extents)))
+            n = sum(tree_levels(len(extents))) if len(extents) > EXTENTS_IN_INODE else 0
             if n:
                 ip.tree_start = area.nblocks
                 ip.n_tree_blocks = n

@@ -61,7 +61,7 @@ def _index_if_needed(ip: InodePlan, node: Node, hash_words: tuple[int, int, int,
                      area: DirectoryArea) -> int:
     """One block if the entries fit it, else an htree; return the block count."""
     assert ip.entries is not None
-    if len(dirents.split_blocks(ip.entries)) <= 1:
+    if dirents.fits_one_block(ip.entries):
         return 1
     try:
         ip.htree = Htree(ip.entries[2:], hash_words)

@@ -41,6 +41,16 @@ def split_blocks(entries: list[DirEntry]) -> list[int]:
     return starts
 
 
+def fits_one_block(entries: list[DirEntry]) -> bool:
+    """``len(split_blocks(entries)) == 1``, stopping at the first entry past the block."""
+    used, header, pad = 0, _HEADER, EXT4_DIR_PAD - 1
+    for name, _ino, _ft in entries:
+        used += (header + len(name) + pad) & ~pad
+        if used > USABLE:
+            return False
+    return True
+
+
 def pack_entries(buf: bytearray, start: int, end: int, entries: list[DirEntry]) -> None:
     """Write ``entries`` into ``buf[start:end]``, the last one's rec_len reaching ``end``.
 

@@ -69,6 +69,16 @@ def test_split_blocks_fills_each_block_but_the_tail() -> None:
             assert used + dirents.rec_len(len(entries[b][0])) > BLOCK - 12
 
 
+def test_fits_one_block_is_whether_the_split_makes_one_block() -> None:
+    rng = random.Random(2)
+    for n in (0, 1, 50, 100, 150, 200, 300):
+        for _ in range(20):
+            entries = _entries(n, rng)
+            assert dirents.fits_one_block(entries) == (len(dirents.split_blocks(entries)) == 1)
+    exact = [(b"x" * 4076, 5, FT_REG_FILE)]  # rec_len 4084: the whole block but its tail
+    assert dirents.fits_one_block(exact) and not dirents.fits_one_block([*exact, (b"y", 6, FT_DIR)])
+
+
 def test_leaf_block_reads_back_and_its_tail_checksum_is_the_kernels() -> None:
     entries = _entries(60, random.Random(2))
     buf = dirents.block_bytes(entries)
