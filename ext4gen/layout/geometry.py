@@ -88,6 +88,7 @@ def solve_geometry(last_ino: int, dir_blocks: int, tree_blocks: int, xattr_block
 
 
 class _HasKind(Protocol):
+    ino: int
     kind: str
 
 
@@ -108,12 +109,21 @@ def group_usage(inodes: Sequence[_HasKind | None], geo: Geometry) -> GroupUsage:
     ipg = geo.inodes_per_group
     usage = GroupUsage([0] * geo.groups, [0] * geo.groups, [-1] * geo.groups)
     dirs, used, last_idx = usage.dirs, usage.used, usage.last_index
-    for ino in range(1, len(inodes)):
-        g, idx = divmod(ino - 1, ipg)
-        ip = inodes[ino]
-        if ino < FIRST_INO or ip is not None:
-            used[g] += 1
-            last_idx[g] = idx
-            if ip is not None and ip.kind == DIR:
-                dirs[g] += 1
+    # a group at a time (slices and list.count run in C); inode numbers start at 1
+    for g in range(min(geo.groups, -(-(len(inodes) - 1) // ipg))):
+        lo = g * ipg + 1
+        chunk = list(inodes[lo : lo + ipg])
+        for i in range(max(0, min(FIRST_INO - lo, len(chunk)))):  # reserved: used without a plan
+            chunk[i] = chunk[i] or RESERVED
+        used[g] = len(chunk) - chunk.count(None)
+        last = len(chunk) - 1
+        while last >= 0 and chunk[last] is None:
+            last -= 1
+        last_idx[g] = last
+    for ip in inodes:
+        if ip is not None and ip.kind == DIR:
+            dirs[(ip.ino - 1) // ipg] += 1
     return usage
+
+
+RESERVED = object()  # stands for a reserved inode (1 .. 10) that has no plan
