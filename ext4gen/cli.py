@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 # so every module it loads is time before the first answer.
 
 EXIT_USAGE = 2
+
+
 def load_image(args: argparse.Namespace, *, reads_data: bool = True) -> tuple[Image, Tree]:
     """Plan the SOURCE named by the command line into an Image; returns (image, tree).
 

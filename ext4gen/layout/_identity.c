@@ -24,11 +24,10 @@ typedef struct {
     unsigned char buf[BUF];
 } out_t;
 
-static int flush(out_t *o)
+/* Hash n bytes at p: update(memoryview), no copy. */
+static int update(out_t *o, const void *p, size_t n)
 {
-    if (!o->len)
-        return 0;
-    PyObject *view = PyMemoryView_FromMemory((char *)o->buf, (Py_ssize_t)o->len, PyBUF_READ);
+    PyObject *view = PyMemoryView_FromMemory((char *)p, (Py_ssize_t)n, PyBUF_READ);
     if (!view)
         return -1;
     PyObject *r = PyObject_CallOneArg(o->update, view);
@@ -36,6 +35,13 @@ static int flush(out_t *o)
     if (!r)
         return -1;
     Py_DECREF(r);
+    return 0;
+}
+
+static int flush(out_t *o)
+{
+    if (o->len && update(o, o->buf, o->len) < 0)
+        return -1;
     o->len = 0;
     return 0;
 }
@@ -45,17 +51,8 @@ static int put(out_t *o, const void *p, size_t n)
     if (o->len + n > BUF) {
         if (flush(o) < 0)
             return -1;
-        if (n > BUF) {  /* a large piece (a big directory's entries): on its own */
-            PyObject *view = PyMemoryView_FromMemory((char *)p, (Py_ssize_t)n, PyBUF_READ);
-            if (!view)
-                return -1;
-            PyObject *r = PyObject_CallOneArg(o->update, view);
-            Py_DECREF(view);
-            if (!r)
-                return -1;
-            Py_DECREF(r);
-            return 0;
-        }
+        if (n > BUF)  /* a large piece (a big directory's entries): on its own */
+            return update(o, p, n);
     }
     memcpy(o->buf + o->len, p, n);
     o->len += n;
