@@ -112,18 +112,14 @@ def group_usage(inodes: Sequence[_HasKind | None], geo: Geometry) -> GroupUsage:
     # a group at a time (slices and list.count run in C); inode numbers start at 1
     for g in range(min(geo.groups, -(-(len(inodes) - 1) // ipg))):
         lo = g * ipg + 1
-        chunk = list(inodes[lo : lo + ipg])
-        for i in range(max(0, min(FIRST_INO - lo, len(chunk)))):  # reserved: used without a plan
-            chunk[i] = chunk[i] or RESERVED
-        used[g] = len(chunk) - chunk.count(None)
+        chunk = inodes[lo : lo + ipg]
+        reserved = max(0, min(FIRST_INO - lo, len(chunk)))  # inodes 1..10: in use, plan or not
+        used[g] = len(chunk) - chunk.count(None) + chunk[:reserved].count(None)
         last = len(chunk) - 1
-        while last >= 0 and chunk[last] is None:
+        while last >= reserved and chunk[last] is None:
             last -= 1
-        last_idx[g] = last
+        last_idx[g] = max(last, reserved - 1)
     for ip in inodes:
         if ip is not None and ip.kind == DIR:
             dirs[(ip.ino - 1) // ipg] += 1
     return usage
-
-
-RESERVED = object()  # stands for a reserved inode (1 .. 10) that has no plan
