@@ -24,7 +24,8 @@ FLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",
 
 setup(
     ext_modules=[
-        Extension("ext4gen.render._fastread", sources=["ext4gen/render/_fastread.c"],
+        Extension("ext4gen.render._fastread",
+                  sources=["ext4gen/render/_fastread.c", "ext4gen/render/_leases.c"],
                   extra_compile_args=FLAGS, optional=True),
         Extension("ext4gen.model._pincheck", sources=["ext4gen/model/_pincheck.c"],
                   extra_compile_args=FLAGS, optional=True),

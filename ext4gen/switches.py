@@ -11,6 +11,7 @@ import os
 PURE_PYTHON_ENV = "EXT4GEN_PURE_PYTHON"  # no extension: reads, dedup reading, directory listing
 NO_FILTER_ENV = "EXT4GEN_NO_FILTER"  # serve without ext4gen's nbdkit filter
 NO_READAHEAD_ENV = "EXT4GEN_NO_READAHEAD"  # serve without reading source files ahead
+NO_LEASES_ENV = "EXT4GEN_NO_LEASES"  # check sources by fstat after every read, no leases
 
 
 def is_on(value: str | None) -> bool:

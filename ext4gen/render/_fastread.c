@@ -49,6 +49,8 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "_leases.h"
+
 #define BLOCK 4096
 #define RA_STREAMS 8    /* sequential readers told apart (connections, kernel read-ahead streams) */
 #define RA_QUEUE 16     /* windows waiting for the read-ahead thread; more are dropped */
@@ -79,6 +81,8 @@ typedef struct {
     int ring;        /* index in the clock ring, -1 if none */
     uint8_t ref;     /* clock reference bit */
     uint8_t broken;  /* close once unused */
+    uint8_t leased;  /* the fd's lease vouches for its bytes (atomic; _leases.c) */
+    uint8_t lease_tried; /* a lease was asked for since fd was opened */
 } hfile_t;
 
 typedef struct {
@@ -130,7 +134,8 @@ typedef struct {
     uint64_t ra_last_end; /* where the last request that read file data ended (atomic) */
     /* counters */
     uint64_t c_requests, c_meta, c_data, c_zero, c_hits, c_misses, c_errors, c_opens;
-    uint64_t c_ra_bytes, c_ra_windows, c_ra_quiet;
+    uint64_t c_ra_bytes, c_ra_windows, c_ra_quiet, c_leased;
+    int leasing;        /* take source leases (use_leases) */
 } Table;
 
 #define ADD(field, v) __atomic_fetch_add(&(field), (uint64_t)(v), __ATOMIC_RELAXED)
@@ -173,6 +178,9 @@ static int g_budget = 448;
 static int g_open;
 
 static void close_entry(Table *t, hfile_t *f) {
+    if (f->lease_tried)
+        lease_drop(f->fd);
+    f->lease_tried = 0;
     close(f->fd);
     f->fd = -1;
     f->broken = 0;
@@ -215,6 +223,12 @@ static int ring_slot(Table *t) {
     return -1;
 }
 
+/* The pin check of a descriptor just leased (lease_take). */
+static int pinned(int fd, void *arg) {
+    struct stat st;
+    return fstat(fd, &st) == 0 && pin_check(arg, &st) == NULL;
+}
+
 /* The descriptor of file fi with a user counted; *owned set when the caller must close it. */
 static int acquire(Table *t, Py_ssize_t fi, int *owned, rerr_t *e) {
     hfile_t *f = &t->files[fi];
@@ -224,7 +238,13 @@ static int acquire(Table *t, Py_ssize_t fi, int *owned, rerr_t *e) {
         f->users++;
         f->ref = 1;
         int fd = f->fd;
+        /* A descriptor used a second time is worth a lease: the first read of a file that
+         * is read once (a copy, a tar) pays no fcntl calls. */
+        int lease = t->leasing && !f->lease_tried && f->ring >= 0;
+        f->lease_tried |= lease;
         pthread_mutex_unlock(&t->fd_lock);
+        if (lease)
+            lease_take(fd, &f->leased, pinned, f);
         return fd;
     }
     pthread_mutex_unlock(&t->fd_lock);
@@ -382,7 +402,9 @@ static uint64_t read_file_batch(Table *t, unsigned char *base, uint64_t offset, 
     }
     if (!failed && run_len > 0 && pread_full(fd, run_dst, run_len, run_off, fi, e, missed))
         failed = 1;
-    if (!failed) {
+    if (!failed && lease_holds(&t->files[fi].leased)) {
+        ADD(t->c_leased, 1);
+    } else if (!failed) {
         struct stat st;
         const char *bad = fstat(fd, &st) ? "read failed" : pin_check(&t->files[fi], &st);
         if (bad) {
@@ -773,6 +795,7 @@ static void fork_child(void) {
         t->ra_len = 0;
     }
     pthread_mutex_init(&g_tables_lock, NULL);
+    leases_fork_child();
 }
 
 static void tables_add(Table *t) {
@@ -999,12 +1022,13 @@ static PyObject *Table_stats(Table *t, PyObject *noargs) {
         open_fds += t->ring[s] >= 0;
     pthread_mutex_unlock(&t->fd_lock);
 #define L(f) (unsigned long long)__atomic_load_n(&t->f, __ATOMIC_RELAXED)
-    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsisKsKsK}", "requests", L(c_requests), "bytes_metadata",
+    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsisKsKsKsK}", "requests", L(c_requests), "bytes_metadata",
                          L(c_meta), "bytes_data", L(c_data), "bytes_zero", L(c_zero), "cache_hits",
                          L(c_hits), "cache_misses", L(c_misses), "source_errors", L(c_errors),
                          "opens", L(c_opens), "distinct_blocks", (unsigned long long)distinct,
                          "open_fds", open_fds, "readahead_windows", L(c_ra_windows),
-                         "readahead_quiet", L(c_ra_quiet), "readahead_bytes", L(c_ra_bytes));
+                         "readahead_quiet", L(c_ra_quiet), "readahead_bytes", L(c_ra_bytes),
+                         "leased_reads", L(c_leased));
 #undef L
 }
 
@@ -1013,6 +1037,14 @@ static PyObject *Table_set_readahead(Table *t, PyObject *arg) {
     if (n == (unsigned long long)-1 && PyErr_Occurred())
         return NULL;
     __atomic_store_n(&t->ra_window, n && n < RA_FIRST ? RA_FIRST : n, __ATOMIC_RELAXED);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Table_use_leases(Table *t, PyObject *arg) {
+    int on = PyObject_IsTrue(arg);
+    if (on < 0)
+        return NULL;
+    __atomic_store_n(&t->leasing, on, __ATOMIC_RELAXED);
     Py_RETURN_NONE;
 }
 
@@ -1218,6 +1250,9 @@ static PyMethodDef Table_methods[] = {
      "mark(offset, length): count the blocks of a request Python finished as read."},
     {"stats", (PyCFunction)Table_stats, METH_NOARGS, "Counters of the compiled path, as a dict."},
     {"close", (PyCFunction)Table_close, METH_NOARGS, "Close the cached descriptors not in use."},
+    {"use_leases", (PyCFunction)Table_use_leases, METH_O,
+     "use_leases(on): lease sources read more than once, so their reads skip the fstat\n"
+     "(start_leases() first; see _leases.c)."},
     {"set_readahead", (PyCFunction)Table_set_readahead, METH_O,
      "set_readahead(nbytes): the largest window read ahead of a sequential reader (0: none)."},
     {NULL, NULL, 0, NULL},
@@ -1275,7 +1310,20 @@ static PyObject *publish(PyObject *mod, PyObject *args) {
     Py_RETURN_TRUE;
 }
 
+static PyObject *start_leases(PyObject *mod, PyObject *noargs) {
+    const char *why = leases_start();
+    return why ? PyUnicode_FromString(why) : Py_NewRef(Py_None);
+}
+
+static PyObject *held_leases(PyObject *mod, PyObject *noargs) {
+    return PyLong_FromLong(leases_held());
+}
+
 static PyMethodDef module_methods[] = {
+    {"start_leases", start_leases, METH_NOARGS,
+     "start_leases() -> None | str: start the lease watcher thread in this process (call it\n"
+     "after any fork); a str says why leases cannot be used here."},
+    {"leases_held", held_leases, METH_NOARGS, "leases_held() -> int: source leases held now."},
     {"publish", publish, METH_VARARGS,
      "publish(export_name, table) -> bool: let ext4gen's nbdkit filter answer this export's reads\n"
      "(False: the filter is not loaded in this process)."},

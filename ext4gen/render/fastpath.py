@@ -108,6 +108,24 @@ def read_ahead(table: Any | None, nbytes: int = READAHEAD_BYTES) -> bool:
     return True
 
 
+def use_leases(table: Any | None) -> str:
+    """Let ``table`` lease the sources it reads more than once (``_leases.c``), so their reads
+    skip the fstat that checks the pin: '' when it does, else why not.  Starts the watcher
+    thread that gives leases up when the kernel breaks them: call it in the process that serves
+    (after nbdkit's fork)."""
+    from ..switches import NO_LEASES_ENV, env_flag
+
+    if _fastread is None or table is None:
+        return "the pure-Python read path checks every read by fstat"
+    if env_flag(NO_LEASES_ENV):
+        return f"{NO_LEASES_ENV} is set"
+    why = _fastread.start_leases()
+    if why:
+        return str(why)
+    table.use_leases(True)
+    return ""
+
+
 def publish(name: str, table: Any | None) -> bool:
     """Let ext4gen's nbdkit filter (``ext4gen/serve/_nbdfilter.c``) answer export ``name``'s
     reads from ``table`` without entering Python; False when that filter is not loaded."""

@@ -44,6 +44,7 @@ class ReadStats:
     metadata_block_lookups: int = 0
     source_errors: int = 0
     bytes_read_ahead: int = 0  # source bytes hinted ahead of sequential readers (compiled path)
+    leased_reads: int = 0  # source reads a lease vouched for, with no fstat (compiled path)
 
     @property
     def metadata_cache_hits(self) -> int:
@@ -255,6 +256,12 @@ class Image:
         in the process that serves (after nbdkit's fork).  False on the pure-Python path."""
         return fastpath.read_ahead(self._fast, nbytes)
 
+    def use_leases(self) -> str:
+        """Check sources read more than once by a kernel lease instead of an fstat per read
+        ('' when on, else why not; see ``fastpath.use_leases``).  Call it in the process
+        that serves."""
+        return fastpath.use_leases(self._fast)
+
     def publish(self, export_name: str) -> bool:
         """Hand the compiled path's table to ext4gen's nbdkit filter for ``export_name``
         (False: the pure-Python path, or no such filter in this process)."""
@@ -315,6 +322,7 @@ class Image:
             s.metadata_block_lookups += c["cache_hits"]
             s.source_errors += c["source_errors"]
             s.bytes_read_ahead += c["readahead_bytes"]
+            s.leased_reads += c["leased_reads"]
         return s
 
     def prerender_metadata(self, limit: int = fastpath.CACHE_BLOCKS // 2) -> int:

@@ -127,6 +127,7 @@ class _Export:
                 f"metadata blocks generated {st.metadata_blocks_generated} "
                 f"({st.metadata_blocks_prerendered} ahead of reads), "
                 f"cache hits {st.metadata_cache_hits}; distinct blocks read {distinct} of {total}; "
+                f"source reads checked by a lease {st.leased_reads}; "
                 f"source errors {st.source_errors}; connections {self.connections}")
 
 
@@ -438,6 +439,9 @@ def after_fork() -> None:
     if not env_flag(NO_READAHEAD_ENV):  # its thread starts with the first sequential reader
         for e in _exports.values():
             e.image.read_ahead()
+    for e in _exports.values():  # leases are given up by a thread: only in this process
+        why = e.image.use_leases()
+        nbdkit.debug(f"ext4gen: {e.source}: source leases {'off: ' + why if why else 'on'}")
     if any(e.image.compiled for e in _exports.values()):
         background.start(_prerender, "ext4gen-prerender")
     prefetch = sys.modules.get("ext4gen.remote.prefetch")  # loaded by _plan if anything to fetch

@@ -45,9 +45,11 @@ def test_the_extension_is_built() -> None:
 
 
 def pair(image: Image) -> tuple[Image, Image]:
-    """The compiled image reads sources ahead, as serving does: hints change no byte."""
+    """The compiled image reads sources ahead and leases them, as serving does: hints change
+    no byte, and a lease must catch every change the per-read fstat catches."""
     compiled = Image(image.plan, compiled=True)
     compiled.read_ahead(1 << 20)
+    assert compiled.use_leases() == ""
     return compiled, Image(image.plan, compiled=False)
 
 
@@ -205,6 +207,8 @@ def test_deleted_and_vanished_sources_fail_alike(tmp_path: Path) -> None:
     compiled, pure = pair(ext4gen.plan(tree, ext4gen.ImageOptions(dedup="none")))
     whole = pure.read(0, pure.size)
     assert compiled.read(0, compiled.size) == whole  # descriptors now cached by both
+    assert compiled.read(0, compiled.size) == whole  # used again: now leased (_leases.c)
+    assert compiled.stats.leased_reads >= 3
     (tmp_path / "f0").unlink()  # deleted while its descriptor is open (nlink 0, a new ctime)
     os.rename(tmp_path / "f2", tmp_path / "moved")  # renamed (a new ctime): the pin says no
     (tmp_path / "f2").write_bytes(bytes([3]) * 50_000)  # the same bytes by name, another inode
