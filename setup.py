@@ -22,25 +22,27 @@ from setuptools import Extension, setup
 FLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",
          "-Wno-missing-field-initializers", "-Wno-cast-function-type"]
 
-setup(
-    ext_modules=[
-        Extension("ext4gen.render._fastread",
-                  sources=["ext4gen/render/_fastread.c", "ext4gen/render/_leases.c"],
-                  extra_compile_args=FLAGS, optional=True),
-        Extension("ext4gen.model._pincheck", sources=["ext4gen/model/_pincheck.c"],
-                  extra_compile_args=FLAGS, optional=True),
-        Extension("ext4gen.format._dirhash", sources=["ext4gen/format/_dirhash.c"],
-                  extra_compile_args=FLAGS, optional=True),
-        Extension("ext4gen.inputs._dirscan", sources=["ext4gen/inputs/_dirscan.c"],
-                  extra_compile_args=FLAGS, optional=True),
-        Extension("ext4gen.layout._hashread", sources=["ext4gen/layout/_hashread.c"],
-                  extra_compile_args=FLAGS, optional=True),
-        Extension("ext4gen.layout._identity", sources=["ext4gen/layout/_identity.c"],
-                  extra_compile_args=FLAGS, optional=True),
-        Extension("ext4gen.serve._logfilter", sources=["ext4gen/serve/_logfilter.c"],
-                  extra_compile_args=FLAGS, optional=True),
-        # an nbdkit filter, not a Python module (nbdkit loads it; needs nbdkit-plugin-dev)
-        Extension("ext4gen.serve._nbdfilter", sources=["ext4gen/serve/_nbdfilter.c"],
-                  extra_compile_args=FLAGS, optional=True),
-    ]
-)
+# Also read by bench/bench_serve.py, which builds them in a snapshot of a commit.
+EXTENSIONS = [
+    Extension("ext4gen.render._fastread",
+              sources=["ext4gen/render/_fastread.c", "ext4gen/render/_leases.c"],
+              extra_compile_args=FLAGS, optional=True),
+    Extension("ext4gen.model._pincheck", sources=["ext4gen/model/_pincheck.c"],
+              extra_compile_args=FLAGS, optional=True),
+    Extension("ext4gen.format._dirhash", sources=["ext4gen/format/_dirhash.c"],
+              extra_compile_args=FLAGS, optional=True),
+    Extension("ext4gen.inputs._dirscan", sources=["ext4gen/inputs/_dirscan.c"],
+              extra_compile_args=FLAGS, optional=True),
+    Extension("ext4gen.layout._hashread", sources=["ext4gen/layout/_hashread.c"],
+              extra_compile_args=FLAGS, optional=True),
+    Extension("ext4gen.layout._identity", sources=["ext4gen/layout/_identity.c"],
+              extra_compile_args=FLAGS, optional=True),
+    Extension("ext4gen.serve._logfilter", sources=["ext4gen/serve/_logfilter.c"],
+              extra_compile_args=FLAGS, optional=True),
+    # an nbdkit filter, not a Python module (nbdkit loads it; needs nbdkit-plugin-dev)
+    Extension("ext4gen.serve._nbdfilter", sources=["ext4gen/serve/_nbdfilter.c"],
+              extra_compile_args=FLAGS, optional=True),
+]
+
+if __name__ == "__main__":  # how pip's build backend runs this file
+    setup(ext_modules=EXTENSIONS)

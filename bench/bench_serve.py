@@ -85,14 +85,19 @@ def plugin_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def build_extension(src: Path) -> None:
-    """Compile the read path's C extension inside an exported snapshot (git has no .so)."""
-    mods = [(f"ext4gen.{c.parent.name}.{c.stem}", str(c.relative_to(src)))
-            for c in sorted(src.glob("ext4gen/*/_*.c"))]
-    code = ("import sys; from setuptools import Extension, setup; setup(name='x', script_args=['-q', "
-            "'build_ext', '--inplace'], ext_modules=[Extension(m, [c], extra_compile_args=['-O2']) "
-            f"for m, c in {mods!r}])")
-    if mods:
-        subprocess.run([PY, "-c", code], cwd=str(src), check=True, capture_output=True)
+    """Compile the C extensions inside an exported snapshot (git has no .so): as its
+    setup.py lists them (an extension may have several sources), or, in a snapshot whose
+    setup.py has no such list, one per ``_*.c``."""
+    setup_py = src / "setup.py"
+    if setup_py.exists() and "EXTENSIONS" in setup_py.read_text():
+        ext = "runpy.run_path('setup.py', run_name='snapshot')['EXTENSIONS']"
+    else:
+        mods = [(f"ext4gen.{c.parent.name}.{c.stem}", str(c.relative_to(src)))
+                for c in sorted(src.glob("ext4gen/*/_*.c"))]
+        ext = f"[Extension(m, [c], extra_compile_args=['-O2']) for m, c in {mods!r}]"
+    code = ("import runpy; from setuptools import Extension, setup; setup(name='x', "
+            f"script_args=['-q', 'build_ext', '--inplace'], ext_modules={ext})")
+    subprocess.run([PY, "-c", code], cwd=str(src), check=True, capture_output=True)
 
 
 def _kill(pid: int, sig: int) -> None:

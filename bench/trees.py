@@ -133,7 +133,7 @@ def duplicate_stats(path: Path) -> dict:
 
 
 def source_snapshot(rev: str = "HEAD", repo: Path | None = None) -> tuple[Path, str]:
-    """Export ``rev``'s ext4gen/ and plugins/ to the cache; returns (dir, short sha).
+    """Export ``rev``'s ext4gen/, plugins/ and setup.py to the cache; returns (dir, short sha).
 
     Benchmarks run the committed code through PYTHONPATH, not the shared working
     tree, because other developers edit the working tree while a run is going:
@@ -149,13 +149,14 @@ def source_snapshot(rev: str = "HEAD", repo: Path | None = None) -> tuple[Path, 
         tmp.mkdir(parents=True)
         paths = subprocess.run(["git", "-C", str(repo), "ls-tree", "--name-only", rev],
                                check=True, capture_output=True, text=True).stdout.split()
-        wanted = [p for p in ("ext4gen", "plugins") if p in paths]
+        wanted = [p for p in ("ext4gen", "plugins", "setup.py") if p in paths]
         archive = subprocess.run(["git", "-C", str(repo), "archive", rev, *wanted], check=True,
                                  capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
         # byte-compiled, as an installed copy is (scripts/setup.sh, pip): otherwise every
         # timed start compiles each module again wherever PYTHONDONTWRITEBYTECODE is set
-        subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", *(str(tmp / w) for w in wanted)],
+        subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0",
+                        *(str(tmp / w) for w in wanted if w != "setup.py")],
                        check=True, stdout=subprocess.DEVNULL)
         tmp.rename(dest)
     return dest, sha

@@ -110,7 +110,7 @@ stamp_value() {
         printf 'root=%s\n' "$ROOT"
         "$PY" -c 'import sys; print(sys.version)'
         sha256sum <"$ROOT/pyproject.toml"
-        cat "$ROOT/setup.py" "$ROOT"/ext4gen/*/_*.c 2>/dev/null | sha256sum  # the extensions
+        cat "$ROOT/setup.py" "$ROOT"/ext4gen/*/_*.[ch] 2>/dev/null | sha256sum  # the extensions
     } | sha256sum | cut -d' ' -f1
 }
 

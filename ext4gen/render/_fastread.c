@@ -402,7 +402,7 @@ static uint64_t read_file_batch(Table *t, unsigned char *base, uint64_t offset, 
     }
     if (!failed && run_len > 0 && pread_full(fd, run_dst, run_len, run_off, fi, e, missed))
         failed = 1;
-    if (!failed && lease_holds(&t->files[fi].leased)) {
+    if (!failed && !owned && lease_holds(&t->files[fi].leased)) { /* owned: not the leased fd */
         ADD(t->c_leased, 1);
     } else if (!failed) {
         struct stat st;
