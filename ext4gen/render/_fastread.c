@@ -47,6 +47,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "_leases.h"
@@ -83,6 +84,7 @@ typedef struct {
     uint8_t broken;  /* close once unused */
     uint8_t leased;  /* the fd's lease vouches for its bytes (atomic; _leases.c) */
     uint8_t lease_tried; /* a lease was asked for since fd was opened */
+    int64_t opened;  /* when fd was opened (coarse monotonic ns) */
 } hfile_t;
 
 typedef struct {
@@ -223,6 +225,14 @@ static int ring_slot(Table *t) {
     return -1;
 }
 
+static int64_t g_lease_after = 1000000000; /* ns: see acquire; set_lease_after() for tests */
+
+static int64_t coarse_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
 /* The pin check of a descriptor just leased (lease_take). */
 static int pinned(int fd, void *arg) {
     struct stat st;
@@ -238,9 +248,11 @@ static int acquire(Table *t, Py_ssize_t fi, int *owned, rerr_t *e) {
         f->users++;
         f->ref = 1;
         int fd = f->fd;
-        /* A descriptor used a second time is worth a lease: the first read of a file that
-         * is read once (a copy, a tar) pays no fcntl calls. */
-        int lease = t->leasing && !f->lease_tried && f->ring >= 0;
+        /* A descriptor still in use a while after it was opened is worth a lease (about
+         * 10 us of fcntl and inotify calls): a file read once, in a few requests in a row (a
+         * copy, a tar), is never leased. */
+        int lease = t->leasing && !f->lease_tried && f->ring >= 0 &&
+                    coarse_ns() - f->opened >= __atomic_load_n(&g_lease_after, __ATOMIC_RELAXED);
         f->lease_tried |= lease;
         pthread_mutex_unlock(&t->fd_lock);
         if (lease)
@@ -282,6 +294,7 @@ static int acquire(Table *t, Py_ssize_t fi, int *owned, rerr_t *e) {
     }
     t->ring[s] = (int)fi;
     f->ring = s;
+    f->opened = coarse_ns();
     f->fd = fd;
     f->users = 1;
     f->ref = 1;
@@ -1315,6 +1328,14 @@ static PyObject *start_leases(PyObject *mod, PyObject *noargs) {
     return why ? PyUnicode_FromString(why) : Py_NewRef(Py_None);
 }
 
+static PyObject *set_lease_after(PyObject *mod, PyObject *arg) {
+    double secs = PyFloat_AsDouble(arg);
+    if (secs == -1.0 && PyErr_Occurred())
+        return NULL;
+    __atomic_store_n(&g_lease_after, (int64_t)(secs * 1e9), __ATOMIC_RELAXED);
+    Py_RETURN_NONE;
+}
+
 static PyObject *held_leases(PyObject *mod, PyObject *noargs) {
     return PyLong_FromLong(leases_held());
 }
@@ -1324,6 +1345,9 @@ static PyMethodDef module_methods[] = {
      "start_leases() -> None | str: start the lease watcher thread in this process (call it\n"
      "after any fork); a str says why leases cannot be used here."},
     {"leases_held", held_leases, METH_NOARGS, "leases_held() -> int: source leases held now."},
+    {"set_lease_after", set_lease_after, METH_O,
+     "set_lease_after(seconds): how long a descriptor must have been open before a read\n"
+     "through it takes a lease (default 1; a test hook)."},
     {"publish", publish, METH_VARARGS,
      "publish(export_name, table) -> bool: let ext4gen's nbdkit filter answer this export's reads\n"
      "(False: the filter is not loaded in this process)."},

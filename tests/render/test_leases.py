@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -30,6 +30,14 @@ DIR = ext4gen.Meta(0o755, 0, 0, 0, 0, 0, 0)
 SIZE = 50_000
 
 pytestmark = pytest.mark.skipif(fastpath._fastread is None, reason="the extension is not built")
+
+
+@pytest.fixture(autouse=True)
+def lease_at_once() -> Iterator[None]:
+    """Serving leases a descriptor still in use a second after it was opened; here, at once."""
+    fastpath._fastread.set_lease_after(0)
+    yield
+    fastpath._fastread.set_lease_after(1)
 
 
 def leased_image(tmp_path: Path, n: int) -> tuple[Image, Image, list[Path], list[tuple[int, int]]]:
@@ -78,6 +86,25 @@ def test_reused_sources_are_leased_and_their_reads_skip_the_fstat(tmp_path: Path
     assert compiled.stats.leased_reads == before + 4
     del compiled  # its descriptors close, and their leases go with them
     assert fastpath._fastread.leases_held() == held - 4
+
+
+def test_a_descriptor_is_leased_only_once_it_has_been_open_a_while(tmp_path: Path) -> None:
+    """A file read once, in a few requests in a row (a copy, a tar), pays no lease."""
+    fastpath._fastread.set_lease_after(0.5)
+    tree = ext4gen.Tree(DIR)
+    p = tmp_path / "f"
+    p.write_bytes(b"a" * SIZE)
+    tree.add("/f", ext4gen.Node("file", META, source=ext4gen.HostFileSource(str(p))))
+    image = Image(ext4gen.plan(tree, ext4gen.ImageOptions(dedup="none")).plan, compiled=True)
+    assert image.use_leases() == ""
+    s, e = next((s, e) for s, e, k in image.regions() if k == "data")
+    for _ in range(5):
+        image.read(s, e - s)
+    assert image.stats.leased_reads == 0
+    time.sleep(0.6)
+    image.read(s, e - s)  # takes the lease (and checks the pin) before it reads
+    image.read(s, e - s)
+    assert image.stats.leased_reads == 2
 
 
 CHANGES: dict[str, Callable[[Path], object]] = {
