@@ -143,6 +143,10 @@ class Server:
             self.stop()
             raise
         self.startup_s = time.perf_counter() - t0
+        said = self.logfile.read_text(errors="replace")
+        if self.label.startswith("ext4gen") and "pure" not in self.label and "pure-Python" in said:
+            self.stop()  # a snapshot whose extension did not build or load measures nothing here
+            raise RuntimeError(f"{self.label}: serving in pure Python: {said.strip()[-500:]}")
         return self
 
     def stop(self) -> str:
