@@ -9,7 +9,8 @@
  * with the GIL released: a bisect over a flat region table, zero fills,
  * coalesced pread of runs of one host file, the freshness pin check (fstat
  * after the read: dev, ino, size, mtime, ctime, nlink > 0, as in
- * ext4gen.model.sources.HostFile.check), and copies from a cache of metadata
+ * ext4gen.model.sources.HostFile.check; or, for a source leased by _leases.c,
+ * the lease and its inotify watch instead), and copies from a cache of metadata
  * blocks that Python rendered earlier.
  *
  * Thread safety.  Descriptors: one mutex per table, held only to look up,

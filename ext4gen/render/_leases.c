@@ -24,12 +24,20 @@
  *    the flag set after its read read the old bytes.
  *  - An inotify event: the watcher clears the flag of that watch.  Readers take a non-empty
  *    inotify queue (FIONREAD) or a watcher busy with events as "no lease", so the first read
- *    after the syscall that changed the file sees the change, as the fstat did.
+ *    after the syscall that changed the file sees the change, as the fstat did.  (An open
+ *    with O_TRUNC but not for writing truncates without breaking a read lease; it truncates
+ *    to nothing, so a read then comes up short and fails, and inotify reports IN_MODIFY.)
+ *  - Once a second the watcher audits every lease: F_GETLEASE (a break whose signal was
+ *    lost), the pin check (a ctime change that raises no watched event: an atime-only
+ *    utimensat, FS_IOC_SETFLAGS), its own signal handlers and the lease-break-time.  Such
+ *    changes fail reads within about a second rather than at once; the bytes are the same.
  *  - The process stopped for longer than the kernel's lease-break-time (45 s by default):
  *    the kernel then drops the lease and lets the writer go on before the watcher ran.  The
  *    watcher stamps g_beat each loop (at least once a second) with the time it took before
  *    its poll(), after which it handled every signal sent before that time; readers trust a
- *    flag only while that stamp is younger than a third of the break time (at most 5 s).
+ *    flag only while that stamp is younger than a third of the break time (at most 5 s),
+ *    and look at the stamp before the flag: a fresh stamp means the flag is already clear
+ *    if a break was signalled before the read.
  *  - Only on local file systems whose leases are known to behave: ext4, xfs, btrfs, tmpfs.
  *    Elsewhere (and where fcntl refuses: another user's file without CAP_LEASE, leases
  *    disabled) the per-read fstat stays.
@@ -66,12 +74,16 @@
 typedef struct {
     uint8_t *flag; /* NULL: no lease on this descriptor */
     int wd;        /* its inotify watch, 0 none */
+    int (*pinned)(int fd, void *arg); /* the caller's pin check, for the watcher's audit */
+    void *arg;
 } entry_t;
 
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static entry_t *g_map;   /* by descriptor */
 static int g_n;
+static int g_hi;         /* no entry at or above this descriptor (g_lock) */
 static int g_on;         /* the watcher runs in this process (atomic) */
+static int g_off;        /* the audit found leases unsafe here: none taken any more (atomic) */
 static const char *g_why = "leases were not started";
 static int g_sig;
 static pid_t g_tid;      /* the watcher's thread id */
@@ -113,7 +125,7 @@ static void drop_locked(int fd) {
 }
 
 static void drop_all_locked(void) {
-    for (int fd = 0; fd < g_n; fd++)
+    for (int fd = 0; fd < g_hi; fd++)
         if (g_map[fd].flag)
             drop_locked(fd);
 }
@@ -126,6 +138,11 @@ static void on_signal(int sig, siginfo_t *si, void *ctx) {
     errno = saved;
 }
 
+static int cmp_int(const void *a, const void *b) {
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
+}
+
 static void handle_events(void) {
     union {
         struct inotify_event ev;
@@ -133,21 +150,71 @@ static void handle_events(void) {
     } buf;
     __atomic_store_n(&g_busy, 1, __ATOMIC_SEQ_CST); /* before the events leave the queue */
     ssize_t got;
+    /* One pass over the map per batch of events, not per event: `chmod -R` over a served
+     * tree is thousands of events, and readers that close a descriptor wait for g_lock. */
+    int wds[sizeof buf.bytes / sizeof(struct inotify_event)];
     while ((got = read(g_ino, buf.bytes, sizeof buf.bytes)) > 0) {
-        pthread_mutex_lock(&g_lock);
+        int n = 0, all = 0;
         for (char *p = buf.bytes; p < buf.bytes + got;) {
             struct inotify_event *ev = (struct inotify_event *)p;
             if (ev->mask & IN_Q_OVERFLOW)
-                drop_all_locked();
+                all = 1;
             else if (!(ev->mask & IN_IGNORED) && ev->wd > 0)
-                for (int fd = 0; fd < g_n; fd++)
-                    if (g_map[fd].wd == ev->wd)
-                        drop_locked(fd);
+                wds[n++] = ev->wd;
             p += sizeof *ev + ev->len;
         }
+        qsort(wds, (size_t)n, sizeof *wds, cmp_int);
+        pthread_mutex_lock(&g_lock);
+        if (all)
+            drop_all_locked();
+        else if (n)
+            for (int fd = 0; fd < g_hi; fd++)
+                if (g_map[fd].wd > 0 && bsearch(&g_map[fd].wd, wds, (size_t)n, sizeof *wds, cmp_int))
+                    drop_locked(fd);
         pthread_mutex_unlock(&g_lock);
     }
     __atomic_store_n(&g_busy, 0, __ATOMIC_SEQ_CST);
+}
+
+static long read_proc_long(const char *path, long fallback) {
+    FILE *f = fopen(path, "re");
+    long v = fallback;
+    if (f) {
+        if (fscanf(f, "%ld", &v) != 1)
+            v = fallback;
+        fclose(f);
+    }
+    return v;
+}
+
+static int ours(int sig) {
+    struct sigaction sa;
+    return sigaction(sig, NULL, &sa) == 0 && (sa.sa_flags & SA_SIGINFO) && sa.sa_sigaction == on_signal;
+}
+
+/* Once a second, what no signal or event reports:
+ *  - a change to a pinned field that neither breaks the lease nor raises a watched event
+ *    (an atime-only utimensat changes the ctime and raises IN_ACCESS, which every read
+ *    raises too; FS_IOC_SETFLAGS on a read-only descriptor raises nothing): the pin check
+ *    again, so such a change fails reads a second later instead of at once;
+ *  - a break whose signal was lost (F_GETLEASE then says F_UNLCK);
+ *  - someone else's handler now on our signals, or a lease-break-time lowered under 15 s:
+ *    the guarantees above no longer hold, so every lease is dropped and none taken again. */
+static void audit(void) {
+    int unsafe = !ours(g_sig) || !ours(SIGIO) ||
+                 read_proc_long("/proc/sys/fs/lease-break-time", 45) < 15;
+    pthread_mutex_lock(&g_lock);
+    if (unsafe) {
+        __atomic_store_n(&g_off, 1, __ATOMIC_SEQ_CST);
+        drop_all_locked();
+    } else {
+        for (int fd = 0; fd < g_hi; fd++) {
+            entry_t *e = &g_map[fd];
+            if (e->flag && (fcntl(fd, F_GETLEASE) != F_RDLCK || !e->pinned(fd, e->arg)))
+                drop_locked(fd);
+        }
+    }
+    pthread_mutex_unlock(&g_lock);
 }
 
 static void *watcher(void *arg) {
@@ -157,6 +224,7 @@ static void *watcher(void *arg) {
     sigaddset(&ours, SIGIO);
     pthread_sigmask(SIG_UNBLOCK, &ours, NULL);
     __atomic_store_n(&g_tid, (pid_t)syscall(SYS_gettid), __ATOMIC_SEQ_CST);
+    int64_t last_audit = now_ns();
     for (;;) {
         int64_t before = now_ns();
         struct pollfd p[2] = {{g_pipe[0], POLLIN, 0}, {g_ino, POLLIN, 0}};
@@ -179,21 +247,15 @@ static void *watcher(void *arg) {
             pthread_mutex_unlock(&g_lock);
         }
         handle_events();
+        if (before - last_audit >= 1000000000) {
+            audit();
+            last_audit = before;
+        }
         __atomic_store_n(&g_beat, before, __ATOMIC_SEQ_CST);
     }
     return NULL;
 }
 
-static long read_proc_long(const char *path, long fallback) {
-    FILE *f = fopen(path, "re");
-    long v = fallback;
-    if (f) {
-        if (fscanf(f, "%ld", &v) != 1)
-            v = fallback;
-        fclose(f);
-    }
-    return v;
-}
 
 static int free_handler(int sig) {
     struct sigaction old;
@@ -237,6 +299,16 @@ const char *leases_start(void) {
         g_why = "inotify_init1 failed";
         goto out;
     }
+    /* One watch per inode relies on IN_MASK_CREATE (Linux 4.18), which older kernels ignore. */
+    int w1 = inotify_add_watch(g_ino, "/", IN_ATTRIB | IN_MASK_CREATE);
+    int w2 = inotify_add_watch(g_ino, "/", IN_ATTRIB | IN_MASK_CREATE);
+    int refused = w2 < 0 && errno == EEXIST;
+    if (w1 > 0)
+        inotify_rm_watch(g_ino, w1);
+    if (w1 <= 0 || !refused) {
+        g_why = "inotify cannot refuse a second watch of an inode (IN_MASK_CREATE, Linux 4.18)";
+        goto out;
+    }
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_sigaction = on_signal;
@@ -268,7 +340,8 @@ out:;
 }
 
 int lease_take(int fd, uint8_t *flag, int (*pinned)(int fd, void *arg), void *arg) {
-    if (!__atomic_load_n(&g_on, __ATOMIC_ACQUIRE) || fd < 0 || fd >= g_n)
+    if (!__atomic_load_n(&g_on, __ATOMIC_ACQUIRE) || __atomic_load_n(&g_off, __ATOMIC_SEQ_CST) ||
+        fd < 0 || fd >= g_n)
         return 0;
     struct statfs sf;
     if (fstatfs(fd, &sf) || !fs_ok((long)sf.f_type))
@@ -286,15 +359,16 @@ int lease_take(int fd, uint8_t *flag, int (*pinned)(int fd, void *arg), void *ar
         pthread_mutex_unlock(&g_lock);
         return 0;
     }
-    g_map[fd].flag = flag; /* from here on, a break or an event finds this entry */
-    g_map[fd].wd = wd;
+    g_map[fd] = (entry_t){flag, wd, pinned, arg}; /* a break or an event now finds it */
+    if (fd >= g_hi)
+        g_hi = fd + 1;
     pthread_mutex_unlock(&g_lock);
 
     int ok = pinned(fd, arg); /* any change before the lease and the watch shows here */
 
     pthread_mutex_lock(&g_lock);
     int ours = g_map[fd].flag == flag && g_map[fd].wd == wd;
-    if (ok && ours && fcntl(fd, F_GETLEASE) == F_RDLCK) {
+    if (ok && ours && !__atomic_load_n(&g_off, __ATOMIC_SEQ_CST) && fcntl(fd, F_GETLEASE) == F_RDLCK) {
         __atomic_store_n(flag, 1, __ATOMIC_SEQ_CST);
         g_held++;
     } else {
@@ -318,14 +392,16 @@ void lease_drop(int fd) {
 int lease_holds(const uint8_t *flag) {
     if (!__atomic_load_n(flag, __ATOMIC_RELAXED))
         return 0;
-    /* In this order (see the header comment): queued events, events being handled, the
-     * flag, then how recently the watcher handled what was sent to it. */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST); /* the read's loads before the checks' */
+    /* In this order (see the header comment): how recently the watcher handled what was sent
+     * to it (a fresh stamp means every break signalled before the read is handled, its flag
+     * cleared), queued events, events being handled, and only then the flag. */
+    if (now_ns() - __atomic_load_n(&g_beat, __ATOMIC_SEQ_CST) >= g_fresh)
+        return 0;
     int queued = 0;
     if (ioctl(g_ino, FIONREAD, &queued) || queued)
         return 0;
-    if (__atomic_load_n(&g_busy, __ATOMIC_SEQ_CST) || !__atomic_load_n(flag, __ATOMIC_SEQ_CST))
-        return 0;
-    return now_ns() - __atomic_load_n(&g_beat, __ATOMIC_SEQ_CST) < g_fresh;
+    return !__atomic_load_n(&g_busy, __ATOMIC_SEQ_CST) && __atomic_load_n(flag, __ATOMIC_SEQ_CST);
 }
 
 long leases_held(void) {
@@ -341,6 +417,11 @@ void leases_fork_child(void) {
         return;
     g_on = 0;
     g_why = "leases were not started in this process";
+    struct sigaction dfl; /* the handlers write to the parent's pipe, closed below */
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigaction(g_sig, &dfl, NULL);
+    sigaction(SIGIO, &dfl, NULL);
     for (int fd = 0; fd < g_n; fd++)
         if (g_map[fd].flag) {
             __atomic_store_n(g_map[fd].flag, 0, __ATOMIC_SEQ_CST);

@@ -69,7 +69,7 @@ def outcome(image: Image, start: int, end: int) -> bytes | str:
 
 
 def writer(cmd: str) -> float:
-    """Run a shell command in another process (leases break for other processes only);
+    """Run a shell command in another process, as a writer of a served source would be;
     its wall time."""
     t0 = time.monotonic()
     subprocess.run(["sh", "-c", cmd], check=True, timeout=30)
@@ -115,6 +115,9 @@ CHANGES: dict[str, Callable[[Path], object]] = {
         f"{sys.executable} -c 'import os; os.truncate(\"{p}\", 100)'"),
     "opened for writing and closed unchanged, then touched back": lambda p: (
         st := p.stat(), writer(f"exec 3>>{p}"), os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))),
+    # truncates to nothing without breaking a read lease: the read comes up short
+    "opened read-only with O_TRUNC": lambda p: os.close(os.open(p, os.O_RDONLY | os.O_TRUNC)),
+    "opened for writing by this process and written": lambda p: p.write_bytes(b"w" * SIZE),
     "deleted": lambda p: p.unlink(),
     "renamed": lambda p: p.rename(p.with_name("moved")),
     "replaced by rename": lambda p: (p.with_name("new").write_bytes(b"n" * SIZE),
@@ -134,6 +137,38 @@ def test_a_change_to_a_leased_source_fails_the_very_next_read(tmp_path: Path, ho
     a, b = outcomes[1]
     assert isinstance(a, str) and isinstance(b, str), (how, a, b)
     assert a == b and "f1: source" in a
+
+
+def test_a_ctime_change_no_event_reports_fails_reads_within_seconds(tmp_path: Path) -> None:
+    """An atime-only utimensat changes the ctime (so the pin fails) but raises only IN_ACCESS,
+    which every read raises too: the watcher's audit, once a second, catches it."""
+    compiled, pure, paths, data = leased_image(tmp_path, 2)
+    os.utime(paths[1], ns=(1, paths[1].stat().st_mtime_ns))
+    s, e = data[1]
+    assert isinstance(outcome(pure, s, e), str)
+    deadline = time.monotonic() + 5
+    while isinstance(outcome(compiled, s, e), bytes):  # the same old bytes meanwhile
+        assert time.monotonic() < deadline, "an atime-only change was never caught"
+        time.sleep(0.05)
+    assert outcome(compiled, s, e) == outcome(pure, s, e)
+    assert isinstance(outcome(compiled, *data[0]), bytes)
+
+
+def test_a_fork_child_starts_leases_of_its_own() -> None:
+    """A child forked after leases started (its handlers point into the parent's pipe) must be
+    able to start its own."""
+    code = (
+        "import os, sys\n"
+        "from ext4gen.render import _fastread\n"
+        "assert _fastread.start_leases() is None\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    why = _fastread.start_leases()\n"
+        "    os._exit(0 if why is None else 3)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "sys.exit(os.waitstatus_to_exitcode(status))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
 
 
 def test_a_writer_is_not_held_up_by_a_lease(tmp_path: Path) -> None:
