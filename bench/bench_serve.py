@@ -8,9 +8,8 @@ synthesizes it from the T1 manifest: as ``ext4gen serve`` runs it, with ext4gen'
 filter answering reads in C in front of the plugin (``ext4gen``), the same without reading
 sources ahead (``ext4gen-noreadahead``, ``EXT4GEN_NO_READAHEAD=1``), the same checking every
 read of a source by fstat instead of a lease (``ext4gen-noleases``, ``EXT4GEN_NO_LEASES=1``),
-the plugin alone with
-its compiled read path (``ext4gen-nofilter``), and with ``EXT4GEN_PURE_PYTHON=1``
-(``ext4gen-pure``).  In one run:
+the plugin alone with its compiled read path (``ext4gen-nofilter``), and with
+``EXT4GEN_PURE_PYTHON=1`` (``ext4gen-pure``).  In one run:
 
 * sequential ``nbdcopy --no-extents URI null:`` (first pass with caches
   dropped, then warm), for nbdkit ``--threads`` 1, 2 and 16;

@@ -1265,8 +1265,8 @@ static PyMethodDef Table_methods[] = {
     {"stats", (PyCFunction)Table_stats, METH_NOARGS, "Counters of the compiled path, as a dict."},
     {"close", (PyCFunction)Table_close, METH_NOARGS, "Close the cached descriptors not in use."},
     {"use_leases", (PyCFunction)Table_use_leases, METH_O,
-     "use_leases(on): lease sources read more than once, so their reads skip the fstat\n"
-     "(start_leases() first; see _leases.c)."},
+     "use_leases(on): lease sources still read a while after they were opened, so their\n"
+     "reads skip the fstat (start_leases() first; see _leases.c)."},
     {"set_readahead", (PyCFunction)Table_set_readahead, METH_O,
      "set_readahead(nbytes): the largest window read ahead of a sequential reader (0: none)."},
     {NULL, NULL, 0, NULL},

@@ -109,8 +109,9 @@ def read_ahead(table: Any | None, nbytes: int = READAHEAD_BYTES) -> bool:
 
 
 def use_leases(table: Any | None) -> str:
-    """Let ``table`` lease the sources it reads more than once (``_leases.c``), so their reads
-    skip the fstat that checks the pin: '' when it does, else why not.  Starts the watcher
+    """Let ``table`` lease the sources it still reads a second after opening them
+    (``_leases.c``), so their reads skip the fstat that checks the pin: '' when it does, else
+    why not.  Starts the watcher
     thread that gives leases up when the kernel breaks them: call it in the process that serves
     (after nbdkit's fork)."""
     from ..switches import NO_LEASES_ENV, env_flag

@@ -257,9 +257,9 @@ class Image:
         return fastpath.read_ahead(self._fast, nbytes)
 
     def use_leases(self) -> str:
-        """Check sources read more than once by a kernel lease instead of an fstat per read
-        ('' when on, else why not; see ``fastpath.use_leases``).  Call it in the process
-        that serves."""
+        """Check the sources still read a second after they were opened by a kernel lease
+        and an inotify watch instead of an fstat per read ('' when on, else why not; see
+        ``fastpath.use_leases``).  Call it in the process that serves."""
         return fastpath.use_leases(self._fast)
 
     def publish(self, export_name: str) -> bool:
