@@ -40,6 +40,18 @@ def lease_at_once() -> Iterator[None]:
     fastpath._fastread.set_lease_after(1)
 
 
+LEASED_FS = {"ef53": "ext4", "58465342": "xfs", "9123683e": "btrfs", "1021994": "tmpfs"}
+
+
+@pytest.fixture(autouse=True)
+def lease_capable(tmp_path: Path) -> None:
+    """ext4gen leases sources only on these file systems (_leases.c, fs_ok)."""
+    kind = subprocess.run(["stat", "-f", "-c", "%t", str(tmp_path)], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    if kind not in LEASED_FS:
+        pytest.skip(f"{tmp_path} is on a file system (type 0x{kind}) ext4gen does not lease")
+
+
 def leased_image(tmp_path: Path, n: int) -> tuple[Image, Image, list[Path], list[tuple[int, int]]]:
     """A compiled image with leases on, read twice (the second use takes the leases), the
     pure-Python image of the same plan, the sources, and each source's data region."""
