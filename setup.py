@@ -25,7 +25,8 @@ FLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",
 # Also read by bench/bench_serve.py, which builds them in a snapshot of a commit.
 EXTENSIONS = [
     Extension("ext4gen.render._fastread",
-              sources=["ext4gen/render/_fastread.c", "ext4gen/render/_leases.c"],
+              sources=["ext4gen/render/_fastread.c", "ext4gen/render/_leases.c",
+                       "ext4gen/render/_mapped.c"],
               extra_compile_args=FLAGS, optional=True),
     Extension("ext4gen.model._pincheck", sources=["ext4gen/model/_pincheck.c"],
               extra_compile_args=FLAGS, optional=True),

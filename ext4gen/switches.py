@@ -12,6 +12,7 @@ PURE_PYTHON_ENV = "EXT4GEN_PURE_PYTHON"  # no extension: reads, dedup reading, d
 NO_FILTER_ENV = "EXT4GEN_NO_FILTER"  # serve without ext4gen's nbdkit filter
 NO_READAHEAD_ENV = "EXT4GEN_NO_READAHEAD"  # serve without reading source files ahead
 NO_LEASES_ENV = "EXT4GEN_NO_LEASES"  # check sources by fstat after every read, no leases
+NO_MAPPING_ENV = "EXT4GEN_NO_MAPPING"  # read sources by pread only, never from a mapping
 
 
 def is_on(value: str | None) -> bool:

@@ -52,6 +52,7 @@
 #include <unistd.h>
 
 #include "_leases.h"
+#include "_mapped.h"
 
 #define BLOCK 4096
 #define RA_STREAMS 8    /* sequential readers told apart (connections, kernel read-ahead streams) */
@@ -86,6 +87,8 @@ typedef struct {
     uint8_t leased;  /* the fd's lease vouches for its bytes (atomic; _leases.c) */
     uint8_t lease_tried; /* a lease was asked for since fd was opened */
     int64_t opened;  /* when fd was opened (coarse monotonic ns) */
+    unsigned char *map; /* fd's first size bytes mapped (atomic; _mapped.c), NULL none */
+    uint8_t map_tried;  /* a mapping was asked for since fd was opened */
 } hfile_t;
 
 typedef struct {
@@ -139,6 +142,8 @@ typedef struct {
     uint64_t c_requests, c_meta, c_data, c_zero, c_hits, c_misses, c_errors, c_opens;
     uint64_t c_ra_bytes, c_ra_windows, c_ra_quiet, c_leased;
     int leasing;        /* take source leases (use_leases) */
+    int mapping;        /* map long-used sources for small reads (use_mappings; default on) */
+    uint64_t c_mapped;
 } Table;
 
 #define ADD(field, v) __atomic_fetch_add(&(field), (uint64_t)(v), __ATOMIC_RELAXED)
@@ -184,6 +189,9 @@ static void close_entry(Table *t, hfile_t *f) {
     if (f->lease_tried)
         lease_drop(f->fd);
     f->lease_tried = 0;
+    unmap_source(f->map, f->size); /* no user: nothing copies from it */
+    f->map = NULL;
+    f->map_tried = 0;
     close(f->fd);
     f->fd = -1;
     f->broken = 0;
@@ -250,14 +258,21 @@ static int acquire(Table *t, Py_ssize_t fi, int *owned, rerr_t *e) {
         f->ref = 1;
         int fd = f->fd;
         /* A descriptor still in use a while after it was opened is worth a lease (about
-         * 10 us of fcntl and inotify calls): a file read once, in a few requests in a row (a
-         * copy, a tar), is never leased. */
-        int lease = t->leasing && !f->lease_tried && f->ring >= 0 &&
-                    coarse_ns() - f->opened >= __atomic_load_n(&g_lease_after, __ATOMIC_RELAXED);
+         * 10 us of fcntl and inotify calls) and a mapping (an mmap, and an munmap when it is
+         * closed): a file read once, in a few requests in a row (a copy, a tar), gets
+         * neither. */
+        int old = (t->leasing && !f->lease_tried) || (t->mapping && !f->map_tried);
+        old = old && f->ring >= 0 &&
+              coarse_ns() - f->opened >= __atomic_load_n(&g_lease_after, __ATOMIC_RELAXED);
+        int lease = old && t->leasing && !f->lease_tried;
+        int map = old && t->mapping && !f->map_tried;
         f->lease_tried |= lease;
+        f->map_tried |= map;
         pthread_mutex_unlock(&t->fd_lock);
         if (lease)
             lease_take(fd, &f->leased, pinned, f);
+        if (map) /* this thread's user count keeps close_entry away until it is stored */
+            __atomic_store_n(&f->map, map_source(fd, f->size), __ATOMIC_RELEASE);
         return fd;
     }
     pthread_mutex_unlock(&t->fd_lock);
@@ -364,18 +379,34 @@ static int pread_full(int fd, unsigned char *dst, int64_t n, int64_t off, Py_ssi
     return 0;
 }
 
+/* One run of file bytes: from the file's mapping when the caller passes one (a small random
+ * read of a long-used source; the mapping covers the planned size), else by pread.  The same
+ * bytes, and after a fault in the mapping the same error, as pread. */
+static int read_run(const unsigned char *map, int64_t size, int fd, unsigned char *dst, int64_t n,
+                    int64_t off, Py_ssize_t fi, rerr_t *e, int *missed) {
+    if (!map || off + n > size)
+        return pread_full(fd, dst, n, off, fi, e, missed);
+    if (map_copy(dst, map + off, (size_t)n) == 0)
+        return 0;
+    /* SIGBUS: the file is shorter now, or a page could not be read; pread says which */
+    return pread_full(fd, dst, n, off, fi, e, missed);
+}
+
 /* Fill dst from regions i.. that read host file fi, from image offset pos up to end; returns
  * the image offset reached.  Runs whose file bytes continue each other become one pread;
  * the whole batch shares one descriptor and one pin check, made after the last read. */
 static uint64_t read_file_batch(Table *t, unsigned char *base, uint64_t offset, uint64_t pos,
                                 uint64_t end, Py_ssize_t *pi, uint64_t *data_bytes, rerr_t *e,
-                                int *missed) {
+                                int *missed, int small) {
     Py_ssize_t i = *pi;
     Py_ssize_t fi = t->regions[i].aux;
     int owned;
     int fd = acquire(t, fi, &owned, e);
     if (fd < 0)
         return pos;
+    /* owned: a descriptor of the caller's own, never mapped */
+    const unsigned char *map =
+        small && !owned ? __atomic_load_n(&t->files[fi].map, __ATOMIC_ACQUIRE) : NULL;
     int64_t run_off = -1, run_len = 0; /* pending pread: file offset, length */
     unsigned char *run_dst = NULL;
     int failed = 0;
@@ -394,7 +425,7 @@ static uint64_t read_file_batch(Table *t, unsigned char *base, uint64_t offset, 
             if (run_len > 0 && run_off + run_len == r->file_off + rel && run_dst + run_len == dst) {
                 run_len += want;
             } else {
-                if (run_len > 0 && pread_full(fd, run_dst, run_len, run_off, fi, e, missed)) {
+                if (run_len > 0 && read_run(map, t->files[fi].size, fd, run_dst, run_len, run_off, fi, e, missed)) {
                     failed = 1;
                     break;
                 }
@@ -404,7 +435,7 @@ static uint64_t read_file_batch(Table *t, unsigned char *base, uint64_t offset, 
             }
         }
         if ((uint64_t)want < stop - pos) {
-            if (run_len > 0 && pread_full(fd, run_dst, run_len, run_off, fi, e, missed)) {
+            if (run_len > 0 && read_run(map, t->files[fi].size, fd, run_dst, run_len, run_off, fi, e, missed)) {
                 failed = 1;
                 break;
             }
@@ -414,8 +445,10 @@ static uint64_t read_file_batch(Table *t, unsigned char *base, uint64_t offset, 
         pos = stop;
         i++;
     }
-    if (!failed && run_len > 0 && pread_full(fd, run_dst, run_len, run_off, fi, e, missed))
+    if (!failed && run_len > 0 && read_run(map, t->files[fi].size, fd, run_dst, run_len, run_off, fi, e, missed))
         failed = 1;
+    if (map && pos > first)
+        ADD(t->c_mapped, 1);
     if (!failed && !owned && lease_holds(&t->files[fi].leased)) { /* owned: not the leased fd */
         ADD(t->c_leased, 1);
     } else if (!failed) {
@@ -669,23 +702,27 @@ static inline int near(uint64_t off, uint64_t at) { /* within RA_GAP of ``at``, 
     return off <= at + RA_GAP && off + RA_GAP >= at;
 }
 
+/* A small request that neither follows the previous one (which ended at prev) nor continues
+ * a stream: a random read, which starts and feeds nothing.  Larger ones may start a stream
+ * (several streams interleave: nbdcopy's connections).  No lock. */
+static int ra_random(Table *t, uint64_t off, uint64_t end, uint64_t prev) {
+    if (end - off >= RA_SMALL || near(off, prev))
+        return 0;
+    for (int k = 0; k < RA_STREAMS; k++) {
+        uint64_t next = __atomic_load_n(&t->streams[k].next, __ATOMIC_RELAXED);
+        if (next && near(off, next))
+            return 0;
+    }
+    return 1;
+}
+
 static void ra_note(Table *t, uint64_t off, uint64_t end, int missed) {
     uint64_t max = __atomic_load_n(&t->ra_window, __ATOMIC_RELAXED);
     if (!max)
         return;
-    /* Without the lock first: a small request that neither follows the previous one nor
-     * continues a stream (a random read) starts and feeds nothing, and costs no lock.  Larger
-     * ones may start a stream (several streams interleave: nbdcopy's connections). */
     uint64_t prev = __atomic_exchange_n(&t->ra_last_end, end, __ATOMIC_RELAXED);
-    if (end - off < RA_SMALL && !near(off, prev)) {
-        int found = 0;
-        for (int k = 0; k < RA_STREAMS && !found; k++) {
-            uint64_t next = __atomic_load_n(&t->streams[k].next, __ATOMIC_RELAXED);
-            found = next && near(off, next);
-        }
-        if (!found)
-            return;
-    }
+    if (ra_random(t, off, end, prev)) /* costs no lock */
+        return;
     pthread_mutex_lock(&t->ra_lock);
     uint64_t tick = ++t->ra_tick;
     stream_t *s = NULL, *oldest = &t->streams[0];
@@ -837,6 +874,10 @@ static void do_read(Table *t, unsigned char *base, uint64_t offset, uint64_t len
     uint64_t end = offset + len, pos = offset;
     uint64_t meta = 0, data = 0, zero = 0, hits = 0, misses = 0;
     int ra_on = __atomic_load_n(&t->ra_window, __ATOMIC_RELAXED) != 0, missed_cache = 0;
+    /* A small random read copies from sources' mappings: what it misses in the page cache
+     * could feed no read-ahead anyway, so it needs no RWF_NOWAIT read to find out. */
+    int small = len < RA_SMALL &&
+                (!ra_on || ra_random(t, offset, end, __atomic_load_n(&t->ra_last_end, __ATOMIC_RELAXED)));
     Py_ssize_t i = find_region(t, offset);
     while (pos < end && !e->failed) {
         region_t *r = &t->regions[i];
@@ -848,7 +889,7 @@ static void do_read(Table *t, unsigned char *base, uint64_t offset, uint64_t len
             break;
         case K_FILE:
             pos = read_file_batch(t, base, offset, pos, end, &i, &data, e,
-                                  ra_on ? &missed_cache : NULL);
+                                  ra_on ? &missed_cache : NULL, small);
             continue;
         case K_META:
             while (pos < stop) {
@@ -1036,13 +1077,13 @@ static PyObject *Table_stats(Table *t, PyObject *noargs) {
         open_fds += t->ring[s] >= 0;
     pthread_mutex_unlock(&t->fd_lock);
 #define L(f) (unsigned long long)__atomic_load_n(&t->f, __ATOMIC_RELAXED)
-    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsisKsKsKsK}", "requests", L(c_requests), "bytes_metadata",
+    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsisKsKsKsKsK}", "requests", L(c_requests), "bytes_metadata",
                          L(c_meta), "bytes_data", L(c_data), "bytes_zero", L(c_zero), "cache_hits",
                          L(c_hits), "cache_misses", L(c_misses), "source_errors", L(c_errors),
                          "opens", L(c_opens), "distinct_blocks", (unsigned long long)distinct,
                          "open_fds", open_fds, "readahead_windows", L(c_ra_windows),
                          "readahead_quiet", L(c_ra_quiet), "readahead_bytes", L(c_ra_bytes),
-                         "leased_reads", L(c_leased));
+                         "leased_reads", L(c_leased), "mapped_reads", L(c_mapped));
 #undef L
 }
 
@@ -1059,6 +1100,14 @@ static PyObject *Table_use_leases(Table *t, PyObject *arg) {
     if (on < 0)
         return NULL;
     __atomic_store_n(&t->leasing, on, __ATOMIC_RELAXED);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Table_use_mappings(Table *t, PyObject *arg) {
+    int on = PyObject_IsTrue(arg);
+    if (on < 0)
+        return NULL;
+    __atomic_store_n(&t->mapping, on, __ATOMIC_RELAXED);
     Py_RETURN_NONE;
 }
 
@@ -1219,6 +1268,7 @@ out_s:
 static PyObject *Table_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     Table *t = (Table *)type->tp_alloc(type, 0);
     if (t) {
+        t->mapping = 1;
         pthread_mutex_init(&t->fd_lock, NULL);
         pthread_mutex_init(&t->ra_lock, NULL);
         pthread_cond_init(&t->ra_cond, NULL);
@@ -1267,6 +1317,9 @@ static PyMethodDef Table_methods[] = {
     {"use_leases", (PyCFunction)Table_use_leases, METH_O,
      "use_leases(on): lease sources still read a while after they were opened, so their\n"
      "reads skip the fstat (start_leases() first; see _leases.c)."},
+    {"use_mappings", (PyCFunction)Table_use_mappings, METH_O,
+     "use_mappings(on): copy small random reads of sources still read a while after they\n"
+     "were opened from a mapping of the file, not by pread (default on; see _mapped.c)."},
     {"set_readahead", (PyCFunction)Table_set_readahead, METH_O,
      "set_readahead(nbytes): the largest window read ahead of a sequential reader (0: none)."},
     {NULL, NULL, 0, NULL},

@@ -14,7 +14,7 @@ from array import array
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..switches import PURE_PYTHON_ENV, pure_python_requested
+from ..switches import NO_MAPPING_ENV, PURE_PYTHON_ENV, env_flag, pure_python_requested
 
 if TYPE_CHECKING:
     from .image import Region
@@ -94,7 +94,10 @@ def table_for(regions: Sequence[Region], size: int) -> Any | None:
             slots += (r.end - r.start) // BLOCK_SIZE
         else:
             kinds[i] = py
-    return _fastread.Table(starts, kinds, aux, file_offs, data_lens, files, slots, CACHE_BLOCKS)
+    table = _fastread.Table(starts, kinds, aux, file_offs, data_lens, files, slots, CACHE_BLOCKS)
+    if env_flag(NO_MAPPING_ENV):  # else small random reads of long-used sources copy from a mapping
+        table.use_mappings(False)
+    return table
 
 
 def read_ahead(table: Any | None, nbytes: int = READAHEAD_BYTES) -> bool:

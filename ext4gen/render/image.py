@@ -45,6 +45,7 @@ class ReadStats:
     source_errors: int = 0
     bytes_read_ahead: int = 0  # source bytes hinted ahead of sequential readers (compiled path)
     leased_reads: int = 0  # source reads a lease vouched for, with no fstat (compiled path)
+    mapped_reads: int = 0  # small source reads copied from a mapping, not by pread (compiled)
 
     @property
     def metadata_cache_hits(self) -> int:
@@ -323,6 +324,7 @@ class Image:
             s.source_errors += c["source_errors"]
             s.bytes_read_ahead += c["readahead_bytes"]
             s.leased_reads += c["leased_reads"]
+            s.mapped_reads += c["mapped_reads"]
         return s
 
     def prerender_metadata(self, limit: int = fastpath.CACHE_BLOCKS // 2) -> int:

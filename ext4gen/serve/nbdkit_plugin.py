@@ -127,7 +127,8 @@ class _Export:
                 f"metadata blocks generated {st.metadata_blocks_generated} "
                 f"({st.metadata_blocks_prerendered} ahead of reads), "
                 f"cache hits {st.metadata_cache_hits}; distinct blocks read {distinct} of {total}; "
-                f"source reads checked by a lease {st.leased_reads}; "
+                f"source reads checked by a lease {st.leased_reads}, copied from a mapping "
+                f"{st.mapped_reads}; "
                 f"source errors {st.source_errors}; connections {self.connections}")
 
 

@@ -123,5 +123,5 @@ def test_reads_answered_in_c_are_the_image_and_a_changed_source_is_eio(tmp_path:
     assert "source changed since the image was planned" in err, err
     # nbdkit's process leased the sources it read again (ext4gen/render/_leases.c), and f07's
     # rewrite, by this process, was caught all the same (above).
-    leased = [int(m) for m in re.findall(r"source reads checked by a lease (\d+);", err)]
+    leased = [int(m) for m in re.findall(r"source reads checked by a lease (\d+),", err)]
     assert leased and max(leased) > 0, err

@@ -1,0 +1,22 @@
+/* Source mappings: small reads of long-used sources copied from memory (see _mapped.c). */
+#ifndef EXT4GEN_MAPPED_H
+#define EXT4GEN_MAPPED_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+/* A read-only shared mapping of the first size bytes of fd, or NULL (nothing to map, the
+ * process's share of mappings used up, or the SIGBUS handler could not be installed). */
+unsigned char *map_source(int fd, off_t size);
+
+/* Unmap what map_source returned for that size. */
+void unmap_source(unsigned char *map, off_t size);
+
+/* Copy n bytes from a mapping; -1 when the copy faulted (SIGBUS: the file was truncated
+ * under the mapping, or the page could not be read), and dst is then undefined. */
+int map_copy(unsigned char *dst, const unsigned char *src, size_t n);
+
+/* Mappings held by this process now. */
+long maps_held(void);
+
+#endif

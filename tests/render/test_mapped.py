@@ -1,0 +1,258 @@
+"""Source mappings (``ext4gen/render/_mapped.c``): small random reads of a source the server
+keeps reading are copied from a shared mapping of the file instead of a pread.
+
+A mapping must give the bytes and the errors a pread gives, with or without leases: a copy
+that faults (the file was truncated under it) must fail that read like a short pread, and
+leave the server running; a SIGBUS that is not ext4gen's must still do what it did before.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import ext4gen
+from ext4gen.errors import SourceError
+from ext4gen.render import fastpath
+from ext4gen.render.image import Image
+
+META = ext4gen.Meta(0o644, 0, 0, 0, 0, 0, 0)
+DIR = ext4gen.Meta(0o755, 0, 0, 0, 0, 0, 0)
+SIZE = 50_000
+
+pytestmark = pytest.mark.skipif(fastpath._fastread is None, reason="the extension is not built")
+
+
+@pytest.fixture(autouse=True)
+def map_at_once() -> Iterator[None]:
+    """Serving maps a descriptor still in use a second after it was opened; here, at once."""
+    fastpath._fastread.set_lease_after(0)
+    yield
+    fastpath._fastread.set_lease_after(1)
+    gc.collect()  # the images' descriptors and mappings go now, not in a later test
+
+
+def images(tmp_path: Path, n: int, leases: bool, readahead: bool = False, size: int = SIZE,
+           ) -> tuple[Image, Image, list[Path], list[tuple[int, int]]]:
+    """A compiled image whose sources are open (and so mapped at their next use), the
+    pure-Python image of the same plan, the sources, and each source's data region.
+    With ``readahead``, as serving does, only reads that feed no read-ahead stream (small,
+    and not within 256 KiB of the previous one) are mapped."""
+    tree = ext4gen.Tree(DIR)
+    paths = []
+    for i in range(n):
+        p = tmp_path / f"f{i}"
+        p.write_bytes(random.Random(i).randbytes(size))
+        paths.append(p)
+        tree.add(f"/f{i}", ext4gen.Node("file", META, source=ext4gen.HostFileSource(str(p))))
+    plan = ext4gen.plan(tree, ext4gen.ImageOptions(dedup="none")).plan
+    compiled, pure = Image(plan, compiled=True), Image(plan, compiled=False)
+    if readahead:
+        compiled.read_ahead(1 << 20)
+    if leases:
+        why = compiled.use_leases()
+        if why:
+            pytest.skip(f"no leases here: {why}")
+    assert compiled.read(0, compiled.size) == pure.read(0, pure.size)  # opens every source
+    data = [(s, e) for s, e, k in pure.regions() if k == "data"]
+    assert len(data) == n
+    return compiled, pure, paths, data
+
+
+def outcome(image: Image, start: int, length: int) -> bytes | str:
+    try:
+        return image.read(start, length)
+    except SourceError as e:
+        return str(e)
+
+
+def random_small_reads(image: Image, data: list[tuple[int, int]], rng: random.Random,
+                       count: int) -> list[tuple[int, int]]:
+    """Requests under 16 KiB, far from each other: reads that start no read-ahead stream."""
+    out = []
+    for _ in range(count):
+        s, e = rng.choice(data)
+        n = rng.choice([1, 512, 4096, 5000, 12345])
+        out.append((rng.randrange(s, e - n), n))
+    return out
+
+
+@pytest.mark.parametrize("leases", [True, False], ids=["leases", "no-leases"])
+def test_small_random_reads_are_copied_from_a_mapping(tmp_path: Path, leases: bool) -> None:
+    compiled, pure, _paths, data = images(tmp_path, 4, leases)
+    before = compiled.stats.mapped_reads
+    for off, n in random_small_reads(compiled, data, random.Random(1), 300):
+        assert compiled.read(off, n) == pure.read(off, n)
+    assert compiled.stats.mapped_reads == before + 300
+
+
+def test_with_read_ahead_on_random_reads_are_mapped_too(tmp_path: Path) -> None:
+    compiled, pure, _paths, data = images(tmp_path, 8, True, readahead=True, size=1 << 20)
+    before = compiled.stats.mapped_reads
+    for off, n in random_small_reads(compiled, data, random.Random(1), 300):
+        assert compiled.read(off, n) == pure.read(off, n)
+    # 8 MiB of data: about one read in eight lands within 256 KiB of the one before
+    assert compiled.stats.mapped_reads >= before + 200
+
+
+def test_large_reads_and_sequential_ones_are_read_by_pread(tmp_path: Path) -> None:
+    """Large requests, and small ones that continue each other, go on reading with RWF_NOWAIT
+    so that their cache misses feed read-ahead."""
+    compiled, pure, _paths, data = images(tmp_path, 2, False, readahead=True)
+    before = compiled.stats.mapped_reads
+    for s, e in data:
+        assert compiled.read(s, e - s) == pure.read(s, e - s)
+        for off in range(s, e - 4096, 4096):
+            assert compiled.read(off, 4096) == pure.read(off, 4096)
+    assert compiled.stats.mapped_reads - before <= 2  # at most each file's first 4 KiB
+
+
+def test_mappings_can_be_turned_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EXT4GEN_NO_MAPPING", "1")
+    compiled, pure, _paths, data = images(tmp_path, 2, False)
+    for off, n in random_small_reads(compiled, data, random.Random(2), 50):
+        assert compiled.read(off, n) == pure.read(off, n)
+    assert compiled.stats.mapped_reads == 0
+
+
+def other_process(code: str) -> None:
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
+
+
+CHANGES: dict[str, Callable[[Path], object]] = {
+    "truncated by another process": lambda p: other_process(f"import os; os.truncate({str(p)!r}, 100)"),
+    "truncated by this process": lambda p: os.truncate(p, 100),
+    # truncates without breaking a read lease: the mapped page is gone, a SIGBUS in the copy
+    "opened read-only with O_TRUNC": lambda p: os.close(os.open(p, os.O_RDONLY | os.O_TRUNC)),
+    "rewritten in place by another process": lambda p: other_process(
+        f"f = open({str(p)!r}, 'r+b'); f.seek(8192); f.write(b'X' * 4096)"),
+    "deleted": lambda p: p.unlink(),
+}
+
+
+@pytest.mark.parametrize("leases", [True, False], ids=["leases", "no-leases"])
+@pytest.mark.parametrize("how", CHANGES)
+def test_a_change_under_a_mapping_fails_the_next_read_as_pread_would(
+        tmp_path: Path, how: str, leases: bool) -> None:
+    compiled, pure, paths, data = images(tmp_path, 3, leases)
+    s1 = data[1][0]
+    assert compiled.read(s1 + 8192, 4096) == pure.read(s1 + 8192, 4096)
+    mapped = compiled.stats.mapped_reads
+    CHANGES[how](paths[1])
+    a, b = outcome(compiled, s1 + 8192, 4096), outcome(pure, s1 + 8192, 4096)
+    assert isinstance(a, str) and a == b and "f1: source" in a, (how, a, b)
+    assert compiled.stats.mapped_reads > mapped  # the copy was tried (and, truncated, faulted)
+    for s, _e in (data[0], data[2]):  # the others still read, from their mappings
+        assert outcome(compiled, s + 4096, 4096) == pure.read(s + 4096, 4096)
+
+
+@pytest.mark.parametrize("leases", [True, False], ids=["leases", "no-leases"])
+def test_reads_racing_a_rewrite_and_a_truncation_never_return_wrong_bytes(
+        tmp_path: Path, leases: bool) -> None:
+    """Four threads read small pieces of a mapped source while another process rewrites it
+    block by block and then truncates it: every read is the planned bytes or an error."""
+    compiled, pure, paths, data = images(tmp_path, 1, leases)
+    s, e = data[0]
+    old = pure.read(s, e - s)
+    seen = {"old": 0, "error": 0, "wrong": 0}
+    stop = threading.Event()
+
+    def hammer(seed: int) -> None:
+        rng = random.Random(seed)
+        while not stop.is_set():
+            off = rng.randrange(0, e - s - 4096)
+            got = outcome(compiled, s + off, 4096)
+            seen["error" if isinstance(got, str) else "old" if got == old[off:off + 4096]
+                 else "wrong"] += 1
+
+    mapped = compiled.stats.mapped_reads
+    threads = [threading.Thread(target=hammer, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.2)
+        other_process(
+            f"import os\nf = os.open({str(paths[0])!r}, os.O_WRONLY)\n"
+            "for i in range(12):\n    os.pwrite(f, b'x' * 4096, i * 4096)\n"
+            "os.ftruncate(f, 4096)\n")
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert seen["wrong"] == 0, seen
+    assert seen["old"] > 0 and seen["error"] > 0, seen
+    assert compiled.stats.mapped_reads > mapped
+    assert isinstance(outcome(compiled, s + 8192, 4096), str)
+
+
+FOREIGN_SIGBUS = """
+import mmap, os, sys
+sys.path[:0] = {path!r}
+import ext4gen
+from ext4gen.render import fastpath
+from ext4gen.render.image import Image
+fastpath._fastread.set_lease_after(0)
+src = {src!r}
+tree = ext4gen.Tree(ext4gen.Meta(0o755, 0, 0, 0, 0, 0, 0))
+tree.add("/f", ext4gen.Node("file", ext4gen.Meta(0o644, 0, 0, 0, 0, 0, 0),
+                            source=ext4gen.HostFileSource(src)))
+image = Image(ext4gen.plan(tree, ext4gen.ImageOptions(dedup="none")).plan, compiled=True)
+s = next(s for s, e, k in image.regions() if k == "data")
+image.read(s, 4096)
+image.read(s + 8192, 4096)
+assert image.stats.mapped_reads == 1, image.stats  # ext4gen's SIGBUS handler is in place
+{then}
+victim = {victim!r}
+with open(victim, "wb") as f:
+    f.write(b"v" * 65536)
+with open(victim, "r+b") as f:
+    m = mmap.mmap(f.fileno(), 65536)
+os.truncate(victim, 0)
+print("touching", flush=True)
+m[40000]  # a SIGBUS that is not ext4gen's
+print("survived", flush=True)
+"""
+
+
+@pytest.mark.parametrize("faulthandler", [False, True], ids=["default", "faulthandler"])
+def test_a_sigbus_that_is_not_ours_still_does_what_it_did(tmp_path: Path, faulthandler: bool) -> None:
+    """The process dies of it, through the handler that was there before ext4gen's."""
+    src = tmp_path / "src"
+    src.write_bytes(random.Random(3).randbytes(SIZE))
+    code = FOREIGN_SIGBUS.format(path=sys.path, src=str(src), victim=str(tmp_path / "victim"),
+                                 then="")
+    args = [sys.executable, *(["-X", "faulthandler"] if faulthandler else []), "-c", code]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert "touching" in r.stdout and "survived" not in r.stdout, (r.stdout, r.stderr)
+    assert r.returncode == -signal.SIGBUS, (r.returncode, r.stderr)
+    if faulthandler:
+        assert "Fatal Python error: Bus error" in r.stderr, r.stderr
+
+
+def test_a_fault_in_a_copy_is_caught_under_a_handler_installed_after_ours(tmp_path: Path) -> None:
+    """faulthandler enabled after ext4gen mapped a source runs first, then hands the signal
+    back to the handler it replaced: the copy still fails like a short read."""
+    src = tmp_path / "src"
+    src.write_bytes(random.Random(4).randbytes(SIZE))
+    then = ("import faulthandler\nfaulthandler.enable()\n"
+            "os.truncate(src, 100)\n"
+            "from ext4gen.errors import SourceError\n"
+            "try:\n    image.read(s + 8192, 4096)\nexcept SourceError as e:\n"
+            "    print('failed cleanly:', e, flush=True)\n"
+            "sys.exit(0)\n")
+    code = FOREIGN_SIGBUS.format(path=sys.path, src=str(src), victim=str(tmp_path / "victim"),
+                                 then=then)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+    assert "failed cleanly:" in r.stdout and "source is shorter than planned" in r.stdout, r.stdout
