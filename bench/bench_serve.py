@@ -8,8 +8,9 @@ synthesizes it from the T1 manifest: as ``ext4gen serve`` runs it, with ext4gen'
 filter answering reads in C in front of the plugin (``ext4gen``), the same without reading
 sources ahead (``ext4gen-noreadahead``, ``EXT4GEN_NO_READAHEAD=1``), the same checking every
 read of a source by fstat instead of a lease (``ext4gen-noleases``, ``EXT4GEN_NO_LEASES=1``),
-the plugin alone with its compiled read path (``ext4gen-nofilter``), and with
-``EXT4GEN_PURE_PYTHON=1`` (``ext4gen-pure``).  In one run:
+the same reading small random requests by pread rather than from a mapping of the source
+(``ext4gen-nomapping``, ``EXT4GEN_NO_MAPPING=1``), the plugin alone with its compiled read
+path (``ext4gen-nofilter``), and with ``EXT4GEN_PURE_PYTHON=1`` (``ext4gen-pure``).  In one run:
 
 * sequential ``nbdcopy --no-extents URI null:`` (first pass with caches
   dropped, then warm), for nbdkit ``--threads`` 1, 2 and 16;
@@ -295,7 +296,8 @@ def prime_backing_store(tree_dir: Path, image: Path) -> None:
 
 ENVS = {"ext4gen-pure": {"EXT4GEN_PURE_PYTHON": "1"},  # per server label, on top of plugin_env()
         "ext4gen-noreadahead": {"EXT4GEN_NO_READAHEAD": "1"},
-        "ext4gen-noleases": {"EXT4GEN_NO_LEASES": "1"}}
+        "ext4gen-noleases": {"EXT4GEN_NO_LEASES": "1"},
+        "ext4gen-nomapping": {"EXT4GEN_NO_MAPPING": "1"}}
 
 
 def plugins(manifest: Path, image: Path) -> dict[str, list[str]]:
@@ -314,6 +316,7 @@ def plugins(manifest: Path, image: Path) -> dict[str, list[str]]:
         "ext4gen-pure": ext4gen,
         "ext4gen-noreadahead": [f"--filter={own[0]}", *ext4gen],  # serve's, without read-ahead
         "ext4gen-noleases": [f"--filter={own[0]}", *ext4gen],  # serve's, an fstat per read
+        "ext4gen-nomapping": [f"--filter={own[0]}", *ext4gen],  # serve's, pread only
     }
 
 
@@ -581,7 +584,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="rounds over all servers; best is kept")
     ap.add_argument("--no-profile", action="store_true", help="skip the pread cost/cProfile step")
     ap.add_argument("--only", help="comma-separated subset of file, pyfile, ext4gen, "
-                    "ext4gen-noreadahead, ext4gen-noleases, ext4gen-nofilter, ext4gen-pure")
+                    "ext4gen-noreadahead, ext4gen-noleases, ext4gen-nomapping, ext4gen-nofilter, "
+                    "ext4gen-pure")
     ap.add_argument("--json", default=str(REPO / "bench" / "out" / "serve.json"))
     ap.add_argument("--rev", default="HEAD")
     ap.add_argument("--quiet-wait", type=float, default=60.0,
