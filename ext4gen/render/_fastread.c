@@ -143,7 +143,7 @@ typedef struct {
     uint64_t c_ra_bytes, c_ra_windows, c_ra_quiet, c_leased;
     int leasing;        /* take source leases (use_leases) */
     int mapping;        /* map long-used sources for small reads (use_mappings; default on) */
-    uint64_t c_mapped;
+    uint64_t c_mapped, c_map_faults;
 } Table;
 
 #define ADD(field, v) __atomic_fetch_add(&(field), (uint64_t)(v), __ATOMIC_RELAXED)
@@ -383,18 +383,23 @@ static int pread_full(int fd, unsigned char *dst, int64_t n, int64_t off, Py_ssi
  * read of a long-used source; the mapping covers the planned size), else by pread.  The same
  * bytes, and after a fault in the mapping the same error, as pread. */
 static int read_run(const unsigned char *map, int64_t size, int fd, unsigned char *dst, int64_t n,
-                    int64_t off, Py_ssize_t fi, rerr_t *e, int *missed) {
+                    int64_t off, Py_ssize_t fi, rerr_t *e, int *missed, int *copied) {
+    /* *copied: | 1 when bytes were copied from the mapping, | 2 when a copy faulted */
     if (!map || off + n > size)
         return pread_full(fd, dst, n, off, fi, e, missed);
-    if (map_copy(dst, map + off, (size_t)n) == 0)
+    if (map_copy(dst, map + off, (size_t)n) == 0) {
+        *copied |= 1;
         return 0;
+    }
     /* SIGBUS: the file is shorter now, or a page could not be read; pread says which */
+    *copied |= 2;
     return pread_full(fd, dst, n, off, fi, e, missed);
 }
 
 /* Fill dst from regions i.. that read host file fi, from image offset pos up to end; returns
- * the image offset reached.  Runs whose file bytes continue each other become one pread;
- * the whole batch shares one descriptor and one pin check, made after the last read. */
+ * the image offset reached.  Runs whose file bytes continue each other become one read (a
+ * pread or a copy from the mapping); the whole batch shares one descriptor and one pin check,
+ * made after the last read. */
 static uint64_t read_file_batch(Table *t, unsigned char *base, uint64_t offset, uint64_t pos,
                                 uint64_t end, Py_ssize_t *pi, uint64_t *data_bytes, rerr_t *e,
                                 int *missed, int small) {
@@ -405,9 +410,14 @@ static uint64_t read_file_batch(Table *t, unsigned char *base, uint64_t offset, 
     if (fd < 0)
         return pos;
     /* owned: a descriptor of the caller's own, never mapped */
-    const unsigned char *map =
-        small && !owned ? __atomic_load_n(&t->files[fi].map, __ATOMIC_ACQUIRE) : NULL;
-    int64_t run_off = -1, run_len = 0; /* pending pread: file offset, length */
+    const unsigned char *map = small && !owned && __atomic_load_n(&t->mapping, __ATOMIC_RELAXED)
+                                   ? __atomic_load_n(&t->files[fi].map, __ATOMIC_ACQUIRE)
+                                   : NULL;
+    if (map && !maps_usable())
+        map = NULL;
+    int copied = 0;
+    int64_t fsize = t->files[fi].size;
+    int64_t run_off = -1, run_len = 0; /* pending read: file offset, length */
     unsigned char *run_dst = NULL;
     int failed = 0;
     uint64_t first = pos;
@@ -425,7 +435,8 @@ static uint64_t read_file_batch(Table *t, unsigned char *base, uint64_t offset, 
             if (run_len > 0 && run_off + run_len == r->file_off + rel && run_dst + run_len == dst) {
                 run_len += want;
             } else {
-                if (run_len > 0 && read_run(map, t->files[fi].size, fd, run_dst, run_len, run_off, fi, e, missed)) {
+                if (run_len > 0 &&
+                    read_run(map, fsize, fd, run_dst, run_len, run_off, fi, e, missed, &copied)) {
                     failed = 1;
                     break;
                 }
@@ -435,7 +446,8 @@ static uint64_t read_file_batch(Table *t, unsigned char *base, uint64_t offset, 
             }
         }
         if ((uint64_t)want < stop - pos) {
-            if (run_len > 0 && read_run(map, t->files[fi].size, fd, run_dst, run_len, run_off, fi, e, missed)) {
+            if (run_len > 0 &&
+                read_run(map, fsize, fd, run_dst, run_len, run_off, fi, e, missed, &copied)) {
                 failed = 1;
                 break;
             }
@@ -445,10 +457,13 @@ static uint64_t read_file_batch(Table *t, unsigned char *base, uint64_t offset, 
         pos = stop;
         i++;
     }
-    if (!failed && run_len > 0 && read_run(map, t->files[fi].size, fd, run_dst, run_len, run_off, fi, e, missed))
+    if (!failed && run_len > 0 &&
+        read_run(map, fsize, fd, run_dst, run_len, run_off, fi, e, missed, &copied))
         failed = 1;
-    if (map && pos > first)
+    if (copied & 1)
         ADD(t->c_mapped, 1);
+    if (copied & 2)
+        ADD(t->c_map_faults, 1);
     if (!failed && !owned && lease_holds(&t->files[fi].leased)) { /* owned: not the leased fd */
         ADD(t->c_leased, 1);
     } else if (!failed) {
@@ -876,8 +891,8 @@ static void do_read(Table *t, unsigned char *base, uint64_t offset, uint64_t len
     int ra_on = __atomic_load_n(&t->ra_window, __ATOMIC_RELAXED) != 0, missed_cache = 0;
     /* A small random read copies from sources' mappings: what it misses in the page cache
      * could feed no read-ahead anyway, so it needs no RWF_NOWAIT read to find out. */
-    int small = len < RA_SMALL &&
-                (!ra_on || ra_random(t, offset, end, __atomic_load_n(&t->ra_last_end, __ATOMIC_RELAXED)));
+    uint64_t prev = __atomic_load_n(&t->ra_last_end, __ATOMIC_RELAXED);
+    int small = len < RA_SMALL && (!ra_on || ra_random(t, offset, end, prev));
     Py_ssize_t i = find_region(t, offset);
     while (pos < end && !e->failed) {
         region_t *r = &t->regions[i];
@@ -1077,13 +1092,14 @@ static PyObject *Table_stats(Table *t, PyObject *noargs) {
         open_fds += t->ring[s] >= 0;
     pthread_mutex_unlock(&t->fd_lock);
 #define L(f) (unsigned long long)__atomic_load_n(&t->f, __ATOMIC_RELAXED)
-    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsisKsKsKsKsK}", "requests", L(c_requests), "bytes_metadata",
+    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsisKsKsKsKsKsK}", "requests", L(c_requests), "bytes_metadata",
                          L(c_meta), "bytes_data", L(c_data), "bytes_zero", L(c_zero), "cache_hits",
                          L(c_hits), "cache_misses", L(c_misses), "source_errors", L(c_errors),
                          "opens", L(c_opens), "distinct_blocks", (unsigned long long)distinct,
                          "open_fds", open_fds, "readahead_windows", L(c_ra_windows),
                          "readahead_quiet", L(c_ra_quiet), "readahead_bytes", L(c_ra_bytes),
-                         "leased_reads", L(c_leased), "mapped_reads", L(c_mapped));
+                         "leased_reads", L(c_leased), "mapped_reads", L(c_mapped),
+                         "map_faults", L(c_map_faults));
 #undef L
 }
 
@@ -1394,14 +1410,19 @@ static PyObject *held_leases(PyObject *mod, PyObject *noargs) {
     return PyLong_FromLong(leases_held());
 }
 
+static PyObject *held_maps(PyObject *mod, PyObject *noargs) {
+    return PyLong_FromLong(maps_held());
+}
+
 static PyMethodDef module_methods[] = {
     {"start_leases", start_leases, METH_NOARGS,
      "start_leases() -> None | str: start the lease watcher thread in this process (call it\n"
      "after any fork); a str says why leases cannot be used here."},
     {"leases_held", held_leases, METH_NOARGS, "leases_held() -> int: source leases held now."},
+    {"maps_held", held_maps, METH_NOARGS, "maps_held() -> int: source mappings held now."},
     {"set_lease_after", set_lease_after, METH_O,
      "set_lease_after(seconds): how long a descriptor must have been open before a read\n"
-     "through it takes a lease (default 1; a test hook)."},
+     "through it takes a lease and maps the source (default 1; a test hook)."},
     {"publish", publish, METH_VARARGS,
      "publish(export_name, table) -> bool: let ext4gen's nbdkit filter answer this export's reads\n"
      "(False: the filter is not loaded in this process)."},

@@ -13,11 +13,16 @@
  *
  * Faults.  Touching a page past the end of a file that was truncated under the mapping, or
  * one the file system cannot read, raises SIGBUS in the reading thread instead of returning
- * an error.  map_copy marks the thread (a thread-local jump buffer) for the length of the
- * copy; the handler jumps back out of a marked thread's copy, which then fails like a short
- * read, and passes any other SIGBUS on to the handler that was there before (or the default
- * action: the process dies, as it would have).  SA_NODEFER and sigsetjmp(..., 0): the jump
- * leaves the thread's signal mask as it was, and marking costs no system call.
+ * an error.  map_copy marks the thread for the length of the copy (a thread-local jump buffer
+ * and the source range; no system call); the handler jumps back out of a marked thread's
+ * copy when the fault's address is in that range, and the copy then fails like a short read.
+ * Any other SIGBUS (a fault elsewhere, one sent by kill(), a machine-check report) goes to the
+ * handler that was there before, or gets the default action: the process dies, as it would
+ * have.  Someone may install a handler over ours later (Python's faulthandler.enable(), or
+ * signal.signal in a generator source): readers look, at most once a second, and put ours
+ * back on top of it, chaining to it in turn.  Until then a fault in a copy goes to that
+ * handler, which is what it would have got without mappings: a mapped source truncated in
+ * that second may kill the server.  EXT4GEN_NO_MAPPING=1 rules that out.
  *
  * Limits.  A mapping is one of the process's vm.max_map_count areas: at most a quarter of
  * them hold sources.  Mapped pages a reader touched count in the server's RSS (RssFile):
@@ -29,37 +34,80 @@
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 
-static __thread sigjmp_buf *tl_jump __attribute__((tls_model("initial-exec")));
-static struct sigaction g_old;    /* SIGBUS's handler before ours */
-static int g_ready;               /* ours is installed (set once, under pthread_once) */
+typedef struct {
+    sigjmp_buf *jump; /* set only while this thread copies from a mapping */
+    const unsigned char *lo, *hi; /* the bytes it copies */
+} copying_t;
+
+static __thread copying_t tl_copy __attribute__((tls_model("initial-exec")));
+static struct sigaction *g_prev;  /* the handler ours chains to (atomic; never freed) */
+static struct sigaction g_ours;
+static int g_ready;               /* ours was installed (set once, under pthread_once) */
 static long g_limit;              /* mappings this process may hold */
 static long g_held;               /* atomic */
+static int64_t g_checked;         /* when a reader last looked for ours (atomic) */
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void on_sigbus(int sig, siginfo_t *si, void *ctx) {
-    sigjmp_buf *jump = tl_jump;
-    if (jump) {
-        tl_jump = NULL;
+    copying_t *c = &tl_copy;
+    const unsigned char *at = si ? si->si_addr : NULL;
+    if (c->jump && si && si->si_code > 0 && si->si_code != BUS_MCEERR_AO && at >= c->lo &&
+        at < c->hi) {
+        sigjmp_buf *jump = c->jump;
+        c->jump = NULL;
+        /* A handler that chained to ours may have blocked SIGBUS: unblocked, or this thread's
+         * next fault would kill the process (the jump keeps the mask as it is). */
+        sigset_t bus;
+        sigemptyset(&bus);
+        sigaddset(&bus, SIGBUS);
+        pthread_sigmask(SIG_UNBLOCK, &bus, NULL);
         siglongjmp(*jump, 1);
     }
-    if (g_old.sa_flags & SA_SIGINFO) {
-        if (g_old.sa_sigaction)
-            g_old.sa_sigaction(sig, si, ctx);
+    struct sigaction *prev = __atomic_load_n(&g_prev, __ATOMIC_ACQUIRE);
+    if (prev->sa_flags & SA_SIGINFO) {
+        if (prev->sa_sigaction)
+            prev->sa_sigaction(sig, si, ctx);
         return;
     }
-    if (g_old.sa_handler != SIG_DFL && g_old.sa_handler != SIG_IGN) {
-        g_old.sa_handler(sig);
+    if (prev->sa_handler != SIG_DFL && prev->sa_handler != SIG_IGN) {
+        prev->sa_handler(sig);
         return;
     }
-    /* The default action, as without us: a fault re-runs its instruction and faults again;
-     * a SIGBUS sent by kill() is raised again. */
+    int sent = !si || si->si_code <= 0; /* by kill() or the like: not a fault */
+    if (prev->sa_handler == SIG_IGN && sent)
+        return;
+    /* The default action, as without us: a fault runs its instruction again and faults again
+     * (a fault is never ignored); a signal sent is raised again. */
     signal(sig, SIG_DFL);
-    if (si && si->si_code <= 0)
+    if (sent)
         raise(sig);
+}
+
+static int ours(const struct sigaction *sa) {
+    return (sa->sa_flags & SA_SIGINFO) && sa->sa_sigaction == on_sigbus;
+}
+
+/* Put ours on top of whatever SIGBUS has now, chaining to it (g_lock held). */
+static int on_top(void) {
+    struct sigaction cur;
+    if (sigaction(SIGBUS, NULL, &cur))
+        return 0;
+    if (ours(&cur))
+        return 1;
+    struct sigaction *prev = malloc(sizeof *prev); /* a handler may be using the old one */
+    if (!prev)
+        return 0;
+    *prev = cur;
+    __atomic_store_n(&g_prev, prev, __ATOMIC_RELEASE);
+    return sigaction(SIGBUS, &g_ours, NULL) == 0;
 }
 
 static void install(void) {
@@ -71,17 +119,38 @@ static void install(void) {
         fclose(f);
     }
     g_limit = max / 4;
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_sigaction = on_sigbus;
-    sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
-    sigemptyset(&sa.sa_mask);
-    g_ready = sigaction(SIGBUS, &sa, &g_old) == 0;
+    memset(&g_ours, 0, sizeof g_ours);
+    g_ours.sa_sigaction = on_sigbus;
+    g_ours.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
+    sigemptyset(&g_ours.sa_mask);
+    pthread_mutex_lock(&g_lock);
+    g_ready = on_top();
+    pthread_mutex_unlock(&g_lock);
+}
+
+static int64_t coarse_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int maps_usable(void) {
+    int64_t now = coarse_ns(), last = __atomic_load_n(&g_checked, __ATOMIC_RELAXED);
+    int due = now - last >= 1000000000 &&
+              __atomic_compare_exchange_n(&g_checked, &last, now, 0, __ATOMIC_RELAXED,
+                                          __ATOMIC_RELAXED);
+    if (due) {
+        pthread_mutex_lock(&g_lock);
+        if (g_ready)
+            on_top(); /* if that fails, faults in copies go where they would without mappings */
+        pthread_mutex_unlock(&g_lock);
+    }
+    return __atomic_load_n(&g_ready, __ATOMIC_RELAXED);
 }
 
 unsigned char *map_source(int fd, off_t size) {
     pthread_once(&g_once, install);
-    if (!g_ready || size <= 0)
+    if (!g_ready || size <= 0 || (uint64_t)size > (uint64_t)PTRDIFF_MAX)
         return NULL;
     if (__atomic_add_fetch(&g_held, 1, __ATOMIC_RELAXED) > g_limit) {
         __atomic_sub_fetch(&g_held, 1, __ATOMIC_RELAXED);
@@ -107,12 +176,14 @@ void unmap_source(unsigned char *map, off_t size) {
 int map_copy(unsigned char *dst, const unsigned char *src, size_t n) {
     sigjmp_buf jump;
     if (sigsetjmp(jump, 0))
-        return -1; /* the handler cleared tl_jump */
-    tl_jump = &jump;
+        return -1; /* the handler cleared tl_copy.jump */
+    tl_copy.lo = src;
+    tl_copy.hi = src + n;
+    tl_copy.jump = &jump;
     __atomic_signal_fence(__ATOMIC_SEQ_CST); /* marked before the first load of the copy */
     memcpy(dst, src, n);
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
-    tl_jump = NULL;
+    tl_copy.jump = NULL;
     return 0;
 }
 

@@ -16,6 +16,10 @@ void unmap_source(unsigned char *map, off_t size);
  * under the mapping, or the page could not be read), and dst is then undefined. */
 int map_copy(unsigned char *dst, const unsigned char *src, size_t n);
 
+/* Whether copies from mappings are safe now (ext4gen's SIGBUS handler is in place).  At most
+ * once a second it also looks, and puts the handler back on top if another replaced it. */
+int maps_usable(void);
+
 /* Mappings held by this process now. */
 long maps_held(void);
 
