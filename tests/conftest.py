@@ -76,6 +76,21 @@ def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     return path
 
 
+@pytest.fixture
+def long_used_at_once() -> Iterator[None]:
+    """Serving leases and maps a source whose descriptor is still in use a second after it
+    was opened; here, at once (tests of the compiled path only).  The images a test made go
+    when it ends, with their descriptors, leases and mappings, not in a later test."""
+    import gc
+
+    from ext4gen.render import fastpath
+
+    fastpath._fastread.set_lease_after(0)
+    yield
+    fastpath._fastread.set_lease_after(1)
+    gc.collect()
+
+
 # -- the proof -----------------------------------------------------------------
 
 # The session's ``ext4_image`` (tests/ get it from the ext4gen pytest plugin), for the many

@@ -10,34 +10,25 @@ lease-break-time (45 s): the watcher thread gives a broken lease up at once.
 from __future__ import annotations
 
 import os
-import random
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from helpers.hostfiles import DIR, META, host_tree
 
 import ext4gen
 from ext4gen.errors import SourceError
 from ext4gen.render import fastpath
 from ext4gen.render.image import Image
 
-META = ext4gen.Meta(0o644, 0, 0, 0, 0, 0, 0)
-DIR = ext4gen.Meta(0o755, 0, 0, 0, 0, 0, 0)
 SIZE = 50_000
 
-pytestmark = pytest.mark.skipif(fastpath._fastread is None, reason="the extension is not built")
-
-
-@pytest.fixture(autouse=True)
-def lease_at_once() -> Iterator[None]:
-    """Serving leases a descriptor still in use a second after it was opened; here, at once."""
-    fastpath._fastread.set_lease_after(0)
-    yield
-    fastpath._fastread.set_lease_after(1)
+pytestmark = [pytest.mark.skipif(fastpath._fastread is None, reason="the extension is not built"),
+              pytest.mark.usefixtures("long_used_at_once")]
 
 
 LEASED_FS = {"ef53": "ext4", "58465342": "xfs", "9123683e": "btrfs", "1021994": "tmpfs"}
@@ -55,13 +46,7 @@ def lease_capable(tmp_path: Path) -> None:
 def leased_image(tmp_path: Path, n: int) -> tuple[Image, Image, list[Path], list[tuple[int, int]]]:
     """A compiled image with leases on, read twice (the second use takes the leases), the
     pure-Python image of the same plan, the sources, and each source's data region."""
-    tree = ext4gen.Tree(DIR)
-    paths = []
-    for i in range(n):
-        p = tmp_path / f"f{i}"
-        p.write_bytes(random.Random(i).randbytes(SIZE))
-        paths.append(p)
-        tree.add(f"/f{i}", ext4gen.Node("file", META, source=ext4gen.HostFileSource(str(p))))
+    tree, paths = host_tree(tmp_path, n, SIZE)
     plan = ext4gen.plan(tree, ext4gen.ImageOptions(dedup="none")).plan
     compiled, pure = Image(plan, compiled=True), Image(plan, compiled=False)
     assert compiled.use_leases() == ""

@@ -16,30 +16,21 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from helpers.hostfiles import host_tree
 
 import ext4gen
 from ext4gen.errors import SourceError
 from ext4gen.render import fastpath
 from ext4gen.render.image import Image
 
-META = ext4gen.Meta(0o644, 0, 0, 0, 0, 0, 0)
-DIR = ext4gen.Meta(0o755, 0, 0, 0, 0, 0, 0)
 SIZE = 50_000
 
-pytestmark = pytest.mark.skipif(fastpath._fastread is None, reason="the extension is not built")
-
-
-@pytest.fixture(autouse=True)
-def map_at_once() -> Iterator[None]:
-    """Serving maps a descriptor still in use a second after it was opened; here, at once."""
-    fastpath._fastread.set_lease_after(0)
-    yield
-    fastpath._fastread.set_lease_after(1)
-    gc.collect()  # the images' descriptors and mappings go now, not in a later test
+pytestmark = [pytest.mark.skipif(fastpath._fastread is None, reason="the extension is not built"),
+              pytest.mark.usefixtures("long_used_at_once")]
 
 
 def images(tmp_path: Path, n: int, leases: bool, readahead: bool = False, size: int = SIZE,
@@ -48,13 +39,7 @@ def images(tmp_path: Path, n: int, leases: bool, readahead: bool = False, size: 
     pure-Python image of the same plan, the sources, and each source's data region.
     With ``readahead``, as serving does, only reads that feed no read-ahead stream (small,
     and not within 256 KiB of the previous one) are mapped."""
-    tree = ext4gen.Tree(DIR)
-    paths = []
-    for i in range(n):
-        p = tmp_path / f"f{i}"
-        p.write_bytes(random.Random(i).randbytes(size))
-        paths.append(p)
-        tree.add(f"/f{i}", ext4gen.Node("file", META, source=ext4gen.HostFileSource(str(p))))
+    tree, paths = host_tree(tmp_path, n, size)
     plan = ext4gen.plan(tree, ext4gen.ImageOptions(dedup="none")).plan
     compiled, pure = Image(plan, compiled=True), Image(plan, compiled=False)
     if readahead:
