@@ -1111,20 +1111,20 @@ static PyObject *Table_set_readahead(Table *t, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
-static PyObject *Table_use_leases(Table *t, PyObject *arg) {
+static PyObject *set_switch(int *field, PyObject *arg) {
     int on = PyObject_IsTrue(arg);
     if (on < 0)
         return NULL;
-    __atomic_store_n(&t->leasing, on, __ATOMIC_RELAXED);
+    __atomic_store_n(field, on, __ATOMIC_RELAXED);
     Py_RETURN_NONE;
 }
 
+static PyObject *Table_use_leases(Table *t, PyObject *arg) {
+    return set_switch(&t->leasing, arg);
+}
+
 static PyObject *Table_use_mappings(Table *t, PyObject *arg) {
-    int on = PyObject_IsTrue(arg);
-    if (on < 0)
-        return NULL;
-    __atomic_store_n(&t->mapping, on, __ATOMIC_RELAXED);
-    Py_RETURN_NONE;
+    return set_switch(&t->mapping, arg);
 }
 
 static PyObject *Table_close(Table *t, PyObject *noargs) {

@@ -10,15 +10,15 @@ lease-break-time (45 s): the watcher thread gives a broken lease up at once.
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers.hostfiles import DIR, META, host_tree
+from helpers.hostfiles import DIR, META, host_tree, race
 
 import ext4gen
 from ext4gen.errors import SourceError
@@ -205,27 +205,15 @@ def test_reads_racing_a_rewrite_never_return_new_or_mixed_bytes(tmp_path: Path) 
     every read is the planned bytes or an error, and once the writer is done, an error."""
     compiled, pure, paths, data = leased_image(tmp_path, 1)
     (s, e), old = data[0], pure.read(data[0][0], data[0][1] - data[0][0])
-    seen = {"old": 0, "error": 0, "wrong": 0}
-    stop = threading.Event()
 
-    def hammer() -> None:
-        while not stop.is_set():
-            got = outcome(compiled, s, e)
-            seen["error" if isinstance(got, str) else "old" if got == old else "wrong"] += 1
+    def read(_rng: random.Random) -> str:
+        got = outcome(compiled, s, e)
+        return "error" if isinstance(got, str) else "old" if got == old else "wrong"
 
     leased = compiled.stats.leased_reads
-    threads = [threading.Thread(target=hammer) for _ in range(4)]
-    for t in threads:
-        t.start()
-    try:
-        time.sleep(0.2)
-        writer(f"for i in $(seq 0 12); do printf %4096s x | dd of={paths[0]} bs=4096 seek=$i "
-               "conv=notrunc status=none; done")
-        time.sleep(0.2)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(10)
+    seen = race(read, lambda: writer(
+        f"for i in $(seq 0 12); do printf %4096s x | dd of={paths[0]} bs=4096 seek=$i "
+        "conv=notrunc status=none; done"))
     assert seen["wrong"] == 0, seen
     assert seen["old"] > 0 and seen["error"] > 0, seen
     assert compiled.stats.leased_reads > leased  # the lease, not an fstat, vouched for reads

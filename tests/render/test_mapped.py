@@ -14,13 +14,11 @@ import random
 import signal
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers.hostfiles import host_tree
+from helpers.hostfiles import host_tree, race
 
 import ext4gen
 from ext4gen.errors import SourceError
@@ -164,32 +162,17 @@ def test_reads_racing_a_rewrite_and_a_truncation_never_return_wrong_bytes(
     compiled, pure, paths, data = images(tmp_path, 1, leases)
     s, e = data[0]
     old = pure.read(s, e - s)
-    seen = {"old": 0, "error": 0, "wrong": 0}
-    stop = threading.Event()
 
-    def hammer(seed: int) -> None:
-        rng = random.Random(seed)
-        while not stop.is_set():
-            off = rng.randrange(0, e - s - 4096)
-            got = outcome(compiled, s + off, 4096)
-            seen["error" if isinstance(got, str) else "old" if got == old[off:off + 4096]
-                 else "wrong"] += 1
+    def read(rng: random.Random) -> str:
+        off = rng.randrange(0, e - s - 4096)
+        got = outcome(compiled, s + off, 4096)
+        return "error" if isinstance(got, str) else "old" if got == old[off:off + 4096] else "wrong"
 
     mapped = compiled.stats.mapped_reads
-    threads = [threading.Thread(target=hammer, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    try:
-        time.sleep(0.2)
-        other_process(
-            f"import os\nf = os.open({str(paths[0])!r}, os.O_WRONLY)\n"
-            "for i in range(12):\n    os.pwrite(f, b'x' * 4096, i * 4096)\n"
-            "os.ftruncate(f, 4096)\n")
-        time.sleep(0.2)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(10)
+    seen = race(read, lambda: other_process(
+        f"import os\nf = os.open({str(paths[0])!r}, os.O_WRONLY)\n"
+        "for i in range(12):\n    os.pwrite(f, b'x' * 4096, i * 4096)\n"
+        "os.ftruncate(f, 4096)\n"))
     assert seen["wrong"] == 0, seen
     assert seen["old"] > 0 and seen["error"] > 0, seen
     assert compiled.stats.mapped_reads > mapped
