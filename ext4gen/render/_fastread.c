@@ -7,7 +7,8 @@
  * per-request Python work (region lookup, descriptor cache, pin checks,
  * counters) serialises the connections.  Here one call does the whole request
  * with the GIL released: a bisect over a flat region table, zero fills,
- * coalesced pread of runs of one host file, the freshness pin check (fstat
+ * coalesced pread of runs of one host file (for a small random read of a source
+ * in use for a while, a copy from its mapping: _mapped.c), the freshness pin check (fstat
  * after the read: dev, ino, size, mtime, ctime, nlink > 0, as in
  * ext4gen.model.sources.HostFile.check; or, for a source leased by _leases.c,
  * the lease and its inotify watch instead), and copies from a cache of metadata
