@@ -21,12 +21,13 @@
  * have.  Someone may install a handler over ours later (Python's faulthandler.enable(), or
  * signal.signal in a generator source): readers look, at most once a second, and put ours
  * back on top of it, chaining to it in turn.  Until then a fault in a copy goes to that
- * handler, which is what it would have got without mappings: a mapped source truncated in
- * that second may kill the server.  EXT4GEN_NO_MAPPING=1 rules that out.
+ * handler: a mapped source truncated in that second may kill the server (or, under a handler
+ * that returns, hang the reading thread).  EXT4GEN_NO_MAPPING=1 rules that out.
  *
  * Limits.  A mapping is one of the process's vm.max_map_count areas: at most a quarter of
  * them hold sources.  Mapped pages a reader touched count in the server's RSS (RssFile):
- * they are the page cache's, shared, and freed by the kernel as any cached page.
+ * they are the page cache's, shared, and reclaimed under memory pressure as any mapped file
+ * page is.
  */
 #define _GNU_SOURCE
 #include "_mapped.h"
