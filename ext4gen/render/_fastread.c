@@ -54,6 +54,7 @@
 
 #include "_leases.h"
 #include "_mapped.h"
+#include "_sysutil.h"
 
 #define BLOCK 4096
 #define RA_STREAMS 8    /* sequential readers told apart (connections, kernel read-ahead streams) */
@@ -236,12 +237,6 @@ static int ring_slot(Table *t) {
 }
 
 static int64_t g_lease_after = 1000000000; /* ns: see acquire; set_lease_after() for tests */
-
-static int64_t coarse_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 /* The pin check of a descriptor just leased (lease_take). */
 static int pinned(int fd, void *arg) {
@@ -732,12 +727,13 @@ static int ra_random(Table *t, uint64_t off, uint64_t end, uint64_t prev) {
     return 1;
 }
 
-static void ra_note(Table *t, uint64_t off, uint64_t end, int missed) {
+/* ``scattered``: ra_random said so when the request began. */
+static void ra_note(Table *t, uint64_t off, uint64_t end, int missed, int scattered) {
     uint64_t max = __atomic_load_n(&t->ra_window, __ATOMIC_RELAXED);
     if (!max)
         return;
-    uint64_t prev = __atomic_exchange_n(&t->ra_last_end, end, __ATOMIC_RELAXED);
-    if (ra_random(t, off, end, prev)) /* costs no lock */
+    __atomic_store_n(&t->ra_last_end, end, __ATOMIC_RELAXED);
+    if (scattered) /* costs no lock */
         return;
     pthread_mutex_lock(&t->ra_lock);
     uint64_t tick = ++t->ra_tick;
@@ -893,7 +889,8 @@ static void do_read(Table *t, unsigned char *base, uint64_t offset, uint64_t len
     /* A small random read copies from sources' mappings: what it misses in the page cache
      * could feed no read-ahead anyway, so it needs no RWF_NOWAIT read to find out. */
     uint64_t prev = __atomic_load_n(&t->ra_last_end, __ATOMIC_RELAXED);
-    int small = len < RA_SMALL && (!ra_on || ra_random(t, offset, end, prev));
+    int scattered = ra_on && ra_random(t, offset, end, prev);
+    int small = len < RA_SMALL && (!ra_on || scattered);
     Py_ssize_t i = find_region(t, offset);
     while (pos < end && !e->failed) {
         region_t *r = &t->regions[i];
@@ -948,7 +945,7 @@ static void do_read(Table *t, unsigned char *base, uint64_t offset, uint64_t len
     else if (m->n == 0)
         mark_blocks(t, offset, len);
     if (data)
-        ra_note(t, offset, end, missed_cache);
+        ra_note(t, offset, end, missed_cache, scattered);
 }
 
 static PyObject *error_message(Table *t, rerr_t *e) {

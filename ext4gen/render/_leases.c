@@ -47,6 +47,7 @@
  */
 #define _GNU_SOURCE /* F_SETSIG, F_SETLEASE, F_SETOWN_EX */
 #include "_leases.h"
+#include "_sysutil.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -98,12 +99,6 @@ static int g_overflow;   /* a break could not be queued: drop every lease (atomi
 static int64_t g_beat;   /* see the header comment (atomic) */
 static int64_t g_fresh;  /* readers trust flags while now - g_beat < g_fresh */
 static long g_held;
-
-static int64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 static int fs_ok(long type) {
     return type == 0xEF53          /* ext2/3/4 */
@@ -178,17 +173,6 @@ static void handle_events(void) {
         pthread_mutex_unlock(&g_lock);
     }
     __atomic_store_n(&g_busy, 0, __ATOMIC_SEQ_CST);
-}
-
-static long read_proc_long(const char *path, long fallback) {
-    FILE *f = fopen(path, "re");
-    long v = fallback;
-    if (f) {
-        if (fscanf(f, "%ld", &v) != 1)
-            v = fallback;
-        fclose(f);
-    }
-    return v;
 }
 
 static int ours(int sig) {

@@ -31,6 +31,7 @@
  */
 #define _GNU_SOURCE
 #include "_mapped.h"
+#include "_sysutil.h"
 
 #include <pthread.h>
 #include <setjmp.h>
@@ -112,14 +113,7 @@ static int on_top(void) {
 }
 
 static void install(void) {
-    long max = 65530;
-    FILE *f = fopen("/proc/sys/vm/max_map_count", "re");
-    if (f) {
-        if (fscanf(f, "%ld", &max) != 1)
-            max = 65530;
-        fclose(f);
-    }
-    g_limit = max / 4;
+    g_limit = read_proc_long("/proc/sys/vm/max_map_count", 65530) / 4;
     memset(&g_ours, 0, sizeof g_ours);
     g_ours.sa_sigaction = on_sigbus;
     g_ours.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
@@ -127,12 +121,6 @@ static void install(void) {
     pthread_mutex_lock(&g_lock);
     g_ready = on_top();
     pthread_mutex_unlock(&g_lock);
-}
-
-static int64_t coarse_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
 int maps_usable(void) {
