@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import time
 from collections.abc import Callable
@@ -89,6 +90,7 @@ def main() -> None:
             return bs.tar_through_kernel(srv[n])["cold_s"]
 
         res["tar_cold"] = paired("kernel tar, caches dropped", a.tar_pairs, tar_cold, False)
+    shutil.rmtree(bs.WORK, ignore_errors=True)  # T1's manifest and image, as bench_serve.py does
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(res, indent=1))
     t = res["tar_cold"]
