@@ -67,30 +67,32 @@ def main() -> None:
     plug = bs.plugins(manifest, image)
     tree = trees.ensure_tree("t1")
     res: dict = {"rev": sha, "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
-    with bs.Server("file", plug["file"], 1) as f, bs.Server("ext4gen", plug["ext4gen"], 1) as e:
-        srv = {"file": f, "ext4gen": e}
-        for s in srv.values():  # warm: every source opened, leased and mapped as in serving
-            bs.seq_copy(s.uri, size)
-            bs.fio_randread(s.uri, 16, a.runtime)
-        for qd in (1, 16):
-            res[f"qd{qd}"] = paired(f"4k random QD{qd}", a.pairs,
-                                    lambda n, qd=qd: bs.fio_randread(srv[n].uri, qd, a.runtime)["iops"],
-                                    True)
+    try:
+        with bs.Server("file", plug["file"], 1) as f, bs.Server("ext4gen", plug["ext4gen"], 1) as e:
+            srv = {"file": f, "ext4gen": e}
+            for s in srv.values():  # warm: every source opened, leased and mapped as in serving
+                bs.seq_copy(s.uri, size)
+                bs.fio_randread(s.uri, 16, a.runtime)
+            for qd in (1, 16):
+                res[f"qd{qd}"] = paired(f"4k random QD{qd}", a.pairs,
+                                        lambda n, qd=qd: bs.fio_randread(srv[n].uri, qd, a.runtime)["iops"],
+                                        True)
 
-        def copies(n: str) -> float:
-            t0 = time.perf_counter()
-            for _ in range(a.copies):
-                bs.seq_copy(srv[n].uri, size)
-            return time.perf_counter() - t0
+            def copies(n: str) -> float:
+                t0 = time.perf_counter()
+                for _ in range(a.copies):
+                    bs.seq_copy(srv[n].uri, size)
+                return time.perf_counter() - t0
 
-        res["seq"] = paired(f"sequential, {a.copies} copies", a.seq_pairs, copies, False)
+            res["seq"] = paired(f"sequential, {a.copies} copies", a.seq_pairs, copies, False)
 
-        def tar_cold(n: str) -> float:
-            bs.prime_backing_store(tree, image)
-            return bs.tar_through_kernel(srv[n])["cold_s"]
+            def tar_cold(n: str) -> float:
+                bs.prime_backing_store(tree, image)
+                return bs.tar_through_kernel(srv[n])["cold_s"]
 
-        res["tar_cold"] = paired("kernel tar, caches dropped", a.tar_pairs, tar_cold, False)
-    shutil.rmtree(bs.WORK, ignore_errors=True)  # T1's manifest and image, as bench_serve.py does
+            res["tar_cold"] = paired("kernel tar, caches dropped", a.tar_pairs, tar_cold, False)
+    finally:
+        shutil.rmtree(bs.WORK, ignore_errors=True)  # T1's manifest and image, as bench_serve.py does
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(res, indent=1))
     t = res["tar_cold"]
