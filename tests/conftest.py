@@ -79,15 +79,18 @@ def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
 @pytest.fixture
 def long_used_at_once() -> Iterator[None]:
     """Serving leases and maps a source whose descriptor is still in use a second after it
-    was opened; here, at once (tests of the compiled path only).  The images a test made go
-    when it ends, with their descriptors, leases and mappings, not in a later test."""
+    was opened (so a file read once gets neither); here, at once, so leases and mappings are
+    in play in every test.  The images a test made go when it ends, with their descriptors,
+    leases and mappings, not in a later test.  Without the extension, nothing to set."""
     import gc
 
     from ext4gen.render import fastpath
 
-    fastpath._fastread.set_lease_after(0)
+    if fastpath._fastread is not None:
+        fastpath._fastread.set_lease_after(0)
     yield
-    fastpath._fastread.set_lease_after(1)
+    if fastpath._fastread is not None:
+        fastpath._fastread.set_lease_after(1)
     gc.collect()
 
 

@@ -244,7 +244,6 @@ static void *watcher(void *arg) {
     return NULL;
 }
 
-
 static int free_handler(int sig) {
     struct sigaction old;
     return sigaction(sig, NULL, &old) == 0 && !(old.sa_flags & SA_SIGINFO) &&

@@ -14,7 +14,7 @@ from array import array
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..switches import NO_MAPPING_ENV, PURE_PYTHON_ENV, env_flag, pure_python_requested
+from ..switches import NO_LEASES_ENV, NO_MAPPING_ENV, PURE_PYTHON_ENV, env_flag, pure_python_requested
 
 if TYPE_CHECKING:
     from .image import Region
@@ -114,11 +114,8 @@ def read_ahead(table: Any | None, nbytes: int = READAHEAD_BYTES) -> bool:
 def use_leases(table: Any | None) -> str:
     """Let ``table`` lease the sources it still reads a second after opening them
     (``_leases.c``), so their reads skip the fstat that checks the pin: '' when it does, else
-    why not.  Starts the watcher
-    thread that gives leases up when the kernel breaks them: call it in the process that serves
-    (after nbdkit's fork)."""
-    from ..switches import NO_LEASES_ENV, env_flag
-
+    why not.  Starts the watcher thread that gives leases up when the kernel breaks them: call
+    it in the process that serves (after nbdkit's fork)."""
     if _fastread is None or table is None:
         return "the pure-Python read path checks every read by fstat"
     if env_flag(NO_LEASES_ENV):

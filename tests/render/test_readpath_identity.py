@@ -18,7 +18,6 @@ import os
 import random
 import tarfile
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,15 +44,7 @@ def test_the_extension_is_built() -> None:
     assert fastpath._fastread is not None, fastpath.unavailable()
 
 
-@pytest.fixture(autouse=True)
-def lease_at_once() -> Iterator[None]:
-    """Serving leases a descriptor still in use a second after it was opened (so a file read
-    once is never leased); here at its second use, so leases are in play in every test."""
-    if fastpath._fastread is not None:
-        fastpath._fastread.set_lease_after(0)
-    yield
-    if fastpath._fastread is not None:
-        fastpath._fastread.set_lease_after(1)
+pytestmark = pytest.mark.usefixtures("long_used_at_once")
 
 
 def pair(image: Image) -> tuple[Image, Image]:
