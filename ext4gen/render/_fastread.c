@@ -7,8 +7,8 @@
  * per-request Python work (region lookup, descriptor cache, pin checks,
  * counters) serialises the connections.  Here one call does the whole request
  * with the GIL released: a bisect over a flat region table, zero fills,
- * coalesced pread of runs of one host file (for a small random read of a source
- * in use for a while, a copy from its mapping: _mapped.c), the freshness pin check (fstat
+ * coalesced pread of runs of one host file (for a source in use for a while, a copy
+ * from its mapping when the pages are cached: _mapped.c), the freshness pin check (fstat
  * after the read: dev, ino, size, mtime, ctime, nlink > 0, as in
  * ext4gen.model.sources.HostFile.check; or, for a source leased by _leases.c,
  * the lease and its inotify watch instead), and copies from a cache of metadata
@@ -91,6 +91,7 @@ typedef struct {
     int64_t opened;  /* when fd was opened (coarse monotonic ns) */
     unsigned char *map; /* fd's first size bytes mapped (atomic; _mapped.c), NULL none */
     uint8_t map_tried;  /* a mapping was asked for since fd was opened */
+    uint8_t map_knows;  /* mincore tells whether map's pages are cached (set before map) */
 } hfile_t;
 
 typedef struct {
@@ -144,7 +145,7 @@ typedef struct {
     uint64_t c_requests, c_meta, c_data, c_zero, c_hits, c_misses, c_errors, c_opens;
     uint64_t c_ra_bytes, c_ra_windows, c_ra_quiet, c_leased;
     int leasing;        /* take source leases (use_leases) */
-    int mapping;        /* map long-used sources for small reads (use_mappings; default on) */
+    int mapping;        /* copy from mappings of long-used sources (use_mappings; default on) */
     uint64_t c_mapped, c_map_faults;
 } Table;
 
@@ -194,6 +195,7 @@ static void close_entry(Table *t, hfile_t *f) {
     unmap_source(f->map, f->size); /* no user: nothing copies from it */
     f->map = NULL;
     f->map_tried = 0;
+    f->map_knows = 0;
     close(f->fd);
     f->fd = -1;
     f->broken = 0;
@@ -267,8 +269,12 @@ static int acquire(Table *t, Py_ssize_t fi, int *owned, rerr_t *e) {
         pthread_mutex_unlock(&t->fd_lock);
         if (lease)
             lease_take(fd, &f->leased, pinned, f);
-        if (map) /* this thread's user count keeps close_entry away until it is stored */
-            __atomic_store_n(&f->map, map_source(fd, f->size), __ATOMIC_RELEASE);
+        if (map) { /* this thread's user count keeps close_entry away until it is stored */
+            int knows = 0;
+            unsigned char *p = map_source(fd, f->size, &knows);
+            f->map_knows = (uint8_t)knows;
+            __atomic_store_n(&f->map, p, __ATOMIC_RELEASE);
+        }
         return fd;
     }
     pthread_mutex_unlock(&t->fd_lock);
@@ -375,14 +381,29 @@ static int pread_full(int fd, unsigned char *dst, int64_t n, int64_t off, Py_ssi
     return 0;
 }
 
-/* One run of file bytes: from the file's mapping when the caller passes one (a small random
- * read of a long-used source; the mapping covers the planned size), else by pread.  The same
- * bytes, and after a fault in the mapping the same error, as pread. */
-static int read_run(const unsigned char *map, int64_t size, int fd, unsigned char *dst, int64_t n,
-                    int64_t off, Py_ssize_t fi, rerr_t *e, int *missed, int *copied) {
+/* How a request may use a source's mapping (read_file_batch). */
+enum {
+    MAP_ANY,      /* a small random read: copy, and let a fault read what is not cached */
+    MAP_RESIDENT, /* anything else: copy only runs the page cache holds whole (mincore) */
+};
+
+/* One run of file bytes: from the file's mapping when the caller passes one (the mapping
+ * covers the planned size), else by pread.  The same bytes, and after a fault in the mapping
+ * the same error, as pread.
+ *
+ * MAP_RESIDENT: a run with a page out of the page cache is read by pread instead, so that its
+ * RWF_NOWAIT miss restarts the stream's read-ahead, and the kernel reads it in large requests
+ * (the mapping is MADV_RANDOM: a fault would read one page at a time). */
+static int read_run(const unsigned char *map, int how, int64_t size, int fd, unsigned char *dst,
+                    int64_t n, int64_t off, Py_ssize_t fi, rerr_t *e, int *missed, int *copied) {
     /* *copied: | 1 when bytes were copied from the mapping, | 2 when a copy faulted */
     if (!map || off + n > size)
         return pread_full(fd, dst, n, off, fi, e, missed);
+    if (how == MAP_RESIDENT && !map_resident(map + off, (size_t)n)) {
+        if (missed) /* known before any I/O, where RWF_NOWAIT may see a read that was quick */
+            *missed = 1;
+        return pread_full(fd, dst, n, off, fi, e, missed);
+    }
     if (map_copy(dst, map + off, (size_t)n) == 0) {
         *copied |= 1;
         return 0;
@@ -398,7 +419,7 @@ static int read_run(const unsigned char *map, int64_t size, int fd, unsigned cha
  * made after the last read. */
 static uint64_t read_file_batch(Table *t, unsigned char *base, uint64_t offset, uint64_t pos,
                                 uint64_t end, Py_ssize_t *pi, uint64_t *data_bytes, rerr_t *e,
-                                int *missed, int small) {
+                                int *missed, int how) {
     Py_ssize_t i = *pi;
     Py_ssize_t fi = t->regions[i].aux;
     int owned;
@@ -406,11 +427,11 @@ static uint64_t read_file_batch(Table *t, unsigned char *base, uint64_t offset, 
     if (fd < 0)
         return pos;
     /* owned: a descriptor of the caller's own, never mapped */
-    const unsigned char *map = small && !owned && __atomic_load_n(&t->mapping, __ATOMIC_RELAXED)
+    const unsigned char *map = !owned && __atomic_load_n(&t->mapping, __ATOMIC_RELAXED)
                                    ? __atomic_load_n(&t->files[fi].map, __ATOMIC_ACQUIRE)
                                    : NULL;
-    if (map && !maps_usable())
-        map = NULL;
+    if (map && (!maps_usable() || (how == MAP_RESIDENT && !t->files[fi].map_knows)))
+        map = NULL; /* map_knows: read after map's acquire load, which orders it */
     int copied = 0;
     int64_t fsize = t->files[fi].size;
     int64_t run_off = -1, run_len = 0; /* pending read: file offset, length */
@@ -432,7 +453,7 @@ static uint64_t read_file_batch(Table *t, unsigned char *base, uint64_t offset, 
                 run_len += want;
             } else {
                 if (run_len > 0 &&
-                    read_run(map, fsize, fd, run_dst, run_len, run_off, fi, e, missed, &copied)) {
+                    read_run(map, how, fsize, fd, run_dst, run_len, run_off, fi, e, missed, &copied)) {
                     failed = 1;
                     break;
                 }
@@ -443,7 +464,7 @@ static uint64_t read_file_batch(Table *t, unsigned char *base, uint64_t offset, 
         }
         if ((uint64_t)want < stop - pos) {
             if (run_len > 0 &&
-                read_run(map, fsize, fd, run_dst, run_len, run_off, fi, e, missed, &copied)) {
+                read_run(map, how, fsize, fd, run_dst, run_len, run_off, fi, e, missed, &copied)) {
                 failed = 1;
                 break;
             }
@@ -454,7 +475,7 @@ static uint64_t read_file_batch(Table *t, unsigned char *base, uint64_t offset, 
         i++;
     }
     if (!failed && run_len > 0 &&
-        read_run(map, fsize, fd, run_dst, run_len, run_off, fi, e, missed, &copied))
+        read_run(map, how, fsize, fd, run_dst, run_len, run_off, fi, e, missed, &copied))
         failed = 1;
     if (copied & 1)
         ADD(t->c_mapped, 1);
@@ -886,11 +907,12 @@ static void do_read(Table *t, unsigned char *base, uint64_t offset, uint64_t len
     uint64_t end = offset + len, pos = offset;
     uint64_t meta = 0, data = 0, zero = 0, hits = 0, misses = 0;
     int ra_on = __atomic_load_n(&t->ra_window, __ATOMIC_RELAXED) != 0, missed_cache = 0;
-    /* A small random read copies from sources' mappings: what it misses in the page cache
-     * could feed no read-ahead anyway, so it needs no RWF_NOWAIT read to find out. */
+    /* A small random read copies from sources' mappings, cached or not: what it misses could
+     * feed no read-ahead anyway, so it needs no RWF_NOWAIT read to find out.  Other reads copy
+     * the runs the page cache holds, and pread the rest. */
     uint64_t prev = __atomic_load_n(&t->ra_last_end, __ATOMIC_RELAXED);
     int scattered = ra_on && ra_random(t, offset, end, prev);
-    int small = len < RA_SMALL && (!ra_on || scattered);
+    int how = len < RA_SMALL && (!ra_on || scattered) ? MAP_ANY : MAP_RESIDENT;
     Py_ssize_t i = find_region(t, offset);
     while (pos < end && !e->failed) {
         region_t *r = &t->regions[i];
@@ -902,7 +924,7 @@ static void do_read(Table *t, unsigned char *base, uint64_t offset, uint64_t len
             break;
         case K_FILE:
             pos = read_file_batch(t, base, offset, pos, end, &i, &data, e,
-                                  ra_on ? &missed_cache : NULL, small);
+                                  ra_on ? &missed_cache : NULL, how);
             continue;
         case K_META:
             while (pos < stop) {
@@ -1332,8 +1354,8 @@ static PyMethodDef Table_methods[] = {
      "use_leases(on): lease sources still read a while after they were opened, so their\n"
      "reads skip the fstat (start_leases() first; see _leases.c)."},
     {"use_mappings", (PyCFunction)Table_use_mappings, METH_O,
-     "use_mappings(on): copy small random reads of sources still read a while after they\n"
-     "were opened from a mapping of the file, not by pread (default on; see _mapped.c)."},
+     "use_mappings(on): copy reads of sources still read a while after they were opened\n"
+     "from a mapping of the file, not by pread (default on; see _mapped.c)."},
     {"set_readahead", (PyCFunction)Table_set_readahead, METH_O,
      "set_readahead(nbytes): the largest window read ahead of a sequential reader (0: none)."},
     {NULL, NULL, 0, NULL},

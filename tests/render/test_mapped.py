@@ -1,5 +1,6 @@
-"""Source mappings (``ext4gen/render/_mapped.c``): small random reads of a source the server
-keeps reading are copied from a shared mapping of the file instead of a pread.
+"""Source mappings (``ext4gen/render/_mapped.c``): reads of a source the server keeps reading
+are copied from a shared mapping of the file instead of a pread: small random ones always,
+others when the page cache holds their bytes.
 
 A mapping must give the bytes and the errors a pread gives, with or without leases: a copy
 that faults (the file was truncated under it) must fail that read like a short pread, and
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from helpers.hostfiles import host_tree, race
+from helpers.pagecache import cached, evict
 
 import ext4gen
 from ext4gen.errors import SourceError
@@ -89,16 +91,33 @@ def test_with_read_ahead_on_random_reads_are_mapped_too(tmp_path: Path) -> None:
     assert compiled.stats.mapped_reads >= before + 200
 
 
-def test_large_reads_and_sequential_ones_are_read_by_pread(tmp_path: Path) -> None:
-    """Large requests, and small ones that continue each other, go on reading with RWF_NOWAIT
-    so that their cache misses feed read-ahead."""
+def test_large_and_sequential_reads_copy_what_the_page_cache_holds(tmp_path: Path) -> None:
+    """Large requests, and small ones that continue each other, copy from the mapping too
+    when mincore says the page cache holds their run."""
     compiled, pure, _paths, data = images(tmp_path, 2, False, readahead=True)
-    before = compiled.stats.mapped_reads
+    before, reads = compiled.stats.mapped_reads, 0
     for s, e in data:
         assert compiled.read(s, e - s) == pure.read(s, e - s)
         for off in range(s, e - 4096, 4096):
             assert compiled.read(off, 4096) == pure.read(off, 4096)
-    assert compiled.stats.mapped_reads == before  # every read is near the one before it
+        reads += 1 + len(range(s, e - 4096, 4096))
+    assert compiled.stats.mapped_reads == before + reads
+
+
+@pytest.mark.parametrize("readahead", [True, False], ids=["read-ahead", "no-read-ahead"])
+def test_a_run_out_of_the_page_cache_is_read_by_pread(tmp_path: Path, readahead: bool) -> None:
+    """A large read must not fault its pages in one at a time through the mapping
+    (MADV_RANDOM), nor hide its miss from read-ahead: a run not all cached is read by pread.
+    The pread caches it, and the same read then copies from the mapping."""
+    compiled, pure, paths, data = images(tmp_path, 2, False, readahead=readahead)
+    evict(paths)  # nothing is mapped in the page tables yet: images() read by pread
+    s, e = data[0]
+    assert not cached(paths[0], 0)
+    before = compiled.stats.mapped_reads
+    assert compiled.read(s, e - s) == pure.read(s, e - s)
+    assert compiled.stats.mapped_reads == before
+    assert compiled.read(s, e - s) == pure.read(s, e - s)
+    assert compiled.stats.mapped_reads == before + 1
 
 
 def test_mappings_go_with_their_descriptors(tmp_path: Path) -> None:
