@@ -10,11 +10,14 @@ leave the server running; a SIGBUS that is not ext4gen's must still do what it d
 from __future__ import annotations
 
 import gc
+import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -118,6 +121,56 @@ def test_a_run_out_of_the_page_cache_is_read_by_pread(tmp_path: Path, readahead:
     assert compiled.stats.mapped_reads == before
     assert compiled.read(s, e - s) == pure.read(s, e - s)
     assert compiled.stats.mapped_reads == before + 1
+
+
+AS_USER = """
+import json, sys
+sys.path[:0] = {path!r}
+import ext4gen
+from ext4gen.render import fastpath
+from ext4gen.render.image import Image
+fastpath._fastread.set_lease_after(0)
+tree = ext4gen.Tree(ext4gen.Meta(0o755, 0, 0, 0, 0, 0, 0))
+tree.add("/f", ext4gen.Node("file", ext4gen.Meta(0o644, 0, 0, 0, 0, 0, 0),
+                            source=ext4gen.HostFileSource({src!r})))
+image = Image(ext4gen.plan(tree, ext4gen.ImageOptions(dedup="none")).plan, compiled=True)
+s, e = next((s, e) for s, e, k in image.regions() if k == "data")
+whole = image.read(s, e - s)  # opens the source, cached from here on
+again = image.read(s, e - s)  # maps it: a large read, copied only if known cached
+large = image.stats.mapped_reads
+small = image.read(s + 8192, 4096)  # no read-ahead: a small read copies whatever
+expected = open({src!r}, "rb").read()
+print(json.dumps([large, image.stats.mapped_reads,
+                  whole[:len(expected)] == again[:len(expected)] == expected,
+                  small == expected[8192:12288]]))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to read as another user (CI runs as "
+                    "root, where this test must run)")
+@pytest.mark.parametrize("user", ["owner", "another user"])
+def test_where_the_kernel_hides_the_page_cache_large_reads_go_by_pread(user: str) -> None:
+    """The kernel tells a process a file's page cache only if it owns the file or could write
+    it: to anyone else mincore says every page is cached.  Reading root's file as nobody, a
+    large read must not trust it (a cold run would fault in one page at a time, and hide its
+    miss from read-ahead); small random reads still copy."""
+    shared = Path(tempfile.mkdtemp(prefix="ext4gen-mapped-"))  # tmp_path is root's alone
+    try:
+        shared.chmod(0o755)
+        src = shared / "src"
+        src.write_bytes(random.Random(5).randbytes(SIZE))
+        src.chmod(0o644)
+        code = AS_USER.format(path=sys.path, src=str(src))
+        switch = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        out = subprocess.run([*(switch if user == "another user" else []), sys.executable, "-c",
+                              code], cwd=shared, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        large, total, same, small = json.loads(out.stdout)
+        assert same and small
+        assert large == (user == "owner")
+        assert total == large + 1
+    finally:
+        shutil.rmtree(shared)
 
 
 def test_mappings_go_with_their_descriptors(tmp_path: Path) -> None:
