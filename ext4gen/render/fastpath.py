@@ -95,7 +95,7 @@ def table_for(regions: Sequence[Region], size: int) -> Any | None:
         else:
             kinds[i] = py
     table = _fastread.Table(starts, kinds, aux, file_offs, data_lens, files, slots, CACHE_BLOCKS)
-    if env_flag(NO_MAPPING_ENV):  # else small random reads of long-used sources copy from a mapping
+    if env_flag(NO_MAPPING_ENV):  # else reads of long-used sources copy from a mapping
         table.use_mappings(False)
     return table
 

@@ -45,7 +45,7 @@ class ReadStats:
     source_errors: int = 0
     bytes_read_ahead: int = 0  # source bytes hinted ahead of sequential readers (compiled path)
     leased_reads: int = 0  # source reads a lease vouched for, with no fstat (compiled path)
-    mapped_reads: int = 0  # small source reads copied from a mapping, not by pread (compiled)
+    mapped_reads: int = 0  # source reads copied from a mapping, not by pread (compiled)
 
     @property
     def metadata_cache_hits(self) -> int:
