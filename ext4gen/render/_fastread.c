@@ -188,11 +188,25 @@ static const char *pin_check(const hfile_t *f, const struct stat *st) {
 static int g_budget = 448;
 static int g_open;
 
-static void close_entry(Table *t, hfile_t *f) {
+/* A mapping to unmap once fd_lock is released: zapping the page tables of a source read
+ * whole (and the TLB shootdown to the other threads' CPUs) should not hold up every reader. */
+typedef struct {
+    unsigned char *map;
+    off_t size;
+} unmap_t;
+
+/* Close f's cached descriptor (fd_lock held, no user); its mapping goes to *later when given,
+ * else now. */
+static void close_entry(Table *t, hfile_t *f, unmap_t *later) {
     if (f->lease_tried)
         lease_drop(f->fd);
     f->lease_tried = 0;
-    unmap_source(f->map, f->size); /* no user: nothing copies from it */
+    if (later) { /* no user: nothing copies from it, and nothing will */
+        later->map = f->map;
+        later->size = f->size;
+    } else {
+        unmap_source(f->map, f->size);
+    }
     f->map = NULL;
     f->map_tried = 0;
     f->map_knows = 0;
@@ -209,7 +223,7 @@ static void close_entry(Table *t, hfile_t *f) {
 /* A ring slot for a new cached descriptor (fd_lock held), counted in g_open: a free one while
  * the budget allows, else the clock's victim among this table's idle descriptors; -1 if there
  * is none (the caller then reads with a descriptor of its own and closes it). */
-static int ring_slot(Table *t) {
+static int ring_slot(Table *t, unmap_t *later) {
     if (__atomic_add_fetch(&g_open, 1, __ATOMIC_RELAXED) <= g_budget) {
         if (t->ring_used < t->ring_size)
             return t->ring_used++;
@@ -231,7 +245,7 @@ static int ring_slot(Table *t) {
             f->ref = 0;
             continue;
         }
-        close_entry(t, f);
+        close_entry(t, f, later);
         __atomic_add_fetch(&g_open, 1, __ATOMIC_RELAXED);
         return s;
     }
@@ -304,7 +318,8 @@ static int acquire(Table *t, Py_ssize_t fi, int *owned, rerr_t *e) {
         close(fd);
         return cached;
     }
-    int s = f->fd < 0 ? ring_slot(t) : -1; /* a broken fd still in use: read uncached */
+    unmap_t later = {NULL, 0};
+    int s = f->fd < 0 ? ring_slot(t, &later) : -1; /* a broken fd still in use: uncached */
     if (s < 0) {
         pthread_mutex_unlock(&t->fd_lock);
         *owned = 1;
@@ -317,6 +332,7 @@ static int acquire(Table *t, Py_ssize_t fi, int *owned, rerr_t *e) {
     f->users = 1;
     f->ref = 1;
     pthread_mutex_unlock(&t->fd_lock);
+    unmap_source(later.map, later.size); /* the victim's */
     return fd;
 }
 
@@ -330,9 +346,11 @@ static void release(Table *t, Py_ssize_t fi, int fd, int owned, int broken) {
     f->users--;
     if (broken)
         f->broken = 1;
+    unmap_t later = {NULL, 0};
     if (f->broken && f->users == 0 && f->fd >= 0)
-        close_entry(t, f);
+        close_entry(t, f, &later);
     pthread_mutex_unlock(&t->fd_lock);
+    unmap_source(later.map, later.size);
 }
 
 /* -- reading -------------------------------------------------------------------------------- */
@@ -1152,7 +1170,7 @@ static PyObject *Table_close(Table *t, PyObject *noargs) {
     for (Py_ssize_t k = 0; k < t->nfiles; k++) {
         hfile_t *f = &t->files[k];
         if (f->fd >= 0 && f->users == 0)
-            close_entry(t, f);
+            close_entry(t, f, NULL);
     }
     pthread_mutex_unlock(&t->fd_lock);
     Py_RETURN_NONE;
@@ -1319,7 +1337,7 @@ static void Table_dealloc(Table *t) {
     if (t->files) {
         for (Py_ssize_t k = 0; k < t->nfiles; k++) {
             if (t->files[k].fd >= 0)
-                close_entry(t, &t->files[k]); /* gives its share of the budget back */
+                close_entry(t, &t->files[k], NULL); /* gives its share of the budget back */
             free(t->files[k].path);
         }
     }

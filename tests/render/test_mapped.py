@@ -184,6 +184,32 @@ def test_mappings_go_with_their_descriptors(tmp_path: Path) -> None:
     assert fastpath._fastread.maps_held() == held
 
 
+def test_descriptors_the_clock_evicts_take_their_mappings_along(tmp_path: Path) -> None:
+    """More sources than the descriptor budget: the clock closes idle descriptors to open
+    others, and their mappings go too (unmapped once the lock is released)."""
+    from ext4gen.model.sources import source_fd_budget
+
+    held = fastpath._fastread.maps_held()
+    compiled, pure, _paths, data = images(tmp_path, 12, False)
+    compiled._fast.close()  # every descriptor idle: closed
+    try:
+        fastpath._fastread.set_fd_budget(fastpath._fastread.set_fd_budget(1 << 20) + 4)
+        for rnd in range(3):
+            for k, (s, _e) in enumerate(data):
+                off = s + 4096 * ((k + rnd) % 8)
+                for _ in range(2):  # opened (evicting another), then mapped
+                    assert compiled.read(off, 4096) == pure.read(off, 4096)
+                assert fastpath._fastread.maps_held() <= held + 4
+        stats = compiled._fast.stats()
+        assert stats["open_fds"] <= 4 and stats["opens"] >= 12 * 3
+        assert compiled.stats.mapped_reads >= 12 * 3
+    finally:
+        fastpath.set_fd_budget(source_fd_budget())
+    del compiled
+    gc.collect()
+    assert fastpath._fastread.maps_held() == held
+
+
 def test_mappings_can_be_turned_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EXT4GEN_NO_MAPPING", "1")
     compiled, pure, _paths, data = images(tmp_path, 2, False)
