@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import os
 import platform
@@ -65,14 +66,69 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+LIVE: set[int] = set()  # pids of the running servers (Server): drop_caches pages out their maps
+
+_MADV_PAGEOUT = 21
+_SYS_PIDFD_OPEN, _SYS_PROCESS_MADVISE = 434, 440  # x86_64 and aarch64 alike
+
+
+class _Iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+def page_out_mappings(pid: int) -> int:
+    """Reclaim the file pages server ``pid`` maps shared (MADV_PAGEOUT by process_madvise;
+    root).  drop_caches leaves pages a process maps, and ext4gen maps the sources it keeps
+    reading (docs/SERVING.md): without this, a server that served before is not cold after a
+    drop.  Its descriptors stay open, as they would in a long-running server.  Returns the
+    bytes of mappings paged out."""
+    spans = []
+    with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            addr, perms, *_rest = line.split()
+            if perms == "r--s":  # ext4gen's source mappings; nbdkit's own are private
+                lo, hi = (int(x, 16) for x in addr.split("-"))
+                spans.append(_Iovec(lo, hi - lo))
+    if not spans:
+        return 0
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = libc.syscall(_SYS_PIDFD_OPEN, ctypes.c_int(pid), ctypes.c_uint(0))
+    if pidfd < 0:
+        raise OSError(ctypes.get_errno(), f"pidfd_open({pid})")
+    try:
+        for k in range(0, len(spans), 512):  # at most UIO_MAXIOV (1024) per call
+            part = (_Iovec * len(spans[k:k + 512]))(*spans[k:k + 512])
+            if libc.syscall(_SYS_PROCESS_MADVISE, ctypes.c_int(pidfd), part,
+                            ctypes.c_size_t(len(part)), ctypes.c_int(_MADV_PAGEOUT),
+                            ctypes.c_uint(0)) < 0:
+                raise OSError(ctypes.get_errno(), f"process_madvise({pid}, MADV_PAGEOUT)")
+    finally:
+        os.close(pidfd)
+    return sum(s.len for s in spans)
+
+
 def drop_caches() -> None:
     """Drop the guest's caches for a cold step, after reading T1's files and the image once
-    (prime_backing_store: the host's cache then holds both, whatever ran before)."""
+    (prime_backing_store: the host's cache then holds both, whatever ran before), and after
+    paging out what the servers map (page_out_mappings)."""
     if PRIMED:
         prime_backing_store(*PRIMED)
     os.sync()
+    for pid in list(LIVE):
+        page_out_mappings(pid)
     with open("/proc/sys/vm/drop_caches", "w") as f:
         f.write("3\n")
+
+
+def cached_bytes(tree_dir: Path) -> int:
+    """How many bytes of the files under ``tree_dir`` the page cache holds (fincore)."""
+    files = [str(p) for p in tree_dir.rglob("*") if p.is_file()]
+    total = 0
+    for k in range(0, len(files), 1000):
+        out = subprocess.run(["fincore", "-b", "-n", "-o", "RES", *files[k:k + 1000]],
+                             check=True, capture_output=True, text=True).stdout
+        total += sum(int(x) for x in out.split())
+    return total
 
 
 def plugin_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -143,6 +199,7 @@ class Server:
             self.stop()
             raise
         self.startup_s = time.perf_counter() - t0
+        LIVE.add(self.proc.pid)
         said = self.logfile.read_text(errors="replace")
         if self.label.startswith("ext4gen") and "pure" not in self.label and "pure-Python" in said:
             self.stop()  # a snapshot whose extension did not build or load measures nothing here
@@ -151,6 +208,8 @@ class Server:
 
     def stop(self) -> str:
         """Stop nbdkit; returns its log (the ext4gen plugin prints its stats on shutdown)."""
+        if self.proc is not None:
+            LIVE.discard(self.proc.pid)
         if self.proc is not None and self.proc.poll() is None:
             _kill(self.proc.pid, signal.SIGTERM)
             try:
@@ -438,17 +497,14 @@ def run(threads_list: list[int], runtime: float, repeat: int, only: list[str] | 
         res["cache"][n] = r
         log(f"{n}+cache: seq {r['seq_warm']['MiB_s']:.0f} MiB/s; 4k QD1 {r['rand_qd1']['iops']:.0f} "
             f"{r['rand_qd1']['all']}, QD16 {r['rand_qd16']['iops']:.0f} {r['rand_qd16']['all']} IOPS")
-    # Kernel end to end, caches dropped before each tar, at the threads serve uses (1).  Fresh
-    # servers every round: drop_caches leaves the pages a process maps, and ext4gen maps the
-    # sources it keeps reading (the warm tar of the round before would do), so a server that
-    # served before would not be cold.
+    # Kernel end to end, caches dropped before each tar, at the threads serve uses (1).
     kthreads = 1 if 1 in threads_list else threads_list[0]
     res["kernel_threads"] = kthreads
-    ker: dict = {n: [] for n in plug}
-    for _ in range(repeat):
-        with contextlib.ExitStack() as stack:
-            srv = {n: stack.enter_context(Server(n, a, kthreads)) for n, a in plug.items()}
-            allsrv = list(srv.values())
+    with contextlib.ExitStack() as stack:
+        srv = {n: stack.enter_context(Server(n, a, kthreads)) for n, a in plug.items()}
+        allsrv = list(srv.values())
+        ker: dict = {n: [] for n in srv}
+        for _ in range(repeat):
             for n, s in srv.items():
                 ker[n].append(measured(allsrv, tar_through_kernel, s))
     for n, runs in ker.items():
