@@ -37,8 +37,8 @@
  * Limits.  A mapping is one of the process's vm.max_map_count areas: at most a quarter of
  * them hold sources.  Mapped pages a reader touched count in the server's RSS (RssFile):
  * they are the page cache's, shared, and reclaimed under memory pressure as any mapped file
- * page is; but drop_caches leaves them alone, so a cold-cache measurement needs a fresh
- * server.  Their page tables cost the kernel 8 bytes per 4 KiB page touched (2 MiB per GiB
+ * page is; but drop_caches leaves them alone: a cold-cache measurement pages them out first
+ * (process_madvise MADV_PAGEOUT, bench/bench_serve.py) or starts a fresh server.  Their page tables cost the kernel 8 bytes per 4 KiB page touched (2 MiB per GiB
  * of source data read), until the source's descriptor is closed.
  */
 #define _GNU_SOURCE
