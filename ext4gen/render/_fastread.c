@@ -409,8 +409,8 @@ enum {
  * covers the planned size), else by pread.  The same bytes, and after a fault in the mapping
  * the same error, as pread.
  *
- * MAP_RESIDENT: a run with a page out of the page cache is read by pread instead, so that its
- * RWF_NOWAIT miss restarts the stream's read-ahead, and the kernel reads it in large requests
+ * MAP_RESIDENT: a run with a page out of the page cache is a miss (which restarts a warm
+ * stream's read-ahead) and is read by pread, so that the kernel reads it in large requests
  * (the mapping is MADV_RANDOM: a fault would read one page at a time). */
 static int read_run(const unsigned char *map, int how, int64_t size, int fd, unsigned char *dst,
                     int64_t n, int64_t off, Py_ssize_t fi, rerr_t *e, int *missed, int *copied) {
