@@ -7,8 +7,8 @@
  * per-request Python work (region lookup, descriptor cache, pin checks,
  * counters) serialises the connections.  Here one call does the whole request
  * with the GIL released: a bisect over a flat region table, zero fills,
- * coalesced pread of runs of one host file (for a source in use for a while, a copy
- * from its mapping when the pages are cached: _mapped.c), the freshness pin check (fstat
+ * coalesced pread of runs of one host file (for a source in use for a while, copies
+ * from its mapping: _mapped.c), the freshness pin check (fstat
  * after the read: dev, ino, size, mtime, ctime, nlink > 0, as in
  * ext4gen.model.sources.HostFile.check; or, for a source leased by _leases.c,
  * the lease and its inotify watch instead), and copies from a cache of metadata
@@ -29,8 +29,9 @@
  * of 1 MiB that doubles up to ra_window) and asks the kernel to read them
  * (POSIX_FADV_WILLNEED), so their I/O overlaps the client's.  A stream whose window found every
  * source cached goes quiet until one of its requests misses the page cache (its first read is
- * RWF_NOWAIT), so warm serving costs no probes.  Errors there are ignored: the read itself
- * reports them.  Fork handlers keep the thread and its locks safe across fork().
+ * RWF_NOWAIT, or mincore found a mapped run uncached), so warm serving costs no probes.  Errors
+ * there are ignored: the read itself reports them.  Fork handlers keep the thread and its locks
+ * safe across fork().
  *
  * The image layout is never interpreted here: Python builds the table.
  */
@@ -470,8 +471,8 @@ static uint64_t read_file_batch(Table *t, unsigned char *base, uint64_t offset, 
             if (run_len > 0 && run_off + run_len == r->file_off + rel && run_dst + run_len == dst) {
                 run_len += want;
             } else {
-                if (run_len > 0 &&
-                    read_run(map, how, fsize, fd, run_dst, run_len, run_off, fi, e, missed, &copied)) {
+                if (run_len > 0 && read_run(map, how, fsize, fd, run_dst, run_len, run_off, fi, e,
+                                            missed, &copied)) {
                     failed = 1;
                     break;
                 }

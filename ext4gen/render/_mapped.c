@@ -12,10 +12,11 @@
  *
  * Which reads.  A small random read copies whatever it asks for: a page out of the page cache
  * faults and is read alone (MADV_RANDOM), which is what a random read needs.  Any other read
- * first asks mincore() whether the page cache holds its run whole, and reads it by pread if
- * not: a sequential reader's misses must reach the read-ahead code (RWF_NOWAIT), and the
- * kernel reads a missing run in large requests.  Where the kernel does not tell this process
- * a source's page cache (residency_known), only small random reads use its mapping.
+ * first asks mincore() whether the page cache holds its run whole; if not, the run counts as
+ * a miss (a sequential reader's misses must reach the read-ahead code) and is read by pread,
+ * so that the kernel reads it in large requests.  mincore takes the process's mmap_lock for
+ * reading, as the page faults of the copies do.  Where mincore does not tell this process a
+ * source's page cache (residency_known), only small random reads use its mapping.
  *
  * Freshness is unchanged: the caller copies first and checks the source's pin (or its lease,
  * _leases.c) after, exactly as after a pread.  A writer's bytes show in a shared mapping as
@@ -38,8 +39,9 @@
  * them hold sources.  Mapped pages a reader touched count in the server's RSS (RssFile):
  * they are the page cache's, shared, and reclaimed under memory pressure as any mapped file
  * page is; but drop_caches leaves them alone: a cold-cache measurement pages them out first
- * (process_madvise MADV_PAGEOUT, bench/bench_serve.py) or starts a fresh server.  Their page tables cost the kernel 8 bytes per 4 KiB page touched (2 MiB per GiB
- * of source data read), until the source's descriptor is closed.
+ * (process_madvise MADV_PAGEOUT, bench/bench_serve.py) or starts a fresh server.  Their page
+ * tables cost the kernel 8 bytes per 4 KiB page touched (2 MiB per GiB of source data read),
+ * until the source's descriptor is closed.
  */
 #define _GNU_SOURCE
 #include "_mapped.h"
@@ -53,7 +55,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -67,6 +68,7 @@ static struct sigaction *g_prev;  /* the handler ours chains to (atomic; never f
 static struct sigaction g_ours;
 static int g_ready;               /* ours was installed (set once, under pthread_once) */
 static long g_limit;              /* mappings this process may hold */
+static long g_page;               /* the page size (set once, under pthread_once) */
 static long g_held;               /* atomic */
 static int64_t g_checked;         /* when a reader last looked for ours (atomic) */
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
@@ -127,6 +129,7 @@ static int on_top(void) {
 }
 
 static void install(void) {
+    g_page = sysconf(_SC_PAGESIZE);
     g_limit = read_proc_long("/proc/sys/vm/max_map_count", 65530) / 4;
     memset(&g_ours, 0, sizeof g_ours);
     g_ours.sa_sigaction = on_sigbus;
@@ -153,15 +156,20 @@ int maps_usable(void) {
 
 /* Whether mincore() on a mapping of fd reports the page cache.  The kernel reveals a file's
  * page cache only to a process that owns the file or could open it for writing (or has
- * CAP_FOWNER): to others mincore() says every page is cached, and cachestat() fails with
- * EPERM.  The two share that rule, so cachestat answers for both (and a kernel before 6.5,
- * without cachestat, gets no answer: pread, as before). */
-static int residency_known(int fd) {
-    struct {
-        uint64_t off, len;
-    } range = {0, 1};
-    uint64_t stat[5];
-    return syscall(451, fd, &range, stat, 0) == 0;
+ * CAP_FOWNER; the exact rule has varied with idmapped mounts and overlayfs): to others,
+ * mincore() says every page is cached.  So ask it about a page that cannot be cached: one
+ * past the end of the file, at a 1 GiB boundary (no page-cache folio straddles one, nor the
+ * end of the file).  0 there: it tells the truth.  1: it does not, or the file grew; either
+ * way, not known. */
+static int residency_known(int fd, off_t size) {
+    off_t probe = ((size >> 30) + 1) << 30;
+    void *p = mmap(NULL, (size_t)g_page, PROT_READ, MAP_SHARED, fd, probe);
+    if (p == MAP_FAILED)
+        return 0;
+    unsigned char v = 1;
+    int honest = mincore(p, (size_t)g_page, &v) == 0 && !(v & 1);
+    munmap(p, (size_t)g_page);
+    return honest;
 }
 
 unsigned char *map_source(int fd, off_t size, int *knows) {
@@ -179,7 +187,7 @@ unsigned char *map_source(int fd, off_t size, int *knows) {
     }
     /* Random small reads are why a source is mapped: no read-around on a fault. */
     madvise(p, (size_t)size, MADV_RANDOM);
-    *knows = residency_known(fd);
+    *knows = residency_known(fd, size);
     return p;
 }
 
@@ -205,13 +213,11 @@ int map_copy(unsigned char *dst, const unsigned char *src, size_t n) {
 }
 
 int map_resident(const unsigned char *src, size_t n) {
-    /* For pages the mapping already maps, mincore only reads page-table entries: far less
-     * than the pread it replaces.  At most 64 pages per call (vec lives on the stack). */
-    static long page;
-    if (!page)
-        page = sysconf(_SC_PAGESIZE);
+    /* For pages the mapping already maps, mincore only reads page-table entries.  Up to 1024
+     * pages (4 MiB) per call: each call has a fixed cost (mmap_lock, a vma lookup). */
+    long page = g_page; /* set by install, which ran before the mapping was made */
     uintptr_t a = (uintptr_t)src & ~(uintptr_t)(page - 1), e = (uintptr_t)src + n;
-    unsigned char vec[64];
+    unsigned char vec[1024];
     while (a < e) {
         size_t pages = (e - a + (uintptr_t)page - 1) / (uintptr_t)page;
         if (pages > sizeof vec)
