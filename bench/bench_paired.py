@@ -9,7 +9,8 @@ configuration: ext4gen's filter, ``--threads 1``) is paired with one of ``file``
 ``ext4gen build`` output of the same tree, taken right after it in alternating order, and
 the figure is the median over the pairs of the ratio within each pair:
 
-* 4 KiB random reads, fio, QD1 and QD16 (target >= 0.9x ``file``);
+* 4 KiB random reads, fio, QD1 and QD16 (target >= 0.9x ``file``), and against the trivial
+  one-preadv Python plugin (``pyfile``, ``--threads 1``; target >= 0.95x);
 * sequential ``nbdcopy --no-extents``, ``--copies`` copies per measurement (>= 0.9x);
 * ``tar`` of the whole tree through nbdfuse + a loop mount, caches dropped (<= 1.1x),
   the pages the servers map paged out first (``bench_serve.drop_caches``); the run checks
@@ -35,18 +36,19 @@ import bench_serve as bs
 import trees
 
 
-def paired(name: str, pairs: int, measure: Callable[[str], float], higher_is_better: bool) -> dict:
-    """``measure(server)`` for ext4gen and file, in alternating order, ``pairs`` times."""
-    got: dict[str, list[float]] = {"ext4gen": [], "file": []}
+def paired(name: str, pairs: int, measure: Callable[[str], float], higher_is_better: bool,
+           other: str = "file") -> dict:
+    """``measure(server)`` for ext4gen and ``other``, in alternating order, ``pairs`` times."""
+    got: dict[str, list[float]] = {"ext4gen": [], other: []}
     for k in range(pairs):
-        for server in ("ext4gen", "file") if k % 2 == 0 else ("file", "ext4gen"):
+        for server in ("ext4gen", other) if k % 2 == 0 else (other, "ext4gen"):
             got[server].append(measure(server))
-    # the ratio as the targets state it: ext4gen's speed over file's (time: file's over ext4gen's)
-    pairs_ = zip(got["ext4gen"], got["file"], strict=True)
+    # the ratio as the targets state it: ext4gen's speed over the other's (time: theirs over ours)
+    pairs_ = zip(got["ext4gen"], got[other], strict=True)
     ratios = [(e / f if higher_is_better else f / e) for e, f in pairs_]
     out = {"median_ratio": statistics.median(ratios), "ext4gen_better": sum(r > 1 for r in ratios),
-           "pairs": pairs, "ext4gen": got["ext4gen"], "file": got["file"]}
-    bs.log(f"{name}: median ext4gen/file {out['median_ratio']:.3f} "
+           "pairs": pairs, "against": other, "ext4gen": got["ext4gen"], other: got[other]}
+    bs.log(f"{name}: median ext4gen/{other} {out['median_ratio']:.3f} "
            f"(ext4gen better in {out['ext4gen_better']} of {pairs})")
     return out
 
@@ -58,6 +60,8 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=6, help="sequential copies per measurement")
     ap.add_argument("--seq-pairs", type=int, default=12)
     ap.add_argument("--tar-pairs", type=int, default=10)
+    ap.add_argument("--pyfile-pairs", type=int, default=6,
+                    help="random-read pairs against the trivial one-preadv Python plugin (0: none)")
     ap.add_argument("--rev", default="HEAD")
     ap.add_argument("--worktree", action="store_true", help="the working tree, as built")
     ap.add_argument("--json", default=str(bs.REPO / "bench" / "out" / "paired.json"))
@@ -70,8 +74,9 @@ def main() -> None:
     tree = trees.ensure_tree("t1")
     res: dict = {"rev": sha, "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     try:
-        with bs.Server("file", plug["file"], 1) as f, bs.Server("ext4gen", plug["ext4gen"], 1) as e:
-            srv = {"file": f, "ext4gen": e}
+        with (bs.Server("file", plug["file"], 1) as f, bs.Server("ext4gen", plug["ext4gen"], 1) as e,
+              bs.Server("pyfile", plug["pyfile"], 1) as p):
+            srv = {"file": f, "ext4gen": e, "pyfile": p}
             for s in srv.values():  # warm: every source opened, leased and mapped as in serving
                 bs.seq_copy(s.uri, size)
                 bs.fio_randread(s.uri, 16, a.runtime)
@@ -79,6 +84,10 @@ def main() -> None:
                 res[f"qd{qd}"] = paired(f"4k random QD{qd}", a.pairs,
                                         lambda n, qd=qd: bs.fio_randread(srv[n].uri, qd, a.runtime)["iops"],
                                         True)
+            for qd in (1, 16) if a.pyfile_pairs else ():  # the ceiling of any Python plugin
+                res[f"qd{qd}_pyfile"] = paired(
+                    f"4k random QD{qd}", a.pyfile_pairs,
+                    lambda n, qd=qd: bs.fio_randread(srv[n].uri, qd, a.runtime)["iops"], True, "pyfile")
 
             def copies(n: str) -> float:
                 t0 = time.perf_counter()
@@ -109,6 +118,9 @@ def main() -> None:
           f"QD16 {res['qd16']['median_ratio']:.2f}x (target 0.9), sequential "
           f"{res['seq']['median_ratio']:.2f}x (target 0.9), kernel tar cold {tar:.2f}x file's "
           "time (target 1.1)")
+    if "qd1_pyfile" in res:
+        print(f"against the trivial Python plugin: QD1 {res['qd1_pyfile']['median_ratio']:.2f}x, "
+              f"QD16 {res['qd16_pyfile']['median_ratio']:.2f}x (target 0.95)")
 
 
 if __name__ == "__main__":
