@@ -98,7 +98,7 @@ typedef struct {
 typedef struct {
     uint32_t seq;    /* odd while being written */
     uint8_t ref;
-    int32_t slot;    /* which metadata block this entry holds, -1 none */
+    int32_t slot;    /* which metadata block this entry holds, -1 none (unset past pool_used) */
     unsigned char data[BLOCK];
 } centry_t;
 
@@ -1071,8 +1071,8 @@ static PyObject *Table_put_block(Table *t, PyObject *args) {
         Py_RETURN_TRUE;
     }
     /* One writer at a time: callers hold the GIL.  Clock over the pool for a victim. */
-    int p;
-    if (t->pool_used < t->pool_size) {
+    int p, fresh = t->pool_used < t->pool_size;
+    if (fresh) { /* never written: calloc's zeros, its slot not yet meaningful */
         p = t->pool_used++;
     } else {
         for (;;) {
@@ -1084,7 +1084,7 @@ static PyObject *Table_put_block(Table *t, PyObject *args) {
         }
     }
     centry_t *c = &t->pool[p];
-    if (c->slot >= 0)
+    if (!fresh && c->slot >= 0)
         __atomic_store_n(&t->slot_map[c->slot], -1, __ATOMIC_RELEASE);
     uint32_t seq = c->seq;
     __atomic_store_n(&c->seq, seq + 1, __ATOMIC_RELAXED);
@@ -1302,8 +1302,6 @@ static int Table_init(Table *t, PyObject *args, PyObject *kw) {
     }
     for (Py_ssize_t k = 0; k <= nslots; k++)
         t->slot_map[k] = -1;
-    for (int k = 0; k < t->pool_size; k++)
-        t->pool[k].slot = -1;
     for (int k = 0; k < t->ring_size; k++)
         t->ring[k] = -1;
     rc = 0;

@@ -308,6 +308,40 @@ def test_region_lookup_finds_every_region_of_a_synthetic_table(layout: list[tupl
     assert table.read(bytearray(), size) is None
 
 
+def test_the_metadata_block_cache_fills_then_evicts_by_clock() -> None:
+    """The compiled path's cache of rendered metadata: entries never written (the pool is
+    calloc'd, not initialised) must not evict anything, and once the pool is full the clock
+    evicts the least recently read block, whose reads then miss instead of serving another
+    block's bytes."""
+    from array import array
+
+    fr = fastpath._fastread
+    if fr is None:
+        pytest.skip(f"compiled path unavailable: {fastpath.unavailable()}")
+    blocks = 6
+    zeros = array("q", [0])
+    table = fr.Table(array("Q", [0, blocks * BLOCK]), array("B", [fr.META]), zeros, zeros, zeros,
+                     [], blocks, 3)
+
+    def content(b: int) -> bytes:
+        return b.to_bytes(8, "little") * (BLOCK // 8)
+
+    def cached(b: int) -> bool:
+        buf = bytearray(BLOCK)
+        left = table.read(buf, b * BLOCK)
+        assert left is None or left == [(b * BLOCK, (b + 1) * BLOCK)], (b, left)
+        assert left is not None or bytes(buf) == content(b), b
+        return left is None
+
+    for b in range(3):  # the pool's three entries, each written for the first time
+        assert table.put_block(b, content(b))
+        assert [cached(k) for k in range(blocks)] == [k <= b for k in range(blocks)], b
+    assert table.put_block(3, content(3))  # full, every entry read since: block 0 goes
+    assert [cached(k) for k in range(blocks)] == [False, True, True, True, False, False]
+    assert table.put_block(4, content(4))
+    assert [cached(k) for k in range(blocks)] == [False, False, True, True, True, False]
+
+
 def test_a_source_swapped_for_a_fifo_fails_at_once_on_both_paths(tmp_path: Path) -> None:
     """Opening a FIFO with no writer blocks; sources are opened non-blocking, so the pin
     check answers (EIO) instead of a serving thread hanging for good."""
