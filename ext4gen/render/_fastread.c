@@ -1451,7 +1451,137 @@ static PyObject *held_maps(PyObject *mod, PyObject *noargs) {
     return PyLong_FromLong(maps_held());
 }
 
+/* The Table constructor's inputs, read from the renderer's region records (image.py) in C:
+ * a Python loop over them cost 2.5 us a region, a quarter of a second for T2's 98,000, on every
+ * plan and every restart.  The kind of each record is its exact type; a data region with no
+ * plain host range (``host`` None) and any other type are left to Python (PY).  Each distinct
+ * host file object becomes one files entry, in order of first use. */
+static int attr_ll(PyObject *o, PyObject *name, long long *out) {
+    PyObject *v = PyObject_GetAttr(o, name);
+    if (!v)
+        return -1;
+    *out = PyLong_AsLongLong(v);
+    Py_DECREF(v);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static PyObject *table_inputs(PyObject *self, PyObject *args) {
+    PyObject *regions, *data_t, *zero_t, *meta_t;
+    unsigned long long size;
+    if (!PyArg_ParseTuple(args, "OKOOO", &regions, &size, &data_t, &zero_t, &meta_t))
+        return NULL;
+    static PyObject *s_start, *s_end, *s_host, *s_file_offset, *s_nbytes, *s_path, *s_pin;
+    if (!s_start && (!(s_start = PyUnicode_InternFromString("start")) ||
+                     !(s_end = PyUnicode_InternFromString("end")) ||
+                     !(s_host = PyUnicode_InternFromString("host")) ||
+                     !(s_file_offset = PyUnicode_InternFromString("file_offset")) ||
+                     !(s_nbytes = PyUnicode_InternFromString("nbytes")) ||
+                     !(s_path = PyUnicode_InternFromString("path")) ||
+                     !(s_pin = PyUnicode_InternFromString("pin"))))
+        return NULL;
+    PyObject *seq = PySequence_Fast(regions, "table_inputs: regions must be a sequence");
+    if (!seq)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject *starts = PyBytes_FromStringAndSize(NULL, (n + 1) * 8);
+    PyObject *kinds = PyBytes_FromStringAndSize(NULL, n);
+    PyObject *aux = PyBytes_FromStringAndSize(NULL, n * 8);
+    PyObject *offs = PyBytes_FromStringAndSize(NULL, n * 8);
+    PyObject *lens = PyBytes_FromStringAndSize(NULL, n * 8);
+    PyObject *files = PyList_New(0), *index = PyDict_New(), *result = NULL;
+    if (!starts || !kinds || !aux || !offs || !lens || !files || !index)
+        goto out;
+    uint64_t *v_starts = (uint64_t *)PyBytes_AS_STRING(starts);
+    uint8_t *v_kinds = (uint8_t *)PyBytes_AS_STRING(kinds);
+    int64_t *v_aux = (int64_t *)PyBytes_AS_STRING(aux), *v_offs = (int64_t *)PyBytes_AS_STRING(offs),
+            *v_lens = (int64_t *)PyBytes_AS_STRING(lens);
+    long long nslots = 0, last_fi = -1;
+    PyObject *last_host = NULL;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *r = PySequence_Fast_GET_ITEM(seq, k);
+        PyObject *tp = (PyObject *)Py_TYPE(r);
+        long long start;
+        if (attr_ll(r, s_start, &start))
+            goto out;
+        v_starts[k] = (uint64_t)start;
+        v_kinds[k] = K_PY;
+        v_aux[k] = v_offs[k] = v_lens[k] = 0;
+        if (tp == zero_t) {
+            v_kinds[k] = K_ZERO;
+        } else if (tp == meta_t) {
+            long long end;
+            if (attr_ll(r, s_end, &end))
+                goto out;
+            v_kinds[k] = K_META;
+            v_aux[k] = nslots;
+            nslots += (end - start) / BLOCK;
+        } else if (tp == data_t) {
+            PyObject *host = PyObject_GetAttr(r, s_host);
+            if (!host)
+                goto out;
+            if (host != Py_None) {
+                /* HostFile hashes by identity; tar members of one archive come in a row */
+                PyObject *at = host == last_host ? NULL : PyDict_GetItemWithError(index, host);
+                long long fi = PyList_GET_SIZE(files);
+                if (host == last_host) {
+                    fi = last_fi;
+                } else if (at) {
+                    fi = PyLong_AsLongLong(at);
+                } else if (PyErr_Occurred()) {
+                    fi = -1;
+                } else {
+                    PyObject *path = PyObject_GetAttr(host, s_path);
+                    PyObject *pin = PyObject_GetAttr(host, s_pin);
+                    PyObject *pint = pin ? PySequence_Tuple(pin) : NULL;
+                    PyObject *entry = NULL, *num = PyLong_FromLongLong(fi);
+                    if (path && pint && PyTuple_GET_SIZE(pint) == 5) {
+                        entry = PyTuple_Pack(6, path, PyTuple_GET_ITEM(pint, 0), PyTuple_GET_ITEM(pint, 1),
+                                             PyTuple_GET_ITEM(pint, 2), PyTuple_GET_ITEM(pint, 3),
+                                             PyTuple_GET_ITEM(pint, 4));
+                    } else if (pint) {
+                        PyErr_SetString(PyExc_ValueError, "table_inputs: a host file's pin has 5 fields");
+                    }
+                    if (!entry || !num || PyList_Append(files, entry) || PyDict_SetItem(index, host, num))
+                        fi = -1;
+                    Py_XDECREF(path);
+                    Py_XDECREF(pin);
+                    Py_XDECREF(pint);
+                    Py_XDECREF(entry);
+                    Py_XDECREF(num);
+                }
+                last_host = host; /* borrowed: the region record keeps it alive */
+                last_fi = fi;
+                long long off, len;
+                if (fi < 0 || attr_ll(r, s_file_offset, &off) || attr_ll(r, s_nbytes, &len)) {
+                    Py_DECREF(host);
+                    goto out;
+                }
+                v_kinds[k] = K_FILE;
+                v_aux[k] = fi;
+                v_offs[k] = off;
+                v_lens[k] = len;
+            }
+            Py_DECREF(host);
+        }
+    }
+    v_starts[n] = (uint64_t)size;
+    result = Py_BuildValue("(OOOOOOL)", starts, kinds, aux, offs, lens, files, nslots);
+out:
+    Py_DECREF(seq);
+    Py_XDECREF(starts);
+    Py_XDECREF(kinds);
+    Py_XDECREF(aux);
+    Py_XDECREF(offs);
+    Py_XDECREF(lens);
+    Py_XDECREF(files);
+    Py_XDECREF(index);
+    return result;
+}
+
 static PyMethodDef module_methods[] = {
+    {"table_inputs", table_inputs, METH_VARARGS,
+     "table_inputs(regions, size, DataRegion, ZeroRegion, MetaRegion) -> (starts, kinds, aux,\n"
+     "file_offs, data_lens, files, nslots): Table's arguments, the arrays as bytes."},
     {"start_leases", start_leases, METH_NOARGS,
      "start_leases() -> None | str: start the lease watcher thread in this process (call it\n"
      "after any fork); a str says why leases cannot be used here."},

@@ -62,38 +62,15 @@ def table_for(regions: Sequence[Region], size: int) -> Any | None:
     """The compiled path's table over ``regions``, or None to read in pure Python."""
     if _fastread is None or pure_python_requested():
         return None
-    from ..format.ondisk import BLOCK_SIZE
     from .image import DataRegion, MetaRegion, ZeroRegion
 
-    zero, meta, file, py = _fastread.ZERO, _fastread.META, _fastread.FILE, _fastread.PY
-    n = len(regions)
-    starts = array("Q", [r.start for r in regions])  # one region per data run: 100,000s
-    starts.append(size)
-    kinds = array("B", bytes(n))
-    aux, file_offs, data_lens = (array("q", bytes(8 * n)) for _ in range(3))
-    files: list[tuple[str, int, int, int, int, int]] = []
-    file_index: dict[int, int] = {}
-    slots = 0
-    for i, r in enumerate(regions):
-        t = type(r)
-        if t is DataRegion and r.host is not None:
-            kinds[i] = file
-            host = r.host
-            k = file_index.get(id(host))
-            if k is None:
-                k = file_index[id(host)] = len(files)
-                pin = host.pin
-                files.append((host.path, pin.st_dev, pin.st_ino, pin.st_size, pin.st_mtime_ns,
-                              pin.st_ctime_ns))
-            aux[i], file_offs[i], data_lens[i] = k, r.file_offset, r.nbytes
-        elif t is ZeroRegion:
-            kinds[i] = zero
-        elif t is MetaRegion:
-            kinds[i] = meta
-            aux[i] = slots
-            slots += (r.end - r.start) // BLOCK_SIZE
-        else:
-            kinds[i] = py
+    # Read from the region records in C (one per data run: 100,000s); the arrays come as bytes.
+    raw_starts, raw_kinds, raw_aux, raw_offs, raw_lens, files, slots = _fastread.table_inputs(
+        regions, size, DataRegion, ZeroRegion, MetaRegion)
+    starts, kinds, aux, file_offs, data_lens = (array(code) for code in "QBqqq")
+    for arr, raw in zip((starts, kinds, aux, file_offs, data_lens),
+                        (raw_starts, raw_kinds, raw_aux, raw_offs, raw_lens), strict=True):
+        arr.frombytes(raw)
     table = _fastread.Table(starts, kinds, aux, file_offs, data_lens, files, slots, CACHE_BLOCKS)
     if env_flag(NO_MAPPING_ENV):  # else reads of long-used sources copy from a mapping
         table.use_mappings(False)

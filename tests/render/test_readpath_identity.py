@@ -308,6 +308,84 @@ def test_region_lookup_finds_every_region_of_a_synthetic_table(layout: list[tupl
     assert table.read(bytearray(), size) is None
 
 
+def reference_table_inputs(regions: list, size: int) -> tuple:
+    """The definition ``_fastread.table_inputs`` computes in C, as the Python loop it replaced."""
+    from ext4gen.render.image import DataRegion, MetaRegion, ZeroRegion
+
+    fr = fastpath._fastread
+    starts, kinds, aux, offs, lens = [], [], [], [], []
+    files: list[tuple] = []
+    index: dict[int, int] = {}
+    slots = 0
+    for r in regions:
+        starts.append(r.start)
+        a = o = n = 0
+        if type(r) is DataRegion and r.host is not None:
+            kind = fr.FILE
+            a = index.get(id(r.host), len(files))
+            if a == len(files):
+                index[id(r.host)] = a
+                files.append((r.host.path, *r.host.pin))
+            o, n = r.file_offset, r.nbytes
+        elif type(r) is ZeroRegion:
+            kind = fr.ZERO
+        elif type(r) is MetaRegion:
+            kind, a = fr.META, slots
+            slots += (r.end - r.start) // BLOCK
+        else:
+            kind = fr.PY
+        kinds.append(kind)
+        aux.append(a)
+        offs.append(o)
+        lens.append(n)
+    return ([*starts, size], kinds, aux, offs, lens, files, slots)
+
+
+@pytest.mark.parametrize("dedup", ["none", "content"])
+def test_table_inputs_are_read_from_every_kind_of_region(tmp_path: Path, dedup: str) -> None:
+    """Tar members (runs of one host file at offsets), host files, a generator's and inline
+    files, duplicates, metadata and zeros: the arrays C reads off the region records are
+    the Python definition's, and every host file is one entry however many runs read it."""
+    from array import array
+
+    from ext4gen.render.image import DataRegion, MetaRegion, ZeroRegion
+
+    fr = fastpath._fastread
+    if fr is None:
+        pytest.skip(f"compiled path unavailable: {fastpath.unavailable()}")
+    archive = tmp_path / "t.tar"
+    rng = random.Random(3)
+    with tarfile.open(archive, "w") as tf:
+        for i, size in enumerate([5000, 4096, 10, 100_000, 8191, 5000]):
+            info = tarfile.TarInfo(f"m{i}")
+            info.size = size
+            tf.addfile(info, io.BytesIO(rng.randbytes(size) if i < 5 else b"\1" * size))
+    tree, options = ext4gen.load(str(archive), dedup=dedup)
+    for i in range(3):
+        host = tmp_path / f"h{i}"
+        host.write_bytes(pattern(0, 20_000 + i, seed=i))
+        tree.add(f"/h{i}", ext4gen.Node("file", META, source=ext4gen.HostFileSource(str(host))))
+    tree.add("/dup", ext4gen.Node("file", META, source=ext4gen.HostFileSource(str(tmp_path / "h1"))))
+    tree.add("/gen", ext4gen.Node("file", META, source=ext4gen.CallableSource(
+        9000, lambda o, k: pattern(o, k, 5), identity=("p", 5, 9000))))
+    with open(tmp_path / "sparse", "wb") as f:  # SEEK_DATA segments: Python reads it
+        f.write(b"s" * (BLOCK + 10))
+        f.seek(20 * BLOCK)
+        f.write(b"e" * 100)
+    tree.add("/sparse", ext4gen.Node("file", META,
+                                     source=ext4gen.HostFileSource(str(tmp_path / "sparse"))))
+    image = ext4gen.plan(tree, options)
+    size = image.size + 2 * BLOCK  # a free tail (this image has none: every block is used)
+    regions = [*image._regions, ZeroRegion(image.size, size)]
+    got = fr.table_inputs(regions, size, DataRegion, ZeroRegion, MetaRegion)
+    want = reference_table_inputs(regions, size)
+    decoded = [list(array(code, raw)) for code, raw in zip("QBqqq", got[:5], strict=True)]
+    assert (*decoded, got[5], got[6]) == want
+    kinds = set(want[1])
+    assert {fr.FILE, fr.ZERO, fr.META, fr.PY} <= kinds, kinds
+    assert len(want[5]) == 4 if dedup == "content" else 5  # the archive once, h0..h2, h1 again
+
+
 def test_the_metadata_block_cache_fills_then_evicts_by_clock() -> None:
     """The compiled path's cache of rendered metadata: entries never written (the pool is
     calloc'd, not initialised) must not evict anything, and once the pool is full the clock
