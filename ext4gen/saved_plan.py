@@ -145,22 +145,23 @@ def load(key: str) -> Plan | None:
         check = threading.Thread(target=lambda: verdict.append(host_reads.unchanged(deps)),
                                  name="ext4gen-pin-check")
         check.start()
+        served: list[HostFile] = []
         try:  # the plan is unpickled only once its seal holds, and used only if the pins do
-            plan = _unpickle_plan(f) if _body_sealed(f) else None
+            plan = _unpickle_plan(f, served) if _body_sealed(f) else None
         finally:
             check.join()
     if plan is None or verdict != [True]:
         return None
     cache.touch(path)
-    _hold_cached_sources(plan)
+    _hold_cached_sources(served)
     return plan
 
 
-def _hold_cached_sources(plan: Plan) -> None:
+def _hold_cached_sources(served: list[HostFile]) -> None:
     """Keep the cache entries the plan serves from (decompressed tars) from eviction, as
     loading them does (``cache.hold``): another ext4gen's eviction must not take them away."""
     root = str(cache.cache_root()) + "/"
-    for host in _served_files(plan):
+    for host in served:
         if not host.path.startswith(root):
             continue
         try:
@@ -183,11 +184,11 @@ def _body_sealed(f: io.BufferedReader) -> bool:
     return len(want) == cache.MAC_SIZE and hmac.compare_digest(want, mac.digest())
 
 
-def _unpickle_plan(f: io.BufferedReader) -> Plan | None:
+def _unpickle_plan(f: io.BufferedReader, served: list[HostFile]) -> Plan | None:
     from .layout.plan_codec import load_plan
 
     try:
-        return load_plan(f)
+        return load_plan(f, served)
     except Exception:  # a sealed entry from another layout of these classes: a miss
         return None
 

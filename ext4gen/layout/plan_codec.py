@@ -175,14 +175,20 @@ def dump_plan(f: IO[bytes], plan: Plan) -> None:
     dump((owners, dataclasses.replace(plan, inodes=[], dir_block_owner=[], tree_block_owner=[])))
 
 
-def load_plan(f: IO[bytes]) -> Plan:
-    """Read what :func:`dump_plan` wrote; any error is the caller's to treat as a miss."""
+def load_plan(f: IO[bytes], host_files: list[HostFile] | None = None) -> Plan:
+    """Read what :func:`dump_plan` wrote; any error is the caller's to treat as a miss.
+
+    ``host_files``, if given, receives every host file the plan's sources read, once each
+    (the writer's table of them), so that nobody walks a million inodes to find them.
+    """
     def load() -> Any:  # one unpickler per pickle: each chunk has a memo of its own
         return pickle.Unpickler(f).load()
 
     metas, files = load()
     _loading.metas = [Meta(*m) for m in metas]
     _loading.files = [_restored_file(path, pin, sparse) for path, pin, sparse in files]
+    if host_files is not None:
+        host_files += _loading.files
     inodes: list[InodePlan | None] = []
     _loading.inodes = inodes
     try:
