@@ -23,6 +23,7 @@ loaded; a damaged, foreign or unreadable entry is a miss, never an error.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import hmac
 import io
@@ -30,7 +31,6 @@ import os
 import pickle
 import struct
 import sys
-import sysconfig
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -58,9 +58,15 @@ _ENV_NOT_IN_KEY = frozenset(("EXT4GEN_CACHE", "EXT4GEN_CACHE_MAX", "EXT4GEN_PLAN
                              PURE_PYTHON_ENV, "EXT4GEN_NO_DIGEST_CACHE", NO_FILTER_ENV))
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 _code: str | None = None
-# Opened while recording but not inputs: modules imported on first use.
-_PYTHON_DIRS = tuple(sorted({os.path.abspath(p) + "/" for name, p in sysconfig.get_paths().items()
-                             if name in ("stdlib", "platstdlib", "purelib", "platlib")}))
+
+
+@functools.cache
+def _python_dirs() -> tuple[str, ...]:
+    """Opened while recording but not inputs: modules imported on first use."""
+    import sysconfig  # here, not at import: the serve plugin imports this module to start
+
+    return tuple(sorted({os.path.abspath(p) + "/" for name, p in sysconfig.get_paths().items()
+                         if name in ("stdlib", "platstdlib", "purelib", "platlib")}))
 
 
 def _code_fingerprint() -> str:
@@ -215,7 +221,7 @@ def save(key: str, plan: Plan, reads: host_reads.HostReads) -> bool:
     _pin_sources(plan, reads)
     try:
         area = cache.cache_area(AREA)
-        ignore = (str(cache.cache_root()) + "/", _PACKAGE + "/", *_PYTHON_DIRS, "/proc/", "/sys/", "/dev/")
+        ignore = (str(cache.cache_root()) + "/", _PACKAGE + "/", *_python_dirs(), "/proc/", "/sys/", "/dev/")
         deps = reads.finish(ignore)
         if deps is None:
             return False
