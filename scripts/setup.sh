@@ -134,7 +134,7 @@ venv_works() {
     [[ -x $VENV/bin/ext4gen && -x $VENV/bin/ruff && -x $VENV/bin/pytest ]] || return 1
     "$VENV/bin/python" - "$ROOT" >/dev/null 2>&1 <<'PYEOF'
 import os, sys
-import construct, crc32c, hypothesis, indexed_gzip, nbd, pytest, selinux, xxhash, zstandard  # noqa: F401
+import construct, crc32c, hypothesis, indexed_gzip, nbd, orjson, pytest, selinux, xxhash, zstandard  # noqa: F401
 import ext4gen
 assert os.path.dirname(os.path.dirname(os.path.abspath(ext4gen.__file__))) == sys.argv[1]
 PYEOF

@@ -90,3 +90,70 @@ def test_the_same_result_or_the_same_refusal_as_the_hook(pairs: list, separators
         assert (got.value.key, got.value.message) == (e.key, e.message)
         return
     assert json_unique_keys(data) == want
+
+
+# -- plain_json: orjson where it takes the text, json for the rest --------------------------
+
+def test_orjson_is_installed() -> None:
+    """A dependency of the project: its absence (a broken install) would slow every JSON read."""
+    assert manifest._orjson is not None
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal values of equal types all the way down (1 is not 1.0, NaN is NaN), in equal order."""
+    return json.dumps(a, allow_nan=True) == json.dumps(b, allow_nan=True)
+
+
+FLOATS = st.floats(allow_nan=False, allow_infinity=False) | st.sampled_from(
+    [0.1, 1e308, 5e-324, -0.0, 1.7976931348623157e308, 2.2250738585072014e-308, 123456789.123456789])
+VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | FLOATS | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
+    max_leaves=25)
+
+
+@settings(max_examples=500, deadline=None)
+@given(value=VALUES, ascii_only=st.booleans(), indent=st.sampled_from([None, 1]))
+def test_plain_json_builds_what_json_builds(value: Any, ascii_only: bool, indent: int | None) -> None:
+    """Text of every value kind (floats at their extremes, integers beyond 64 bits, any
+    Unicode, escaped or not) reads as ``json.loads`` reads it, whichever parser took it."""
+    raw = json.dumps(value, ensure_ascii=ascii_only, indent=indent).encode()
+    assert _same(manifest.plain_json(raw), json.loads(raw))
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"a": 18446744073709551616}',  # beyond 64 bits
+    b'{"a": -9223372036854775809}',
+    b'{"a": [1.5, 123456789012345678901234567890]}',  # orjson would read it as a float
+    b'{"a": NaN, "b": Infinity, "c": -Infinity}',
+    b'{"a": 1e400}',  # json: inf
+    b'\xef\xbb\xbf{"a": 1}',  # a UTF-8 byte-order mark
+    '{"a": "\u00e9"}'.encode("utf-16"),
+    '{"a": "\u00e9"}'.encode("utf-32-le"),
+    b'{"a": "\\ud800"}',  # an escaped lone surrogate (refused later, with its key)
+    b'{"a": "\\udc80\\ud800x"}',
+    b"[" * 2000 + b"]" * 2000,  # deeper than orjson's limit
+])
+def test_what_orjson_refuses_json_reads_alike(raw: bytes) -> None:
+    try:
+        want = json.loads(raw)
+    except RecursionError:
+        with pytest.raises(RecursionError):
+            manifest.plain_json(raw)
+        return
+    assert _same(manifest.plain_json(raw), want)
+
+
+@pytest.mark.parametrize("raw", [b'{"a": 9223372036854775807, "b": -9223372036854775808}',
+                                 b'{"a": 18446744073709551615, "b": 1.5}'])
+def test_integers_within_64_bits_are_exact_either_way(raw: bytes) -> None:
+    assert _same(manifest.plain_json(raw), json.loads(raw))
+
+
+@pytest.mark.parametrize("raw", [b'{"a": }', b'{"a": 1', b"", b'{"a": "\xff"}', b"[1,]", b"{'a': 1}"])
+def test_invalid_text_gets_json_s_own_error(raw: bytes) -> None:
+    with pytest.raises(ValueError) as want:
+        json.loads(raw)
+    with pytest.raises(ValueError) as got:
+        manifest.plain_json(raw)
+    assert (type(got.value), str(got.value)) == (type(want.value), str(want.value))
