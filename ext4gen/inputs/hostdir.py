@@ -189,7 +189,7 @@ def _walk(tree: Tree, stack: list[tuple[bytes, Node, os.stat_result]],
             node = Node(kind, meta, key=shown, xattrs=xattrs, imported=True)
             if kind == FILE:
                 try:
-                    node.source = HostFileSource(shown, st=st)
+                    node.source = HostFileSource.listed(shown, st)
                 except OSError as e:
                     raise ManifestError(shown, f"cannot read: {e.strerror}") from None
             elif kind == SYMLINK:

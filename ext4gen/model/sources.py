@@ -420,6 +420,20 @@ class HostFileSource(Source):
 
     restartable = True
 
+    @classmethod
+    def listed(cls, path: str, st: os.stat_result) -> HostFileSource:
+        """``HostFileSource(path, st=st)`` for a regular file a directory listing found by
+        ``lstat`` (``st``), in half the time: a walk makes one per file (100,000 for T2).
+        A file with fewer blocks than bytes (holes to find) takes the general way."""
+        if st.st_blocks * 512 < st.st_size or not stat_mod.S_ISREG(st.st_mode):
+            return cls(path, st=st)
+        f = HostFile.__new__(HostFile)
+        f.path, f.sparse = path, False
+        f.pin = tuple.__new__(Pin, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        self = cls.__new__(cls)
+        self.file, self.path, self.base_offset, self.size, self.segments = f, path, 0, st.st_size, None
+        return self
+
     @property
     def pin(self) -> Pin:
         return self.file.pin

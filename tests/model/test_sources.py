@@ -136,3 +136,30 @@ def test_a_source_swapped_for_a_fifo_fails_instead_of_blocking(tmp_path: Path, s
     os.mkfifo(tmp_path / "f0")
     with pytest.raises(SourceError, match="changed since"):
         within(10, lambda: src.readinto(memoryview(bytearray(100)), 0), "opening a FIFO-swapped source")
+
+
+def test_a_listed_file_is_the_source_the_general_constructor_makes(tmp_path: Path) -> None:
+    """``HostFileSource.listed`` (the walk's fast way) builds every slot as ``__init__`` does:
+    empty, small, block-sized and large files, and a sparse one (which takes the general way
+    and finds its holes)."""
+    sizes = {"empty": 0, "small": 10, "block": 4096, "large": 300_000}
+    for name, size in sizes.items():
+        (tmp_path / name).write_bytes(os.urandom(size))
+    with open(tmp_path / "sparse", "wb") as f:
+        f.write(b"x" * 5000)
+        f.seek(1 << 20)
+        f.write(b"y")
+
+    def slots(obj: object) -> dict[str, object]:
+        return {n: getattr(obj, n) for c in type(obj).__mro__
+                for n in getattr(c, "__slots__", ()) if n != "__weakref__"}
+
+    for name in [*sizes, "sparse"]:
+        path = str(tmp_path / name)
+        st = os.lstat(path)
+        fast, general = HostFileSource.listed(path, st), HostFileSource(path, st=st)
+        assert slots(fast.file) == slots(general.file), name
+        assert {k: v for k, v in slots(fast).items() if k != "file"} == \
+            {k: v for k, v in slots(general).items() if k != "file"}, name
+        assert type(fast.pin) is type(general.pin)
+    assert HostFileSource.listed(path, os.lstat(path)).segments is not None  # the sparse file
