@@ -12,11 +12,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import ManifestError
-
-try:
-    import orjson as _orjson  # a dependency; without it (an odd install) JSON reads slower
-except ImportError:  # pragma: no cover - depends on the install
-    _orjson = None
 from ..model.confine import identity_beneath, pinned_source
 from ..model.options import (
     ImageOptions,
@@ -39,6 +34,11 @@ from .image_keys import SOURCE_OPTION_KEYS, parse_source_options
 from .manifest_entries import EntryContext, add_entry, read_defaults
 from .manifest_values import no_unknown, string, table
 from .surrogates import may_hold_surrogates, refuse_lone_surrogates
+
+try:
+    import orjson as _orjson  # a dependency; without it (an odd install) JSON reads slower
+except ImportError:  # pragma: no cover - depends on the install
+    _orjson = None
 
 TOP_KEYS = {"image", "defaults", "import"}
 IMPORT_KEYS = {"source", "target"}

@@ -67,10 +67,9 @@ def table_for(regions: Sequence[Region], size: int) -> Any | None:
     # Read from the region records in C (one per data run: 100,000s); the arrays come as bytes.
     raw_starts, raw_kinds, raw_aux, raw_offs, raw_lens, files, slots = _fastread.table_inputs(
         regions, size, DataRegion, ZeroRegion, MetaRegion)
-    starts, kinds, aux, file_offs, data_lens = (array(code) for code in "QBqqq")
-    for arr, raw in zip((starts, kinds, aux, file_offs, data_lens),
-                        (raw_starts, raw_kinds, raw_aux, raw_offs, raw_lens), strict=True):
-        arr.frombytes(raw)
+    starts, kinds, aux, file_offs, data_lens = (
+        array(code, raw) for code, raw in zip("QBqqq", (raw_starts, raw_kinds, raw_aux, raw_offs,
+                                                         raw_lens), strict=True))
     table = _fastread.Table(starts, kinds, aux, file_offs, data_lens, files, slots, CACHE_BLOCKS)
     if env_flag(NO_MAPPING_ENV):  # else reads of long-used sources copy from a mapping
         table.use_mappings(False)
