@@ -217,6 +217,7 @@ def du_kib(path: Path) -> int:
 def mkfs_cmd(tree_dir: Path, img: Path, size_kib: int, inodes: int | None,
              extra: list[str] | None = None) -> list[str]:
     img.unlink(missing_ok=True)
+    img.parent.mkdir(parents=True, exist_ok=True)  # the work directory of a fresh cache
     with open(img, "wb") as f:
         f.truncate(size_kib * 1024)
     cmd = ["mkfs.ext4", *MKFS_OPTS, *(extra or [])]
