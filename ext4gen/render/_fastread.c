@@ -1495,8 +1495,7 @@ static PyObject *table_inputs(PyObject *self, PyObject *args) {
     uint8_t *v_kinds = (uint8_t *)PyBytes_AS_STRING(kinds);
     int64_t *v_aux = (int64_t *)PyBytes_AS_STRING(aux), *v_offs = (int64_t *)PyBytes_AS_STRING(offs),
             *v_lens = (int64_t *)PyBytes_AS_STRING(lens);
-    long long nslots = 0, last_fi = -1;
-    PyObject *last_host = NULL;
+    long long nslots = 0;
     for (Py_ssize_t k = 0; k < n; k++) {
         PyObject *r = PySequence_Fast_GET_ITEM(seq, k);
         PyObject *tp = (PyObject *)Py_TYPE(r);
@@ -1520,12 +1519,9 @@ static PyObject *table_inputs(PyObject *self, PyObject *args) {
             if (!host)
                 goto out;
             if (host != Py_None) {
-                /* HostFile hashes by identity; tar members of one archive come in a row */
-                PyObject *at = host == last_host ? NULL : PyDict_GetItemWithError(index, host);
+                PyObject *at = PyDict_GetItemWithError(index, host); /* HostFile: by identity */
                 long long fi = PyList_GET_SIZE(files);
-                if (host == last_host) {
-                    fi = last_fi;
-                } else if (at) {
+                if (at) {
                     fi = PyLong_AsLongLong(at);
                 } else if (PyErr_Occurred()) {
                     fi = -1;
@@ -1549,8 +1545,6 @@ static PyObject *table_inputs(PyObject *self, PyObject *args) {
                     Py_XDECREF(entry);
                     Py_XDECREF(num);
                 }
-                last_host = host; /* borrowed: the region record keeps it alive */
-                last_fi = fi;
                 long long off, len;
                 if (fi < 0 || attr_ll(r, s_file_offset, &off) || attr_ll(r, s_nbytes, &len)) {
                     Py_DECREF(host);
