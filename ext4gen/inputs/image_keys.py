@@ -15,7 +15,7 @@ from ..model.options import TIMES_MODES, SourceOptions
 from .ownership import check_id_map, parse_id_range, parse_owner, parse_root_owner
 
 if TYPE_CHECKING:
-    from .manifest import HostPaths
+    from .host_paths import HostPaths
 
 SOURCE_OPTION_KEYS = frozenset({
     "times", "root_owner", "squash_owner", "all_root", "uid_map", "gid_map", "one_file_system",

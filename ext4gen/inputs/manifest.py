@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import ManifestError
-from ..model.confine import identity_beneath, pinned_source
 from ..model.options import (
     ImageOptions,
     SourceOptions,
@@ -21,7 +20,6 @@ from ..model.options import (
     source_date_epoch_ns,
     uuid_value,
 )
-from ..model.sources import HostFileSource
 from ..model.tree import (
     Meta,
     Tree,
@@ -29,7 +27,7 @@ from ..model.tree import (
 from ..remote import settings as remote_settings
 from ..remote.manifest_keys import parse_image_keys
 from .adjust import apply_source_options
-from .generators import Generator
+from .host_paths import HostPaths, import_source
 from .image_keys import SOURCE_OPTION_KEYS, parse_source_options
 from .manifest_entries import EntryContext, add_entry, read_defaults
 from .manifest_values import no_unknown, string, table
@@ -274,26 +272,6 @@ def _parse_image(table: dict[str, Any]) -> ImageOptions:
     return opts
 
 
-def import_source(tree: Tree, host: str, target: str, *, key: str, one_file_system: bool = False,
-                  expect: tuple[int, int] | None = None) -> None:
-    """Import a host directory or a tar archive under ``target``.
-
-    ``expect`` (st_dev, st_ino), under ``--source-root``, is what the path named when it
-    was opened beneath the root: the import refuses to read anything else.
-    """
-    from .hostdir import import_directory
-    from .tar import import_tar, is_tar
-
-    if os.path.isdir(host):
-        import_directory(tree, host, target, key=key, one_file_system=one_file_system, expect=expect)
-    elif is_tar(host):
-        import_tar(tree, host, target, key=key, expect=expect)
-    elif not os.path.exists(host):
-        raise ManifestError(key, f"{host} does not exist")
-    else:
-        raise ManifestError(key, f"{host} is neither a directory nor a tar archive")
-
-
 def _import_oci(tree: Tree, source: str, target: str, key: str, host: HostPaths) -> bool:
     """Container-image SOURCE forms (oci:, oci-archive:, docker-archive:): see inputs/oci.py."""
     from .oci import absolute_source, import_oci, is_oci_source
@@ -303,41 +281,3 @@ def _import_oci(tree: Tree, source: str, target: str, key: str, host: HostPaths)
     import_oci(tree, absolute_source(source, lambda p: host.resolve(p, key), host.base_dir),
                target=target, key=key)
     return True
-
-
-class HostPaths:
-    """Resolves manifest-relative host paths and enforces ``--source-root``."""
-
-    def __init__(self, base_dir: str, source_root: str | None,
-                 generator_path: Sequence[str] = ()) -> None:
-        self.base_dir = base_dir
-        self.root = os.path.realpath(source_root) if source_root else None
-        self.generator_search = [base_dir, *(os.path.abspath(d) for d in generator_path)]
-        self.generators: list[Generator] = []
-
-    def open_file(self, rel: str, path: str) -> HostFileSource:
-        """The source file, pinned; under a source root, opened beneath it (see confine.py)."""
-        if self.root is None:
-            return HostFileSource(path)
-        return pinned_source(self.root, os.path.join(os.path.realpath(self.base_dir), rel))
-
-    def identity(self, path: str, key: str) -> tuple[int, int] | None:
-        """Under a source root, (st_dev, st_ino) of ``path`` opened beneath it; else None."""
-        if self.root is None:
-            return None
-        try:
-            return identity_beneath(self.root, os.path.realpath(path))
-        except OSError as e:
-            raise ManifestError(key, f"cannot open {path} beneath the source root {self.root}: "
-                                f"{e.strerror}") from None
-
-    def resolve(self, rel: str, key: str) -> str:
-        path = os.path.join(self.base_dir, rel)
-        if self.root is not None:
-            try:
-                real = os.path.realpath(path)
-            except OSError as e:  # a component changed while it was resolved
-                raise ManifestError(key, f"cannot resolve {path}: {e.strerror}") from None
-            if real != self.root and not real.startswith(self.root.rstrip("/") + "/"):
-                raise ManifestError(key, f"{path} is outside the source root {self.root}")
-        return path

@@ -38,7 +38,7 @@ from .manifest_values import bounded, file_size, mode, no_unknown, string, table
 
 if TYPE_CHECKING:
     from ..remote.settings import RemoteSettings
-    from .manifest import HostPaths
+    from .host_paths import HostPaths
 
 ENTRY_KEYS = {
     "type", "mode", "uid", "gid", "mtime", "atime", "ctime", "crtime",

@@ -44,7 +44,7 @@ class SourceKind:
 def _host_tree(source: str, choices: BuildChoices) -> tuple[Tree, ImageOptions]:
     """A directory or archive as the whole image: its root gets the defaults a manifest's has."""
     from .adjust import apply_source_options
-    from .manifest import HostPaths, import_source
+    from .host_paths import HostPaths, import_source
 
     expect = None
     if choices.source_root is not None:
@@ -71,7 +71,7 @@ def _is_oci(source: str) -> bool:
 def _container_image(source: str, choices: BuildChoices) -> tuple[Tree, ImageOptions]:
     """A container image's layers applied as the OCI spec says (see inputs/oci.py)."""
     from .adjust import apply_source_options
-    from .manifest import HostPaths
+    from .host_paths import HostPaths
     from .oci import absolute_source, import_oci
 
     if choices.source_root is not None:

@@ -7,11 +7,14 @@ reaches it); a manifest's ``[image]`` keys apply when neither says otherwise.
 
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from ..switches import is_on
+
+if TYPE_CHECKING:  # the CLI's parser: a serve's plugin checks ENV_PREFETCH without loading it
+    import argparse
 
 ENV_ALLOW_HTTP = "EXT4GEN_ALLOW_HTTP"
 ENV_S3_ENDPOINT = "EXT4GEN_S3_ENDPOINT"

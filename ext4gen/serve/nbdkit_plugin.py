@@ -185,7 +185,7 @@ def _plan(spec: ExportSpec) -> _Export:
     # A saved plan holds no remote file, so it has nothing to prefetch; nor has an image
     # that names no prefetch paths (then the module, and its remote client, stay unloaded).
     if tree is not None:
-        from ext4gen.remote.settings import ENV_PREFETCH  # loaded with any manifest or import
+        from ext4gen.remote.settings import ENV_PREFETCH  # small: no remote client, no argparse
 
         if image.plan.options.prefetch or os.environ.get(ENV_PREFETCH):
             from ext4gen.remote import prefetch  # remote files to fetch first: queued in after_fork

@@ -186,7 +186,7 @@ def test_an_import_swapped_after_its_check_beneath_the_root_is_refused(tmp_path:
     """Directory and archive imports are opened by name: what they open must be what was
     found beneath the root.  The race made deterministic: right after the check, a parent
     directory of the import is swapped for a symlink to a look-alike outside the root."""
-    from ext4gen.inputs.manifest import HostPaths
+    from ext4gen.inputs.host_paths import HostPaths
 
     root = tmp_path / "root"
     outside = tmp_path / "outside"

@@ -8,7 +8,7 @@ import pytest
 
 import ext4gen
 from ext4gen.errors import ManifestError
-from ext4gen.inputs.manifest import HostPaths
+from ext4gen.inputs.host_paths import HostPaths
 from ext4gen.inputs.manifest_entries import EntryContext, add_entry, read_defaults
 from ext4gen.remote.manifest_keys import parse_image_keys
 
