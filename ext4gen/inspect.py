@@ -5,8 +5,9 @@ from __future__ import annotations
 import uuid as uuid_mod
 
 from .errors import Ext4genError
+from .format.definitions import ext4_super_block
 from .format.features import FEATURE_NAMES, feature_names
-from .format.superblock import BLOCK_SIZE, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, ext4_super_block
+from .format.superblock import BLOCK_SIZE, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE
 from .render.image import Image
 
 

@@ -3,14 +3,13 @@
 ``ext4_dir_entry_2`` and ``ext4_dir_entry_tail`` are in ``fs/ext4/ext4.h``;
 the index structures (``fake_dirent``, ``dx_root``, ``dx_node``,
 ``dx_countlimit``, ``dx_entry``, ``dx_tail``) are private to
-``fs/ext4/namei.c`` and defined here with the same names.
+``fs/ext4/namei.c``; all are defined in :mod:`.definitions` with the same names,
+and this module holds their constants and the packers derived from them.
 """
 
 from __future__ import annotations
 
-from construct import Bytes, Int8ul, Int16ul, Int32ul, Struct
-
-from .packing import FastPacker, field, field_offsets
+from .packing import FastPacker, field, field_offset, structure_size
 from .superblock import BLOCK_SIZE
 
 __all__ = [
@@ -43,15 +42,6 @@ __all__ = [
     "FT_SOCK",
     "FT_SYMLINK",
     "dir_rec_len",
-    "dx_countlimit",
-    "dx_entry",
-    "dx_node",
-    "dx_root",
-    "dx_root_info",
-    "dx_tail",
-    "ext4_dir_entry_2",
-    "ext4_dir_entry_tail",
-    "fake_dirent",
 ]
 
 # file_type of a directory entry (EXT4_FT_*); 0 is "unknown", which ext4gen never writes
@@ -66,24 +56,8 @@ DX_HASH_HALF_MD4 = 1
 EXT4_HTREE_LEVEL_COMPAT = 2
 EXT4_HTREE_LEVEL = 3
 
-# struct ext4_dir_entry_2 header; the name follows, padded to EXT4_DIR_PAD.
-ext4_dir_entry_2 = Struct(
-    "inode" / Int32ul,
-    "rec_len" / Int16ul,
-    "name_len" / Int8ul,
-    "file_type" / Int8ul,
-)
-# struct ext4_dir_entry_tail: a fake 12-byte entry ending each leaf block.
-ext4_dir_entry_tail = Struct(
-    "det_reserved_zero1" / Int32ul,
-    "det_rec_len" / Int16ul,
-    "det_reserved_zero2" / Int8ul,
-    "det_reserved_ft" / Int8ul,
-    "det_checksum" / Int32ul,
-)
 
-
-_DIRENT_HEADER = ext4_dir_entry_2.sizeof()
+_DIRENT_HEADER = structure_size("ext4_dir_entry_2")
 
 
 def dir_rec_len(name_len: int) -> int:
@@ -92,58 +66,25 @@ def dir_rec_len(name_len: int) -> int:
 
 
 # -- htree -------------------------------------------------------------------
-# namei.c's fake_dirent (the header that hides an index block from linear readers) is
-# ext4_dir_entry_2's header under another name
-fake_dirent = ext4_dir_entry_2
-dx_root_info = Struct(
-    "reserved_zero" / Int32ul,
-    "hash_version" / Int8ul,
-    "info_length" / Int8ul,
-    "indirect_levels" / Int8ul,
-    "unused_flags" / Int8ul,
-)
-# block 0 of an indexed directory: "." and ".." (whose rec_len spans the block),
-# then the info, then the dx_entry array
-dx_root = Struct(
-    "dot" / fake_dirent,
-    "dot_name" / Bytes(4),
-    "dotdot" / fake_dirent,
-    "dotdot_name" / Bytes(4),
-    "info" / dx_root_info,
-)
-dx_node = Struct("fake" / fake_dirent)  # an interior index block: one empty entry, then entries
-# the first dx_entry of every index block: its hash slot holds the count and limit
-dx_countlimit = Struct(
-    "limit" / Int16ul,
-    "count" / Int16ul,
-)
-dx_entry = Struct(
-    "hash" / Int32ul,
-    "block" / Int32ul,
-)
-dx_tail = Struct(  # ends an index block's entry area under metadata_csum
-    "dt_reserved" / Int32ul,
-    "dt_checksum" / Int32ul,
-)
 
 # inline_data directories start with the parent's inode number instead of "." and ".."
 EXT4_INLINE_DOTDOT_SIZE = 4
 
-DIR_ENTRY = FastPacker(ext4_dir_entry_2)
-DIR_TAIL = FastPacker(ext4_dir_entry_tail)
+DIR_ENTRY = FastPacker("ext4_dir_entry_2")
+DIR_TAIL = FastPacker("ext4_dir_entry_tail")
 DIR_TAIL_SIZE = DIR_TAIL.size
 DET_CHECKSUM = DIR_TAIL.field("det_checksum")
-DX_ROOT_INFO = FastPacker(dx_root_info)
-DX_COUNTLIMIT = FastPacker(dx_countlimit)
-DX_ENTRY = FastPacker(dx_entry)
-DX_TAIL = FastPacker(dx_tail)
+DX_ROOT_INFO = FastPacker("dx_root_info")
+DX_COUNTLIMIT = FastPacker("dx_countlimit")
+DX_ENTRY = FastPacker("dx_entry")
+DX_TAIL = FastPacker("dx_tail")
 DX_TAIL_SIZE = DX_TAIL.size
-DX_ROOT_INFO_OFFSET = field_offsets(dx_root)["info"]
-DX_ROOT_ENTRIES_OFFSET = dx_root.sizeof()  # 32
-DX_NODE_ENTRIES_OFFSET = dx_node.sizeof()  # 8
+DX_ROOT_INFO_OFFSET = field_offset("dx_root", "info")
+DX_ROOT_ENTRIES_OFFSET = structure_size("dx_root")  # 32
+DX_NODE_ENTRIES_OFFSET = structure_size("dx_node")  # 8
 DX_ROOT_LIMIT = (BLOCK_SIZE - DX_ROOT_ENTRIES_OFFSET - DX_TAIL_SIZE) // DX_ENTRY.size  # 507
 DX_NODE_LIMIT = (BLOCK_SIZE - DX_NODE_ENTRIES_OFFSET - DX_TAIL_SIZE) // DX_ENTRY.size  # 510
 
-assert DIR_ENTRY.size == fake_dirent.sizeof() == 8 and DIR_TAIL_SIZE == 12
-assert DX_COUNTLIMIT.size + field(dx_entry, "block").size == DX_ENTRY.size
+assert DIR_ENTRY.size == structure_size("dx_node") == 8 and DIR_TAIL_SIZE == 12
+assert DX_COUNTLIMIT.size + field("dx_entry", "block").size == DX_ENTRY.size
 assert (DX_ROOT_LIMIT, DX_NODE_LIMIT) == (507, 510)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from construct import Int16ul, Int32ul, Struct
-
 from .inode import I_BLOCK_SIZE
 from .packing import FastPacker
 from .superblock import BLOCK_SIZE
@@ -19,41 +17,16 @@ __all__ = [
     "EXTENT_TAIL",
     "EXTENT_TAIL_OFFSET",
     "EXT_INIT_MAX_LEN",
-    "ext4_extent",
-    "ext4_extent_header",
-    "ext4_extent_idx",
-    "ext4_extent_tail",
 ]
 
 EXT4_EXT_MAGIC = 0xF30A
 EXT_INIT_MAX_LEN = 32768  # longest initialized extent (ee_len's top bit marks unwritten ones)
 
-ext4_extent_header = Struct(
-    "eh_magic" / Int16ul,
-    "eh_entries" / Int16ul,
-    "eh_max" / Int16ul,
-    "eh_depth" / Int16ul,
-    "eh_generation" / Int32ul,
-)
-ext4_extent = Struct(
-    "ee_block" / Int32ul,
-    "ee_len" / Int16ul,
-    "ee_start_hi" / Int16ul,
-    "ee_start_lo" / Int32ul,
-)
-ext4_extent_idx = Struct(
-    "ei_block" / Int32ul,
-    "ei_leaf_lo" / Int32ul,
-    "ei_leaf_hi" / Int16ul,
-    "ei_unused" / Int16ul,
-)
+EXTENT_HEADER = FastPacker("ext4_extent_header")
+EXTENT = FastPacker("ext4_extent")
+EXTENT_IDX = FastPacker("ext4_extent_idx")
 # follows the last slot (eh_max) of a tree block: crc32c(uuid+inum+igeneration+block)
-ext4_extent_tail = Struct("et_checksum" / Int32ul)
-
-EXTENT_HEADER = FastPacker(ext4_extent_header)
-EXTENT = FastPacker(ext4_extent)
-EXTENT_IDX = FastPacker(ext4_extent_idx)
-EXTENT_TAIL = FastPacker(ext4_extent_tail)
+EXTENT_TAIL = FastPacker("ext4_extent_tail")
 EXTENT_ENTRY_SIZE = EXTENT.size
 EXTENTS_IN_INODE = (I_BLOCK_SIZE - EXTENT_HEADER.size) // EXTENT_ENTRY_SIZE  # 4
 EXTENTS_PER_BLOCK = (BLOCK_SIZE - EXTENT_HEADER.size - EXTENT_TAIL.size) // EXTENT_ENTRY_SIZE  # 340

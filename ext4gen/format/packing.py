@@ -1,19 +1,19 @@
 """Packers derived from the construct definitions: construct says what the bytes are, once.
 
-construct's ``build`` is the readable, declarative definition, but costs tens of
-microseconds per structure; rendering a million inodes needs ``struct``.  Every
-fast path here is *derived* from a construct ``Struct`` (formats, offsets, sizes),
-so the two cannot disagree, and fields are always given by name:
+construct's ``build`` is the readable, declarative definition (:mod:`.definitions`),
+but costs tens of microseconds per structure, and importing construct costs every
+serve's start; rendering a million inodes needs ``struct``.  Every fast path here
+is *derived* from a definition, through its layout in ``_layouts.py`` (field
+offsets, sizes, ``struct`` codes and constants, which the tests hold equal to what
+construct says), so the two cannot disagree, and fields are always given by name:
 
 - :class:`FastPacker` — the whole structure as one ``struct.Struct``;
-  ``pack(**fields)`` fills unnamed fields with zero.
+  ``pack(**fields)`` fills unnamed fields with zero (and constants with their value).
 - :meth:`FastPacker.fields` — a packer precompiled for one fixed set of field
   names (keyword-only, all required), every other field zero: the hot paths'
   named packing at nearly positional speed.
 - :class:`Field` — one field's offset and format (checksums patched in after the
   fact, a magic number probed in a file).
-- :func:`build` — construct's own build with zero defaults, for structures with
-  arrays or constants that are rendered rarely (the superblock).
 """
 
 from __future__ import annotations
@@ -22,71 +22,26 @@ import keyword
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
-from construct import Array, Bytes, Const, FormatField, Renamed, Struct
+from ._layouts import LAYOUTS
 
-__all__ = ["FastPacker", "Field", "NamedPacker", "build", "field", "field_offsets", "zero_fields"]
+__all__ = ["FastPacker", "Field", "NamedPacker", "field", "field_offset", "structure_size"]
 
-
-def _leaf(sub: Renamed) -> Any:
-    inner = sub.subcon
-    return inner.subcon if isinstance(inner, Const) else inner
-
-
-def _format(sub: Renamed) -> str:
-    """The ``struct`` code of one fixed-size field (no byte-order prefix)."""
-    inner = _leaf(sub)
-    if isinstance(inner, FormatField):
-        return inner.fmtstr.lstrip("<>=")
-    if isinstance(inner, Bytes) and isinstance(inner.length, int):
-        return f"{inner.length}s"
-    raise TypeError(f"{sub.name}: {inner!r} has no single struct format")
+# One field of a structure: name, offset, size, struct code (None: a nested structure,
+# not packed flat) and constant value (None: set by the caller).
+FieldLayout = tuple[str, int, int, "str | None", "int | None"]
+Layout = tuple[FieldLayout, ...]
 
 
-def _zero(con: Any) -> Any:
-    if isinstance(con, FormatField):
-        return 0
-    if isinstance(con, Bytes):
-        return bytes(con.length)
-    if isinstance(con, Array):
-        return [_zero(con.subcon)] * con.count
-    if isinstance(con, Struct):
-        return zero_fields(con)
-    raise TypeError(f"no zero value for {con!r}")
+def structure_size(name: str) -> int:
+    """sizeof the structure ``name`` (a key of ``_layouts.LAYOUTS``)."""
+    *_, (_, offset, size, _, _) = LAYOUTS[name]
+    return offset + size
 
 
-def field_offsets(definition: Struct) -> dict[str, int]:
-    """Byte offset of every top-level field (fixed-size structures only)."""
-    out, pos = {}, 0
-    for sub in definition.subcons:
-        out[sub.name] = pos
-        pos += sub.sizeof()
-    return out
-
-
-def zero_fields(definition: Struct) -> dict[str, Any]:
-    """A value for every non-constant field: 0, zero bytes, arrays and sub-structures of zeros."""
-    return {sub.name: _zero(sub.subcon) for sub in definition.subcons if not isinstance(sub.subcon, Const)}
-
-
-def build(definition: Struct, **fields: Any) -> bytes:
-    """construct's build with every field not named here zero (constants keep their value).
-
-    A misspelt name raises instead of silently leaving the real field zero.
-    """
-    values = dict(_zeros(definition))
-    unknown = fields.keys() - values.keys()
-    if unknown:
-        raise KeyError(f"unknown fields {sorted(unknown)}")
-    values.update(fields)
-    return definition.build(values)
-
-
-@lru_cache(maxsize=32)
-def _zeros(definition: Struct) -> dict[str, Any]:
-    return zero_fields(definition)
+def field_offset(name: str, field_name: str) -> int:
+    return next(f[1] for f in LAYOUTS[name] if f[0] == field_name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,55 +63,75 @@ class Field:
         return self.struct.unpack_from(buf, base + self.offset)[0]
 
 
-def field(definition: Struct, name: str) -> Field:
-    """The :class:`Field` ``name`` of ``definition``, its offset summed from the definition."""
-    offset = field_offsets(definition)[name]
-    sub = next(s for s in definition.subcons if s.name == name)
-    fmt = struct.Struct("<" + _format(sub))
-    return Field(name, offset, fmt.size, fmt)
+def field(structure: str, name: str) -> Field:
+    """The :class:`Field` ``name`` of the structure ``structure``."""
+    for fname, offset, size, code, _ in LAYOUTS[structure]:
+        if fname == name:
+            if code is None:
+                raise TypeError(f"{structure}.{name} is a nested structure, not one field")
+            fmt = struct.Struct("<" + code)
+            return Field(name, offset, size, fmt)
+    raise KeyError(f"{structure} has no field {name!r}")
 
 
 class FastPacker:
-    """A ``struct.Struct`` derived from a construct ``Struct`` of fixed-size fields.
+    """A ``struct.Struct`` derived from a structure of fixed-size fields.
 
+    ``name`` is the structure's name in :mod:`.definitions` (its layout is
+    ``_layouts.LAYOUTS[name]``, unless a ``layout`` is given).
     ``pack_tuple``/``pack_into`` take every field in definition order (for the
     small, fixed structures whose four or five fields read plainly at the call);
     ``pack(**fields)`` and :meth:`fields` take names.
     """
 
-    def __init__(self, definition: Struct) -> None:
-        self.definition = definition
+    def __init__(self, name: str, layout: Layout | None = None) -> None:
+        self.name = name
+        self.layout = LAYOUTS[name] if layout is None else layout
         self.names: list[str] = []
-        self._subs: dict[str, Renamed] = {}
-        defaults: list[Any] = []
-        for sub in definition.subcons:
-            assert isinstance(sub, Renamed), sub
-            if isinstance(sub.subcon, Const):
-                raise TypeError(f"{sub.name}: Const fields are not fast-packable")
-            _format(sub)  # raises for fields struct cannot express
-            self.names.append(sub.name)
-            self._subs[sub.name] = sub
-            defaults.append(0 if isinstance(sub.subcon, FormatField) else b"")
-        self.struct = struct.Struct("<" + "".join(_format(s) for s in self._subs.values()))
+        self.offsets: dict[str, int] = {}
+        self._fields: dict[str, FieldLayout] = {}
+        self._defaults: dict[str, Any] = {}  # the fields pack() takes, with their zero
+        self._constants: dict[str, int] = {}
+        for f in self.layout:
+            fname, offset, _size, code, const = f
+            if code is None:
+                raise TypeError(f"{name}.{fname}: a nested structure is not fast-packable")
+            self.names.append(fname)
+            self.offsets[fname] = offset
+            self._fields[fname] = f
+            if const is not None:
+                self._constants[fname] = const
+            else:
+                self._defaults[fname] = b"" if code.endswith("s") else 0
+        self.struct = struct.Struct("<" + "".join(f[3] for f in self._fields.values()))  # type: ignore[misc]
         self.size = self.struct.size
-        self.offsets = field_offsets(definition)
-        self._defaults = dict(zip(self.names, defaults, strict=True))
+        assert self.size == sum(f[2] for f in self.layout), name
         self.pack_into = self.struct.pack_into
         self.pack_tuple = self.struct.pack
         self.unpack_from = self.struct.unpack_from
+
+    @property
+    def definition(self) -> Any:
+        """The construct definition this packer derives from (loads construct: tests only)."""
+        from .definitions import STRUCTURES
+
+        return STRUCTURES[self.name]
 
     def pack(self, **fields: Any) -> bytes:
         """The structure with the named fields set and every other field zero."""
         unknown = fields.keys() - self._defaults.keys()
         if unknown:
             raise KeyError(f"unknown fields {sorted(unknown)}")
-        return self.struct.pack(*(fields.get(n, d) for n, d in self._defaults.items()))
+        constants = self._constants
+        return self.struct.pack(*(constants[n] if n in constants else fields.get(n, self._defaults[n])
+                                  for n in self.names))
 
     def unpack(self, data: bytes | bytearray | memoryview, offset: int = 0) -> dict[str, Any]:
         return dict(zip(self.names, self.struct.unpack_from(data, offset), strict=True))
 
     def field(self, name: str) -> Field:
-        return field(self.definition, name)
+        fname, offset, size, code, _ = self._fields[name]
+        return Field(fname, offset, size, struct.Struct("<" + code))  # type: ignore[operator]
 
     def fields(self, *names: str) -> NamedPacker:
         """A packer for exactly ``names`` (keyword-only, all required); the rest packs as zeros."""
@@ -180,12 +155,14 @@ class NamedPacker:
         unknown = [n for n in names if n not in packer.offsets]
         if unknown or len(set(names)) != len(names):
             raise KeyError(f"unknown or repeated fields {unknown or sorted(names)}")
+        if packer._constants:  # unnamed fields become pad bytes: a constant would be lost
+            raise TypeError(f"{packer.name} has constants: pack it with pack()")
         self.names = tuple(n for n in packer.names if n in names)  # definition order
         self.size = packer.size
         fmt = ["<"]
         for n in packer.names:
-            sub = packer._subs[n]
-            fmt.append(_format(sub) if n in names else f"{sub.sizeof()}x")
+            _, _, size, code, _ = packer._fields[n]
+            fmt.append(code if n in names else f"{size}x")  # type: ignore[arg-type]
         self.struct = struct.Struct("".join(fmt))
         assert self.struct.size == packer.size
         self.pack_into: Callable[..., None] = _keyword_function(self.struct.pack_into, self.names)

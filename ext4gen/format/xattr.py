@@ -10,8 +10,6 @@ ext4's compact form (``ext4_acl_*``, version 1).
 
 from __future__ import annotations
 
-from construct import Bytes, Int8ul, Int16ul, Int32ul, Struct
-
 from .packing import FastPacker
 
 __all__ = [
@@ -22,9 +20,7 @@ __all__ = [
     "EXT4_XATTR_INDEX_USER", "EXT4_XATTR_MAGIC", "EXT4_XATTR_PAD", "H_CHECKSUM",
     "POSIX_ACL_XATTR_VERSION", "VFS_ACL_ENTRY", "VFS_ACL_HEADER", "XATTR_BLOCK_CSUM_OFFSET",
     "XATTR_END_SIZE", "XATTR_ENTRY", "XATTR_HEADER", "XATTR_HEADER_SIZE", "XATTR_IBODY_HEADER",
-    "XATTR_REFCOUNT_MAX", "ext4_acl_entry", "ext4_acl_entry_short", "ext4_acl_header",
-    "ext4_xattr_entry", "ext4_xattr_header", "ext4_xattr_ibody_header", "posix_acl_xattr_entry",
-    "posix_acl_xattr_header",
+    "XATTR_REFCOUNT_MAX",
 ]
 
 EXT4_XATTR_MAGIC = 0xEA020000
@@ -40,23 +36,6 @@ EXT4_XATTR_INDEX_TRUSTED = 4
 EXT4_XATTR_INDEX_SECURITY = 6
 EXT4_XATTR_INDEX_SYSTEM = 7
 
-ext4_xattr_header = Struct(
-    "h_magic" / Int32ul,
-    "h_refcount" / Int32ul,
-    "h_blocks" / Int32ul,
-    "h_hash" / Int32ul,
-    "h_checksum" / Int32ul,
-    "h_reserved" / Bytes(12),
-)
-ext4_xattr_ibody_header = Struct("h_magic" / Int32ul)
-ext4_xattr_entry = Struct(
-    "e_name_len" / Int8ul,
-    "e_name_index" / Int8ul,
-    "e_value_offs" / Int16ul,
-    "e_value_inum" / Int32ul,
-    "e_value_size" / Int32ul,
-    "e_hash" / Int32ul,
-)
 
 # POSIX ACL tags and permission bits (include/uapi/linux/posix_acl.h)
 ACL_USER_OBJ, ACL_USER, ACL_GROUP_OBJ, ACL_GROUP, ACL_MASK, ACL_OTHER = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
@@ -65,22 +44,16 @@ ACL_UNDEFINED_ID = 0xFFFFFFFF
 POSIX_ACL_XATTR_VERSION = 2
 EXT4_ACL_VERSION = 1
 
-posix_acl_xattr_header = Struct("a_version" / Int32ul)
-posix_acl_xattr_entry = Struct("e_tag" / Int16ul, "e_perm" / Int16ul, "e_id" / Int32ul)
-ext4_acl_header = Struct("a_version" / Int32ul)
-ext4_acl_entry = Struct("e_tag" / Int16ul, "e_perm" / Int16ul, "e_id" / Int32ul)
-ext4_acl_entry_short = Struct("e_tag" / Int16ul, "e_perm" / Int16ul)  # tags without an id
-
-XATTR_HEADER = FastPacker(ext4_xattr_header)
-XATTR_IBODY_HEADER = FastPacker(ext4_xattr_ibody_header)
-XATTR_ENTRY = FastPacker(ext4_xattr_entry)
+XATTR_HEADER = FastPacker("ext4_xattr_header")
+XATTR_IBODY_HEADER = FastPacker("ext4_xattr_ibody_header")
+XATTR_ENTRY = FastPacker("ext4_xattr_entry")
 XATTR_HEADER_SIZE = XATTR_HEADER.size
 H_CHECKSUM = XATTR_HEADER.field("h_checksum")
 XATTR_BLOCK_CSUM_OFFSET = H_CHECKSUM.offset
-VFS_ACL_HEADER = FastPacker(posix_acl_xattr_header)
-VFS_ACL_ENTRY = FastPacker(posix_acl_xattr_entry)
-ACL_HEADER = FastPacker(ext4_acl_header)
-ACL_ENTRY = FastPacker(ext4_acl_entry)
-ACL_ENTRY_SHORT = FastPacker(ext4_acl_entry_short)
+VFS_ACL_HEADER = FastPacker("posix_acl_xattr_header")
+VFS_ACL_ENTRY = FastPacker("posix_acl_xattr_entry")
+ACL_HEADER = FastPacker("ext4_acl_header")
+ACL_ENTRY = FastPacker("ext4_acl_entry")
+ACL_ENTRY_SHORT = FastPacker("ext4_acl_entry_short")
 
 assert XATTR_HEADER_SIZE == 32 and XATTR_ENTRY.size == 16

@@ -44,7 +44,6 @@ from ..format.inode import (
     INODE_SIZE,
     INODES_PER_BLOCK,
 )
-from ..format.packing import build
 from ..format.superblock import (
     BG_CHECKSUM,
     BLOCK_SIZE,
@@ -67,9 +66,9 @@ from ..format.superblock import (
     LOG_BLOCK_SIZE,
     MAX_MNT_COUNT_NEVER,
     S_CHECKSUM,
+    SUPERBLOCK,
     SUPERBLOCK_OFFSET,
     SUPERBLOCK_SIZE,
-    ext4_super_block,
 )
 from ..layout import dirents, inline
 from ..layout.plan import InodePlan, Plan
@@ -193,8 +192,8 @@ class MetadataGenerator:
         plan, geo = self.plan, self.geo
         epoch = max(0, min(plan.options.epoch_ns // times.NS, (1 << 40) - 1))
         lo, hi = epoch & 0xFFFFFFFF, epoch >> 32
-        raw = bytearray(build(
-            ext4_super_block, **SUPERBLOCK_CONSTANTS,
+        raw = bytearray(SUPERBLOCK.pack(
+            **SUPERBLOCK_CONSTANTS,
             s_inodes_count=geo.inodes_count,
             s_blocks_count_lo=geo.blocks_count & 0xFFFFFFFF,
             s_blocks_count_hi=geo.blocks_count >> 32,

@@ -1,9 +1,11 @@
 """format/: the derived packers agree with construct, and the layouts agree with the kernel.
 
-construct's definitions are the one statement of every structure; the fast
-packers, named packers, single-field slots and checksum offsets are all derived
-from them.  The first half proves the derivations produce construct's bytes for
-random values; the second half holds the definitions against offsets and sizes
+construct's definitions (format/definitions.py) are the one statement of every
+structure; the layouts in format/_layouts.py, and through them the fast packers,
+named packers, single-field slots and checksum offsets, are all derived from
+them.  The first half proves the layouts are what the definitions say now and the
+derivations produce construct's bytes for random values; the second half holds
+the definitions against offsets and sizes
 written down from the kernel (``fs/ext4/ext4.h``, ``fs/ext4/namei.c``,
 ``fs/ext4/xattr.h``, ``fs/ext4/acl.h``, ``fs/ext4/ext4_extents.h``), not
 computed by ext4gen.
@@ -16,14 +18,14 @@ import struct
 from typing import Any
 
 import pytest
-from construct import Bytes, Const, FormatField, Struct
+from construct import Array, Bytes, Const, FormatField, Struct
 
-from ext4gen.format import directory, extents, inode, ondisk, superblock, xattr
-from ext4gen.format.packing import FastPacker, NamedPacker, build, field, field_offsets, zero_fields
+from ext4gen.format import _layouts, definitions, directory, extents, inode, ondisk, superblock, xattr
+from ext4gen.format.definitions import build, field_offsets, zero_fields
+from ext4gen.format.packing import FastPacker, NamedPacker, field
 
 MODULES = (superblock, inode, directory, extents, xattr)
-DEFINITIONS = {f"{m.__name__.rsplit('.', 1)[1]}.{n}": v
-               for m in MODULES for n, v in vars(m).items() if isinstance(v, Struct)}
+DEFINITIONS: dict[str, Struct] = definitions.STRUCTURES
 PACKERS = {f"{m.__name__.rsplit('.', 1)[1]}.{n}": v
            for m in MODULES for n, v in vars(m).items() if isinstance(v, FastPacker)}
 
@@ -32,18 +34,38 @@ def _random_value(sub: Any, rng: random.Random) -> Any:
     inner = sub.subcon
     if isinstance(inner, FormatField):
         return rng.getrandbits(8 * struct.calcsize(inner.fmtstr))
+    if isinstance(inner, Array):
+        return [rng.getrandbits(8 * struct.calcsize(inner.subcon.fmtstr)) for _ in range(inner.count)]
     assert isinstance(inner, Bytes), sub
     return rng.randbytes(inner.length)
 
 
 def _random_fields(definition: Struct, rng: random.Random) -> dict[str, Any]:
-    return {sub.name: _random_value(sub, rng) for sub in definition.subcons}
+    """A random value for every field construct builds from a value (not the constants)."""
+    return {sub.name: _random_value(sub, rng) for sub in definition.subcons
+            if not isinstance(sub.subcon, Const)}
 
 
-def test_every_packer_is_derived_from_a_definition_in_its_module() -> None:
-    assert len(PACKERS) >= 15
+def _packer_values(definition: Struct, values: dict[str, Any]) -> dict[str, Any]:
+    """construct's values as the derived packer takes them: an array as its bytes."""
+    out = dict(values)
+    for sub in definition.subcons:
+        if isinstance(sub.subcon, Array):
+            out[sub.name] = sub.subcon.build(values[sub.name])
+    return out
+
+
+def test_the_layouts_file_is_what_the_definitions_say() -> None:
+    assert _layouts.LAYOUTS == definitions.derive_layouts()
+    assert definitions.LAYOUTS_FILE.read_text() == definitions.layouts_text(), \
+        "format/_layouts.py is stale: run python -m ext4gen.format.definitions"
+
+
+def test_every_packer_is_derived_from_a_definition() -> None:
+    assert len(PACKERS) >= 16
     for name, packer in PACKERS.items():
         assert packer.definition in DEFINITIONS.values(), name
+        assert packer.layout == definitions.layout_of(packer.definition), name
         assert packer.size == packer.definition.sizeof(), name
         assert packer.names == [s.name for s in packer.definition.subcons], name
 
@@ -51,19 +73,36 @@ def test_every_packer_is_derived_from_a_definition_in_its_module() -> None:
 @pytest.mark.parametrize("name", sorted(PACKERS))
 def test_fast_packer_builds_what_construct_builds(name: str) -> None:
     packer = PACKERS[name]
+    definition = packer.definition
+    consts = {s.name: s.subcon.value for s in definition.subcons if isinstance(s.subcon, Const)}
     rng = random.Random(name)
     for _ in range(200):
-        values = _random_fields(packer.definition, rng)
-        built = packer.definition.build(values)
-        assert packer.pack(**values) == built
-        assert packer.pack_tuple(*(values[n] for n in packer.names)) == built
+        values = _random_fields(definition, rng)
+        built = definition.build(values)
+        given = _packer_values(definition, values)
+        assert packer.pack(**given) == built
+        every = {**given, **consts}
+        assert packer.pack_tuple(*(every[n] for n in packer.names)) == built
         buf = bytearray(packer.size + 5)
-        packer.pack_into(buf, 5, *(values[n] for n in packer.names))
+        packer.pack_into(buf, 5, *(every[n] for n in packer.names))
         assert bytes(buf[5:]) == built
-        assert packer.unpack(built) == values
+        assert packer.unpack(built) == every
 
 
-@pytest.mark.parametrize("name", sorted(PACKERS))
+def test_the_superblock_packer_keeps_the_magic_and_refuses_to_set_it() -> None:
+    raw = superblock.SUPERBLOCK.pack(s_inodes_count=7)
+    assert raw[0x38:0x3A] == b"\x53\xef" and raw[:4] == (7).to_bytes(4, "little")
+    assert raw == build(definitions.ext4_super_block, s_inodes_count=7)
+    with pytest.raises(KeyError):
+        superblock.SUPERBLOCK.pack(s_magic=0xEF53)
+    with pytest.raises(TypeError):  # unnamed fields pack as pad bytes: the magic would be lost
+        superblock.SUPERBLOCK.fields("s_inodes_count")
+
+
+NAMED = sorted(n for n, p in PACKERS.items() if all(f[4] is None for f in p.layout))  # no constants
+
+
+@pytest.mark.parametrize("name", NAMED)
 def test_named_packer_sets_exactly_its_fields_and_zeroes_the_rest(name: str) -> None:
     packer = PACKERS[name]
     rng = random.Random(name + "named")
@@ -95,7 +134,7 @@ def test_named_packer_refuses_missing_extra_and_unknown_names() -> None:
     assert isinstance(named, NamedPacker)
 
 
-@pytest.mark.parametrize("name", ["superblock.ext4_super_block", "directory.dx_root"])
+@pytest.mark.parametrize("name", ["ext4_super_block", "dx_root"])
 def test_build_with_zero_defaults_matches_a_full_construct_build(name: str) -> None:
     definition = DEFINITIONS[name]
     values = zero_fields(definition)
@@ -106,9 +145,9 @@ def test_build_with_zero_defaults_matches_a_full_construct_build(name: str) -> N
 
 
 def test_superblock_build_keeps_the_magic_and_sets_named_fields() -> None:
-    raw = build(superblock.ext4_super_block, s_inodes_count=7, s_uuid=bytes(range(16)),
+    raw = build(definitions.ext4_super_block, s_inodes_count=7, s_uuid=bytes(range(16)),
                 s_jnl_blocks=list(range(17)))
-    sb = superblock.ext4_super_block.parse(raw)
+    sb = definitions.ext4_super_block.parse(raw)
     assert sb.s_magic == superblock.EXT4_SUPER_MAGIC
     assert sb.s_inodes_count == 7 and sb.s_uuid == bytes(range(16))
     assert list(sb.s_jnl_blocks) == list(range(17))
@@ -118,13 +157,13 @@ def test_superblock_build_keeps_the_magic_and_sets_named_fields() -> None:
 
 def test_fields_read_and_write_where_construct_puts_them() -> None:
     rng = random.Random(3)
-    for definition in DEFINITIONS.values():
+    for name, definition in DEFINITIONS.items():
         offsets = field_offsets(definition)
         for sub in definition.subcons:
             inner = sub.subcon.subcon if isinstance(sub.subcon, Const) else sub.subcon
             if not isinstance(inner, FormatField):
                 continue
-            f = field(definition, sub.name)
+            f = field(name, sub.name)
             assert f.offset == offsets[sub.name] and f.size == sub.sizeof()
             buf = bytearray(build(definition))  # zeros, and the superblock's magic
             value = rng.getrandbits(8 * f.size)
@@ -159,33 +198,33 @@ INODE_OFFSETS = {
     "i_ctime_extra": 0x84, "i_crtime": 0x90, "i_version_hi": 0x98, "i_projid": 0x9C,
 }
 SIZES = {  # sizeof(struct ...)
-    "superblock.ext4_super_block": 1024, "superblock.ext4_group_desc": 64,
-    "inode.ext4_inode": 160,  # up to i_projid: 128 + i_extra_isize 32
-    "directory.ext4_dir_entry_2": 8,  # without name[]
-    "directory.ext4_dir_entry_tail": 12, "directory.dx_root_info": 8,
-    "directory.dx_root": 32,  # without entries[]
-    "directory.dx_node": 8, "directory.dx_countlimit": 4, "directory.dx_entry": 8,
-    "directory.dx_tail": 8, "extents.ext4_extent_header": 12, "extents.ext4_extent": 12,
-    "extents.ext4_extent_idx": 12, "extents.ext4_extent_tail": 4,
-    "xattr.ext4_xattr_header": 32, "xattr.ext4_xattr_ibody_header": 4,
-    "xattr.ext4_xattr_entry": 16,  # without e_name[]
-    "xattr.posix_acl_xattr_header": 4, "xattr.posix_acl_xattr_entry": 8,
-    "xattr.ext4_acl_header": 4, "xattr.ext4_acl_entry": 8, "xattr.ext4_acl_entry_short": 4,
+    "ext4_super_block": 1024, "ext4_group_desc": 64,
+    "ext4_inode": 160,  # up to i_projid: 128 + i_extra_isize 32
+    "ext4_dir_entry_2": 8,  # without name[]
+    "ext4_dir_entry_tail": 12, "dx_root_info": 8,
+    "dx_root": 32,  # without entries[]
+    "dx_node": 8, "dx_countlimit": 4, "dx_entry": 8,
+    "dx_tail": 8, "ext4_extent_header": 12, "ext4_extent": 12,
+    "ext4_extent_idx": 12, "ext4_extent_tail": 4,
+    "ext4_xattr_header": 32, "ext4_xattr_ibody_header": 4,
+    "ext4_xattr_entry": 16,  # without e_name[]
+    "posix_acl_xattr_header": 4, "posix_acl_xattr_entry": 8,
+    "ext4_acl_header": 4, "ext4_acl_entry": 8, "ext4_acl_entry_short": 4,
 }
 
 
 KERNEL_OFFSETS = {
-    "superblock.ext4_super_block": SUPERBLOCK_OFFSETS,
-    "superblock.ext4_group_desc": GROUP_DESC_OFFSETS,
-    "inode.ext4_inode": INODE_OFFSETS,
-    "directory.ext4_dir_entry_tail": {"det_rec_len": 4, "det_reserved_ft": 7, "det_checksum": 8},
-    "directory.dx_root": {"dot": 0x00, "dot_name": 0x08, "dotdot": 0x0C, "dotdot_name": 0x14,
+    "ext4_super_block": SUPERBLOCK_OFFSETS,
+    "ext4_group_desc": GROUP_DESC_OFFSETS,
+    "ext4_inode": INODE_OFFSETS,
+    "ext4_dir_entry_tail": {"det_rec_len": 4, "det_reserved_ft": 7, "det_checksum": 8},
+    "dx_root": {"dot": 0x00, "dot_name": 0x08, "dotdot": 0x0C, "dotdot_name": 0x14,
                           "info": 0x18},
-    "directory.dx_root_info": {"hash_version": 4, "info_length": 5, "indirect_levels": 6},
-    "extents.ext4_extent": {"ee_len": 4, "ee_start_hi": 6, "ee_start_lo": 8},
-    "extents.ext4_extent_idx": {"ei_leaf_lo": 4, "ei_leaf_hi": 8},
-    "xattr.ext4_xattr_header": {"h_refcount": 4, "h_hash": 12, "h_checksum": 16, "h_reserved": 20},
-    "xattr.ext4_xattr_entry": {"e_name_index": 1, "e_value_offs": 2, "e_value_inum": 4,
+    "dx_root_info": {"hash_version": 4, "info_length": 5, "indirect_levels": 6},
+    "ext4_extent": {"ee_len": 4, "ee_start_hi": 6, "ee_start_lo": 8},
+    "ext4_extent_idx": {"ei_leaf_lo": 4, "ei_leaf_hi": 8},
+    "ext4_xattr_header": {"h_refcount": 4, "h_hash": 12, "h_checksum": 16, "h_reserved": 20},
+    "ext4_xattr_entry": {"e_name_index": 1, "e_value_offs": 2, "e_value_inum": 4,
                                "e_value_size": 8, "e_hash": 12},
 }
 
@@ -203,7 +242,7 @@ def test_structure_sizes_match_the_kernel(name: str) -> None:
 
 
 def test_every_definition_has_a_kernel_size_here() -> None:
-    assert set(DEFINITIONS) - {"directory.fake_dirent"} == set(SIZES)
+    assert set(DEFINITIONS) == set(SIZES)
 
 
 def test_checksum_and_magic_positions_are_the_kernels() -> None:

@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from ext4gen.format.ondisk import ext4_super_block
+from ext4gen.format.definitions import ext4_super_block
 from ext4gen.render.image import Image
 
 BLOCK = 4096

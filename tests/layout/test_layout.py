@@ -18,7 +18,8 @@ from conftest import prove
 from helpers.readers import dumpe2fs, superblock
 
 import ext4gen
-from ext4gen.format.ondisk import BLOCK_SIZE, BLOCKS_PER_GROUP, INODE_SIZE, ext4_extent_header, ext4_inode
+from ext4gen.format.definitions import ext4_extent_header, ext4_inode
+from ext4gen.format.ondisk import BLOCK_SIZE, BLOCKS_PER_GROUP, INODE_SIZE
 from ext4gen.layout.extents import tree_levels
 
 pytestmark = pytest.mark.root

@@ -12,14 +12,8 @@ import random
 
 import pytest
 
-from ext4gen.format.directory import (
-    EXT4_FT_DIR_CSUM,
-    FT_DIR,
-    FT_REG_FILE,
-    FT_SYMLINK,
-    ext4_dir_entry_2,
-    ext4_dir_entry_tail,
-)
+from ext4gen.format.definitions import ext4_dir_entry_2, ext4_dir_entry_tail
+from ext4gen.format.directory import EXT4_FT_DIR_CSUM, FT_DIR, FT_REG_FILE, FT_SYMLINK
 from ext4gen.layout import dirents
 
 BLOCK = 4096

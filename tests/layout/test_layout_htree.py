@@ -10,16 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from ext4gen.format.directory import (
-    DX_HASH_HALF_MD4,
-    FT_DIR,
-    FT_REG_FILE,
-    dx_countlimit,
-    dx_entry,
-    dx_root,
-    dx_tail,
-    ext4_dir_entry_2,
-)
+from ext4gen.format.definitions import dx_countlimit, dx_entry, dx_root, dx_tail, ext4_dir_entry_2
+from ext4gen.format.directory import DX_HASH_HALF_MD4, FT_DIR, FT_REG_FILE
 from ext4gen.format.dirhash import half_md4, seed_words
 from ext4gen.layout import dirents, htree
 

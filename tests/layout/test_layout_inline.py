@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import struct
 
-from ext4gen.format.directory import FT_DIR, FT_REG_FILE, ext4_dir_entry_2
+from ext4gen.format.definitions import ext4_dir_entry_2
+from ext4gen.format.directory import FT_DIR, FT_REG_FILE
 from ext4gen.format.xattr import EXT4_XATTR_INDEX_SYSTEM
 from ext4gen.layout import inline
 from ext4gen.layout.dirents import rec_len

@@ -15,13 +15,8 @@ import random
 import pytest
 
 import ext4gen
-from ext4gen.format.ondisk import (
-    BLOCK_SIZE,
-    BLOCKS_PER_GROUP,
-    DESC_SIZE,
-    EXT4_BG_INODE_UNINIT,
-    ext4_group_desc,
-)
+from ext4gen.format.definitions import ext4_group_desc
+from ext4gen.format.ondisk import BLOCK_SIZE, BLOCKS_PER_GROUP, DESC_SIZE, EXT4_BG_INODE_UNINIT
 from ext4gen.model.options import ImageOptions
 from ext4gen.render.image import DATA, META, ZERO, Image
 

@@ -16,10 +16,15 @@ from typing import Any
 import pytest
 
 import ext4gen
-from ext4gen.format.extents import ext4_extent_header
-from ext4gen.format.inode import EXT4_EXTENTS_FL, EXT4_INLINE_DATA_FL, ext4_inode
-from ext4gen.format.superblock import ext4_group_desc, ext4_super_block
-from ext4gen.format.xattr import EXT4_XATTR_MAGIC, ext4_xattr_entry
+from ext4gen.format.definitions import (
+    ext4_extent_header,
+    ext4_group_desc,
+    ext4_inode,
+    ext4_super_block,
+    ext4_xattr_entry,
+)
+from ext4gen.format.inode import EXT4_EXTENTS_FL, EXT4_INLINE_DATA_FL
+from ext4gen.format.xattr import EXT4_XATTR_MAGIC
 from ext4gen.model import times
 from ext4gen.render.metadata import MetadataGenerator
 
