@@ -22,27 +22,24 @@ from setuptools import Extension, setup
 FLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",
          "-Wno-missing-field-initializers", "-Wno-cast-function-type"]
 
+
+def _extension(name: str, *sources: str) -> Extension:
+    """One of ours: optional (no compiler, no extension: the pure-Python path serves)."""
+    return Extension(name, sources=list(sources), extra_compile_args=FLAGS, optional=True)
+
+
 # Also read by bench/bench_serve.py, which builds them in a snapshot of a commit.
 EXTENSIONS = [
-    Extension("ext4gen.render._fastread",
-              sources=["ext4gen/render/_fastread.c", "ext4gen/render/_leases.c",
-                       "ext4gen/render/_mapped.c"],
-              extra_compile_args=FLAGS, optional=True),
-    Extension("ext4gen.model._pincheck", sources=["ext4gen/model/_pincheck.c"],
-              extra_compile_args=FLAGS, optional=True),
-    Extension("ext4gen.format._dirhash", sources=["ext4gen/format/_dirhash.c"],
-              extra_compile_args=FLAGS, optional=True),
-    Extension("ext4gen.inputs._dirscan", sources=["ext4gen/inputs/_dirscan.c"],
-              extra_compile_args=FLAGS, optional=True),
-    Extension("ext4gen.layout._hashread", sources=["ext4gen/layout/_hashread.c"],
-              extra_compile_args=FLAGS, optional=True),
-    Extension("ext4gen.layout._identity", sources=["ext4gen/layout/_identity.c"],
-              extra_compile_args=FLAGS, optional=True),
-    Extension("ext4gen.serve._logfilter", sources=["ext4gen/serve/_logfilter.c"],
-              extra_compile_args=FLAGS, optional=True),
+    _extension("ext4gen.render._fastread", "ext4gen/render/_fastread.c", "ext4gen/render/_leases.c",
+               "ext4gen/render/_mapped.c"),
+    _extension("ext4gen.model._pincheck", "ext4gen/model/_pincheck.c"),
+    _extension("ext4gen.format._dirhash", "ext4gen/format/_dirhash.c"),
+    _extension("ext4gen.inputs._dirscan", "ext4gen/inputs/_dirscan.c"),
+    _extension("ext4gen.layout._hashread", "ext4gen/layout/_hashread.c"),
+    _extension("ext4gen.layout._identity", "ext4gen/layout/_identity.c"),
+    _extension("ext4gen.serve._logfilter", "ext4gen/serve/_logfilter.c"),
     # an nbdkit filter, not a Python module (nbdkit loads it; needs nbdkit-plugin-dev)
-    Extension("ext4gen.serve._nbdfilter", sources=["ext4gen/serve/_nbdfilter.c"],
-              extra_compile_args=FLAGS, optional=True),
+    _extension("ext4gen.serve._nbdfilter", "ext4gen/serve/_nbdfilter.c"),
 ]
 
 if __name__ == "__main__":  # how pip's build backend runs this file
