@@ -22,6 +22,7 @@ from helpers.hostfiles import DIR, META, host_tree, race
 
 import ext4gen
 from ext4gen.errors import SourceError
+from ext4gen.layout.plan import Plan
 from ext4gen.render import fastpath
 from ext4gen.render.image import Image
 
@@ -56,6 +57,15 @@ def leased_image(tmp_path: Path, n: int) -> tuple[Image, Image, list[Path], list
     data = [(s, e) for s, e, k in pure.regions() if k == "data"]
     assert len(data) == n
     return compiled, pure, paths, data
+
+
+def one_file_plan(tmp_path: Path) -> tuple[Plan, Path]:
+    """The plan of one host file ``f`` of SIZE bytes ``a`` (no dedup), and its path."""
+    tree = ext4gen.Tree(DIR)
+    p = tmp_path / "f"
+    p.write_bytes(b"a" * SIZE)
+    tree.add("/f", ext4gen.Node("file", META, source=ext4gen.HostFileSource(str(p))))
+    return ext4gen.plan(tree, ext4gen.ImageOptions(dedup="none")).plan, p
 
 
 def outcome(image: Image, start: int, end: int) -> bytes | str:
@@ -97,11 +107,8 @@ def test_reused_sources_are_leased_and_their_reads_skip_the_fstat(tmp_path: Path
 def test_a_descriptor_is_leased_only_once_it_has_been_open_a_while(tmp_path: Path) -> None:
     """A file read once, in a few requests in a row (a copy, a tar), pays no lease."""
     fastpath._fastread.set_lease_after(0.5)
-    tree = ext4gen.Tree(DIR)
-    p = tmp_path / "f"
-    p.write_bytes(b"a" * SIZE)
-    tree.add("/f", ext4gen.Node("file", META, source=ext4gen.HostFileSource(str(p))))
-    image = Image(ext4gen.plan(tree, ext4gen.ImageOptions(dedup="none")).plan, compiled=True)
+    plan, _ = one_file_plan(tmp_path)
+    image = Image(plan, compiled=True)
     assert image.use_leases() == ""
     s, e = next((s, e) for s, e, k in image.regions() if k == "data")
     for _ in range(5):
@@ -187,11 +194,7 @@ def test_a_writer_is_not_held_up_by_a_lease(tmp_path: Path) -> None:
 
 def test_a_source_open_for_writing_elsewhere_is_not_leased_and_still_checked(
         tmp_path: Path) -> None:
-    tree = ext4gen.Tree(DIR)
-    p = tmp_path / "f"
-    p.write_bytes(b"a" * SIZE)
-    tree.add("/f", ext4gen.Node("file", META, source=ext4gen.HostFileSource(str(p))))
-    plan = ext4gen.plan(tree, ext4gen.ImageOptions(dedup="none")).plan
+    plan, p = one_file_plan(tmp_path)
     holder = subprocess.Popen([sys.executable, "-c", f"f = open({str(p)!r}, 'r+b'); input()"],
                               stdin=subprocess.PIPE)
     try:
@@ -231,11 +234,8 @@ def test_reads_racing_a_rewrite_never_return_new_or_mixed_bytes(tmp_path: Path) 
 
 def test_leases_can_be_turned_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EXT4GEN_NO_LEASES", "1")
-    tree = ext4gen.Tree(DIR)
-    p = tmp_path / "f"
-    p.write_bytes(b"a" * SIZE)
-    tree.add("/f", ext4gen.Node("file", META, source=ext4gen.HostFileSource(str(p))))
-    image = Image(ext4gen.plan(tree, ext4gen.ImageOptions(dedup="none")).plan, compiled=True)
+    plan, _ = one_file_plan(tmp_path)
+    image = Image(plan, compiled=True)
     assert "EXT4GEN_NO_LEASES" in image.use_leases()
     for _ in range(3):
         image.read(0, image.size)
