@@ -56,9 +56,10 @@ class Placer:
         allocated at once, as :meth:`place_saved` does on a restart.  ``hashed``:
         the blocks' keys, 16 bytes each, when they were computed with the chunk.
         """
-        views = [chunk[pos : pos + BLOCK_SIZE] for pos in range(0, len(chunk), BLOCK_SIZE)]
+        views = None  # the blocks as views: only to hash them or to place them one by one
         if hashed is None:
             hash_block = self.alloc.hasher()
+            views = [chunk[pos : pos + BLOCK_SIZE] for pos in range(0, len(chunk), BLOCK_SIZE)]
             keys = [hash_block(v) for v in views]
         else:
             keys = [hashed[i : i + 16] for i in range(0, len(hashed), 16)]
@@ -66,6 +67,8 @@ class Placer:
             self.keys += b"".join(keys)  # type: ignore[operator]
             self.ordinal += len(keys)
             return
+        if views is None:
+            views = [chunk[pos : pos + BLOCK_SIZE] for pos in range(0, len(chunk), BLOCK_SIZE)]
         i = 0
         while i < len(keys):
             k = self._share_read(logical + i, chunk, keys, i) if keys[i] != self.zero_key else 0
