@@ -123,7 +123,6 @@ def supervise(opts: ServeOptions, *, ready: Callable[[str, int], None] | None = 
     """
     if shutil.which("nbdkit") is None:
         raise ServeError("nbdkit is not installed (Debian: apt install nbdkit nbdkit-plugin-python)")
-    remove_dead_workdirs()
     workdir = opts.workdir or tempfile.mkdtemp(prefix="serve-", dir=runtime_dir())
     sock = None
     if opts.port is None:
@@ -150,6 +149,7 @@ def supervise(opts: ServeOptions, *, ready: Callable[[str, int], None] | None = 
         env = child_env()
         env["TMPDIR"] = workdir  # the cache filter's file: under the (tmpfs) runtime directory
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+        remove_dead_workdirs()  # housekeeping while nbdkit starts, not before it
         nbdkit_pid = _wait_ready(nbdkit_pidfile, proc, error_file, timeout)
         serving = True
         _announce(opts, workdir, sock, nbdkit_pid, ready)
