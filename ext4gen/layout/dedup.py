@@ -30,6 +30,7 @@ from .read_ahead import ReadAhead
 ZERO_BLOCK = bytes(BLOCK_SIZE)
 READ_CHUNK = 1 << 20
 COMPARE_AHEAD_MAX = 64  # blocks a candidate read may fetch ahead (256 KiB)
+READ_AHEAD_FEED = 256  # files looked up in the digest cache per hand-over to the reader
 
 
 def block_hash(block: bytes | memoryview) -> bytes:
@@ -351,8 +352,20 @@ class DataAllocator:
             if (isinstance(source, HostFileSource) and source.segments is None
                     and 0 < source.size <= read_ahead.MAX_FILE and self._lookup(source)[1] is None):
                 wanted.append(source)
-        if wanted:
-            self.reader = ReadAhead(wanted)
+                if len(wanted) == READ_AHEAD_FEED:  # the reader starts on them while we look up
+                    self._feed(wanted)
+                    wanted = []
+        self._feed(wanted)
+        if self.reader is not None:
+            self.reader.end()
+
+    def _feed(self, wanted: list[HostFileSource]) -> None:
+        if not wanted:
+            return
+        if self.reader is None:
+            self.reader = ReadAhead(wanted, complete=False)
+        else:
+            self.reader.extend(wanted)
 
     def stop_read_ahead(self) -> None:
         """Stop the reader (allocate_data does, whether allocation finished or failed)."""

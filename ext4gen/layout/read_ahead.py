@@ -44,15 +44,20 @@ def available() -> bool:
 
 
 class ReadAhead:
-    """Reads ``sources`` in order, ahead of :meth:`take`; :meth:`close` stops it."""
+    """Reads ``sources`` in order, ahead of :meth:`take`; :meth:`close` stops it.
 
-    def __init__(self, sources: Sequence[HostFileSource]) -> None:
-        self._sources = list(sources)
+    With ``complete=False`` more sources follow (:meth:`extend`) until :meth:`end`:
+    the planner looks every candidate up in the digest cache first (a quarter of a
+    second for T2's 100,000 files), and the thread reads the first ones meanwhile.
+    """
+
+    def __init__(self, sources: Sequence[HostFileSource], complete: bool = True) -> None:
+        self._sources: list[HostFileSource] = []
         self._index: dict[HostFileSource, int] = {}
-        for i, s in enumerate(self._sources):
-            self._index.setdefault(s, i)
+        self._complete = complete  # no source will be added
         self._results: dict[int, tuple[bytes, bytes] | None] = {}
         self._ready = 0  # sources [0, _ready) are read (or given up)
+        self._finished = False  # the thread is gone: what it did not read, the planner reads
         self._held = 0  # bytes read and not yet taken or dropped
         self._taken = 0  # sources before it are taken or dropped
         self._stop = False
@@ -60,25 +65,44 @@ class ReadAhead:
         self.bytes_read = 0
         self.error: Exception | None = None  # what stopped the thread early, if anything
         self._cond = threading.Condition()
+        self.extend(sources)
         self._thread = threading.Thread(target=self._run, name="ext4gen-read-ahead", daemon=True)
         self._thread.start()
 
+    def extend(self, sources: Sequence[HostFileSource]) -> None:
+        """More sources to read, after those given so far."""
+        with self._cond:
+            for s in sources:
+                self._index.setdefault(s, len(self._sources))
+                self._sources.append(s)
+            self._cond.notify_all()
+
+    def end(self) -> None:
+        """No more sources: the thread stops once it has read those it has."""
+        with self._cond:
+            self._complete = True
+            self._cond.notify_all()
+
     def _run(self) -> None:
-        sources, n = self._sources, len(self._sources)
+        sources = self._sources  # (extend appends to it)
         i = 0
         try:
-            while i < n:
+            while True:
+                with self._cond:
+                    if self._held > AHEAD_BYTES:  # far enough ahead: on once half is taken
+                        while not self._stop and self._held > AHEAD_BYTES // 2:
+                            self._waiting = True  # take() notifies only then: a wake-up (and
+                            self._cond.wait()  # the GIL) per file taken would slow the planner
+                            self._waiting = False
+                    while not self._stop and i == len(sources) and not self._complete:
+                        self._cond.wait()  # for extend() or end()
+                    if self._stop or i == len(sources):
+                        return
+                    n = len(sources)
                 j, total = i, 0
                 while j < n and j - i < BATCH_FILES and total < BATCH_BYTES:
                     total += sources[j].size
                     j += 1
-                with self._cond:
-                    while not self._stop and self._held > AHEAD_BYTES:
-                        self._waiting = True  # take() notifies only then: once per file costs
-                        self._cond.wait()
-                        self._waiting = False
-                    if self._stop:
-                        return
                 got = self._read(sources[i:j])
                 with self._cond:
                     for k, r in enumerate(got, i):
@@ -92,7 +116,7 @@ class ReadAhead:
             self.error = e
         finally:
             with self._cond:
-                self._ready = n  # whatever is missing, the planner reads itself
+                self._finished = True  # whatever is missing, the planner reads itself
                 self._cond.notify_all()
 
     def _read(self, batch: list[HostFileSource]) -> list[tuple[bytes, bytes] | None]:
@@ -117,12 +141,12 @@ class ReadAhead:
                 return None
             if k > self._taken:
                 self._drop_before(k)
-            while self._ready <= k:
+            while self._ready <= k and not self._finished:
                 self._cond.wait()
             r = self._results.pop(k, None)
             self._held -= len(r[0]) if r is not None else 0
             self._taken = k + 1
-            if self._waiting:
+            if self._waiting and self._held <= AHEAD_BYTES // 2:
                 self._cond.notify()
             return r
 
@@ -133,7 +157,7 @@ class ReadAhead:
             r = self._results.pop(skipped, None)
             self._held -= len(r[0]) if r is not None else 0
         self._taken = k
-        if self._waiting:
+        if self._waiting and self._held <= AHEAD_BYTES // 2:
             self._cond.notify()
 
     def close(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import threading
 import time
 from pathlib import Path
 
@@ -199,3 +200,53 @@ def test_a_fifo_in_a_files_place_comes_back_at_once(tmp_path: Path) -> None:
     ahead = read_ahead.ReadAhead(sources)
     assert within(10, lambda: [ahead.take(s) is None for s in sources]) == [True, False]
     ahead.close()
+
+
+def test_sources_handed_over_in_parts_are_read_in_order(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The planner hands the reader its files while it still looks others up; the reader
+    reads what it has, waits for more, and stops at end() (or close(), if end never comes)."""
+    monkeypatch.setattr(read_ahead, "BATCH_FILES", 3)
+    sources = _files(tmp_path, [BLOCK + i for i in range(10)])
+    ahead = read_ahead.ReadAhead(sources[:4], complete=False)
+    try:
+        first = within(10, lambda: ahead.take(sources[0]))
+        assert first is not None and first[0][:BLOCK] == Path(sources[0].path).read_bytes()[:BLOCK]
+        ahead.extend(sources[4:7])
+        ahead.extend(sources[7:])
+        ahead.end()
+        got = within(10, lambda: [ahead.take(s) for s in sources[1:]])
+        for s, r in zip(sources[1:], got, strict=True):
+            assert r is not None and r[0].rstrip(b"\0") == Path(s.path).read_bytes().rstrip(b"\0")
+        within(10, ahead._thread.join)  # ended: the thread stops once all are read
+    finally:
+        ahead.close()
+    waiting = read_ahead.ReadAhead(sources[:2], complete=False)  # never ended
+    assert within(10, lambda: waiting.take(sources[1])) is not None
+    within(10, waiting.close)
+    assert not waiting._thread.is_alive()
+
+
+def test_a_reader_far_ahead_is_woken_once_per_half_of_its_look_ahead(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not once per file taken: each wake-up takes the GIL from the planner."""
+    monkeypatch.setattr(read_ahead, "AHEAD_BYTES", 16 * BLOCK)
+    monkeypatch.setattr(read_ahead, "BATCH_FILES", 4)
+    waits = []
+
+    class Counted(threading.Condition):
+        def wait(self, timeout: float | None = None) -> bool:
+            if threading.current_thread().name == "ext4gen-read-ahead":
+                waits.append(1)
+            return super().wait(timeout)
+
+    monkeypatch.setattr(read_ahead.threading, "Condition", Counted)
+    sources = _files(tmp_path, [BLOCK] * 160)
+    ahead = read_ahead.ReadAhead(sources)
+    try:
+        for s in sources:
+            time.sleep(0.0005)  # the reader gets (and stays) ahead
+            assert ahead.take(s) is not None
+    finally:
+        ahead.close()
+    assert len(waits) < len(sources) / 4, len(waits)
