@@ -41,6 +41,7 @@ def structure_size(name: str) -> int:
 
 
 def field_offset(name: str, field_name: str) -> int:
+    """Where ``field_name`` starts in the structure ``name`` (nested structures included)."""
     return next(f[1] for f in LAYOUTS[name] if f[0] == field_name)
 
 
@@ -65,13 +66,17 @@ class Field:
 
 def field(structure: str, name: str) -> Field:
     """The :class:`Field` ``name`` of the structure ``structure``."""
-    for fname, offset, size, code, _ in LAYOUTS[structure]:
-        if fname == name:
-            if code is None:
-                raise TypeError(f"{structure}.{name} is a nested structure, not one field")
-            fmt = struct.Struct("<" + code)
-            return Field(name, offset, size, fmt)
+    for f in LAYOUTS[structure]:
+        if f[0] == name:
+            return _field(structure, f)
     raise KeyError(f"{structure} has no field {name!r}")
+
+
+def _field(structure: str, f: FieldLayout) -> Field:
+    name, offset, size, code, _ = f
+    if code is None:
+        raise TypeError(f"{structure}.{name} is a nested structure, not one field")
+    return Field(name, offset, size, struct.Struct("<" + code))
 
 
 class FastPacker:
@@ -90,8 +95,8 @@ class FastPacker:
         self.names: list[str] = []
         self.offsets: dict[str, int] = {}
         self._fields: dict[str, FieldLayout] = {}
-        self._defaults: dict[str, Any] = {}  # the fields pack() takes, with their zero
-        self._constants: dict[str, int] = {}
+        self._defaults: dict[str, Any] = {}  # every field's value unless named: zero, or a constant
+        self._constants: set[str] = set()  # (which pack() refuses to set)
         for f in self.layout:
             fname, offset, _size, code, const = f
             if code is None:
@@ -100,9 +105,9 @@ class FastPacker:
             self.offsets[fname] = offset
             self._fields[fname] = f
             if const is not None:
-                self._constants[fname] = const
-            else:
-                self._defaults[fname] = b"" if code.endswith("s") else 0
+                self._constants.add(fname)
+            self._defaults[fname] = const if const is not None else b"" if code.endswith("s") else 0
+        self._settable = self._defaults.keys() - self._constants
         self.struct = struct.Struct("<" + "".join(f[3] for f in self._fields.values()))  # type: ignore[misc]
         self.size = self.struct.size
         assert self.size == sum(f[2] for f in self.layout), name
@@ -119,19 +124,16 @@ class FastPacker:
 
     def pack(self, **fields: Any) -> bytes:
         """The structure with the named fields set and every other field zero."""
-        unknown = fields.keys() - self._defaults.keys()
+        unknown = fields.keys() - self._settable
         if unknown:
             raise KeyError(f"unknown fields {sorted(unknown)}")
-        constants = self._constants
-        return self.struct.pack(*(constants[n] if n in constants else fields.get(n, self._defaults[n])
-                                  for n in self.names))
+        return self.struct.pack(*(fields.get(n, d) for n, d in self._defaults.items()))
 
     def unpack(self, data: bytes | bytearray | memoryview, offset: int = 0) -> dict[str, Any]:
         return dict(zip(self.names, self.struct.unpack_from(data, offset), strict=True))
 
     def field(self, name: str) -> Field:
-        fname, offset, size, code, _ = self._fields[name]
-        return Field(fname, offset, size, struct.Struct("<" + code))  # type: ignore[operator]
+        return _field(self.name, self._fields[name])
 
     def fields(self, *names: str) -> NamedPacker:
         """A packer for exactly ``names`` (keyword-only, all required); the rest packs as zeros."""
