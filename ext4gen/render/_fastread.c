@@ -27,11 +27,14 @@
  * path.  Requests that read file data are matched against a few streams; once a stream has
  * gone forward twice, a background thread opens the files of the next image bytes (a window
  * of 1 MiB that doubles up to ra_window) and asks the kernel to read them
- * (POSIX_FADV_WILLNEED), so their I/O overlaps the client's.  A stream whose window found every
- * source cached goes quiet until one of its requests misses the page cache (its first read is
- * RWF_NOWAIT, or mincore found a mapped run uncached), so warm serving costs no probes.  Errors
- * there are ignored: the read itself reports them.  Fork handlers keep the thread and its locks
- * safe across fork().
+ * (POSIX_FADV_WILLNEED), so their I/O overlaps the client's.  A reader that jumps between
+ * files (tar walks a directory in hash order) forms no stream: when one of its requests misses
+ * the page cache, the sources of the whole read-ahead window around it are asked for instead
+ * (a built image's one file gets the same from the host's read-ahead).  A stream whose window
+ * found every source cached goes quiet until one of its requests misses the page cache (its
+ * first read is RWF_NOWAIT, or mincore found a mapped run uncached), so warm serving costs no
+ * probes.  Errors there are ignored: the read itself reports them.  Fork handlers keep the
+ * thread and its locks safe across fork().
  *
  * The image layout is never interpreted here: Python builds the table.
  */
@@ -64,6 +67,8 @@
 #define RA_GAP (256 * 1024)    /* a request this close to where a stream ended continues it */
 #define RA_WHOLE (512 * 1024)  /* a source this small is read ahead whole */
 #define RA_SMALL (16 * 1024)   /* a request this small starts a stream only after another */
+#define RA_AROUND_SEEN 16         /* windows read around lately, not asked for again */
+#define RA_AROUND_NS 2000000000LL /* ... within this many ns */
 #define CHUNK_SHIFT 15 /* blocks per distinct-blocks bitmap chunk: 128 MiB of image */
 
 enum { K_ZERO = 0, K_META = 1, K_FILE = 2, K_PY = 3 };
@@ -141,10 +146,13 @@ typedef struct {
     uint64_t ra_tick;
     uint64_t ra_queue[RA_QUEUE][4]; /* lo, hi, stream slot, its gen */
     int ra_head, ra_len;
+    uint64_t around_win[RA_AROUND_SEEN]; /* window index + 1 (0: none), when asked for */
+    int64_t around_ns[RA_AROUND_SEEN];
+    int around_hand;
     uint64_t ra_last_end; /* where the last request that read file data ended (atomic) */
     /* counters */
     uint64_t c_requests, c_meta, c_data, c_zero, c_hits, c_misses, c_errors, c_opens;
-    uint64_t c_ra_bytes, c_ra_windows, c_ra_quiet, c_leased;
+    uint64_t c_ra_bytes, c_ra_windows, c_ra_quiet, c_ra_around, c_cold, c_leased;
     int leasing;        /* take source leases (use_leases) */
     int mapping;        /* copy from mappings of long-used sources (use_mappings; default on) */
     uint64_t c_mapped, c_map_faults;
@@ -735,13 +743,60 @@ static void *ra_main(void *arg) {
         pthread_mutex_unlock(&t->ra_lock);
         int hinted = ra_range(t, lo, hi);
         pthread_mutex_lock(&t->ra_lock);
-        if (!hinted && t->streams[k].gen == (uint32_t)gen && !t->streams[k].warm) {
+        if (!hinted && k < RA_STREAMS && t->streams[k].gen == (uint32_t)gen &&
+            !t->streams[k].warm) {
             t->streams[k].warm = 1; /* reading ahead of it only cost cachestat calls */
             ADD(t->c_ra_quiet, 1);
         }
     }
     pthread_mutex_unlock(&t->ra_lock);
     return NULL;
+}
+
+/* Queue image bytes [lo, hi) for the read-ahead thread (ra_lock held), starting the thread on
+ * first use; ``k``: the stream asking (RA_STREAMS: none), ``gen`` its generation.  0 when the
+ * queue is full or read-ahead is off. */
+static int ra_enqueue(Table *t, uint64_t lo, uint64_t hi, uint64_t k, uint64_t gen) {
+    if (t->ra_len == RA_QUEUE || t->ra_stop)
+        return 0;
+    if (!t->ra_started) {
+        if (pthread_create(&t->ra_thread, NULL, ra_main, t)) {
+            __atomic_store_n(&t->ra_window, 0, __ATOMIC_RELAXED); /* no thread: no read-ahead */
+            return 0;
+        }
+        t->ra_started = 1;
+    }
+    int slot = (t->ra_head + t->ra_len) % RA_QUEUE;
+    t->ra_queue[slot][0] = lo;
+    t->ra_queue[slot][1] = hi;
+    t->ra_queue[slot][2] = k;
+    t->ra_queue[slot][3] = gen;
+    t->ra_len++;
+    ADD(t->c_ra_windows, 1);
+    pthread_cond_signal(&t->ra_cond);
+    return 1;
+}
+
+/* A reader that is not a random one missed the page cache at image offset ``off`` (ra_lock
+ * held): ask for the sources of the whole ``win``-aligned window around it, unless that was
+ * done lately.  A reader walking a directory (tar, cp -r) takes its files in the order of
+ * their names' hashes, which jumps about the directory's data, so no stream forms and each
+ * file would cost a synchronous disk read; a built image gets the same reads served by the
+ * host's read-ahead of its one file. */
+static void ra_around(Table *t, uint64_t off, uint64_t win) {
+    uint64_t w = off / win + 1;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    int64_t now = (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    for (int k = 0; k < RA_AROUND_SEEN; k++)
+        if (t->around_win[k] == w && now - t->around_ns[k] < RA_AROUND_NS)
+            return;
+    if (!ra_enqueue(t, (w - 1) * win, w * win, RA_STREAMS, 0))
+        return;
+    t->around_win[t->around_hand] = w;
+    t->around_ns[t->around_hand] = now;
+    t->around_hand = (t->around_hand + 1) % RA_AROUND_SEEN;
+    ADD(t->c_ra_around, 1);
 }
 
 /* A request read file data at [off, end): continue its stream and queue the next window once
@@ -757,7 +812,7 @@ static inline int near(uint64_t off, uint64_t at) { /* within RA_GAP of ``at``, 
  * a stream: a random read, which starts and feeds nothing.  Larger ones may start a stream
  * (several streams interleave: nbdcopy's connections).  No lock. */
 static int ra_random(Table *t, uint64_t off, uint64_t end, uint64_t prev) {
-    if (end - off >= RA_SMALL || near(off, prev))
+    if (end - off >= RA_SMALL || (prev && near(off, prev))) /* prev 0: no request before */
         return 0;
     for (int k = 0; k < RA_STREAMS; k++) {
         uint64_t next = __atomic_load_n(&t->streams[k].next, __ATOMIC_RELAXED);
@@ -776,6 +831,8 @@ static void ra_note(Table *t, uint64_t off, uint64_t end, int missed, int scatte
     if (scattered) /* costs no lock */
         return;
     pthread_mutex_lock(&t->ra_lock);
+    if (missed)
+        ra_around(t, off, max);
     uint64_t tick = ++t->ra_tick;
     stream_t *s = NULL, *oldest = &t->streams[0];
     for (int k = 0; k < RA_STREAMS; k++) {
@@ -829,30 +886,16 @@ static void ra_note(Table *t, uint64_t off, uint64_t end, int missed, int scatte
         pthread_mutex_unlock(&t->ra_lock);
         return;
     }
-    if (s->hits < 2 || s->ahead >= s->next + s->win / 2 || t->ra_len == RA_QUEUE || t->ra_stop) {
+    if (s->hits < 2 || s->ahead >= s->next + s->win / 2) {
         pthread_mutex_unlock(&t->ra_lock);
         return;
     }
-    if (!t->ra_started) {
-        if (pthread_create(&t->ra_thread, NULL, ra_main, t)) {
-            __atomic_store_n(&t->ra_window, 0, __ATOMIC_RELAXED); /* no thread: no read-ahead */
-            pthread_mutex_unlock(&t->ra_lock);
-            return;
-        }
-        t->ra_started = 1;
-    }
     uint64_t lo = s->ahead > s->next ? s->ahead : s->next;
-    s->ahead = s->next + s->win;
-    if (s->win < max)
-        s->win = 2 * s->win < max ? 2 * s->win : max;
-    int slot = (t->ra_head + t->ra_len) % RA_QUEUE;
-    t->ra_queue[slot][0] = lo;
-    t->ra_queue[slot][1] = s->ahead;
-    t->ra_queue[slot][2] = (uint64_t)(s - t->streams);
-    t->ra_queue[slot][3] = s->gen;
-    t->ra_len++;
-    ADD(t->c_ra_windows, 1);
-    pthread_cond_signal(&t->ra_cond);
+    if (ra_enqueue(t, lo, s->next + s->win, (uint64_t)(s - t->streams), s->gen)) {
+        s->ahead = s->next + s->win;
+        if (s->win < max)
+            s->win = 2 * s->win < max ? 2 * s->win : max;
+    }
     pthread_mutex_unlock(&t->ra_lock);
 }
 
@@ -985,6 +1028,8 @@ static void do_read(Table *t, unsigned char *base, uint64_t offset, uint64_t len
         ADD(t->c_errors, 1);
     else if (m->n == 0)
         mark_blocks(t, offset, len);
+    if (missed_cache)
+        ADD(t->c_cold, 1);
     if (data)
         ra_note(t, offset, end, missed_cache, scattered);
 }
@@ -1131,12 +1176,13 @@ static PyObject *Table_stats(Table *t, PyObject *noargs) {
         open_fds += t->ring[s] >= 0;
     pthread_mutex_unlock(&t->fd_lock);
 #define L(f) (unsigned long long)__atomic_load_n(&t->f, __ATOMIC_RELAXED)
-    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsisKsKsKsKsKsK}", "requests", L(c_requests), "bytes_metadata",
+    return Py_BuildValue("{sKsKsKsKsKsKsKsKsKsisKsKsKsKsKsKsKsK}", "requests", L(c_requests), "bytes_metadata",
                          L(c_meta), "bytes_data", L(c_data), "bytes_zero", L(c_zero), "cache_hits",
                          L(c_hits), "cache_misses", L(c_misses), "source_errors", L(c_errors),
                          "opens", L(c_opens), "distinct_blocks", (unsigned long long)distinct,
                          "open_fds", open_fds, "readahead_windows", L(c_ra_windows),
                          "readahead_quiet", L(c_ra_quiet), "readahead_bytes", L(c_ra_bytes),
+                         "readahead_around", L(c_ra_around), "cold_reads", L(c_cold),
                          "leased_reads", L(c_leased), "mapped_reads", L(c_mapped),
                          "map_faults", L(c_map_faults));
 #undef L

@@ -44,6 +44,7 @@ class ReadStats:
     metadata_block_lookups: int = 0
     source_errors: int = 0
     bytes_read_ahead: int = 0  # source bytes hinted ahead of sequential readers (compiled path)
+    cold_reads: int = 0  # requests whose source bytes were not cached yet (compiled, read-ahead on)
     leased_reads: int = 0  # source reads a lease vouched for, with no fstat (compiled path)
     mapped_reads: int = 0  # source reads copied from a mapping, not by pread (compiled)
 
@@ -323,6 +324,7 @@ class Image:
             s.metadata_block_lookups += c["cache_hits"]
             s.source_errors += c["source_errors"]
             s.bytes_read_ahead += c["readahead_bytes"]
+            s.cold_reads += c["cold_reads"]
             s.leased_reads += c["leased_reads"]
             s.mapped_reads += c["mapped_reads"]
         return s

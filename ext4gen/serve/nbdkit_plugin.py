@@ -123,7 +123,8 @@ class _Export:
         distinct = self.distinct_blocks()
         return (f"{st.requests} reads, {self.extents_calls} extents calls; bytes: "
                 f"metadata {st.bytes_metadata}, data {st.bytes_data}, zero {st.bytes_zero}, "
-                f"read ahead {st.bytes_read_ahead}; "
+                f"read ahead {st.bytes_read_ahead}; requests that waited for a source's disk "
+                f"{st.cold_reads}; "
                 f"metadata blocks generated {st.metadata_blocks_generated} "
                 f"({st.metadata_blocks_prerendered} ahead of reads), "
                 f"cache hits {st.metadata_cache_hits}; distinct blocks read {distinct} of {total}; "

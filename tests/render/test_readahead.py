@@ -111,6 +111,7 @@ def test_cached_sources_are_not_hinted_again(files: list[Path]) -> None:
         image.read(off, min(128 * 1024, end - off))
     stats = settle(image)
     assert stats["readahead_windows"] > 0 and stats["readahead_bytes"] == 0, stats
+    assert stats["readahead_around"] == 0 and stats["cold_reads"] == 0, stats
 
 
 @pytest.mark.parametrize("copies", ["pread", "mapped"])
@@ -181,6 +182,45 @@ def test_jumps_start_no_read_ahead(files: list[Path], order: str) -> None:
         image.read(off, BLOCK)
     stats = settle(image)
     assert stats["readahead_windows"] == 0 and stats["readahead_bytes"] == 0, stats
+    assert stats["readahead_around"] == 0, stats
+
+
+def test_a_file_read_cold_gets_the_files_of_its_window_read_around(files: list[Path]) -> None:
+    """A reader walking a directory takes its files in hash order, which jumps about their
+    data: no stream forms.  A request of a whole file (not a small random read) that misses
+    the page cache has the sources of its aligned window (the read-ahead window) asked for,
+    and only those, once: a second miss in the window lately asks for nothing more."""
+    image = planned(files)
+    pure = Image(image.plan, compiled=False)
+    window = 4 << 20
+    assert image.read_ahead(window)
+    data = data_ranges(image)
+    lo = -(-data[0][0] // window) * window  # the first whole window
+    inside = [(s, e) for s, e in data if lo <= s and e <= lo + window]
+    after = [(s, e) for s, e in data if s >= lo + window]
+    assert len(inside) > 8 and after
+    picked = inside[len(inside) // 2]
+    others = [file_at(image, files, s) for s, _ in inside if s != picked[0]]
+    attempts = 0
+    while attempts < 40:  # a disk that answers within RWF_NOWAIT's call is no miss: again
+        attempts += 1
+        evict(files)
+        got = image.read(picked[0], picked[1] - picked[0])
+        if settle(image)["readahead_around"]:
+            break
+    deadline = time.monotonic() + 10
+    while not all(cached(p, 0) for p in others) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert all(cached(p, 0) and cached(p, FILE_SIZE - 1) for p in others)
+    assert not any(cached(file_at(image, files, s), 0) for s, _ in after)
+    stats = settle(image)
+    assert stats["readahead_around"] == 1 and stats["cold_reads"] >= 1, stats
+    assert got == pure.read(picked[0], picked[1] - picked[0])
+    evict(others)  # the same window again, lately: nothing more is asked for
+    second = inside[1]
+    assert image.read(second[0], second[1] - second[0]) == pure.read(second[0], second[1] - second[0])
+    assert settle(image)["readahead_around"] == 1
+    assert not any(cached(p, 0) for p in others if p != file_at(image, files, second[0]))
 
 
 def test_read_ahead_is_off_until_asked_for_and_zero_stops_it(files: list[Path]) -> None:
