@@ -366,13 +366,30 @@ static void release(Table *t, Py_ssize_t fi, int fd, int owned, int broken) {
 
 static int g_nowait = 1; /* 0 once a source's file system refused RWF_NOWAIT */
 
-/* Read n bytes; with *missed non-NULL (read-ahead is on), first only what the page cache holds
- * (RWF_NOWAIT, the same cost as pread on a hit), and set *missed when the rest needed I/O: that
+/* What a request learns about the page cache while it reads (read-ahead on). */
+typedef struct {
+    int missed;   /* some of its source bytes were not cached: they needed a disk read */
+    Table *table; /* non-NULL: at the first miss, read around it before waiting for it */
+    uint64_t at;  /* the image offset of the run being read */
+} miss_t;
+
+static void ra_missed(Table *t, uint64_t at);
+
+static void note_miss(miss_t *m) {
+    if (!m->missed) {
+        m->missed = 1;
+        if (m->table)
+            ra_missed(m->table, m->at);
+    }
+}
+
+/* Read n bytes; with ``miss`` non-NULL (read-ahead is on), first only what the page cache holds
+ * (RWF_NOWAIT, the same cost as pread on a hit), and note a miss when the rest needed I/O: that
  * is what keeps a stream's read-ahead going.  The blocking read then waits for the I/O the
  * miss started, so a miss costs one more system call and no second disk read. */
 static int pread_full(int fd, unsigned char *dst, int64_t n, int64_t off, Py_ssize_t fi, rerr_t *e,
-                      int *missed) {
-    if (missed && !*missed && n > 0) {
+                      miss_t *miss) {
+    if (miss && !miss->missed && n > 0) {
         if (__atomic_load_n(&g_nowait, __ATOMIC_RELAXED)) {
             struct iovec v = {dst, (size_t)n};
             ssize_t got = preadv2(fd, &v, 1, off, RWF_NOWAIT);
@@ -384,9 +401,9 @@ static int pread_full(int fd, unsigned char *dst, int64_t n, int64_t off, Py_ssi
                 __atomic_store_n(&g_nowait, 0, __ATOMIC_RELAXED);
             }
             if (n > 0) /* EAGAIN, a short read, EOF or an error: the loop below tells which */
-                *missed = 1;
+                note_miss(miss);
         } else {
-            *missed = 1; /* unknown: keep reading ahead, as before RWF_NOWAIT */
+            note_miss(miss); /* unknown: keep reading ahead, as before RWF_NOWAIT */
         }
     }
     while (n > 0) {
@@ -422,14 +439,18 @@ enum {
  * stream's read-ahead) and is read by pread, so that the kernel reads it in large requests
  * (the mapping is MADV_RANDOM: a fault would read one page at a time). */
 static int read_run(const unsigned char *map, int how, int64_t size, int fd, unsigned char *dst,
-                    int64_t n, int64_t off, Py_ssize_t fi, rerr_t *e, int *missed, int *copied) {
-    /* *copied: | 1 when bytes were copied from the mapping, | 2 when a copy faulted */
+                    int64_t n, int64_t off, Py_ssize_t fi, rerr_t *e, miss_t *miss, uint64_t at,
+                    int *copied) {
+    /* *copied: | 1 when bytes were copied from the mapping, | 2 when a copy faulted;
+     * ``at``: the image offset of the run, for a miss */
+    if (miss)
+        miss->at = at;
     if (!map || off + n > size)
-        return pread_full(fd, dst, n, off, fi, e, missed);
+        return pread_full(fd, dst, n, off, fi, e, miss);
     if (how == MAP_RESIDENT && !map_resident(map + off, (size_t)n)) {
-        if (missed) /* known before any I/O, where RWF_NOWAIT may see a read that was quick */
-            *missed = 1;
-        return pread_full(fd, dst, n, off, fi, e, missed);
+        if (miss) /* known before any I/O, where RWF_NOWAIT may see a read that was quick */
+            note_miss(miss);
+        return pread_full(fd, dst, n, off, fi, e, miss);
     }
     if (map_copy(dst, map + off, (size_t)n) == 0) {
         *copied |= 1;
@@ -437,7 +458,7 @@ static int read_run(const unsigned char *map, int how, int64_t size, int fd, uns
     }
     /* SIGBUS: the file is shorter now, or a page could not be read; pread says which */
     *copied |= 2;
-    return pread_full(fd, dst, n, off, fi, e, missed);
+    return pread_full(fd, dst, n, off, fi, e, miss);
 }
 
 /* Fill dst from regions i.. that read host file fi, from image offset pos up to end; returns
@@ -446,7 +467,7 @@ static int read_run(const unsigned char *map, int how, int64_t size, int fd, uns
  * made after the last read. */
 static uint64_t read_file_batch(Table *t, unsigned char *base, uint64_t offset, uint64_t pos,
                                 uint64_t end, Py_ssize_t *pi, uint64_t *data_bytes, rerr_t *e,
-                                int *missed, int how) {
+                                miss_t *miss, int how) {
     Py_ssize_t i = *pi;
     Py_ssize_t fi = t->regions[i].aux;
     int owned;
@@ -480,7 +501,7 @@ static uint64_t read_file_batch(Table *t, unsigned char *base, uint64_t offset, 
                 run_len += want;
             } else {
                 if (run_len > 0 && read_run(map, how, fsize, fd, run_dst, run_len, run_off, fi, e,
-                                            missed, &copied)) {
+                                            miss, offset + (uint64_t)(run_dst - base), &copied)) {
                     failed = 1;
                     break;
                 }
@@ -491,7 +512,8 @@ static uint64_t read_file_batch(Table *t, unsigned char *base, uint64_t offset, 
         }
         if ((uint64_t)want < stop - pos) {
             if (run_len > 0 &&
-                read_run(map, how, fsize, fd, run_dst, run_len, run_off, fi, e, missed, &copied)) {
+                read_run(map, how, fsize, fd, run_dst, run_len, run_off, fi, e, miss,
+                         offset + (uint64_t)(run_dst - base), &copied)) {
                 failed = 1;
                 break;
             }
@@ -502,7 +524,8 @@ static uint64_t read_file_batch(Table *t, unsigned char *base, uint64_t offset, 
         i++;
     }
     if (!failed && run_len > 0 &&
-        read_run(map, how, fsize, fd, run_dst, run_len, run_off, fi, e, missed, &copied))
+        read_run(map, how, fsize, fd, run_dst, run_len, run_off, fi, e, miss,
+                 offset + (uint64_t)(run_dst - base), &copied))
         failed = 1;
     if (copied & 1)
         ADD(t->c_mapped, 1);
@@ -799,6 +822,17 @@ static void ra_around(Table *t, uint64_t off, uint64_t win) {
     ADD(t->c_ra_around, 1);
 }
 
+/* A request that is not a small random read found source bytes at image offset ``at`` missing
+ * from the page cache: read around them now, while it waits for their disk read. */
+static void ra_missed(Table *t, uint64_t at) {
+    uint64_t win = __atomic_load_n(&t->ra_window, __ATOMIC_RELAXED);
+    if (!win)
+        return;
+    pthread_mutex_lock(&t->ra_lock);
+    ra_around(t, at, win);
+    pthread_mutex_unlock(&t->ra_lock);
+}
+
 /* A request read file data at [off, end): continue its stream and queue the next window once
  * the stream has gone forward twice, or start a stream in place of the least recent one.
  * ``missed``: part of its data was not in the page cache.  A stream whose last window was all
@@ -831,8 +865,6 @@ static void ra_note(Table *t, uint64_t off, uint64_t end, int missed, int scatte
     if (scattered) /* costs no lock */
         return;
     pthread_mutex_lock(&t->ra_lock);
-    if (missed)
-        ra_around(t, off, max);
     uint64_t tick = ++t->ra_tick;
     stream_t *s = NULL, *oldest = &t->streams[0];
     for (int k = 0; k < RA_STREAMS; k++) {
@@ -968,12 +1000,13 @@ static void do_read(Table *t, unsigned char *base, uint64_t offset, uint64_t len
                     rerr_t *e, int whole_only) {
     uint64_t end = offset + len, pos = offset;
     uint64_t meta = 0, data = 0, zero = 0, hits = 0, misses = 0;
-    int ra_on = __atomic_load_n(&t->ra_window, __ATOMIC_RELAXED) != 0, missed_cache = 0;
+    int ra_on = __atomic_load_n(&t->ra_window, __ATOMIC_RELAXED) != 0;
     /* A small random read copies from sources' mappings, cached or not: what it misses could
      * feed no read-ahead anyway, so it needs no RWF_NOWAIT read to find out.  Other reads copy
      * the runs the page cache holds, and pread the rest. */
     uint64_t prev = __atomic_load_n(&t->ra_last_end, __ATOMIC_RELAXED);
     int scattered = ra_on && ra_random(t, offset, end, prev);
+    miss_t miss = {0, scattered ? NULL : t, 0};
     int how = len < RA_SMALL && (!ra_on || scattered) ? MAP_ANY : MAP_RESIDENT;
     Py_ssize_t i = find_region(t, offset);
     while (pos < end && !e->failed) {
@@ -986,7 +1019,7 @@ static void do_read(Table *t, unsigned char *base, uint64_t offset, uint64_t len
             break;
         case K_FILE:
             pos = read_file_batch(t, base, offset, pos, end, &i, &data, e,
-                                  ra_on ? &missed_cache : NULL, how);
+                                  ra_on ? &miss : NULL, how);
             continue;
         case K_META:
             while (pos < stop) {
@@ -1028,10 +1061,10 @@ static void do_read(Table *t, unsigned char *base, uint64_t offset, uint64_t len
         ADD(t->c_errors, 1);
     else if (m->n == 0)
         mark_blocks(t, offset, len);
-    if (missed_cache)
+    if (miss.missed)
         ADD(t->c_cold, 1);
     if (data)
-        ra_note(t, offset, end, missed_cache, scattered);
+        ra_note(t, offset, end, miss.missed, scattered);
 }
 
 static PyObject *error_message(Table *t, rerr_t *e) {
