@@ -185,16 +185,24 @@ def test_jumps_start_no_read_ahead(files: list[Path], order: str) -> None:
     assert stats["readahead_around"] == 0, stats
 
 
-def test_a_file_read_cold_gets_the_files_of_its_window_read_around(files: list[Path]) -> None:
+@pytest.mark.parametrize("copies", ["pread", "mapped"])
+def test_a_file_read_cold_gets_the_files_of_its_window_read_around(
+        files: list[Path], copies: str, request: pytest.FixtureRequest) -> None:
     """A reader walking a directory takes its files in hash order, which jumps about their
     data: no stream forms.  A request of a whole file (not a small random read) that misses
     the page cache has the sources of its aligned window (the read-ahead window) asked for,
-    and only those, once: a second miss in the window lately asks for nothing more."""
+    and only those, once: a second miss in the window lately asks for nothing more.
+    ``mapped``: the miss is seen by mincore before any read (the sources are mapped)."""
+    if copies == "mapped":
+        request.getfixturevalue("long_used_at_once")
     image = planned(files)
     pure = Image(image.plan, compiled=False)
     window = 4 << 20
     assert image.read_ahead(window)
     data = data_ranges(image)
+    if copies == "mapped":  # opens every source: each is mapped at its next use (cold then:
+        image.read(data[0][0], data[-1][1] - data[0][0])  # no page is mapped, all evictable)
+        assert settle(image)["readahead_around"] == 0
     lo = -(-data[0][0] // window) * window  # the first whole window
     inside = [(s, e) for s, e in data if lo <= s and e <= lo + window]
     after = [(s, e) for s, e in data if s >= lo + window]
@@ -221,6 +229,7 @@ def test_a_file_read_cold_gets_the_files_of_its_window_read_around(files: list[P
     assert image.read(second[0], second[1] - second[0]) == pure.read(second[0], second[1] - second[0])
     assert settle(image)["readahead_around"] == 1
     assert not any(cached(p, 0) for p in others if p != file_at(image, files, second[0]))
+    assert copies == "pread" or attempts == 1  # mincore saw the miss: no luck needed
 
 
 def test_read_ahead_is_off_until_asked_for_and_zero_stops_it(files: list[Path]) -> None:
