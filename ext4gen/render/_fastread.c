@@ -368,18 +368,20 @@ static int g_nowait = 1; /* 0 once a source's file system refused RWF_NOWAIT */
 
 /* What a request learns about the page cache while it reads (read-ahead on). */
 typedef struct {
-    int missed;   /* some of its source bytes were not cached: they needed a disk read */
-    Table *table; /* non-NULL: at the first miss, read around it before waiting for it */
-    uint64_t at;  /* the image offset of the run being read */
+    int missed;                /* some of its source bytes were not cached: a disk read */
+    Table *table;              /* non-NULL: at the first miss, read around it at once */
+    const unsigned char *base; /* the request's buffer, which holds image bytes from ``offset`` */
+    uint64_t offset;
 } miss_t;
 
 static void ra_missed(Table *t, uint64_t at);
 
-static void note_miss(miss_t *m) {
+/* The bytes for ``dst`` (in the request's buffer) were not cached. */
+static void note_miss(miss_t *m, const unsigned char *dst) {
     if (!m->missed) {
         m->missed = 1;
         if (m->table)
-            ra_missed(m->table, m->at);
+            ra_missed(m->table, m->offset + (uint64_t)(dst - m->base));
     }
 }
 
@@ -401,9 +403,9 @@ static int pread_full(int fd, unsigned char *dst, int64_t n, int64_t off, Py_ssi
                 __atomic_store_n(&g_nowait, 0, __ATOMIC_RELAXED);
             }
             if (n > 0) /* EAGAIN, a short read, EOF or an error: the loop below tells which */
-                note_miss(miss);
+                note_miss(miss, dst);
         } else {
-            note_miss(miss); /* unknown: keep reading ahead, as before RWF_NOWAIT */
+            note_miss(miss, dst); /* unknown: keep reading ahead, as before RWF_NOWAIT */
         }
     }
     while (n > 0) {
@@ -439,17 +441,13 @@ enum {
  * stream's read-ahead) and is read by pread, so that the kernel reads it in large requests
  * (the mapping is MADV_RANDOM: a fault would read one page at a time). */
 static int read_run(const unsigned char *map, int how, int64_t size, int fd, unsigned char *dst,
-                    int64_t n, int64_t off, Py_ssize_t fi, rerr_t *e, miss_t *miss, uint64_t at,
-                    int *copied) {
-    /* *copied: | 1 when bytes were copied from the mapping, | 2 when a copy faulted;
-     * ``at``: the image offset of the run, for a miss */
-    if (miss)
-        miss->at = at;
+                    int64_t n, int64_t off, Py_ssize_t fi, rerr_t *e, miss_t *miss, int *copied) {
+    /* *copied: | 1 when bytes were copied from the mapping, | 2 when a copy faulted */
     if (!map || off + n > size)
         return pread_full(fd, dst, n, off, fi, e, miss);
     if (how == MAP_RESIDENT && !map_resident(map + off, (size_t)n)) {
         if (miss) /* known before any I/O, where RWF_NOWAIT may see a read that was quick */
-            note_miss(miss);
+            note_miss(miss, dst);
         return pread_full(fd, dst, n, off, fi, e, miss);
     }
     if (map_copy(dst, map + off, (size_t)n) == 0) {
@@ -501,7 +499,7 @@ static uint64_t read_file_batch(Table *t, unsigned char *base, uint64_t offset, 
                 run_len += want;
             } else {
                 if (run_len > 0 && read_run(map, how, fsize, fd, run_dst, run_len, run_off, fi, e,
-                                            miss, offset + (uint64_t)(run_dst - base), &copied)) {
+                                            miss, &copied)) {
                     failed = 1;
                     break;
                 }
@@ -512,8 +510,7 @@ static uint64_t read_file_batch(Table *t, unsigned char *base, uint64_t offset, 
         }
         if ((uint64_t)want < stop - pos) {
             if (run_len > 0 &&
-                read_run(map, how, fsize, fd, run_dst, run_len, run_off, fi, e, miss,
-                         offset + (uint64_t)(run_dst - base), &copied)) {
+                read_run(map, how, fsize, fd, run_dst, run_len, run_off, fi, e, miss, &copied)) {
                 failed = 1;
                 break;
             }
@@ -524,8 +521,7 @@ static uint64_t read_file_batch(Table *t, unsigned char *base, uint64_t offset, 
         i++;
     }
     if (!failed && run_len > 0 &&
-        read_run(map, how, fsize, fd, run_dst, run_len, run_off, fi, e, miss,
-                 offset + (uint64_t)(run_dst - base), &copied))
+        read_run(map, how, fsize, fd, run_dst, run_len, run_off, fi, e, miss, &copied))
         failed = 1;
     if (copied & 1)
         ADD(t->c_mapped, 1);
@@ -1006,7 +1002,7 @@ static void do_read(Table *t, unsigned char *base, uint64_t offset, uint64_t len
      * the runs the page cache holds, and pread the rest. */
     uint64_t prev = __atomic_load_n(&t->ra_last_end, __ATOMIC_RELAXED);
     int scattered = ra_on && ra_random(t, offset, end, prev);
-    miss_t miss = {0, scattered ? NULL : t, 0};
+    miss_t miss = {0, scattered ? NULL : t, base, offset};
     int how = len < RA_SMALL && (!ra_on || scattered) ? MAP_ANY : MAP_RESIDENT;
     Py_ssize_t i = find_region(t, offset);
     while (pos < end && !e->failed) {
