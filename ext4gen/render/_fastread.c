@@ -31,9 +31,9 @@
  * files (tar walks a directory in hash order) forms no stream: when one of its requests misses
  * the page cache, the sources of the whole read-ahead window around it are asked for instead
  * (a built image's one file gets the same from the host's read-ahead).  A stream whose window
- * found every source cached goes quiet until one of its requests misses the page cache (its
- * first read is RWF_NOWAIT, or mincore found a mapped run uncached), so warm serving costs no
- * probes.  Errors there are ignored: the read itself reports them.  Fork handlers keep the
+ * found every source cached (and not by a read-around) goes quiet until one of its requests
+ * misses the page cache (its first read is RWF_NOWAIT, or mincore found a mapped run
+ * uncached), so warm serving costs no probes.  Errors there are ignored: the read itself reports them.  Fork handlers keep the
  * thread and its locks safe across fork().
  *
  * The image layout is never interpreted here: Python builds the table.
@@ -747,6 +747,20 @@ static int ra_range(Table *t, uint64_t lo, uint64_t hi) {
     return hinted;
 }
 
+/* Whether image bytes [lo, hi) overlap a window read around lately (ra_lock held): then
+ * their sources are cached because the read-around asked for them, not because a client
+ * read them, and a stream that finds them so is no warm reader. */
+static int around_lately(Table *t, uint64_t lo, uint64_t hi) {
+    uint64_t win = __atomic_load_n(&t->ra_window, __ATOMIC_RELAXED);
+    int64_t now = coarse_ns();
+    for (int k = 0; win && k < RA_AROUND_SEEN; k++) {
+        uint64_t w = t->around_win[k];
+        if (w && (w - 1) * win < hi && w * win > lo && now - t->around_ns[k] < RA_AROUND_NS)
+            return 1;
+    }
+    return 0;
+}
+
 static void *ra_main(void *arg) {
     Table *t = arg;
     pthread_mutex_lock(&t->ra_lock);
@@ -763,7 +777,7 @@ static void *ra_main(void *arg) {
         int hinted = ra_range(t, lo, hi);
         pthread_mutex_lock(&t->ra_lock);
         if (!hinted && k < RA_STREAMS && t->streams[k].gen == (uint32_t)gen &&
-            !t->streams[k].warm) {
+            !t->streams[k].warm && !around_lately(t, lo, hi)) {
             t->streams[k].warm = 1; /* reading ahead of it only cost cachestat calls */
             ADD(t->c_ra_quiet, 1);
         }
@@ -804,9 +818,7 @@ static int ra_enqueue(Table *t, uint64_t lo, uint64_t hi, uint64_t k, uint64_t g
  * host's read-ahead of its one file. */
 static void ra_around(Table *t, uint64_t off, uint64_t win) {
     uint64_t w = off / win + 1;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-    int64_t now = (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    int64_t now = coarse_ns();
     for (int k = 0; k < RA_AROUND_SEEN; k++)
         if (t->around_win[k] == w && now - t->around_ns[k] < RA_AROUND_NS)
             return;

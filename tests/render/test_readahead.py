@@ -185,6 +185,24 @@ def test_jumps_start_no_read_ahead(files: list[Path], order: str) -> None:
     assert stats["readahead_around"] == 0, stats
 
 
+def test_a_stream_through_windows_read_around_does_not_go_quiet(files: list[Path]) -> None:
+    """A sequential reader that starts cold has its window read around, so the stream's own
+    windows then find their sources cached: cached by the read-around, not by a client.  The
+    stream must not go quiet on that (it would then wait for a miss it may never see: a disk
+    that answers within RWF_NOWAIT's call shows none), and its read-ahead goes on past the
+    read-around window."""
+    image = planned(files)
+    window = 4 << 20
+    assert image.read_ahead(window)
+    start = data_ranges(image)[0][0]
+    evict(files)
+    step = 128 * 1024
+    for off in range(start, start + (2 << 20), step):
+        image.read(off, step)
+    stats = settle(image)
+    assert stats["readahead_around"] >= 1 and stats["readahead_quiet"] == 0, stats
+
+
 @pytest.mark.parametrize("copies", ["pread", "mapped"])
 def test_a_file_read_cold_gets_the_files_of_its_window_read_around(
         files: list[Path], copies: str, request: pytest.FixtureRequest) -> None:
