@@ -33,8 +33,8 @@
  * (a built image's one file gets the same from the host's read-ahead).  A stream whose window
  * found every source cached (and not by a read-around) goes quiet until one of its requests
  * misses the page cache (its first read is RWF_NOWAIT, or mincore found a mapped run
- * uncached), so warm serving costs no probes.  Errors there are ignored: the read itself reports them.  Fork handlers keep the
- * thread and its locks safe across fork().
+ * uncached), so warm serving costs no probes.  Errors there are ignored: the read itself
+ * reports them.  Fork handlers keep the thread and its locks safe across fork().
  *
  * The image layout is never interpreted here: Python builds the table.
  */
