@@ -818,14 +818,12 @@ static int ra_enqueue(Table *t, uint64_t lo, uint64_t hi, uint64_t k, uint64_t g
  * host's read-ahead of its one file. */
 static void ra_around(Table *t, uint64_t off, uint64_t win) {
     uint64_t w = off / win + 1;
-    int64_t now = coarse_ns();
-    for (int k = 0; k < RA_AROUND_SEEN; k++)
-        if (t->around_win[k] == w && now - t->around_ns[k] < RA_AROUND_NS)
-            return;
+    if (around_lately(t, (w - 1) * win, w * win)) /* windows are aligned: only w itself */
+        return;
     if (!ra_enqueue(t, (w - 1) * win, w * win, RA_STREAMS, 0))
         return;
     t->around_win[t->around_hand] = w;
-    t->around_ns[t->around_hand] = now;
+    t->around_ns[t->around_hand] = coarse_ns();
     t->around_hand = (t->around_hand + 1) % RA_AROUND_SEEN;
     ADD(t->c_ra_around, 1);
 }
